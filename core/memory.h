@@ -1,0 +1,70 @@
+// Allocators and memory accounting.
+//
+// Every Storage is allocated through the allocator registered for its device and
+// is counted under a category (parameters, gradients, optimizer state, activations,
+// other). Counters hold the bytes currently held and the peak, per device type and
+// category, and a total peak across categories. The optimizer and PEFT code proves
+// its memory savings with these numbers.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/device.h"
+
+namespace lathe {
+
+enum class MemCategory : uint8_t { parameters, gradients, optimizer_state, activations, other };
+constexpr int kNumMemCategories = 5;
+const char* mem_category_name(MemCategory c);
+
+struct MemoryStats {
+  std::array<int64_t, kNumMemCategories> current{};  // bytes held now, by category
+  std::array<int64_t, kNumMemCategories> peak{};     // highest value of current[c] seen
+  int64_t total_current = 0;                          // sum of current
+  int64_t total_peak = 0;                             // highest total_current seen
+  int64_t current_of(MemCategory c) const { return current[static_cast<int>(c)]; }
+  int64_t peak_of(MemCategory c) const { return peak[static_cast<int>(c)]; }
+  std::string str() const;  // one line, human-readable MiB figures
+};
+
+// Snapshot of the counters for a device type.
+MemoryStats memory_stats(DeviceType d = DeviceType::cpu);
+// Sets every peak to the current value (call before measuring a phase).
+void reset_peak_memory(DeviceType d = DeviceType::cpu);
+
+// Adjust the counters (used by Storage; allocators themselves do not count).
+void memory_account(DeviceType d, MemCategory c, int64_t delta_bytes);
+
+// Category given to new allocations on this thread while the guard lives.
+class MemCategoryGuard {
+ public:
+  explicit MemCategoryGuard(MemCategory c);
+  ~MemCategoryGuard();
+  MemCategoryGuard(const MemCategoryGuard&) = delete;
+  MemCategoryGuard& operator=(const MemCategoryGuard&) = delete;
+
+ private:
+  MemCategory prev_;
+};
+MemCategory current_mem_category();
+
+// Raw memory for one device type. The CPU allocator is built in (64-byte aligned);
+// the CUDA backend registers its own when it is linked.
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  virtual void* allocate(size_t nbytes, int device_index) = 0;
+  virtual void deallocate(void* p, size_t nbytes, int device_index) = 0;
+  // Copies between host and this device (or within it). kind: 0 host->dev, 1 dev->host, 2 dev->dev
+  virtual void copy(void* dst, const void* src, size_t nbytes, int kind, int device_index) = 0;
+  virtual void memset_zero(void* p, size_t nbytes, int device_index) = 0;
+};
+void register_allocator(DeviceType d, Allocator* a);
+// Throws "no allocator for cuda: lathe was built without the CUDA backend" when absent.
+Allocator& allocator_for(DeviceType d);
+bool has_allocator(DeviceType d);
+
+}  // namespace lathe

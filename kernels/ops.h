@@ -1,0 +1,160 @@
+// The compute ops of lathe, declared once: each function checks its inputs (op name,
+// shapes, dtypes and devices in every message), infers the output shape, allocates the
+// output and calls the kernel of the inputs' device through the Backend table
+// (kernels/backend.h). Nothing here records gradients: lathe::autograd wraps these.
+//
+// Conventions
+// - Inputs may be strided (transposed, sliced, broadcast views); outputs are contiguous.
+// - f64 and f32 compute in their own precision; bf16/f16 load to f32, compute, round back.
+// - Integer tensors (ids, targets, indices) are i64 or i32.
+// - `axis`/`axes` may be negative.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace lathe::kernels {
+
+// ---- elementwise -------------------------------------------------------------------
+enum class UnaryOp : uint8_t {
+  neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu_tanh, gelu_erf, silu, abs, sign,
+  square, reciprocal, sin, cos
+};
+const char* unary_name(UnaryOp op);
+Tensor unary(UnaryOp op, const Tensor& x);
+// d/dx of the unary op applied to x, times gy (fused backward for activations).
+// y is the forward output where the rule is cheaper with it (may be undefined).
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy);
+Tensor pow_scalar(const Tensor& x, double exponent);            // x ** p
+Tensor affine(const Tensor& x, double scale, double shift);    // x * scale + shift
+Tensor clamp(const Tensor& x, double lo, double hi);
+
+enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow, eq, ne, lt, le, gt, ge };
+const char* binary_name(BinaryOp op);
+// numpy broadcasting; a and b must share dtype and device. Comparisons return u8 (0/1).
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
+// cond (u8 or any dtype, non-zero = true) ? a : b, all broadcast together.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+
+// In place: y += alpha * x (x broadcast to y's shape). Used for gradient accumulation.
+void add_(const Tensor& y, const Tensor& x, double alpha = 1.0);
+// In place: y *= s.
+void scale_(const Tensor& y, double s);
+
+// ---- reductions --------------------------------------------------------------------
+enum class ReduceOp : uint8_t { sum, mean, max, min, argmax, var, norm };
+// Reduces over `axes` (empty = all axes). argmax takes exactly one axis and returns i64.
+// var uses `correction` (1 = unbiased, 0 = population); norm is the L2 norm.
+Tensor reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, bool keepdim = false,
+              int64_t correction = 1);
+// Sums a broadcast gradient back down to `shape` (the inverse of broadcasting).
+Tensor sum_to_shape(const Tensor& x, const Shape& shape);
+
+// ---- linear algebra ----------------------------------------------------------------
+// a: [..., M, K] (or [..., K, M] with trans_a), b: [..., K, N] (or [..., N, K] with trans_b);
+// batch dims broadcast; a 2-D b is shared by every batch. Output [..., M, N].
+// BLAS is called on strided views without copying where their layout allows.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+
+// ---- softmax family ----------------------------------------------------------------
+Tensor softmax(const Tensor& x, int64_t axis = -1);
+Tensor log_softmax(const Tensor& x, int64_t axis = -1);
+// gx = y * (gy - sum(gy * y))  with y = softmax(x)
+Tensor softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis = -1);
+// gx = gy - exp(y) * sum(gy)   with y = log_softmax(x)
+Tensor log_softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis = -1);
+
+// ---- normalization (over the last dim) ------------------------------------------------
+struct NormOut {
+  Tensor y;     // same shape as x
+  Tensor mean;  // [rows] f32 (layer norm only; undefined for RMS norm)
+  Tensor rstd;  // [rows] f32, 1/sqrt(var + eps) or 1/sqrt(mean(x^2) + eps)
+};
+struct NormGrads {
+  Tensor dx, dweight, dbias;  // dweight/dbias undefined when the weight/bias was undefined
+};
+// weight and bias may be undefined (no affine transform).
+NormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+NormGrads layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                              const Tensor& rstd, bool has_bias);
+NormOut rms_norm(const Tensor& x, const Tensor& weight, double eps);
+NormGrads rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& rstd);
+
+// ---- embeddings and indexing ------------------------------------------------------------
+// weight [V, C], ids (i64/i32) of any shape -> [*ids.shape, C]. Out-of-range ids are an error.
+Tensor embedding(const Tensor& weight, const Tensor& ids);
+// Scatter-add of gy [*ids.shape, C] into a [num_rows, C] gradient.
+Tensor embedding_backward(const Tensor& gy, const Tensor& ids, int64_t num_rows);
+// out[i][j][k] = x[index[i][j][k]][j][k] (axis 0), index has x's rank, out has index's shape.
+Tensor gather(const Tensor& x, int64_t axis, const Tensor& index);
+// out = x; out[index[i][j]][j] += src[i][j] (axis 0), index and src share a shape.
+Tensor scatter_add(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& src);
+// Picks slices of x along axis by a 1-D index.
+Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index);
+// out = x; out.select(axis, index[i]) += src.select(axis, i)  (backward of index_select)
+Tensor index_add(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& src);
+
+// ---- shape ops that copy ------------------------------------------------------------
+Tensor concat(const std::vector<Tensor>& xs, int64_t axis);
+Tensor stack(const std::vector<Tensor>& xs, int64_t axis);
+// Views: pieces of the given sizes along axis (sizes sum to x.size(axis)).
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis);
+
+// ---- losses -----------------------------------------------------------------------------
+struct CrossEntropyOut {
+  Tensor loss;        // 0-d, mean over the rows whose target != ignore_index (f32, or f64 for f64)
+  Tensor lse;         // [N] log-sum-exp of each row (f32 or f64), kept for the backward
+  int64_t count = 0;  // rows that count
+};
+// logits [N, V], targets [N] (i64/i32). Label smoothing eps mixes the one-hot target with
+// the uniform distribution: loss_i = (1-eps) * (lse - x_t) + eps * (lse - mean_j x_j).
+// Probabilities are never materialized: the backward recomputes them from lse.
+CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100,
+                              double label_smoothing = 0.0);
+// d loss / d logits scaled by grad_loss (the upstream gradient of the scalar loss).
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
+                              int64_t count, int64_t ignore_index = -100, double label_smoothing = 0.0);
+
+// ---- attention pieces --------------------------------------------------------------------
+// Rotary position embedding on x [B, H, T, D] with the Hugging Face "rotate_half" layout:
+// pairs are (i, i + D/2). cos, sin: [T, D/2]. inverse=true rotates by -theta (the backward).
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse = false);
+// cos/sin tables [T, D/2] for positions start..start+T-1, theta_i = base^(-2i/D).
+void rope_tables(int64_t T, int64_t D, double base, int64_t start, DType dt, Tensor& cos, Tensor& sin);
+
+struct AttentionOut {
+  Tensor out;  // [B, H, T, D]
+  Tensor lse;  // [B, H, T] f32/f64 log-sum-exp of the scaled scores, for the backward
+};
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+// Scaled dot-product attention. q [B, H, T, D], k and v [B, Hkv, S, D] with H % Hkv == 0
+// (grouped-query: head h reads kv head h / (H / Hkv)). causal masks s > t (+ S - T offset).
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale);
+AttentionGrads attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, bool causal, double scale);
+
+// ---- randomness ---------------------------------------------------------------------------
+struct DropoutOut {
+  Tensor y;     // x * mask / (1 - p)
+  Tensor mask;  // u8, 1 = kept
+};
+// Element i is kept when uniform(gen stream at offset + i) >= p; advances gen by numel.
+DropoutOut dropout(const Tensor& x, double p, Generator& gen);
+
+// ---- optimizer step ------------------------------------------------------------------------
+// Fused AdamW (Loshchilov & Hutter) in place on f32 param/m/v with an f32 grad:
+// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p)
+// with bc1 = 1 - b1^step, bc2 = 1 - b2^step.
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step);
+
+// ---- devices ----------------------------------------------------------------------------------
+// Number of CUDA devices usable by this build (0 without the CUDA backend or without a GPU).
+int cuda_device_count();
+
+}  // namespace lathe::kernels

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every system package lathe needs on Debian 12 (idempotent, quiet, as root or via sudo).
+# The CUDA toolkit is not a Debian package here: when nvcc is on PATH the CUDA backend builds too.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config ccache
+      libopenblas-dev libomp-dev
+      libopenmpi-dev openmpi-bin
+      libhdf5-dev hdf5-tools
+      libprotobuf-dev protobuf-compiler
+      nlohmann-json3-dev
+      libgtest-dev libgmock-dev libbenchmark-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "setup: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

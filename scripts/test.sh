@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds lathe and runs the whole test suite (the README's test command; CI runs this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+BUILD_DIR=${BUILD_DIR:-build}
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${LATHE_CMAKE_ARGS:-} >/dev/null
+cmake --build "$BUILD_DIR" -j"$(nproc)"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+cd "$BUILD_DIR"
+ctest --output-on-failure -j"$(nproc)" --timeout 600
