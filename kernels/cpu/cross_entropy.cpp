@@ -1,0 +1,130 @@
+// Fused softmax cross-entropy with ignore_index and label smoothing (Szegedy et al.,
+// "Rethinking the Inception Architecture", 2016, sec. 7).
+//
+// The forward keeps only the per-row log-sum-exp; the backward rebuilds each probability
+// as exp(x - lse), so a [N, V] probability tensor never exists (as llm.c's fused
+// classifier). With eps the smoothing and t the target of row i:
+//   loss_i = (1 - eps) * (lse_i - x_it) + eps * (lse_i - mean_j x_ij)
+//   dloss/dx_ij = softmax_ij - (1 - eps) * [j == t] - eps / V
+// and the reported loss (and its gradient) is the mean over the rows whose target is not
+// ignore_index.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/nn.h"
+
+namespace lathe::kernels::cpu {
+
+using nn_detail::acc_t;
+using nn_detail::load;
+using nn_detail::store;
+
+namespace {
+
+// targets as int64; a target outside [0, V) that is not ignore_index throws with its row.
+std::vector<int64_t> read_targets(const char* op, const Tensor& targets, int64_t V, int64_t ignore_index) {
+  Tensor t = targets.contiguous();
+  const int64_t n = t.numel();
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  if (t.dtype() == DType::i64) {
+    const int64_t* p = t.data<int64_t>();
+    for (int64_t i = 0; i < n; ++i) out[i] = p[i];
+  } else if (t.dtype() == DType::i32) {
+    const int32_t* p = t.data<int32_t>();
+    for (int64_t i = 0; i < n; ++i) out[i] = p[i];
+  } else {
+    LATHE_FAIL() << op << ": targets must be i64 or i32, got " << dtype_name(t.dtype());
+  }
+  for (int64_t i = 0; i < n; ++i)
+    LATHE_CHECK(out[i] == ignore_index || (out[i] >= 0 && out[i] < V))
+        << op << ": target " << out[i] << " in row " << i << " is outside [0, " << V
+        << ") and is not ignore_index (" << ignore_index << ")";
+  return out;
+}
+
+template <typename T>
+void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, int64_t ignore_index, double eps,
+                          const CrossEntropyOut& out) {
+  using A = acc_t<T>;
+  const int64_t N = logits.size(0), V = logits.size(1);
+  const T* xp = logits.data<T>();
+  A* lp = out.lse.data<A>();
+  std::vector<double> row_loss(static_cast<size_t>(N), 0.0);
+#pragma omp parallel for schedule(static) if (N * V > 16384)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* x = xp + i * V;
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t j = 0; j < V; ++j) m = std::max(m, load(x[j]));
+    A s = 0;
+    double sx = 0;
+    for (int64_t j = 0; j < V; ++j) {
+      const A v = load(x[j]);
+      s += std::exp(v - m);
+      sx += v;
+    }
+    const A lse = m + std::log(s);
+    lp[i] = lse;
+    if (tg[i] == ignore_index) continue;
+    const double nll = static_cast<double>(lse) - static_cast<double>(load(x[tg[i]]));
+    const double smooth = static_cast<double>(lse) - sx / static_cast<double>(V);
+    row_loss[i] = (1.0 - eps) * nll + eps * smooth;
+  }
+  // Rows summed in order so the loss is independent of the thread count.
+  double total = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (tg[i] == ignore_index) continue;
+    total += row_loss[i];
+    ++count;
+  }
+  // No counted rows: the loss is defined as 0 (rather than 0/0), with a zero gradient.
+  out.loss.data<A>()[0] = static_cast<A>(count > 0 ? total / static_cast<double>(count) : 0.0);
+}
+
+template <typename T>
+void cross_entropy_backward_kernel(const Tensor& logits, const std::vector<int64_t>& tg, const Tensor& lse,
+                                   double grad_loss, int64_t count, int64_t ignore_index, double eps,
+                                   const Tensor& out) {
+  using A = acc_t<T>;
+  const int64_t N = logits.size(0), V = logits.size(1);
+  const T* xp = logits.data<T>();
+  const A* lp = lse.data<A>();
+  T* op = out.data<T>();
+  const A c = count > 0 ? static_cast<A>(grad_loss / static_cast<double>(count)) : A(0);
+  const A hit = static_cast<A>(1.0 - eps), uni = static_cast<A>(eps / static_cast<double>(V));
+#pragma omp parallel for schedule(static) if (N * V > 16384)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* x = xp + i * V;
+    T* o = op + i * V;
+    if (tg[i] == ignore_index || c == A(0)) {
+      std::fill(o, o + V, store<T>(A(0)));
+      continue;
+    }
+    const A l = lp[i];
+    for (int64_t j = 0; j < V; ++j) o[j] = store<T>(c * (std::exp(load(x[j]) - l) - uni));
+    o[tg[i]] = store<T>(c * (std::exp(load(x[tg[i]]) - l) - uni - hit));
+  }
+}
+
+}  // namespace
+
+void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing,
+                   const CrossEntropyOut& out) {
+  Tensor xc = logits.contiguous();
+  const auto tg = read_targets("cross_entropy", targets, logits.size(1), ignore_index);
+  LATHE_NN_DISPATCH_FLOAT("cross_entropy", logits.dtype(), T,
+                          cross_entropy_kernel<T>(xc, tg, ignore_index, smoothing, out));
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
+                            int64_t count, int64_t ignore_index, double smoothing, const Tensor& out) {
+  Tensor xc = logits.contiguous(), lc = lse.contiguous();
+  const auto tg = read_targets("cross_entropy_backward", targets, logits.size(1), ignore_index);
+  LATHE_NN_DISPATCH_FLOAT(
+      "cross_entropy_backward", logits.dtype(), T,
+      cross_entropy_backward_kernel<T>(xc, tg, lc, grad_loss, count, ignore_index, smoothing, out));
+}
+
+}  // namespace lathe::kernels::cpu

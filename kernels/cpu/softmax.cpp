@@ -1,0 +1,99 @@
+// Softmax and log-softmax along one axis, and their backward passes.
+// A contiguous x is seen as [outer, n, inner]; each (outer, inner) lane of n values is
+// one independent row (stride `inner`), so any axis works without a transpose.
+// Rows are made stable by subtracting their max before exponentiating.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/nn.h"
+
+namespace lathe::kernels::cpu {
+
+using nn_detail::acc_t;
+using nn_detail::load;
+using nn_detail::store;
+
+namespace {
+
+struct Lanes {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+
+Lanes lanes_of(const Shape& s, int64_t axis) {
+  Lanes l;
+  for (int64_t i = 0; i < axis; ++i) l.outer *= s[i];
+  l.n = s.empty() ? 1 : s[axis];
+  for (size_t i = static_cast<size_t>(axis) + 1; i < s.size(); ++i) l.inner *= s[i];
+  return l;
+}
+
+template <typename T>
+void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) {
+  using A = acc_t<T>;
+  const Lanes l = lanes_of(x.shape(), axis);
+  const T* xp = x.data<T>();
+  T* op = out.data<T>();
+  const int64_t lanes = l.outer * l.inner, n = l.n, st = l.inner;
+#pragma omp parallel for schedule(static) if (lanes * n > 16384)
+  for (int64_t r = 0; r < lanes; ++r) {
+    const int64_t base = (r / st) * n * st + (r % st);
+    const T* xr = xp + base;
+    T* orow = op + base;
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, load(xr[j * st]));
+    // All -inf (fully masked) rows: keep m finite so exp gives 0 rather than NaN.
+    if (m == -std::numeric_limits<A>::infinity()) m = 0;
+    A sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += std::exp(load(xr[j * st]) - m);
+    if (log) {
+      const A shift = m + std::log(sum);
+      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(load(xr[j * st]) - shift);
+    } else {
+      const A inv = A(1) / sum;
+      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(std::exp(load(xr[j * st]) - m) * inv);
+    }
+  }
+}
+
+template <typename T>
+void softmax_backward_kernel(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) {
+  using A = acc_t<T>;
+  const Lanes l = lanes_of(y.shape(), axis);
+  const T* yp = y.data<T>();
+  const T* gp = gy.data<T>();
+  T* op = out.data<T>();
+  const int64_t lanes = l.outer * l.inner, n = l.n, st = l.inner;
+#pragma omp parallel for schedule(static) if (lanes * n > 16384)
+  for (int64_t r = 0; r < lanes; ++r) {
+    const int64_t base = (r / st) * n * st + (r % st);
+    const T* yr = yp + base;
+    const T* gr = gp + base;
+    T* orow = op + base;
+    A dot = 0;
+    if (log) {
+      for (int64_t j = 0; j < n; ++j) dot += load(gr[j * st]);
+      for (int64_t j = 0; j < n; ++j)
+        orow[j * st] = store<T>(load(gr[j * st]) - std::exp(load(yr[j * st])) * dot);
+    } else {
+      for (int64_t j = 0; j < n; ++j) dot += load(gr[j * st]) * load(yr[j * st]);
+      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(load(yr[j * st]) * (load(gr[j * st]) - dot));
+    }
+  }
+}
+
+}  // namespace
+
+void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) {
+  Tensor xc = x.contiguous();
+  LATHE_NN_DISPATCH_FLOAT(log ? "log_softmax" : "softmax", x.dtype(), T,
+                          softmax_kernel<T>(xc, axis, log, out));
+}
+
+void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) {
+  Tensor yc = y.contiguous(), gc = gy.contiguous();
+  LATHE_NN_DISPATCH_FLOAT(log ? "log_softmax_backward" : "softmax_backward", y.dtype(), T,
+                          softmax_backward_kernel<T>(yc, gc, axis, log, out));
+}
+
+}  // namespace lathe::kernels::cpu
