@@ -58,17 +58,19 @@ void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, 
     A m = -std::numeric_limits<A>::infinity();
     for (int64_t j = 0; j < V; ++j) m = std::max(m, load(x[j]));
     A s = 0;
-    double sx = 0;
+    double sd = 0;  // sum of (x - m), for the smoothing term
     for (int64_t j = 0; j < V; ++j) {
-      const A v = load(x[j]);
-      s += std::exp(v - m);
-      sx += v;
+      const A d = load(x[j]) - m;
+      s += std::exp(d);
+      sd += d;
     }
-    const A lse = m + std::log(s);
-    lp[i] = lse;
+    const A log_s = std::log(s);
+    lp[i] = m + log_s;
     if (tg[i] == ignore_index) continue;
-    const double nll = static_cast<double>(lse) - static_cast<double>(load(x[tg[i]]));
-    const double smooth = static_cast<double>(lse) - sx / static_cast<double>(V);
+    // Both terms relative to the row max (lse - x = (m - x) + log s), so the loss keeps its
+    // precision when the logits are large and lse itself is rounded.
+    const double nll = static_cast<double>(m - load(x[tg[i]])) + static_cast<double>(log_s);
+    const double smooth = static_cast<double>(log_s) - sd / static_cast<double>(V);
     row_loss[i] = (1.0 - eps) * nll + eps * smooth;
   }
   // Rows summed in order so the loss is independent of the thread count.

@@ -50,7 +50,7 @@ void embedding_backward_kernel(const Tensor& gy, const std::vector<int64_t>& ids
   }
   const T* gp = gy.data<T>();
   T* op = out.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (n * C > 16384 || R * C > 65536)
   {
     std::vector<A> acc(static_cast<size_t>(C));
 #pragma omp for schedule(dynamic, 16)

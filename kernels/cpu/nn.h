@@ -86,7 +86,7 @@ inline DType acc_dtype(DType dt) { return dt == DType::f64 ? DType::f64 : DType:
     case ::lathe::DType::bf16: { using T = ::lathe::bf16_t; __VA_ARGS__; break; }                    \
     case ::lathe::DType::f16: { using T = ::lathe::f16_t; __VA_ARGS__; break; }                      \
     default:                                                                                         \
-      LATHE_FAIL() << op << ": expected a floating dtype (f64, f32, bf16, f16), got " << ::lathe::dtype_name(dt); \
+      LATHE_FAIL() << (op) << ": expected a floating dtype (f64, f32, bf16, f16), got " << ::lathe::dtype_name(dt); \
   }
 
 }  // namespace lathe::kernels::cpu

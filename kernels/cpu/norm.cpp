@@ -112,7 +112,7 @@ void norm_backward_kernel(bool centered, const Tensor& gy, const Tensor& x, cons
   std::vector<A> pw(need_dw ? static_cast<size_t>(nblk * C) : 0, A(0));
   std::vector<A> pb(need_db ? static_cast<size_t>(nblk * C) : 0, A(0));
 
-#pragma omp parallel
+#pragma omp parallel if (rows * C > 16384)
   {
     std::vector<A> g(static_cast<size_t>(C)), xh(static_cast<size_t>(C));
 #pragma omp for schedule(static)

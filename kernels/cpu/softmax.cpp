@@ -47,8 +47,10 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
     A sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += std::exp(load(xr[j * st]) - m);
     if (log) {
-      const A shift = m + std::log(sum);
-      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(load(xr[j * st]) - shift);
+      // (x - m) - log(sum) rather than x - (m + log(sum)): the first difference is exact for
+      // the large entries, so f32 keeps full relative precision even for logits near 1e3.
+      const A ls = std::log(sum);
+      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>((load(xr[j * st]) - m) - ls);
     } else {
       const A inv = A(1) / sum;
       for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(std::exp(load(xr[j * st]) - m) * inv);

@@ -1,0 +1,80 @@
+// Loading, overriding, checking and printing a lathe.RunConfig (configs/lathe.proto).
+//
+//   RunConfig cfg = lathe::configs::load_config("configs/quickstart.pbtxt", {"optimizer.lr=1e-3"});
+//   std::cout << lathe::configs::to_text(cfg);   // resolved: every knob explicit
+//
+// Every problem surfaces as one ConfigError listing all errors found, each as
+// `file:line:col: message` (1-based line and column; a column counts bytes, so a tab is 1).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "configs/lathe.pb.h"
+#include "core/error.h"
+
+namespace lathe::configs {
+
+// One or more problems with a config: what() starts with the origin (file name, or
+// "override") and lists every error on its own line.
+class ConfigError : public lathe::Error {
+ public:
+  ConfigError(std::string origin, std::vector<std::string> errors);
+  const std::string& origin() const { return origin_; }
+  // Each error as it appears in what(), e.g. "run.pbtxt:3:7: Message type ... (did you mean ...)".
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::string origin_;
+  std::vector<std::string> errors_;
+};
+
+// Reads a config file, applies overrides ("path=value", in order), fills derived defaults
+// (resolve) and checks it (validate). Text format for .pbtxt/.prototxt/.txtpb/.textproto,
+// JSON for .json (other extensions: JSON if the file starts with '{', else text).
+// Throws ConfigError listing every parse error, every bad override, or every semantic
+// problem (each located at the field's line:col in the file when the file set it).
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Parses text format (e.g. a config stored in a checkpoint); `origin` names the source in
+// errors. Does not resolve or validate.
+RunConfig parse_text(const std::string& text, const std::string& origin);
+
+// Parses JSON (proto field names or their camelCase forms); errors as for parse_text.
+RunConfig parse_json(const std::string& text, const std::string& origin);
+
+// Text format of `cfg`, the inverse of parse_text (parse_text(to_text(c)) equals c).
+std::string to_text(const RunConfig& cfg);
+
+// Applies one override "a.b.c=value": strings need no quotes, enums are given by name
+// (any case), bools as true/false/1/0/yes/no/on/off, a message field takes a "{...}" block,
+// a repeated field gets the value appended. Throws ConfigError naming the override, with a
+// suggestion for a misspelled path.
+void apply_override(RunConfig& cfg, const std::string& spec);
+// Applies all of them, collecting every bad one into a single ConfigError.
+void apply_overrides(RunConfig& cfg, const std::vector<std::string>& specs);
+
+// Semantic checks; each message starts with the field path it is about, e.g.
+// "train.micro_batch: must be > 0 (got 0)". Empty when the config is usable.
+// Works on resolved and unresolved configs (0 = auto values are accepted).
+std::vector<std::string> validate(const RunConfig& cfg);
+
+// Makes every field explicit: writes each default into the message and fills the derived
+// values (run_dir = runs/<name>, model.bias by arch, model.n_kv_head = n_head, model.d_ff,
+// model.vocab_size for the byte tokenizer, train.seq_len = model.max_seq_len,
+// checkpoint.dir = <run_dir>/checkpoints, sample.seed = train.seed). Idempotent.
+// model.vocab_size stays 0 for a file tokenizer (the trainer takes it from the tokenizer).
+void resolve(RunConfig& cfg);
+
+// The MLP width resolve() gives for d_ff = 0: 4*d_model for GPT2; for LLAMA the SwiGLU rule
+// of the Llama reference code, round_up(int(2*4*d_model/3), ffn_multiple_of).
+int64_t default_d_ff(const ModelConfig& model);
+
+// Parameter count of the architecture a (resolved) ModelConfig describes: embeddings,
+// learned positions (GPT2), per-layer attention with n_kv_head key/value heads, MLP (GELU
+// for GPT2, SwiGLU for LLAMA), norms (LayerNorm with bias for GPT2 when bias is set,
+// RMSNorm for LLAMA), an untied LM head. GPT-2 124M -> 124,439,808.
+int64_t count_parameters(const ModelConfig& model);
+
+}  // namespace lathe::configs

@@ -1,0 +1,211 @@
+// validate(): the semantic rules a parsed RunConfig must satisfy. Every message starts with
+// the path of the field it is about and shows the offending value, so a user knows what to
+// change without reading the schema.
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "configs/checks.h"
+#include "configs/config.h"
+
+namespace lathe::configs {
+
+namespace detail {
+
+namespace {
+
+std::string show(double v) {
+  // Shortest form that reads back as the same double (3e-4, not 0.00029999999999999997).
+  char buf[40];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof(buf), "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+std::string show(int64_t v) { return std::to_string(v); }
+std::string show(int32_t v) { return std::to_string(v); }
+std::string show(uint64_t v) { return std::to_string(v); }
+
+class Checker {
+ public:
+  std::vector<Issue> issues;
+
+  void fail(const std::string& path, const std::string& msg) { issues.push_back({path, path + ": " + msg}); }
+  // For a message that reads better without "path:" in front (it still starts with the path).
+  void fail_raw(const std::string& path, const std::string& msg) { issues.push_back({path, msg}); }
+
+  // The negated comparisons also reject NaN.
+  template <typename T>
+  void positive(const std::string& path, T v) {
+    if (!(v > 0)) fail(path, "must be > 0 (got " + show(v) + ")");
+  }
+  template <typename T>
+  void non_negative(const std::string& path, T v) {
+    if (!(v >= 0)) fail(path, "must be >= 0 (got " + show(v) + ")");
+  }
+  // v in [lo, hi) or [lo, hi] (or (lo, hi] with lo_open).
+  void in_range(const std::string& path, double v, double lo, double hi, bool lo_open, bool hi_open) {
+    const bool ok = (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok)
+      fail(path, std::string("must be in ") + (lo_open ? "(" : "[") + show(lo) + ", " + show(hi) + (hi_open ? ")" : "]") +
+                     " (got " + show(v) + ")");
+  }
+};
+
+bool valid_device(const std::string& d) {
+  if (d == "auto" || d == "cpu" || d == "cuda") return true;
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5) return false;
+  for (size_t i = 5; i < d.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(d[i]))) return false;
+  return true;
+}
+
+void check_model(const RunConfig& cfg, Checker& c) {
+  const ModelConfig& m = cfg.model();
+  c.non_negative("model.vocab_size", m.vocab_size());
+  c.positive("model.n_layer", m.n_layer());
+  c.positive("model.n_head", m.n_head());
+  c.non_negative("model.n_kv_head", m.n_kv_head());
+  c.positive("model.d_model", m.d_model());
+  c.non_negative("model.d_ff", m.d_ff());
+  c.positive("model.max_seq_len", m.max_seq_len());
+  c.positive("model.norm_eps", m.norm_eps());
+  c.in_range("model.dropout", m.dropout(), 0, 1, false, true);
+  c.non_negative("model.init_std", m.init_std());
+  c.positive("model.ffn_multiple_of", m.ffn_multiple_of());
+  if (m.n_head() > 0 && m.d_model() > 0 && m.d_model() % m.n_head() != 0)
+    c.fail("model.n_head", "d_model (" + show(m.d_model()) + ") must be divisible by n_head (" + show(m.n_head()) + ")");
+  const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
+  if (m.n_head() > 0 && m.n_kv_head() > 0 && m.n_head() % kv != 0)
+    c.fail("model.n_kv_head", "n_head (" + show(m.n_head()) + ") must be divisible by n_kv_head (" + show(kv) + ")");
+  if (m.arch() == ModelConfig::GPT2 && m.n_head() > 0 && m.n_kv_head() > 0 && kv != m.n_head())
+    c.fail("model.n_kv_head", "GPT2 uses multi-head attention, so n_kv_head must be 0 or n_head (" + show(m.n_head()) +
+                                  ") (got " + show(m.n_kv_head()) + "); grouped-query attention needs arch: LLAMA");
+  if (m.arch() == ModelConfig::LLAMA) {
+    c.positive("model.rope_theta", m.rope_theta());
+    if (m.n_head() > 0 && m.d_model() > 0 && m.d_model() % m.n_head() == 0 && (m.d_model() / m.n_head()) % 2 != 0)
+      c.fail("model.d_model", "rotary embeddings need an even head dim, d_model / n_head = " + show(m.d_model()) + " / " +
+                                  show(m.n_head()) + " = " + show(m.d_model() / m.n_head()));
+  }
+  if (cfg.data().tokenizer() == "byte" && m.vocab_size() > 0 && m.vocab_size() < 256)
+    c.fail("model.vocab_size", "the byte tokenizer needs at least 256 (got " + show(m.vocab_size()) + ")");
+}
+
+void check_data(const RunConfig& cfg, Checker& c) {
+  const DataConfig& d = cfg.data();
+  const std::string source = DataConfig::Source_Name(d.source());
+  if (d.source() != DataConfig::SYNTHETIC && d.path().empty())
+    c.fail("data.path", "required when data.source is " + source);
+  if (d.source() == DataConfig::SYNTHETIC) {
+    if (!d.path().empty())
+      c.fail("data.path", "not used when data.source is SYNTHETIC (got \"" + d.path() +
+                              "\"); set data.source to TEXT, JSONL or HDF5 to read it");
+    c.positive("data.synthetic.num_tokens", d.synthetic().num_tokens());
+  }
+  if (d.tokenizer().empty())
+    c.fail("data.tokenizer", "must be \"byte\", a tokenizer.json path, or a directory with vocab.json and merges.txt");
+  c.in_range("data.val_fraction", d.val_fraction(), 0, 1, false, true);
+  if (d.format() != DataConfig::PLAIN && d.source() != DataConfig::JSONL && d.source() != DataConfig::HDF5)
+    c.fail("data.format", DataConfig::Format_Name(d.format()) +
+                              " is instruction data: it needs data.source JSONL (or HDF5 prepared from it), got " + source);
+}
+
+void check_optimizer(const RunConfig& cfg, Checker& c) {
+  const OptimizerConfig& o = cfg.optimizer();
+  c.positive("optimizer.lr", o.lr());
+  c.in_range("optimizer.beta1", o.beta1(), 0, 1, false, true);
+  c.in_range("optimizer.beta2", o.beta2(), 0, 1, false, true);
+  c.positive("optimizer.eps", o.eps());
+  c.non_negative("optimizer.weight_decay", o.weight_decay());
+}
+
+void check_schedule(const RunConfig& cfg, Checker& c) {
+  const ScheduleConfig& s = cfg.schedule();
+  c.non_negative("schedule.warmup_steps", s.warmup_steps());
+  c.non_negative("schedule.decay_steps", s.decay_steps());
+  c.in_range("schedule.min_lr_ratio", s.min_lr_ratio(), 0, 1, false, false);
+  if (cfg.train().steps() > 0 && s.warmup_steps() > cfg.train().steps())
+    c.fail_raw("schedule.warmup_steps", "schedule.warmup_steps (" + show(s.warmup_steps()) + ") exceeds train.steps (" +
+                                            show(cfg.train().steps()) + ")");
+}
+
+void check_train(const RunConfig& cfg, Checker& c) {
+  const TrainConfig& t = cfg.train();
+  c.non_negative("train.steps", t.steps());
+  c.non_negative("train.epochs", t.epochs());
+  if ((t.steps() > 0) == (t.epochs() > 0))
+    c.fail("train", "set exactly one of steps and epochs (got steps " + show(t.steps()) + ", epochs " +
+                        show(t.epochs()) + ")");
+  c.positive("train.micro_batch", t.micro_batch());
+  c.positive("train.grad_accum", t.grad_accum());
+  c.non_negative("train.seq_len", t.seq_len());
+  if (t.seq_len() > cfg.model().max_seq_len() && cfg.model().max_seq_len() > 0)
+    c.fail("train.seq_len", "must be <= model.max_seq_len (" + show(cfg.model().max_seq_len()) + ") (got " +
+                                show(t.seq_len()) + ")");
+  c.non_negative("train.grad_clip", t.grad_clip());
+  c.non_negative("train.eval_interval", t.eval_interval());
+  c.non_negative("train.eval_batches", t.eval_batches());
+  c.positive("train.log_interval", t.log_interval());
+  if (t.eval_interval() > 0 && cfg.data().val_fraction() == 0 && cfg.data().val_path().empty())
+    c.fail("train.eval_interval", "evaluation every " + show(t.eval_interval()) +
+                                      " steps needs validation data: set data.val_fraction > 0 or data.val_path");
+  if (t.eval_interval() > 0 && t.eval_batches() == 0)
+    c.fail("train.eval_batches", "must be > 0 when train.eval_interval is set (got 0)");
+  if (!valid_device(t.device()))
+    c.fail("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device() + "\")");
+}
+
+void check_rest(const RunConfig& cfg, Checker& c) {
+  const CheckpointConfig& k = cfg.checkpoint();
+  c.non_negative("checkpoint.interval", k.interval());
+  c.non_negative("checkpoint.keep_last", k.keep_last());
+  if (k.resume().empty())
+    c.fail("checkpoint.resume", "must be \"auto\", \"never\" or the path of a checkpoint step directory");
+
+  c.non_negative("logging.peak_tflops", cfg.logging().peak_tflops());
+
+  const SampleConfig& s = cfg.sample();
+  c.non_negative("sample.max_new_tokens", s.max_new_tokens());
+  c.non_negative("sample.temperature", s.temperature());
+  c.non_negative("sample.top_k", s.top_k());
+  if (cfg.model().vocab_size() > 0 && s.top_k() > cfg.model().vocab_size())
+    c.fail("sample.top_k", "must be <= model.vocab_size (" + show(cfg.model().vocab_size()) + ") (got " +
+                               show(s.top_k()) + ")");
+  c.in_range("sample.top_p", s.top_p(), 0, 1, true, false);
+  if (s.at_eval() && s.max_new_tokens() == 0)
+    c.fail("sample.max_new_tokens", "must be > 0 when sample.at_eval is set (got 0)");
+
+  const ParallelConfig& p = cfg.parallel();
+  c.non_negative("parallel.threads_per_rank", p.threads_per_rank());
+  c.positive("parallel.collective_timeout_s", p.collective_timeout_s());
+  c.positive("parallel.bucket_mb", p.bucket_mb());
+}
+
+}  // namespace
+
+std::vector<Issue> check(const RunConfig& cfg) {
+  Checker c;
+  bool name_ok = !cfg.name().empty();
+  for (const char ch : cfg.name())
+    name_ok = name_ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.');
+  if (!name_ok)
+    c.fail("name", "must be non-empty and use only letters, digits, '_', '-' and '.' (got \"" + cfg.name() + "\")");
+  check_model(cfg, c);
+  check_data(cfg, c);
+  check_optimizer(cfg, c);
+  check_schedule(cfg, c);
+  check_train(cfg, c);
+  check_rest(cfg, c);
+  return c.issues;
+}
+
+}  // namespace detail
+
+std::vector<std::string> validate(const RunConfig& cfg) {
+  std::vector<std::string> out;
+  for (const auto& issue : detail::check(cfg)) out.push_back(issue.message);
+  return out;
+}
+
+}  // namespace lathe::configs

@@ -1,0 +1,75 @@
+// CPU dropout and fused AdamW.
+#include <cmath>
+
+#include "kernels/cpu/elementwise.h"
+
+namespace lathe::kernels::cpu {
+
+using detail::comp_t;
+using detail::for_each_row;
+using detail::ld;
+using detail::st;
+
+namespace {
+
+// Element i (row-major position, read off the contiguous output) draws stream value
+// seed:offset+i, so the mask is the same for any thread count or device.
+template <typename T>
+void dropout_t(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) {
+  using C = comp_t<T>;
+  const Generator gen(seed);
+  const C scale = p >= 1.0 ? C(0) : C(1.0 / (1.0 - p));
+  const char* y0 = static_cast<const char*>(out.y.raw_data());
+  for_each_row<3>({&out.y, &out.mask, &x}, [&](const std::array<char*, 3>& ptr, const std::array<int64_t, 3>& s,
+                                                 int64_t n) {
+    const uint64_t first = static_cast<uint64_t>((ptr[0] - y0) / int64_t(sizeof(T)));
+    T* y = reinterpret_cast<T*>(ptr[0]);  // y and mask are contiguous: unit strides
+    uint8_t* m = reinterpret_cast<uint8_t*>(ptr[1]);
+    for (int64_t j = 0; j < n; ++j) {
+      bool keep = static_cast<double>(uint_to_unit_float(gen.at(offset + first + j))) >= p;
+      m[j] = keep ? 1 : 0;
+      C v = ld(*reinterpret_cast<const T*>(ptr[2] + j * s[2]));
+      y[j] = st<T>(keep ? C(v * scale) : C(0));
+    }
+  });
+}
+
+}  // namespace
+
+void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) {
+  LATHE_CHECK(out.y.is_contiguous() && out.mask.is_contiguous()) << "dropout: outputs must be contiguous";
+  switch (x.dtype()) {
+    case DType::f64: return dropout_t<double>(x, p, seed, offset, out);
+    case DType::f32: return dropout_t<float>(x, p, seed, offset, out);
+    case DType::bf16: return dropout_t<bf16_t>(x, p, seed, offset, out);
+    case DType::f16: return dropout_t<f16_t>(x, p, seed, offset, out);
+    default: LATHE_FAIL() << "dropout: no cpu kernel for dtype " << dtype_name(x.dtype());
+  }
+}
+
+// Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019), with Adam's
+// bias corrections; each element is updated in double and stored as f32.
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step) {
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  const char* p0 = static_cast<const char*>(param.raw_data());
+  float* mp = m.data<float>();
+  float* vp = v.data<float>();
+  for_each_row<2>({&param, &grad}, [&](const std::array<char*, 2>& ptr, const std::array<int64_t, 2>& s, int64_t n) {
+    const int64_t first = (ptr[0] - p0) / int64_t(sizeof(float));
+    float* pp = reinterpret_cast<float*>(ptr[0]);
+    for (int64_t j = 0; j < n; ++j) {
+      const double g = *reinterpret_cast<const float*>(ptr[1] + j * s[1]);
+      const int64_t i = first + j;
+      const double mi = beta1 * mp[i] + (1.0 - beta1) * g;
+      const double vi = beta2 * vp[i] + (1.0 - beta2) * g * g;
+      const double pi = pp[j];
+      mp[i] = static_cast<float>(mi);
+      vp[i] = static_cast<float>(vi);
+      pp[j] = static_cast<float>(pi - lr * ((mi / bc1) / (std::sqrt(vi / bc2) + eps) + weight_decay * pi));
+    }
+  });
+}
+
+}  // namespace lathe::kernels::cpu

@@ -1,0 +1,91 @@
+// Decoder-only language models built from a ModelSpec: the GPT-2 family (learned
+// positions, LayerNorm, GELU MLP, tied embeddings) and the Llama family (RoPE, RMSNorm,
+// SwiGLU, grouped-query attention, optionally tied embeddings).
+//
+// Parameter names (stable, dotted; checkpoints, PEFT targeting and HF import key on them):
+//   embed.weight                      token embedding [V, C]
+//   pos_embed.weight                  learned positions [max_seq_len, C] (GPT-2 only)
+//   layers.N.attn_norm.{weight,bias}  pre-attention norm (bias: LayerNorm only)
+//   layers.N.attn.{q,k,v,o}_proj.{weight,bias}   [out, in]; bias when spec.bias
+//   layers.N.mlp_norm.{weight,bias}
+//   layers.N.mlp.{fc,proj}.{weight,bias}          GELU MLP (GPT-2)
+//   layers.N.mlp.{gate_proj,up_proj,down_proj}.weight   SwiGLU (Llama)
+//   final_norm.{weight,bias}
+//   lm_head.weight                    only when embeddings are not tied
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "autograd/module.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace lathe::models {
+
+enum class Arch { gpt2, llama };
+const char* arch_name(Arch a);
+
+struct ModelSpec {
+  Arch arch = Arch::gpt2;
+  int64_t vocab_size = 256;
+  int64_t n_layer = 2;
+  int64_t n_head = 4;
+  int64_t n_kv_head = 0;  // 0 = n_head
+  int64_t d_model = 64;
+  int64_t d_ff = 0;       // 0 = 4 * d_model (GPT-2) or the Llama rule (2/3 * 4 * d, rounded up to 256)
+  int64_t max_seq_len = 256;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  bool tie_embeddings = true;
+  double dropout = 0.0;
+  bool bias = true;       // linear biases (GPT-2 yes, Llama no)
+  double init_std = 0.02;
+
+  int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int64_t head_dim() const { return d_model / n_head; }
+  int64_t ff_dim() const;
+  // Throws naming the field for an inconsistent spec (d_model % n_head, n_head % n_kv_head, ...).
+  void validate() const;
+
+  static ModelSpec gpt2_124m();  // GPT-2 small: 124,439,808 parameters
+  static ModelSpec llama_1b();   // Llama-3.2-1B shapes: 1,235,814,400 parameters
+};
+
+// Exact parameter count from the spec alone (no allocation).
+int64_t count_parameters(const ModelSpec& spec);
+
+class CausalLM : public autograd::Module {
+ public:
+  virtual ~CausalLM() = default;
+  virtual const ModelSpec& spec() const = 0;
+  // ids [B, T] (i64/i32) -> logits [B, T, V]. T <= max_seq_len.
+  virtual Tensor forward(const Tensor& ids) = 0;
+  // Mean cross-entropy of next-token prediction: targets [B, T], ignore_index skipped.
+  Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
+  // Generator for dropout masks (its state is saved in checkpoints).
+  Generator& dropout_generator() { return dropout_gen_; }
+
+ protected:
+  Generator dropout_gen_;
+};
+
+// Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:
+// N(0, init_std), residual output projections scaled by 1/sqrt(2 * n_layer), norms at 1, biases 0).
+std::unique_ptr<CausalLM> build_model(const ModelSpec& spec, uint64_t seed);
+
+struct SampleOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 1.0;  // 0 = greedy
+  int64_t top_k = 0;         // 0 = off
+  double top_p = 1.0;        // 1 = off
+  uint64_t seed = 0;
+  int32_t stop_token = -1;   // stop early when produced (-1 = never)
+};
+// Autoregressive sampling (no gradients, eval mode); returns prompt + generated ids.
+// The context is cropped to the last max_seq_len tokens.
+std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& prompt, const SampleOptions& opts);
+
+}  // namespace lathe::models

@@ -1,0 +1,293 @@
+// rope / rope_tables and attention / attention_backward: rope tables and a rotation
+// worked by hand, round trips and the adjoint identity; attention against a plain
+// double-precision loop (causal and not, T != S causal offset, empty causal rows,
+// strided and bf16 inputs), grouped-query heads against explicitly repeated kv heads,
+// the backward against central finite differences in f64, and error messages.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace {
+
+using namespace lathe;
+using namespace lathe::kernels;
+
+std::vector<double> vec(const Tensor& t) { return t.to_vector<double>(); }
+
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(want[i])) {
+      EXPECT_EQ(got[i], want[i]) << what << " at flat index " << i;
+      continue;
+    }
+    EXPECT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at flat index " << i;
+  }
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  auto va = vec(a), vb = vec(b);
+  double s = 0;
+  for (size_t i = 0; i < va.size(); ++i) s += va[i] * vb[i];
+  return s;
+}
+
+std::vector<double> numeric_grad(const Tensor& x, const std::function<double()>& f, double h = 1e-6) {
+  double* p = x.data<double>();
+  std::vector<double> g(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double keep = p[i];
+    p[i] = keep + h;
+    const double fp = f();
+    p[i] = keep - h;
+    const double fm = f();
+    p[i] = keep;
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+
+// ---- rope -----------------------------------------------------------------------------------
+
+TEST(RopeNn, TablesAndTwoPositionRotationByHand) {
+  Tensor c, s;
+  rope_tables(2, 4, 10000.0, 0, DType::f64, c, s);
+  ASSERT_EQ(c.shape(), (Shape{2, 2}));
+  // theta_0 = 1, theta_1 = 10000^(-2/4) = 0.01
+  expect_close(vec(c), {1, 1, std::cos(1.0), std::cos(0.01)}, 1e-15, "cos table");
+  expect_close(vec(s), {0, 0, std::sin(1.0), std::sin(0.01)}, 1e-15, "sin table");
+  Tensor c5, s5;
+  rope_tables(1, 4, 10000.0, 5, DType::f32, c5, s5);
+  EXPECT_EQ(c5.dtype(), DType::f32);
+  expect_close(vec(c5), {std::cos(5.0), std::cos(0.05)}, 1e-7, "cos at start 5");
+  expect_close(vec(s5), {std::sin(5.0), std::sin(0.05)}, 1e-7, "sin at start 5");
+
+  // x [1, 1, 2, 4]: position 0 is unchanged; position 1 rotates pairs (0, 2) by 1 rad, (1, 3) by 0.01.
+  Tensor x = Tensor::from_vector<double>({1, 2, 3, 4, 5, 6, 7, 8}, {1, 1, 2, 4});
+  const double c1 = std::cos(1.0), s1 = std::sin(1.0), c2 = std::cos(0.01), s2 = std::sin(0.01);
+  expect_close(vec(rope(x, c, s)),
+               {1, 2, 3, 4, 5 * c1 - 7 * s1, 6 * c2 - 8 * s2, 7 * c1 + 5 * s1, 8 * c2 + 6 * s2}, 1e-14,
+               "rope by hand");
+  expect_close(vec(rope(x, c, s, true)),
+               {1, 2, 3, 4, 5 * c1 + 7 * s1, 6 * c2 + 8 * s2, 7 * c1 - 5 * s1, 8 * c2 - 6 * s2}, 1e-14,
+               "inverse rope by hand");
+}
+
+TEST(RopeNn, RoundTripAdjointStridedAndBf16) {
+  Generator gen(41);
+  const int64_t B = 2, H = 3, T = 5, D = 8;
+  Tensor c, s;
+  rope_tables(T, D, 500.0, 3, DType::f64, c, s);
+  // Strided x: made as [B, T, H, D] and viewed as [B, H, T, D].
+  Tensor x = Tensor::randn({B, T, H, D}, gen, DType::f64).transpose(1, 2);
+  ASSERT_FALSE(x.is_contiguous());
+  Tensor y = rope(x, c, s);
+  expect_close(vec(rope(y, c, s, true)), vec(x), 1e-14, "inverse undoes rope");
+  // Reference loop on the logical values.
+  auto vx = vec(x), vc = vec(c), vs = vec(s);
+  std::vector<double> want(vx.size());
+  for (int64_t r = 0; r < B * H * T; ++r) {
+    const int64_t t = r % T;
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const double a = vx[r * D + i], b = vx[r * D + i + D / 2];
+      want[r * D + i] = a * vc[t * 4 + i] - b * vs[t * 4 + i];
+      want[r * D + i + D / 2] = b * vc[t * 4 + i] + a * vs[t * 4 + i];
+    }
+  }
+  expect_close(vec(y), want, 1e-14, "rope vs loop");
+  // The backward is the inverse rotation: <u, rope(x)> = <rope(u, inverse), x>.
+  Tensor u = Tensor::randn({B, H, T, D}, gen, DType::f64);
+  EXPECT_NEAR(dot(u, y), dot(rope(u, c, s, true), x), 1e-12);
+
+  Tensor xb = x.to(DType::bf16);
+  Tensor cf, sf;
+  rope_tables(T, D, 500.0, 3, DType::f32, cf, sf);
+  Tensor yb = rope(xb, cf, sf);
+  EXPECT_EQ(yb.dtype(), DType::bf16);
+  expect_close(vec(yb), vec(rope(xb.to(DType::f64), c, s)), 1e-2, "bf16 rope");
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+struct Ref {
+  std::vector<double> out, lse;
+};
+
+// Plain loop: head h reads kv head h / (H / Hkv); causal keeps s <= t + (S - T).
+Ref ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  auto vq = vec(q), vk = vec(k), vv = vec(v);
+  Ref r;
+  r.out.assign(vq.size(), 0.0);
+  r.lse.assign(B * H * T, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t hk = h / (H / Hkv), row = (b * H + h) * T + t;
+        std::vector<double> sc;
+        for (int64_t j = 0; j < S; ++j) {
+          if (causal && j > t + (S - T)) break;
+          double d = 0;
+          for (int64_t i = 0; i < D; ++i) d += vq[row * D + i] * vk[((b * Hkv + hk) * S + j) * D + i];
+          sc.push_back(scale * d);
+        }
+        if (sc.empty()) {
+          r.lse[row] = -INFINITY;
+          continue;
+        }
+        const double m = *std::max_element(sc.begin(), sc.end());
+        double l = 0;
+        for (double x : sc) l += std::exp(x - m);
+        r.lse[row] = m + std::log(l);
+        for (size_t j = 0; j < sc.size(); ++j)
+          for (int64_t i = 0; i < D; ++i)
+            r.out[row * D + i] += std::exp(sc[j] - r.lse[row]) * vv[((b * Hkv + hk) * S + j) * D + i];
+      }
+  return r;
+}
+
+// k [B, Hkv, S, D] -> [B, H, S, D] with each kv head repeated H / Hkv times.
+Tensor repeat_heads(const Tensor& k, int64_t H) {
+  const int64_t B = k.size(0), Hkv = k.size(1), S = k.size(2), D = k.size(3);
+  return k.unsqueeze(2).expand({B, Hkv, H / Hkv, S, D}).reshape({B, H, S, D});
+}
+
+TEST(AttentionNn, ForwardMatchesReference) {
+  Generator gen(51);
+  struct Case {
+    int64_t B, H, Hkv, T, S, D;
+    bool causal;
+  };
+  const Case cases[] = {{2, 2, 2, 5, 5, 4, false}, {2, 2, 2, 5, 5, 4, true}, {1, 4, 2, 3, 6, 8, true},
+                        {1, 4, 2, 3, 6, 8, false}, {1, 2, 1, 6, 3, 4, true}};  // last: T > S, empty rows
+  for (DType dt : {DType::f64, DType::f32}) {
+    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    for (const Case& cs : cases) {
+      Tensor q = Tensor::randn({cs.B, cs.H, cs.T, cs.D}, gen, dt);
+      Tensor k = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
+      Tensor v = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(cs.D));
+      AttentionOut o = attention(q, k, v, cs.causal, scale);
+      Ref r = ref_attention(q, k, v, cs.causal, scale);
+      EXPECT_EQ(o.out.dtype(), dt);
+      EXPECT_EQ(o.lse.shape(), (Shape{cs.B, cs.H, cs.T}));
+      expect_close(vec(o.out), r.out, tol, "attention out");
+      expect_close(vec(o.lse), r.lse, tol, "attention lse");
+    }
+  }
+}
+
+TEST(AttentionNn, GroupedQueryEqualsRepeatedKvHeads) {
+  Generator gen(52);
+  const int64_t B = 2, H = 4, Hkv = 2, T = 4, S = 6, D = 4;
+  Tensor q = Tensor::randn({B, H, T, D}, gen, DType::f64);
+  Tensor k = Tensor::randn({B, Hkv, S, D}, gen, DType::f64);
+  Tensor v = Tensor::randn({B, Hkv, S, D}, gen, DType::f64);
+  Tensor kr = repeat_heads(k, H), vr = repeat_heads(v, H);
+  for (bool causal : {false, true}) {
+    AttentionOut g = attention(q, k, v, causal, 0.4);
+    AttentionOut f = attention(q, kr, vr, causal, 0.4);
+    expect_close(vec(g.out), vec(f.out), 1e-13, "GQA out vs repeated heads");
+    expect_close(vec(g.lse), vec(f.lse), 1e-13, "GQA lse vs repeated heads");
+    // Backward: dk/dv of a kv head = the sum over the query heads reading it.
+    Tensor gout = Tensor::randn({B, H, T, D}, gen, DType::f64);
+    AttentionGrads gg = attention_backward(gout, q, k, v, g.out, g.lse, causal, 0.4);
+    AttentionGrads gf = attention_backward(gout, q, kr, vr, f.out, f.lse, causal, 0.4);
+    expect_close(vec(gg.dq), vec(gf.dq), 1e-12, "GQA dq");
+    auto dkr = vec(gf.dk), dvr = vec(gf.dv);
+    std::vector<double> dk(B * Hkv * S * D, 0.0), dv(dk.size(), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < S * D; ++i) {
+          dk[(b * Hkv + h / 2) * S * D + i] += dkr[(b * H + h) * S * D + i];
+          dv[(b * Hkv + h / 2) * S * D + i] += dvr[(b * H + h) * S * D + i];
+        }
+    expect_close(vec(gg.dk), dk, 1e-12, "GQA dk");
+    expect_close(vec(gg.dv), dv, 1e-12, "GQA dv");
+  }
+}
+
+TEST(AttentionNn, StridedAndBf16Inputs) {
+  Generator gen(53);
+  const int64_t B = 1, H = 2, T = 5, D = 8;
+  // [B, T, H, D] buffers viewed as [B, H, T, D], as a model's projections produce them.
+  Tensor q = Tensor::randn({B, T, H, D}, gen, DType::f32).transpose(1, 2);
+  Tensor k = Tensor::randn({B, T, H, D}, gen, DType::f32).transpose(1, 2);
+  Tensor v = Tensor::randn({B, T, H, D}, gen, DType::f32).transpose(1, 2);
+  ASSERT_FALSE(q.is_contiguous());
+  AttentionOut o = attention(q, k, v, true, 0.35);
+  Ref r = ref_attention(q, k, v, true, 0.35);
+  expect_close(vec(o.out), r.out, 2e-5, "strided attention out");
+
+  Tensor qb = q.to(DType::bf16), kb = k.to(DType::bf16), vb = v.to(DType::bf16);
+  AttentionOut ob = attention(qb, kb, vb, true, 0.35);
+  EXPECT_EQ(ob.out.dtype(), DType::bf16);
+  EXPECT_EQ(ob.lse.dtype(), DType::f32);
+  Ref rb = ref_attention(qb, kb, vb, true, 0.35);
+  expect_close(vec(ob.out), rb.out, 1e-2, "bf16 attention out");
+  expect_close(vec(ob.lse), rb.lse, 1e-5, "bf16 attention lse (f32)");
+  AttentionGrads gb = attention_backward(ob.out, qb, kb, vb, ob.out, ob.lse, true, 0.35);
+  EXPECT_EQ(gb.dk.dtype(), DType::bf16);
+  for (double x : vec(gb.dq)) EXPECT_TRUE(std::isfinite(x));
+}
+
+TEST(AttentionNn, BackwardMatchesFiniteDifferences) {
+  Generator gen(54);
+  struct Case {
+    int64_t H, Hkv, T, S;
+    bool causal;
+  };
+  const Case cases[] = {{2, 2, 3, 3, false}, {2, 2, 3, 3, true}, {4, 2, 3, 4, true}, {4, 2, 3, 4, false},
+                        {2, 1, 4, 2, true}};  // last: T > S, rows with no keys
+  const int64_t B = 1, D = 3;
+  for (const Case& cs : cases) {
+    Tensor q = Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64);
+    Tensor k = Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64);
+    Tensor v = Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64);
+    Tensor u = Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64);
+    const double scale = 0.7;
+    auto f = [&] { return dot(u, attention(q, k, v, cs.causal, scale).out); };
+    AttentionOut o = attention(q, k, v, cs.causal, scale);
+    AttentionGrads g = attention_backward(u, q, k, v, o.out, o.lse, cs.causal, scale);
+    expect_close(vec(g.dq), numeric_grad(q, f), 1e-7, "attention dq");
+    expect_close(vec(g.dk), numeric_grad(k, f), 1e-7, "attention dk");
+    expect_close(vec(g.dv), numeric_grad(v, f), 1e-7, "attention dv");
+  }
+}
+
+TEST(AttentionNn, ErrorsNameOpAndShapes) {
+  Tensor q = Tensor::zeros({1, 3, 4, 8}), k = Tensor::zeros({1, 2, 4, 8});
+  try {
+    attention(q, k, k, true, 1.0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("attention"), std::string::npos) << m;
+    EXPECT_NE(m.find("[1, 3, 4, 8]"), std::string::npos) << m;
+    EXPECT_NE(m.find("[1, 2, 4, 8]"), std::string::npos) << m;
+  }
+  EXPECT_THROW(attention(q, Tensor::zeros({1, 3, 4, 4}), Tensor::zeros({1, 3, 4, 4}), false, 1.0), Error);
+  EXPECT_THROW(attention(q, q, Tensor::zeros({1, 3, 5, 8}), false, 1.0), Error);
+  EXPECT_THROW(attention(Tensor::zeros({3, 4, 8}), k, k, false, 1.0), Error);
+  AttentionOut o = attention(q, q, q, false, 1.0);
+  EXPECT_THROW(attention_backward(q, q, q, q, o.out, o.lse.to(DType::f64), false, 1.0), Error);
+
+  Tensor c, s;
+  rope_tables(4, 8, 10000.0, 0, DType::f32, c, s);
+  try {
+    rope(Tensor::zeros({1, 1, 4, 7}), c, s);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[1, 1, 4, 7]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(rope(Tensor::zeros({1, 1, 5, 8}), c, s), Error);  // tables for 4 positions
+  EXPECT_THROW(rope_tables(4, 7, 10000.0, 0, DType::f32, c, s), Error);
+}
+
+}  // namespace

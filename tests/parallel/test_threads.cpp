@@ -1,0 +1,73 @@
+// threads_per_rank / apply_thread_settings.
+#include <gtest/gtest.h>
+#include <omp.h>
+#include <sched.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "parallel/threads.h"
+
+extern "C" int openblas_get_num_threads();
+
+namespace {
+// Sets an environment variable for one scope, restoring the old value after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+}  // namespace
+
+TEST(ParallelThreads, ExplicitRequestWins) {
+  EXPECT_EQ(lathe::parallel::threads_per_rank(3), 3);
+  EXPECT_THROW(lathe::parallel::threads_per_rank(-1), lathe::Error);
+}
+
+TEST(ParallelThreads, AutomaticSplitsCoresAmongLocalRanks) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  const int affinity = CPU_COUNT(&set);
+  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+  {
+    ScopedEnv env("OMPI_COMM_WORLD_LOCAL_SIZE", "1");
+    EXPECT_EQ(lathe::parallel::local_rank_count(), 1);
+    EXPECT_EQ(lathe::parallel::threads_per_rank(0), std::min(affinity, hw));
+  }
+  {
+    ScopedEnv env("OMPI_COMM_WORLD_LOCAL_SIZE", "2");
+    EXPECT_EQ(lathe::parallel::threads_per_rank(0), std::max(1, std::min(affinity, hw / 2)));
+  }
+  {
+    ScopedEnv env("OMPI_COMM_WORLD_LOCAL_SIZE", "100000");  // more ranks than cores: still one thread
+    EXPECT_EQ(lathe::parallel::local_rank_count(), 100000);
+    EXPECT_EQ(lathe::parallel::threads_per_rank(0), 1);
+  }
+}
+
+TEST(ParallelThreads, ApplySetsOpenMPAndOpenBLAS) {
+  const int omp_before = omp_get_max_threads();
+  const int blas_before = openblas_get_num_threads();
+  lathe::parallel::apply_thread_settings(3);
+  EXPECT_EQ(omp_get_max_threads(), 3);
+  EXPECT_EQ(openblas_get_num_threads(), 3);
+  EXPECT_THROW(lathe::parallel::apply_thread_settings(0), lathe::Error);
+  omp_set_num_threads(omp_before);
+  lathe::parallel::apply_thread_settings(blas_before);
+  omp_set_num_threads(omp_before);
+}

@@ -1,0 +1,549 @@
+// HDF5 C API wrappers for checkpoints; see hdf5_io.h for the on-disk conventions.
+#include "train/hdf5_io.h"
+
+#include <hdf5.h>
+
+#include <cstring>
+
+namespace lathe::train {
+namespace {
+
+static_assert(sizeof(hid_t) == sizeof(int64_t), "H5Handle stores hid_t as int64_t");
+
+// HDF5 prints its whole error stack to stderr by default; we throw instead. In a
+// thread-safe build the setting is per thread, so every entry point calls this.
+void quiet_hdf5() {
+  static thread_local bool done = false;
+  if (!done) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    done = true;
+  }
+}
+
+herr_t innermost_error(unsigned n, const H5E_error2_t* err, void* out) {
+  if (n == 0 && err && err->desc) *static_cast<std::string*>(out) = err->desc;
+  return 0;
+}
+
+// The innermost message of HDF5's error stack for the last failed call (e.g.
+// "truncated file: eof = ..."), then clears the stack.
+std::string h5_detail() {
+  std::string msg;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg.empty() ? std::string() : " (hdf5: " + msg + ")";
+}
+
+std::string where(const std::string& file, const std::string& name) {
+  return "HDF5 file '" + file + "', object '" + name + "'";
+}
+
+// Strips a leading '/', so "" is the root group.
+std::string rel(const std::string& name) {
+  size_t i = 0;
+  while (i < name.size() && name[i] == '/') ++i;
+  return name.substr(i);
+}
+
+const char* loc_name(const std::string& r) { return r.empty() ? "/" : r.c_str(); }
+
+// IEEE 754 binary16: sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9.
+// HDF5 1.10 has no predefined half type, so build it from the 32-bit one.
+H5Handle make_f16_type() {
+  H5Handle t(H5Tcopy(H5T_IEEE_F32LE));
+  LATHE_CHECK(t.valid()) << "HDF5: cannot create the f16 type" << h5_detail();
+  bool ok = H5Tset_fields(t.get(), 15, 10, 5, 0, 10) >= 0 && H5Tset_size(t.get(), 2) >= 0 &&
+            H5Tset_precision(t.get(), 16) >= 0 && H5Tset_ebias(t.get(), 15) >= 0;
+  LATHE_CHECK(ok) << "HDF5: cannot create the f16 type" << h5_detail();
+  return t;
+}
+
+// Memory type used both to write and read a dtype (bf16 travels as its uint16 bits).
+H5Handle mem_type(DType dt) {
+  hid_t base = -1;
+  switch (dt) {
+    case DType::f64: base = H5T_NATIVE_DOUBLE; break;
+    case DType::f32: base = H5T_NATIVE_FLOAT; break;
+    case DType::f16: return make_f16_type();
+    case DType::bf16: base = H5T_NATIVE_UINT16; break;
+    case DType::i64: base = H5T_NATIVE_INT64; break;
+    case DType::i32: base = H5T_NATIVE_INT32; break;
+    case DType::u8: base = H5T_NATIVE_UINT8; break;
+    case DType::i8: base = H5T_NATIVE_INT8; break;
+  }
+  return H5Handle(H5Tcopy(base));
+}
+
+H5Handle vlen_string_type() {
+  H5Handle t(H5Tcopy(H5T_C_S1));
+  H5Tset_size(t.get(), H5T_VARIABLE);
+  H5Tset_cset(t.get(), H5T_CSET_UTF8);
+  return t;
+}
+
+void reclaim_vlen(hid_t type, hid_t space, void* buf) {
+#if H5_VERSION_GE(1, 12, 0)
+  H5Treclaim(type, space, H5P_DEFAULT, buf);
+#else
+  H5Dvlen_reclaim(type, space, H5P_DEFAULT, buf);
+#endif
+}
+
+// True when every component of `r` exists as a link (H5Lexists needs the parents).
+bool path_exists(hid_t file, const std::string& r) {
+  if (r.empty()) return true;
+  size_t pos = 0;
+  while (true) {
+    size_t slash = r.find('/', pos);
+    std::string prefix = r.substr(0, slash);
+    if (!prefix.empty() && prefix.back() != '/') {
+      htri_t e = H5Lexists(file, prefix.c_str(), H5P_DEFAULT);
+      if (e <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        return false;
+      }
+    }
+    if (slash == std::string::npos) break;
+    pos = slash + 1;
+  }
+  htri_t ok = H5Oexists_by_name(file, r.c_str(), H5P_DEFAULT);
+  H5Eclear2(H5E_DEFAULT);
+  return ok > 0;
+}
+
+H5I_type_t object_type(hid_t file, const std::string& r) {
+  if (!path_exists(file, r)) return H5I_BADID;
+  H5Handle o(H5Oopen(file, loc_name(r), H5P_DEFAULT));
+  if (!o.valid()) {
+    H5Eclear2(H5E_DEFAULT);
+    return H5I_BADID;
+  }
+  return H5Iget_type(o.get());
+}
+
+std::string read_string_value(hid_t obj, bool is_attr, const std::string& file, const std::string& name) {
+  H5Handle type(is_attr ? H5Aget_type(obj) : H5Dget_type(obj));
+  H5Handle space(is_attr ? H5Aget_space(obj) : H5Dget_space(obj));
+  LATHE_CHECK(type.valid() && space.valid()) << where(file, name) << ": cannot read its type" << h5_detail();
+  LATHE_CHECK(H5Tget_class(type.get()) == H5T_STRING) << where(file, name) << ": expected a string";
+  LATHE_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1)
+      << where(file, name) << ": expected a single string, found " << H5Sget_simple_extent_npoints(space.get())
+      << " elements";
+  if (H5Tis_variable_str(type.get()) > 0) {
+    H5Handle mt(H5Tcopy(H5T_C_S1));
+    H5Tset_size(mt.get(), H5T_VARIABLE);
+    H5Tset_cset(mt.get(), H5Tget_cset(type.get()));
+    char* buf = nullptr;
+    herr_t st = is_attr ? H5Aread(obj, mt.get(), &buf) : H5Dread(obj, mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &buf);
+    LATHE_CHECK(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
+    std::string out = buf ? std::string(buf) : std::string();
+    reclaim_vlen(mt.get(), space.get(), &buf);
+    return out;
+  }
+  size_t n = H5Tget_size(type.get());
+  H5Handle mt(H5Tcopy(H5T_C_S1));
+  H5Tset_size(mt.get(), n);
+  H5Tset_cset(mt.get(), H5Tget_cset(type.get()));
+  std::string buf(n, '\0');
+  herr_t st = is_attr ? H5Aread(obj, mt.get(), &buf[0]) : H5Dread(obj, mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &buf[0]);
+  LATHE_CHECK(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
+  return std::string(buf.c_str());  // fixed-length strings are NUL-padded
+}
+
+}  // namespace
+
+// ---- H5Handle ----------------------------------------------------------------
+
+H5Handle& H5Handle::operator=(H5Handle&& o) noexcept {
+  if (this != &o) {
+    reset();
+    id_ = o.id_;
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+void H5Handle::reset() {
+  if (id_ < 0) return;
+  hid_t id = id_;
+  id_ = -1;
+  switch (H5Iget_type(id)) {
+    case H5I_FILE: H5Fclose(id); break;
+    case H5I_GROUP: H5Gclose(id); break;
+    case H5I_DATASET: H5Dclose(id); break;
+    case H5I_DATASPACE: H5Sclose(id); break;
+    case H5I_DATATYPE: H5Tclose(id); break;
+    case H5I_ATTR: H5Aclose(id); break;
+    case H5I_GENPROP_LST: H5Pclose(id); break;
+    default: break;
+  }
+}
+
+// ---- H5Writer ----------------------------------------------------------------
+
+H5Writer::H5Writer(const std::string& path) : path_(path) {
+  quiet_hdf5();
+  file_ = H5Handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(file_.valid()) << "cannot create HDF5 file '" << path << "'" << h5_detail();
+}
+
+H5Writer::~H5Writer() {
+  try {
+    file_.reset();
+  } catch (...) {
+  }
+}
+
+void H5Writer::close() {
+  quiet_hdf5();
+  if (!file_.valid()) return;
+  hid_t id = static_cast<hid_t>(file_.release());
+  herr_t fl = H5Fflush(id, H5F_SCOPE_LOCAL);
+  std::string detail = h5_detail();
+  herr_t cl = H5Fclose(id);
+  if (detail.empty()) detail = h5_detail();
+  LATHE_CHECK(fl >= 0 && cl >= 0) << "cannot flush and close HDF5 file '" << path_ << "'" << detail;
+}
+
+void H5Writer::create_group(const std::string& name) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, name) << ": the writer is closed";
+  std::string r = rel(name);
+  if (r.empty()) return;
+  H5I_type_t t = object_type(file_.get(), r);
+  if (t == H5I_GROUP) return;
+  LATHE_CHECK(t == H5I_BADID) << where(path_, name) << ": exists and is not a group";
+  H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  H5Handle g(H5Gcreate2(file_.get(), r.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(g.valid()) << where(path_, name) << ": cannot create the group" << h5_detail();
+}
+
+void H5Writer::write_tensor(const std::string& name, const Tensor& t) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, name) << ": the writer is closed";
+  LATHE_CHECK(t.defined()) << where(path_, name) << ": cannot write an undefined tensor";
+  std::string r = rel(name);
+  LATHE_CHECK(!r.empty() && r.back() != '/') << where(path_, name) << ": a dataset needs a name";
+  LATHE_CHECK(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
+
+  Tensor c = t.to(Device::cpu()).contiguous();
+  std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
+  H5Handle space(c.dim() == 0 ? H5Screate(H5S_SCALAR)
+                              : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  LATHE_CHECK(space.valid()) << where(path_, name) << ": cannot make a dataspace for shape " << c.shape_str()
+                             << h5_detail();
+  H5Handle type = mem_type(c.dtype());
+  H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(dset.valid()) << where(path_, name) << ": cannot create the dataset (" << dtype_name(c.dtype())
+                            << " " << c.shape_str() << ")" << h5_detail();
+  if (c.numel() > 0) {
+    herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data());
+    LATHE_CHECK(st >= 0) << where(path_, name) << ": cannot write " << c.nbytes() << " bytes" << h5_detail();
+  }
+  dset.reset();
+  if (c.dtype() == DType::bf16) set_attr(r, "dtype", std::string("bf16"));
+}
+
+void H5Writer::write_string(const std::string& name, const std::string& value) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, name) << ": the writer is closed";
+  std::string r = rel(name);
+  LATHE_CHECK(!r.empty()) << where(path_, name) << ": a dataset needs a name";
+  LATHE_CHECK(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
+  LATHE_CHECK(value.find('\0') == std::string::npos)
+      << where(path_, name) << ": strings with NUL bytes are not supported";
+  H5Handle type = vlen_string_type();
+  H5Handle space(H5Screate(H5S_SCALAR));
+  H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(dset.valid()) << where(path_, name) << ": cannot create the string dataset" << h5_detail();
+  const char* p = value.c_str();
+  herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p);
+  LATHE_CHECK(st >= 0) << where(path_, name) << ": cannot write the string" << h5_detail();
+}
+
+namespace {
+
+// Creates (replacing) a scalar attribute and writes `buf` with `type`.
+void write_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key, hid_t type,
+                const void* buf) {
+  std::string r = rel(object);
+  LATHE_CHECK(path_exists(file, r)) << where(fpath, object) << ": cannot set attribute '" << key
+                                    << "': no such object";
+  const char* obj = loc_name(r);
+  if (H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0) H5Adelete_by_name(file, obj, key.c_str(), H5P_DEFAULT);
+  H5Handle space(H5Screate(H5S_SCALAR));
+  H5Handle a(H5Acreate_by_name(file, obj, key.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(a.valid()) << where(fpath, object) << ": cannot create attribute '" << key << "'" << h5_detail();
+  LATHE_CHECK(H5Awrite(a.get(), type, buf) >= 0)
+      << where(fpath, object) << ": cannot write attribute '" << key << "'" << h5_detail();
+}
+
+}  // namespace
+
+void H5Writer::set_attr(const std::string& object, const std::string& key, const std::string& value) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, object) << ": the writer is closed";
+  LATHE_CHECK(value.find('\0') == std::string::npos)
+      << where(path_, object) << ": attribute '" << key << "': strings with NUL bytes are not supported";
+  H5Handle type = vlen_string_type();
+  const char* p = value.c_str();
+  write_attr(file_.get(), path_, object, key, type.get(), &p);
+}
+
+void H5Writer::set_attr(const std::string& object, const std::string& key, int64_t value) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, object) << ": the writer is closed";
+  write_attr(file_.get(), path_, object, key, H5T_NATIVE_INT64, &value);
+}
+
+void H5Writer::set_attr(const std::string& object, const std::string& key, double value) {
+  quiet_hdf5();
+  LATHE_CHECK(file_.valid()) << where(path_, object) << ": the writer is closed";
+  write_attr(file_.get(), path_, object, key, H5T_NATIVE_DOUBLE, &value);
+}
+
+// ---- H5Reader ----------------------------------------------------------------
+
+H5Reader::H5Reader(const std::string& path) : path_(path) {
+  quiet_hdf5();
+  htri_t is_h5 = H5Fis_hdf5(path.c_str());
+  if (is_h5 <= 0) {
+    std::string detail = h5_detail();
+    FILE* f = std::fopen(path.c_str(), "rb");
+    bool exists = f != nullptr;
+    if (f) std::fclose(f);
+    LATHE_CHECK(exists) << "cannot open HDF5 file '" << path << "': no such file or not readable";
+    LATHE_FAIL() << "cannot open HDF5 file '" << path << "': not an HDF5 file (corrupt or truncated?)" << detail;
+  }
+  file_ = H5Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  LATHE_CHECK(file_.valid()) << "cannot open HDF5 file '" << path << "' (corrupt or truncated?)" << h5_detail();
+}
+
+bool H5Reader::exists(const std::string& name) const {
+  quiet_hdf5();
+  return path_exists(file_.get(), rel(name));
+}
+
+bool H5Reader::is_group(const std::string& name) const {
+  quiet_hdf5();
+  return object_type(file_.get(), rel(name)) == H5I_GROUP;
+}
+
+bool H5Reader::is_dataset(const std::string& name) const {
+  quiet_hdf5();
+  return object_type(file_.get(), rel(name)) == H5I_DATASET;
+}
+
+namespace {
+
+struct ListCtx {
+  std::vector<std::string>* names;
+};
+
+herr_t collect_link(hid_t, const char* name, const H5L_info_t*, void* data) {
+  static_cast<ListCtx*>(data)->names->push_back(name);
+  return 0;
+}
+
+std::vector<std::string> children(hid_t file, const std::string& fpath, const std::string& group) {
+  std::string r = rel(group);
+  LATHE_CHECK(object_type(file, r) == H5I_GROUP) << where(fpath, group) << ": no such group";
+  H5Handle g(H5Gopen2(file, loc_name(r), H5P_DEFAULT));
+  LATHE_CHECK(g.valid()) << where(fpath, group) << ": cannot open the group" << h5_detail();
+  std::vector<std::string> names;
+  ListCtx ctx{&names};
+  hsize_t idx = 0;
+  herr_t st = H5Literate(g.get(), H5_INDEX_NAME, H5_ITER_INC, &idx, collect_link, &ctx);
+  LATHE_CHECK(st >= 0) << where(fpath, group) << ": cannot list the group" << h5_detail();
+  return names;
+}
+
+void walk_datasets(hid_t file, const std::string& fpath, const std::string& group, const std::string& prefix,
+                   std::vector<std::string>& out) {
+  for (const std::string& n : children(file, fpath, group)) {
+    std::string full = rel(group).empty() ? n : rel(group) + "/" + n;
+    H5I_type_t t = object_type(file, full);
+    if (t == H5I_GROUP) {
+      walk_datasets(file, fpath, full, prefix + n + "/", out);
+    } else if (t == H5I_DATASET) {
+      out.push_back(prefix + n);
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> H5Reader::list(const std::string& group) const {
+  quiet_hdf5();
+  return children(file_.get(), path_, group);
+}
+
+std::vector<std::string> H5Reader::list_datasets(const std::string& group) const {
+  quiet_hdf5();
+  std::vector<std::string> out;
+  walk_datasets(file_.get(), path_, group, "", out);
+  return out;
+}
+
+namespace {
+
+H5Handle open_dataset(hid_t file, const std::string& fpath, const std::string& name) {
+  std::string r = rel(name);
+  H5I_type_t t = object_type(file, r);
+  LATHE_CHECK(t != H5I_BADID) << where(fpath, name) << ": no such dataset";
+  LATHE_CHECK(t == H5I_DATASET) << where(fpath, name) << ": is a group, not a dataset";
+  H5Handle d(H5Dopen2(file, r.c_str(), H5P_DEFAULT));
+  LATHE_CHECK(d.valid()) << where(fpath, name) << ": cannot open the dataset" << h5_detail();
+  return d;
+}
+
+DType classify(hid_t dset, const std::string& fpath, const std::string& name) {
+  H5Handle type(H5Dget_type(dset));
+  LATHE_CHECK(type.valid()) << where(fpath, name) << ": cannot read its type" << h5_detail();
+  H5T_class_t cls = H5Tget_class(type.get());
+  size_t size = H5Tget_size(type.get());
+  if (cls == H5T_FLOAT) {
+    if (size == 8) return DType::f64;
+    if (size == 4) return DType::f32;
+    if (size == 2) return DType::f16;
+  } else if (cls == H5T_INTEGER) {
+    bool is_signed = H5Tget_sign(type.get()) == H5T_SGN_2;
+    if (size == 8 && is_signed) return DType::i64;
+    if (size == 4 && is_signed) return DType::i32;
+    if (size == 1) return is_signed ? DType::i8 : DType::u8;
+    if (size == 2 && !is_signed && H5Aexists(dset, "dtype") > 0) {
+      H5Handle a(H5Aopen(dset, "dtype", H5P_DEFAULT));
+      if (a.valid() && read_string_value(a.get(), true, fpath, name + "@dtype") == "bf16") return DType::bf16;
+    }
+    LATHE_FAIL() << where(fpath, name) << ": unsupported integer type (" << size << " bytes, "
+                 << (is_signed ? "signed" : "unsigned") << "); lathe reads i64, i32, u8, i8 and bf16 "
+                 << "(uint16 with attribute dtype=\"bf16\")";
+  }
+  LATHE_FAIL() << where(fpath, name) << ": unsupported HDF5 type class " << static_cast<int>(cls) << " of "
+               << size << " bytes; lathe reads f64, f32, f16, bf16, i64, i32, u8, i8";
+  return DType::f32;  // unreachable
+}
+
+Shape dataset_shape(hid_t dset, const std::string& fpath, const std::string& name) {
+  H5Handle space(H5Dget_space(dset));
+  LATHE_CHECK(space.valid()) << where(fpath, name) << ": cannot read its dataspace" << h5_detail();
+  H5S_class_t cls = H5Sget_simple_extent_type(space.get());
+  if (cls == H5S_SCALAR) return {};
+  LATHE_CHECK(cls == H5S_SIMPLE) << where(fpath, name) << ": has a null dataspace (no shape)";
+  int rank = H5Sget_simple_extent_ndims(space.get());
+  LATHE_CHECK(rank >= 0) << where(fpath, name) << ": cannot read its rank" << h5_detail();
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return Shape(dims.begin(), dims.end());
+}
+
+}  // namespace
+
+DType H5Reader::dtype(const std::string& name) const {
+  quiet_hdf5();
+  H5Handle d = open_dataset(file_.get(), path_, name);
+  return classify(d.get(), path_, name);
+}
+
+Shape H5Reader::shape(const std::string& name) const {
+  quiet_hdf5();
+  H5Handle d = open_dataset(file_.get(), path_, name);
+  return dataset_shape(d.get(), path_, name);
+}
+
+Tensor H5Reader::read_tensor(const std::string& name, std::optional<DType> expect_dtype,
+                             const std::optional<Shape>& expect_shape) const {
+  quiet_hdf5();
+  H5Handle d = open_dataset(file_.get(), path_, name);
+  DType dt = classify(d.get(), path_, name);
+  Shape shape = dataset_shape(d.get(), path_, name);
+  LATHE_CHECK(!expect_dtype || *expect_dtype == dt)
+      << where(path_, name) << ": expected dtype " << dtype_name(*expect_dtype) << ", found " << dtype_name(dt);
+  LATHE_CHECK(!expect_shape || *expect_shape == shape)
+      << where(path_, name) << ": expected shape " << shape_str(*expect_shape) << ", found " << shape_str(shape);
+  Tensor out = Tensor::empty(shape, dt);
+  if (out.numel() > 0) {
+    H5Handle type = mem_type(dt);
+    herr_t st = H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.raw_data());
+    LATHE_CHECK(st >= 0) << where(path_, name) << ": cannot read " << dtype_name(dt) << " " << shape_str(shape)
+                         << " (corrupt or truncated file?)" << h5_detail();
+  }
+  return out;
+}
+
+void H5Reader::read_into(const std::string& name, const Tensor& dst) const {
+  LATHE_CHECK(dst.defined()) << where(path_, name) << ": read_into an undefined tensor";
+  Tensor t = read_tensor(name, dst.dtype(), dst.shape());
+  dst.copy_(t);
+}
+
+std::string H5Reader::read_string(const std::string& name) const {
+  quiet_hdf5();
+  H5Handle d = open_dataset(file_.get(), path_, name);
+  return read_string_value(d.get(), false, path_, name);
+}
+
+namespace {
+
+H5Handle open_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key) {
+  std::string r = rel(object);
+  LATHE_CHECK(path_exists(file, r)) << where(fpath, object) << ": no such object (reading attribute '" << key
+                                    << "')";
+  const char* obj = loc_name(r);
+  LATHE_CHECK(H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0)
+      << where(fpath, object) << ": no attribute '" << key << "'";
+  H5Handle a(H5Aopen_by_name(file, obj, key.c_str(), H5P_DEFAULT, H5P_DEFAULT));
+  LATHE_CHECK(a.valid()) << where(fpath, object) << ": cannot open attribute '" << key << "'" << h5_detail();
+  return a;
+}
+
+template <typename T>
+T read_numeric_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key,
+                    hid_t memtype, bool allow_float) {
+  H5Handle a = open_attr(file, fpath, object, key);
+  H5Handle type(H5Aget_type(a.get()));
+  H5Handle space(H5Aget_space(a.get()));
+  H5T_class_t cls = H5Tget_class(type.get());
+  LATHE_CHECK(cls == H5T_INTEGER || (allow_float && cls == H5T_FLOAT))
+      << where(fpath, object) << ": attribute '" << key << "' is not " << (allow_float ? "a number" : "an integer");
+  LATHE_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1)
+      << where(fpath, object) << ": attribute '" << key << "' is not a scalar";
+  T v{};
+  LATHE_CHECK(H5Aread(a.get(), memtype, &v) >= 0)
+      << where(fpath, object) << ": cannot read attribute '" << key << "'" << h5_detail();
+  return v;
+}
+
+}  // namespace
+
+bool H5Reader::has_attr(const std::string& object, const std::string& key) const {
+  quiet_hdf5();
+  std::string r = rel(object);
+  if (!path_exists(file_.get(), r)) return false;
+  htri_t e = H5Aexists_by_name(file_.get(), loc_name(r), key.c_str(), H5P_DEFAULT);
+  H5Eclear2(H5E_DEFAULT);
+  return e > 0;
+}
+
+std::string H5Reader::attr_string(const std::string& object, const std::string& key) const {
+  quiet_hdf5();
+  H5Handle a = open_attr(file_.get(), path_, object, key);
+  return read_string_value(a.get(), true, path_, object + "@" + key);
+}
+
+int64_t H5Reader::attr_int(const std::string& object, const std::string& key) const {
+  quiet_hdf5();
+  return read_numeric_attr<int64_t>(file_.get(), path_, object, key, H5T_NATIVE_INT64, false);
+}
+
+double H5Reader::attr_double(const std::string& object, const std::string& key) const {
+  quiet_hdf5();
+  return read_numeric_attr<double>(file_.get(), path_, object, key, H5T_NATIVE_DOUBLE, true);
+}
+
+}  // namespace lathe::train
