@@ -73,6 +73,10 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grads) {
       m.grad = fresh;
     }
   } else {
+    LATHE_CHECK(m.grad.shape() == leaf_.shape() && m.grad.dtype() == leaf_.dtype())
+        << "backward: the existing .grad (" << m.grad.shape_str() << ", " << dtype_name(m.grad.dtype())
+        << ") no longer matches its tensor (" << leaf_.shape_str() << ", " << dtype_name(leaf_.dtype())
+        << "); zero_grad() after changing a parameter's data";
     // += semantics: gradients of successive backward calls add up until zeroed.
     kernels::add_(m.grad, g, 1.0);
   }

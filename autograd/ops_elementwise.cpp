@@ -75,19 +75,21 @@ Tensor unary(UnaryOp op, const Tensor& x) {
   });
 }
 
-Tensor neg(const Tensor& x) { return unary(UnaryOp::neg, x); }
-Tensor exp(const Tensor& x) { return unary(UnaryOp::exp, x); }
-Tensor log(const Tensor& x) { return unary(UnaryOp::log, x); }
-Tensor sqrt(const Tensor& x) { return unary(UnaryOp::sqrt, x); }
-Tensor rsqrt(const Tensor& x) { return unary(UnaryOp::rsqrt, x); }
-Tensor tanh(const Tensor& x) { return unary(UnaryOp::tanh, x); }
-Tensor sigmoid(const Tensor& x) { return unary(UnaryOp::sigmoid, x); }
-Tensor relu(const Tensor& x) { return unary(UnaryOp::relu, x); }
-Tensor gelu(const Tensor& x, bool tanh_approx) { return unary(tanh_approx ? UnaryOp::gelu_tanh : UnaryOp::gelu_erf, x); }
-Tensor silu(const Tensor& x) { return unary(UnaryOp::silu, x); }
-Tensor abs(const Tensor& x) { return unary(UnaryOp::abs, x); }
-Tensor square(const Tensor& x) { return unary(UnaryOp::square, x); }
-Tensor reciprocal(const Tensor& x) { return unary(UnaryOp::reciprocal, x); }
+Tensor neg(const Tensor& x) { return autograd::unary(UnaryOp::neg, x); }
+Tensor exp(const Tensor& x) { return autograd::unary(UnaryOp::exp, x); }
+Tensor log(const Tensor& x) { return autograd::unary(UnaryOp::log, x); }
+Tensor sqrt(const Tensor& x) { return autograd::unary(UnaryOp::sqrt, x); }
+Tensor rsqrt(const Tensor& x) { return autograd::unary(UnaryOp::rsqrt, x); }
+Tensor tanh(const Tensor& x) { return autograd::unary(UnaryOp::tanh, x); }
+Tensor sigmoid(const Tensor& x) { return autograd::unary(UnaryOp::sigmoid, x); }
+Tensor relu(const Tensor& x) { return autograd::unary(UnaryOp::relu, x); }
+Tensor gelu(const Tensor& x, bool tanh_approx) {
+  return autograd::unary(tanh_approx ? UnaryOp::gelu_tanh : UnaryOp::gelu_erf, x);
+}
+Tensor silu(const Tensor& x) { return autograd::unary(UnaryOp::silu, x); }
+Tensor abs(const Tensor& x) { return autograd::unary(UnaryOp::abs, x); }
+Tensor square(const Tensor& x) { return autograd::unary(UnaryOp::square, x); }
+Tensor reciprocal(const Tensor& x) { return autograd::unary(UnaryOp::reciprocal, x); }
 
 Tensor pow(const Tensor& x, double p) {
   Tensor y = kernels::pow_scalar(x, p);

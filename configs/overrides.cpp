@@ -1,6 +1,8 @@
 // `--set a.b.c=value` overrides: each becomes the text-format snippet `a { b { c: value } }`,
 // parsed on its own and merged into the config (so a scalar is replaced and a repeated field
 // gets the value appended, exactly as if the file had said it).
+#include <cctype>
+
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 

@@ -1,5 +1,6 @@
 // Reading configs: text format and JSON parsing with every error located at
 // file:line:col (1-based), load_config() (parse, override, resolve, validate) and to_text().
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -219,13 +220,16 @@ RunConfig parse_json_impl(const std::string& text, const std::string& origin, st
         for (const auto& key : scan.keys) {
           std::vector<std::string> names;  // the proto names along the key path
           const gp::Descriptor* m = RunConfig::descriptor();
+          const gp::FieldDescriptor* f = nullptr;
           for (const auto& p : key.path) {
-            const auto* f = m ? detail::find_field(m, p) : nullptr;
+            f = m ? detail::find_field(m, p) : nullptr;
             names.push_back(f ? f->name() : p);
             m = f && f->type() == gp::FieldDescriptor::TYPE_MESSAGE ? f->message_type() : nullptr;
           }
           if (dotted(names) == path || dotted(key.path) == path) {
             where = at(origin, key.line, key.col);
+            if (f && f->type() == gp::FieldDescriptor::TYPE_ENUM && rest.rfind("invalid value", 0) == 0)
+              rest += detail::enum_hint(f->enum_type(), quoted(rest, 0));
             break;
           }
         }

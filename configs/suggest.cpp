@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <functional>
-#include <set>
 
 #include "configs/lathe.pb.h"
 

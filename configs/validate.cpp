@@ -1,8 +1,10 @@
 // validate(): the semantic rules a parsed RunConfig must satisfy. Every message starts with
 // the path of the field it is about and shows the offending value, so a user knows what to
 // change without reading the schema.
+#include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "configs/checks.h"
@@ -25,7 +27,6 @@ std::string show(double v) {
 }
 std::string show(int64_t v) { return std::to_string(v); }
 std::string show(int32_t v) { return std::to_string(v); }
-std::string show(uint64_t v) { return std::to_string(v); }
 
 class Checker {
  public:
@@ -101,7 +102,7 @@ void check_data(const RunConfig& cfg, Checker& c) {
     if (!d.path().empty())
       c.fail("data.path", "not used when data.source is SYNTHETIC (got \"" + d.path() +
                               "\"); set data.source to TEXT, JSONL or HDF5 to read it");
-    c.positive("data.synthetic.num_tokens", d.synthetic().num_tokens());
+    c.positive("data.synthetic.bytes", d.synthetic().bytes());
   }
   if (d.tokenizer().empty())
     c.fail("data.tokenizer", "must be \"byte\", a tokenizer.json path, or a directory with vocab.json and merges.txt");

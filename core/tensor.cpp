@@ -528,6 +528,18 @@ void Tensor::fill_(double value) const {
   LATHE_DISPATCH_DTYPE(dtype(), T, fill_kernel<T>(*this, value));
 }
 
+void Tensor::set_data(const Tensor& other) const {
+  TensorImpl& me = impl();
+  const TensorImpl& o = other.impl();
+  LATHE_CHECK(!me.requires_grad || is_floating(o.dtype))
+      << "set_data: a tensor that requires grad needs floating data, got " << dtype_name(o.dtype);
+  me.storage = o.storage;
+  me.shape = o.shape;
+  me.strides = o.strides;
+  me.offset = o.offset;
+  me.dtype = o.dtype;
+}
+
 const Tensor& Tensor::set_requires_grad(bool r) const {
   LATHE_CHECK(!r || is_floating(dtype())) << "requires_grad needs a floating dtype, got " << dtype_name(dtype());
   impl().requires_grad = r;

@@ -120,6 +120,10 @@ class Tensor {
   void copy_(const Tensor& src) const;
   void fill_(double value) const;
   void zero_() const { fill_(0.0); }
+  // Points this tensor (and every handle sharing its TensorImpl, e.g. a module's parameter
+  // registry) at other's data: storage, shape, strides, offset and dtype. Autograd flags stay.
+  // Used to cast or move parameters in place and to load weights of another dtype.
+  void set_data(const Tensor& other) const;
 
   // ---- autograd (flags here; the machinery is in autograd/) -------------------------
   bool requires_grad() const { return impl_ && impl().requires_grad; }

@@ -248,20 +248,25 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& out)
     out.push_back(byte_id_[static_cast<unsigned char>(word[0])]);
     return;
   }
-  const size_t h = std::hash<std::string_view>()(word);
+  if (word.size() > 256) {  // long runs (e.g. "=====...") are rare; caching them only costs memory
+    bpe_word(word, out);
+    return;
+  }
+  const uint64_t h = std::hash<std::string_view>()(word);
   CacheShard& shard = cache_[h % kCacheShards];
-  std::string key(word);
   {
     std::lock_guard<std::mutex> lock(shard.mu);
-    auto it = shard.map.find(key);
-    if (it != shard.map.end()) {
-      const int32_t* p = shard.arena.data() + it->second.first;
-      out.insert(out.end(), p, p + it->second.second);
+    auto it = shard.map.find(h);
+    if (it != shard.map.end() && it->second.word_len == word.size() &&
+        word.compare(0, word.size(), shard.words.data() + it->second.word_off, it->second.word_len) == 0) {
+      const int32_t* p = shard.ids.data() + it->second.ids_off;
+      out.insert(out.end(), p, p + it->second.ids_len);
       return;
     }
   }
   const size_t start = out.size();
-  auto direct = ignore_merges_ ? bytes_to_id_.find(key) : bytes_to_id_.end();
+  auto direct = bytes_to_id_.end();
+  if (ignore_merges_) direct = bytes_to_id_.find(std::string(word));
   if (direct != bytes_to_id_.end()) {
     out.push_back(direct->second);
   } else {
@@ -269,13 +274,18 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& out)
   }
   std::lock_guard<std::mutex> lock(shard.mu);
   // Bounded memory: a shard that grew past its budget starts over.
-  if (shard.arena.size() > (1u << 22) || shard.map.size() > (1u << 16)) {
+  if (shard.ids.size() > (1u << 22) || shard.words.size() > (1u << 24) || shard.map.size() > (1u << 16)) {
     shard.map.clear();
-    shard.arena.clear();
+    shard.ids.clear();
+    shard.words.clear();
   }
-  const auto off = static_cast<uint32_t>(shard.arena.size());
-  shard.arena.insert(shard.arena.end(), out.begin() + start, out.end());
-  shard.map.emplace(std::move(key), std::make_pair(off, static_cast<uint32_t>(out.size() - start)));
+  // A hash collision keeps the first word; the second is simply not cached.
+  CacheEntry e{static_cast<uint32_t>(shard.words.size()), static_cast<uint32_t>(word.size()),
+               static_cast<uint32_t>(shard.ids.size()), static_cast<uint32_t>(out.size() - start)};
+  if (shard.map.emplace(h, e).second) {
+    shard.words.append(word);
+    shard.ids.insert(shard.ids.end(), out.begin() + start, out.end());
+  }
 }
 
 void BpeTokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const {

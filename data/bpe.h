@@ -106,10 +106,16 @@ class BpeTokenizer : public Tokenizer {
     bool first[256] = {};
     std::vector<std::vector<int32_t>> by_first;  // first byte -> added-token indices, longest first
   };
+  // Word cache, keyed by the word's 64-bit hash; the word's bytes are kept to confirm a hit,
+  // so a lookup allocates nothing. Sharded so that threads encoding at once rarely contend.
+  struct CacheEntry {
+    uint32_t word_off, word_len, ids_off, ids_len;
+  };
   struct CacheShard {
     std::mutex mu;
-    std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> map;  // word -> arena span
-    std::vector<int32_t> arena;
+    std::unordered_map<uint64_t, CacheEntry> map;
+    std::string words;         // arena of cached words' bytes
+    std::vector<int32_t> ids;  // arena of their ids
   };
   static constexpr int kCacheShards = 32;
 

@@ -122,6 +122,7 @@ class MpiWork final : public Work {
   }
 
   bool test() override {
+    std::lock_guard<std::mutex> g(mu_);  // one MPI_Test per request at a time
     if (done_) {
       if (error_) std::rethrow_exception(error_);
       return true;
@@ -169,6 +170,8 @@ class MpiWork final : public Work {
   // After a timeout in throw mode: cancel a receive (reliable in MPI), otherwise hand
   // the request and its buffers to the communicator, which never reuses them.
   std::exception_ptr abandon(const std::string& msg) {
+    std::lock_guard<std::mutex> own(mu_);
+    if (done_) return error_ ? error_ : make_error(msg);  // another thread got there first
     if (is_recv_) {
       MpiLock lock;
       MPI_Cancel(&req);
@@ -202,6 +205,7 @@ class MpiWork final : public Work {
     keep.clear();
   }
 
+  std::mutex mu_;
   MpiCommunicator* comm_;
   std::string what_;
   bool p2p_;
@@ -245,16 +249,18 @@ MpiCommunicator::~MpiCommunicator() {
 std::string MpiCommunicator::next_collective(const char* op) {
   std::string what = std::string(op) + " #" + std::to_string(++coll_seq_);
   std::lock_guard<std::mutex> g(mu_);
-  LATHE_CHECK(broken_.empty()) << "lathe: rank " << rank_ << ": " << what << ": this communicator is unusable since "
-                               << broken_ << " timed out";
+  if (!broken_.empty())
+    LATHE_FAIL() << "lathe: rank " << rank_ << ": " << what << ": this communicator is unusable since " << broken_
+                 << " timed out";
   return what;
 }
 
 std::string MpiCommunicator::next_p2p(const char* op) {
   std::string what = std::string(op) + " #" + std::to_string(++p2p_seq_);
   std::lock_guard<std::mutex> g(mu_);
-  LATHE_CHECK(broken_.empty()) << "lathe: rank " << rank_ << ": " << what << ": this communicator is unusable since "
-                               << broken_ << " timed out";
+  if (!broken_.empty())
+    LATHE_FAIL() << "lathe: rank " << rank_ << ": " << what << ": this communicator is unusable since " << broken_
+                 << " timed out";
   return what;
 }
 

@@ -16,6 +16,13 @@
 
 #include "core/error.h"
 
+// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
+// the text of the condition would be noise in them.
+#define REQUIRE(cond) \
+  if (__builtin_expect(!!(cond), 1)) { \
+  } else \
+    LATHE_FAIL()
+
 namespace fs = std::filesystem;
 
 namespace lathe::train {
@@ -41,7 +48,7 @@ bool all_digits(const std::string& s) {
 void remove_path(const std::string& p) {
   std::error_code ec;
   fs::remove_all(p, ec);
-  LATHE_CHECK(!ec) << "checkpoint: cannot remove '" << p << "': " << ec.message();
+  REQUIRE(!ec) << "checkpoint: cannot remove '" << p << "': " << ec.message();
 }
 
 struct StepEntry {
@@ -59,7 +66,7 @@ std::vector<StepEntry> step_dirs(const std::string& root) {
     std::optional<int64_t> s = parse_step_dir(e.path().string());
     if (s) out.push_back({*s, e.path().string()});
   }
-  LATHE_CHECK(!ec) << "checkpoint: cannot list '" << root << "': " << ec.message();
+  REQUIRE(!ec) << "checkpoint: cannot list '" << root << "': " << ec.message();
   std::sort(out.begin(), out.end(), [](const StepEntry& a, const StepEntry& b) { return a.step < b.step; });
   return out;
 }
@@ -89,14 +96,14 @@ void refresh_latest(const std::string& root) {
 }  // namespace
 
 std::string step_dir(const std::string& ckpt_root, int64_t step) {
-  LATHE_CHECK(step >= 0) << "checkpoint: step must be >= 0, got " << step;
+  REQUIRE(step >= 0) << "checkpoint: step must be >= 0, got " << step;
   char buf[32];
   std::snprintf(buf, sizeof(buf), "step_%08lld", static_cast<long long>(step));
   return (fs::path(ckpt_root) / buf).string();
 }
 
 std::string rank_file_name(int rank) {
-  LATHE_CHECK(rank >= 0) << "checkpoint: rank must be >= 0, got " << rank;
+  REQUIRE(rank >= 0) << "checkpoint: rank must be >= 0, got " << rank;
   char buf[32];
   std::snprintf(buf, sizeof(buf), "rank_%05d.h5", rank);
   return buf;
@@ -120,27 +127,27 @@ std::optional<int64_t> parse_step_dir(const std::string& path) {
 
 void fsync_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  LATHE_CHECK(fd >= 0) << "checkpoint: cannot open '" << path << "' to fsync: " << std::strerror(errno);
+  REQUIRE(fd >= 0) << "checkpoint: cannot open '" << path << "' to fsync: " << std::strerror(errno);
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  LATHE_CHECK(rc == 0) << "checkpoint: fsync of '" << path << "' failed: " << std::strerror(err);
+  REQUIRE(rc == 0) << "checkpoint: fsync of '" << path << "' failed: " << std::strerror(err);
 }
 
 void fsync_dir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  LATHE_CHECK(fd >= 0) << "checkpoint: cannot open directory '" << dir << "' to fsync: " << std::strerror(errno);
+  REQUIRE(fd >= 0) << "checkpoint: cannot open directory '" << dir << "' to fsync: " << std::strerror(errno);
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
   // Some filesystems do not support fsync on directories (EINVAL); nothing more can be done there.
-  LATHE_CHECK(rc == 0 || err == EINVAL) << "checkpoint: fsync of directory '" << dir
+  REQUIRE(rc == 0 || err == EINVAL) << "checkpoint: fsync of directory '" << dir
                                         << "' failed: " << std::strerror(err);
 }
 
 void commit_file(const std::string& tmp, const std::string& final_path) {
   fsync_file(tmp);
-  LATHE_CHECK(::rename(tmp.c_str(), final_path.c_str()) == 0)
+  REQUIRE(::rename(tmp.c_str(), final_path.c_str()) == 0)
       << "checkpoint: cannot rename '" << tmp << "' to '" << final_path << "': " << std::strerror(errno);
   fsync_dir(parent_of(final_path));
 }
@@ -149,10 +156,10 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   std::string tmp = tmp_path(path);
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LATHE_CHECK(f.good()) << "checkpoint: cannot create '" << tmp << "': " << std::strerror(errno);
+    REQUIRE(f.good()) << "checkpoint: cannot create '" << tmp << "': " << std::strerror(errno);
     f << text;
     f.flush();
-    LATHE_CHECK(f.good()) << "checkpoint: cannot write '" << tmp << "'";
+    REQUIRE(f.good()) << "checkpoint: cannot write '" << tmp << "'";
   }
   commit_file(tmp, path);
 }
@@ -161,7 +168,7 @@ std::string prepare_step_dir(const std::string& ckpt_root, int64_t step) {
   std::string dir = step_dir(ckpt_root, step);
   std::error_code ec;
   if (fs::exists(dir, ec)) {
-    LATHE_CHECK(fs::is_directory(dir, ec)) << "checkpoint: '" << dir << "' exists and is not a directory";
+    REQUIRE(fs::is_directory(dir, ec)) << "checkpoint: '" << dir << "' exists and is not a directory";
     fs::path marker = fs::path(dir) / kComplete;
     if (fs::exists(marker, ec)) {
       // Un-complete first and make that durable, so a crash while emptying the
@@ -171,10 +178,10 @@ std::string prepare_step_dir(const std::string& ckpt_root, int64_t step) {
       refresh_latest(ckpt_root);
     }
     for (const auto& e : fs::directory_iterator(dir, ec)) remove_path(e.path().string());
-    LATHE_CHECK(!ec) << "checkpoint: cannot list '" << dir << "': " << ec.message();
+    REQUIRE(!ec) << "checkpoint: cannot list '" << dir << "': " << ec.message();
   } else {
     fs::create_directories(dir, ec);
-    LATHE_CHECK(!ec) << "checkpoint: cannot create '" << dir << "': " << ec.message();
+    REQUIRE(!ec) << "checkpoint: cannot create '" << dir << "': " << ec.message();
   }
   fsync_dir(ckpt_root);
   return dir;
@@ -185,19 +192,21 @@ bool is_complete(const std::string& step_dir) {
   return fs::is_regular_file(fs::path(step_dir) / kComplete, ec);
 }
 
-void mark_complete(const std::string& step_dir, const nlohmann::json& index) {
-  LATHE_CHECK(index.is_object()) << "mark_complete(" << step_dir << "): the index must be a JSON object";
-  LATHE_CHECK(index.contains("step") && index["step"].is_number_integer())
+void mark_complete(const std::string& step_dir_in, const nlohmann::json& index) {
+  std::string step_dir = step_dir_in;
+  while (step_dir.size() > 1 && step_dir.back() == '/') step_dir.pop_back();
+  REQUIRE(index.is_object()) << "mark_complete(" << step_dir << "): the index must be a JSON object";
+  REQUIRE(index.contains("step") && index["step"].is_number_integer())
       << "mark_complete(" << step_dir << "): the index needs an integer \"step\"";
-  LATHE_CHECK(index.contains("world_size") && index["world_size"].is_number_integer() &&
+  REQUIRE(index.contains("world_size") && index["world_size"].is_number_integer() &&
               index["world_size"].get<int64_t>() >= 1)
       << "mark_complete(" << step_dir << "): the index needs an integer \"world_size\" >= 1";
   int64_t step = index["step"].get<int64_t>();
   std::optional<int64_t> dir_step = parse_step_dir(step_dir);
-  LATHE_CHECK(!dir_step || *dir_step == step)
+  REQUIRE(!dir_step || *dir_step == step)
       << "mark_complete(" << step_dir << "): index step " << step << " does not match the directory";
   std::error_code ec;
-  LATHE_CHECK(fs::is_directory(step_dir, ec)) << "mark_complete: '" << step_dir << "' is not a directory";
+  REQUIRE(fs::is_directory(step_dir, ec)) << "mark_complete: '" << step_dir << "' is not a directory";
 
   nlohmann::json idx = index;
   if (!idx.contains("files")) {
@@ -206,11 +215,11 @@ void mark_complete(const std::string& step_dir, const nlohmann::json& index) {
     for (int64_t r = 0; r < ws; ++r) files.push_back(rank_file_name(static_cast<int>(r)));
     idx["files"] = files;
   }
-  LATHE_CHECK(idx["files"].is_array()) << "mark_complete(" << step_dir << "): \"files\" must be an array";
+  REQUIRE(idx["files"].is_array()) << "mark_complete(" << step_dir << "): \"files\" must be an array";
   for (const auto& f : idx["files"]) {
-    LATHE_CHECK(f.is_string()) << "mark_complete(" << step_dir << "): \"files\" must hold file names";
+    REQUIRE(f.is_string()) << "mark_complete(" << step_dir << "): \"files\" must hold file names";
     fs::path p = fs::path(step_dir) / f.get<std::string>();
-    LATHE_CHECK(fs::is_regular_file(p, ec))
+    REQUIRE(fs::is_regular_file(p, ec))
         << "cannot mark " << step_dir << " complete: " << p.string()
         << " is missing (did every rank finish writing its file?)";
   }
@@ -219,13 +228,13 @@ void mark_complete(const std::string& step_dir, const nlohmann::json& index) {
     idx["time"] = duration<double>(system_clock::now().time_since_epoch()).count();
   }
   write_file_atomic((fs::path(step_dir) / kComplete).string(), idx.dump(2) + "\n");
-  refresh_latest(parent_of(fs::path(step_dir).lexically_normal().string()));
+  refresh_latest(parent_of(step_dir));
 }
 
 nlohmann::json read_complete(const std::string& step_dir) {
   std::string path = (fs::path(step_dir) / kComplete).string();
   std::ifstream f(path, std::ios::binary);
-  LATHE_CHECK(f.good()) << step_dir << " is not a complete checkpoint (no COMPLETE marker)";
+  REQUIRE(f.good()) << step_dir << " is not a complete checkpoint (no COMPLETE marker)";
   std::stringstream ss;
   ss << f.rdbuf();
   try {
@@ -276,7 +285,7 @@ std::vector<std::string> cleanup_stale(const std::string& ckpt_root, std::option
 }
 
 std::vector<std::string> keep_last(const std::string& ckpt_root, int k) {
-  LATHE_CHECK(k >= 1) << "keep_last(" << ckpt_root << "): k must be >= 1, got " << k;
+  REQUIRE(k >= 1) << "keep_last(" << ckpt_root << "): k must be >= 1, got " << k;
   std::vector<std::string> removed;
   std::vector<int64_t> steps = complete_steps(ckpt_root);
   if (static_cast<int64_t>(steps.size()) <= k) return removed;
@@ -292,34 +301,34 @@ std::vector<std::string> keep_last(const std::string& ckpt_root, int k) {
 }
 
 std::string resolve_resume(const std::string& spec, const std::string& ckpt_root) {
-  LATHE_CHECK(!spec.empty()) << "resume: empty checkpoint path (use \"latest\", a step number or a path)";
+  REQUIRE(!spec.empty()) << "resume: empty checkpoint path (use \"latest\", a step number or a path)";
   std::error_code ec;
   auto latest_in = [&](const std::string& root) {
     std::optional<int64_t> s = latest_complete_step(root);
-    LATHE_CHECK(s) << "no complete checkpoint in " << root
+    REQUIRE(s) << "no complete checkpoint in " << root
                    << (fs::is_directory(root, ec) ? "" : " (the directory does not exist)");
     return step_dir(root, *s);
   };
   if (spec == "latest") {
-    LATHE_CHECK(!ckpt_root.empty()) << "resume: \"latest\" needs the checkpoint directory";
+    REQUIRE(!ckpt_root.empty()) << "resume: \"latest\" needs the checkpoint directory";
     return latest_in(ckpt_root);
   }
   fs::path p(spec);
   if (all_digits(spec) && !ckpt_root.empty()) p = step_dir(ckpt_root, std::stoll(spec));
   if (!fs::exists(p, ec) && !ckpt_root.empty() && p.is_relative() && fs::exists(fs::path(ckpt_root) / p, ec))
     p = fs::path(ckpt_root) / p;
-  LATHE_CHECK(fs::exists(p, ec)) << "resume: " << p.string() << " does not exist";
+  REQUIRE(fs::exists(p, ec)) << "resume: " << p.string() << " does not exist";
   p = p.lexically_normal();
   if (fs::is_regular_file(p, ec)) {
     std::string dir = parent_of(p.string());
-    LATHE_CHECK(is_complete(dir)) << p.string() << " is not a complete checkpoint (no COMPLETE marker in " << dir
+    REQUIRE(is_complete(dir)) << p.string() << " is not a complete checkpoint (no COMPLETE marker in " << dir
                                   << ")";
     return dir;
   }
   std::string dir = p.string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   if (is_complete(dir)) return dir;
-  LATHE_CHECK(!parse_step_dir(dir)) << dir << " is not a complete checkpoint (no COMPLETE marker)";
+  REQUIRE(!parse_step_dir(dir)) << dir << " is not a complete checkpoint (no COMPLETE marker)";
   return latest_in(dir);
 }
 

@@ -9,6 +9,13 @@
 
 #include "core/error.h"
 
+// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
+// the text of the condition would be noise in them.
+#define REQUIRE(cond) \
+  if (__builtin_expect(!!(cond), 1)) { \
+  } else \
+    LATHE_FAIL()
+
 namespace fs = std::filesystem;
 
 namespace lathe::train {
@@ -28,10 +35,10 @@ JsonlWriter::JsonlWriter(const std::string& path, bool append) : path_(path) {
   if (!parent.empty()) {
     std::error_code ec;
     fs::create_directories(parent, ec);
-    LATHE_CHECK(!ec) << "metrics: cannot create directory '" << parent.string() << "': " << ec.message();
+    REQUIRE(!ec) << "metrics: cannot create directory '" << parent.string() << "': " << ec.message();
   }
   f_ = std::fopen(path.c_str(), append ? "ab" : "wb");
-  LATHE_CHECK(f_) << "metrics: cannot open '" << path << "': " << std::strerror(errno);
+  REQUIRE(f_) << "metrics: cannot open '" << path << "': " << std::strerror(errno);
 }
 
 JsonlWriter::~JsonlWriter() {
@@ -39,10 +46,10 @@ JsonlWriter::~JsonlWriter() {
 }
 
 void JsonlWriter::write(const nlohmann::json& record) {
-  LATHE_CHECK(f_) << "metrics: writing to closed file '" << path_ << "'";
+  REQUIRE(f_) << "metrics: writing to closed file '" << path_ << "'";
   // dump() escapes newlines inside strings, so a record is always exactly one line.
   std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  LATHE_CHECK(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0)
+  REQUIRE(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0)
       << "metrics: cannot write to '" << path_ << "': " << std::strerror(errno);
 }
 
@@ -50,7 +57,7 @@ void JsonlWriter::close() {
   if (!f_) return;
   std::FILE* f = f_;
   f_ = nullptr;
-  LATHE_CHECK(std::fclose(f) == 0) << "metrics: cannot close '" << path_ << "': " << std::strerror(errno);
+  REQUIRE(std::fclose(f) == 0) << "metrics: cannot close '" << path_ << "': " << std::strerror(errno);
 }
 
 MetricsLogger::MetricsLogger(MetricsOptions opt, const nlohmann::json& config) : opt_(std::move(opt)) {
@@ -75,7 +82,7 @@ void MetricsLogger::log(int64_t step, const std::map<std::string, double>& value
   if (jsonl_) {
     nlohmann::json rec = {{"step", step}, {"time", unix_seconds()}};
     for (const auto& [k, v] : values) {
-      LATHE_CHECK(k != "step" && k != "time") << "metrics: '" << k << "' is a reserved key";
+      REQUIRE(k != "step" && k != "time") << "metrics: '" << k << "' is a reserved key";
       rec[k] = number_or_null(v);
     }
     jsonl_->write(rec);
@@ -93,7 +100,7 @@ void MetricsLogger::message(const std::string& line) {
 
 void MetricsLogger::log_event(nlohmann::json record) {
   if (!jsonl_) return;
-  LATHE_CHECK(record.is_object()) << "metrics: log_event needs a JSON object";
+  REQUIRE(record.is_object()) << "metrics: log_event needs a JSON object";
   if (!record.contains("time")) record["time"] = unix_seconds();
   jsonl_->write(record);
 }

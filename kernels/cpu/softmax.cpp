@@ -42,7 +42,8 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
     T* orow = op + base;
     A m = -std::numeric_limits<A>::infinity();
     for (int64_t j = 0; j < n; ++j) m = std::max(m, load(xr[j * st]));
-    // All -inf (fully masked) rows: keep m finite so exp gives 0 rather than NaN.
+    // A fully masked row (all -inf) has no mass: softmax gives zeros and log-softmax -inf,
+    // instead of the NaNs that inf - inf would produce.
     if (m == -std::numeric_limits<A>::infinity()) m = 0;
     A sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += std::exp(load(xr[j * st]) - m);
@@ -50,9 +51,10 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
       // (x - m) - log(sum) rather than x - (m + log(sum)): the first difference is exact for
       // the large entries, so f32 keeps full relative precision even for logits near 1e3.
       const A ls = std::log(sum);
-      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>((load(xr[j * st]) - m) - ls);
+      const A ninf = -std::numeric_limits<A>::infinity();
+      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(sum > A(0) ? (load(xr[j * st]) - m) - ls : ninf);
     } else {
-      const A inv = A(1) / sum;
+      const A inv = sum > A(0) ? A(1) / sum : A(0);
       for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(std::exp(load(xr[j * st]) - m) * inv);
     }
   }

@@ -2,6 +2,8 @@
 // requires_grad propagation, retain_graph and error messages.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/memory.h"
 #include "test_util.h"
 
@@ -30,6 +32,21 @@ TEST(Tape, LeafGradIsCountedAsGradientMemory) {
   EXPECT_EQ(x.grad().storage()->category(), MemCategory::gradients);
   EXPECT_EQ(x.grad().shape(), x.shape());
   EXPECT_EQ(x.grad().dtype(), DType::f64);
+}
+
+TEST(Tape, GradientMemoryIsAccountedExactly) {
+  // sum's gradient is a broadcast view, so the leaf gets a fresh copy; exp's gradient is a
+  // fresh tensor nobody else holds, so the leaf takes it over. Both count as gradients.
+  Tensor a = randn64({8, 4}, 30).set_requires_grad();
+  Tensor b = randn64({5}, 31).set_requires_grad();
+  int64_t before = memory_stats().current_of(MemCategory::gradients);
+  ag::add(ag::sum(a), ag::sum(ag::exp(b))).backward();
+  EXPECT_EQ(memory_stats().current_of(MemCategory::gradients) - before, (32 + 5) * 8);
+  EXPECT_EQ(a.grad().storage()->category(), MemCategory::gradients);
+  EXPECT_EQ(b.grad().storage()->category(), MemCategory::gradients);
+  for (double g : vec(a.grad())) EXPECT_EQ(g, 1.0);
+  ag::zero_grad({a, b});
+  EXPECT_EQ(memory_stats().current_of(MemCategory::gradients), before);
 }
 
 TEST(Tape, SharedSubexpressionIsSummed) {

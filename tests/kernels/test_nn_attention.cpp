@@ -260,6 +260,83 @@ TEST(AttentionNn, BackwardMatchesFiniteDifferences) {
   }
 }
 
+// Gradients by the textbook formulas on full [T, S] matrices in double (a check independent
+// of the kernel's row-at-a-time recomputation), for a problem big enough to use threads.
+struct RefGrads {
+  std::vector<double> dq, dk, dv;
+};
+RefGrads ref_attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                double scale) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  auto vq = vec(q), vk = vec(k), vv = vec(v), vg = vec(gout);
+  RefGrads g;
+  g.dq.assign(vq.size(), 0.0);
+  g.dk.assign(vk.size(), 0.0);
+  g.dv.assign(vv.size(), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t hk = h / (H / Hkv);
+      const double* Q = &vq[(b * H + h) * T * D];
+      const double* G = &vg[(b * H + h) * T * D];
+      const double* K = &vk[(b * Hkv + hk) * S * D];
+      const double* V = &vv[(b * Hkv + hk) * S * D];
+      std::vector<double> P(T * S, 0.0), dP(T * S, 0.0);
+      for (int64_t t = 0; t < T; ++t) {  // P = softmax(scale Q K^T) with the mask
+        double m = -INFINITY;
+        for (int64_t s = 0; s < S; ++s) {
+          if (causal && s > t + (S - T)) continue;
+          double d = 0;
+          for (int64_t i = 0; i < D; ++i) d += Q[t * D + i] * K[s * D + i];
+          P[t * S + s] = scale * d;
+          m = std::max(m, scale * d);
+        }
+        double l = 0;
+        for (int64_t s = 0; s < S; ++s)
+          if (!(causal && s > t + (S - T))) l += (P[t * S + s] = std::exp(P[t * S + s] - m));
+        for (int64_t s = 0; s < S; ++s) P[t * S + s] = (causal && s > t + (S - T)) ? 0.0 : P[t * S + s] / l;
+      }
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t s = 0; s < S; ++s) {
+          double d = 0;
+          for (int64_t i = 0; i < D; ++i) d += G[t * D + i] * V[s * D + i];
+          dP[t * S + s] = d;
+        }
+      for (int64_t t = 0; t < T; ++t) {
+        double rowdot = 0;  // sum_s P dP
+        for (int64_t s = 0; s < S; ++s) rowdot += P[t * S + s] * dP[t * S + s];
+        for (int64_t s = 0; s < S; ++s) {
+          const double dS = P[t * S + s] * (dP[t * S + s] - rowdot);
+          for (int64_t i = 0; i < D; ++i) {
+            g.dq[((b * H + h) * T + t) * D + i] += scale * dS * K[s * D + i];
+            g.dk[((b * Hkv + hk) * S + s) * D + i] += scale * dS * Q[t * D + i];
+            g.dv[((b * Hkv + hk) * S + s) * D + i] += P[t * S + s] * G[t * D + i];
+          }
+        }
+      }
+    }
+  return g;
+}
+
+TEST(AttentionNn, LargerProblemUsesThreads) {
+  Generator gen(55);
+  const int64_t B = 2, H = 4, Hkv = 2, T = 40, S = 48, D = 16;
+  for (bool causal : {true, false}) {
+    Tensor q = Tensor::randn({B, H, T, D}, gen, DType::f32);
+    Tensor k = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
+    Tensor v = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
+    Tensor go = Tensor::randn({B, H, T, D}, gen, DType::f32);
+    AttentionOut o = attention(q, k, v, causal, 0.25);
+    Ref r = ref_attention(q, k, v, causal, 0.25);
+    expect_close(vec(o.out), r.out, 2e-5, "threaded attention out");
+    expect_close(vec(o.lse), r.lse, 2e-5, "threaded attention lse");
+    AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, causal, 0.25);
+    RefGrads rg = ref_attention_backward(go, q, k, v, causal, 0.25);
+    expect_close(vec(g.dq), rg.dq, 1e-4, "threaded dq");
+    expect_close(vec(g.dk), rg.dk, 1e-4, "threaded dk");
+    expect_close(vec(g.dv), rg.dv, 1e-4, "threaded dv");
+  }
+}
+
 TEST(AttentionNn, ErrorsNameOpAndShapes) {
   Tensor q = Tensor::zeros({1, 3, 4, 8}), k = Tensor::zeros({1, 2, 4, 8});
   try {

@@ -83,6 +83,20 @@ TEST(EmbeddingNn, BackwardSumsRepeatedIds) {
   expect_close(vec(out_b), want_b, 8e-3, "embedding_backward bf16");
 }
 
+TEST(EmbeddingNn, LargeBackwardUsesThreads) {
+  Generator gen(25);
+  const int64_t n = 700, V = 50, C = 32;
+  std::vector<int64_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = (i * 7 + i / 3) % V;
+  Tensor gy = Tensor::randn({n, C}, gen, DType::f32);
+  Tensor g = embedding_backward(gy, Tensor::from_vector<int64_t>(ids, {n}), V);
+  auto vg = vec(gy);
+  std::vector<double> want(V * C, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < C; ++j) want[ids[i] * C + j] += vg[i * C + j];
+  expect_close(vec(g), want, 1e-5, "threaded embedding_backward");
+}
+
 TEST(EmbeddingNn, BackwardMatchesFiniteDifferences) {
   Generator gen(24);
   Tensor w = Tensor::randn({4, 3}, gen, DType::f64);

@@ -166,7 +166,7 @@ TEST(NormNn, RmsNormBackwardMatchesFiniteDifferences) {
 TEST(NormNn, ParameterGradientsOverManyRows) {
   // Enough rows for several partial-sum blocks; dweight/dbias against explicit sums.
   Generator gen(16);
-  const int64_t rows = 300, C = 9;
+  const int64_t rows = 300, C = 64;  // rows * C above the threading threshold
   Tensor x = Tensor::randn({rows, C}, gen, DType::f32);
   Tensor w = Tensor::randn({C}, gen, DType::f32), b = Tensor::randn({C}, gen, DType::f32);
   Tensor gy = Tensor::randn({rows, C}, gen, DType::f32);
@@ -181,6 +181,18 @@ TEST(NormNn, ParameterGradientsOverManyRows) {
       db[j] += vg[i * C + j];
     }
   expect_close(vec(g.dweight), dw, 1e-4, "layer_norm dweight sum");
+  // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = gy * w.
+  auto vw = vec(w);
+  std::vector<double> dx(rows * C);
+  for (int64_t i = 0; i < rows; ++i) {
+    double a = 0, bb = 0;
+    for (int64_t j = 0; j < C; ++j) {
+      a += vg[i * C + j] * vw[j] / C;
+      bb += vg[i * C + j] * vw[j] * r.y[i * C + j] / C;
+    }
+    for (int64_t j = 0; j < C; ++j) dx[i * C + j] = r.rstd[i] * (vg[i * C + j] * vw[j] - a - r.y[i * C + j] * bb);
+  }
+  expect_close(vec(g.dx), dx, 1e-4, "layer_norm dx (threaded)");
   expect_close(vec(g.dbias), db, 1e-4, "layer_norm dbias sum");
   EXPECT_EQ(g.dweight.dtype(), DType::f32);
   // Running again gives bit-identical parameter gradients.

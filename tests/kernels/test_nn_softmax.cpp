@@ -77,6 +77,17 @@ TEST(SoftmaxNn, ForwardMatchesReferenceOnEveryAxis) {
   }
 }
 
+TEST(SoftmaxNn, LargeInputsUseThreads) {
+  // Big enough to take the OpenMP path (the small cases above stay on one thread).
+  Generator gen(6);
+  Tensor x = Tensor::randn({64, 40, 12}, gen, DType::f32);
+  for (int64_t axis : {1, 2}) {
+    expect_close(vec(softmax(x, axis)), ref_softmax(vec(x), x.shape(), axis, false), 1e-5, "threaded softmax");
+    Tensor y = log_softmax(x, axis);
+    expect_close(vec(y), ref_softmax(vec(x), x.shape(), axis, true), 1e-5, "threaded log_softmax");
+  }
+}
+
 TEST(SoftmaxNn, TransposedAndSlicedInputs) {
   Generator gen(2);
   Tensor base = Tensor::randn({6, 7}, gen, DType::f64);
@@ -109,6 +120,16 @@ TEST(SoftmaxNn, LargeLogitsStayFinite) {
   auto ly = vec(log_softmax(x));
   EXPECT_NEAR(ly[2], -std::log(s), 1e-5);
   EXPECT_NEAR(ly[3], -2002 - std::log(s), 1e-2);
+}
+
+TEST(SoftmaxNn, FullyMaskedRowHasNoMass) {
+  const float inf = INFINITY;
+  Tensor x = Tensor::from_vector<float>({-inf, -inf, -inf, 0.f, -inf, 0.f}, {2, 3});
+  EXPECT_EQ(vec(softmax(x)), (std::vector<double>{0, 0, 0, 0.5, 0, 0.5}));
+  auto ly = vec(log_softmax(x));
+  EXPECT_EQ(ly[0], -INFINITY);
+  EXPECT_NEAR(ly[3], -std::log(2.0), 1e-7);
+  EXPECT_EQ(ly[4], -INFINITY);
 }
 
 TEST(SoftmaxNn, BackwardMatchesFiniteDifferences) {

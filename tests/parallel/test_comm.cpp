@@ -250,6 +250,21 @@ TEST(Comm, AsyncOpsOverlap) {
   EXPECT_EQ(b.to_vector<double>(), filled(0, {3}, DType::i32).to_vector<double>());
 }
 
+TEST(Comm, WaitFromAnotherThread) {
+  auto c = comm();
+  Tensor a = filled(c->rank(), {5}, DType::f32), b = filled(c->rank(), {5}, DType::i32);
+  WorkPtr wa = c->all_reduce_async(a, ReduceOp::sum);
+  WorkPtr wb = c->all_reduce_async(b, ReduceOp::min);
+  std::thread other([&] { wa->wait(); });
+  wb->wait();
+  wa->wait();  // concurrent with the other thread's wait
+  other.join();
+  for (int64_t i = 0; i < 5; ++i) {
+    ASSERT_EQ(a.at({i}), expected_reduce(ReduceOp::sum, i, DType::f32, c->size()));
+    ASSERT_EQ(b.at({i}), expected_reduce(ReduceOp::min, i, DType::i32, c->size()));
+  }
+}
+
 TEST(Comm, DroppedWorkStillCompletes) {
   auto c = comm();
   Tensor t = filled(c->rank(), {6}, DType::f32);
@@ -328,6 +343,27 @@ TEST(Comm, RecvTimeoutThrowsInThrowMode) {
   for (int64_t i = 0; i < 2; ++i) ASSERT_EQ(t.at({i}), expected_reduce(ReduceOp::sum, i, DType::f32, c->size()));
 }
 
+TEST(Comm, CollectiveTimeoutInThrowModeRetiresTheCommunicator) {
+  auto c = comm();
+  if (c->size() < 2) GTEST_SKIP() << "needs two ranks";
+  auto sub = c->split(0, 0);  // a separate communicator to sacrifice (its ops count from #1)
+  Tensor t = Tensor::ones({3});
+  if (c->rank() == 0) {
+    sub->set_timeout(0.3);
+    sub->set_timeout_action(lathe::parallel::TimeoutAction::throw_error);
+    std::string e = error_of([&] { sub->all_reduce(t); });  // the others join too late
+    EXPECT_NE(e.find("lathe: rank 0: all_reduce #1 did not complete within 0.3 s"), std::string::npos) << e;
+    e = error_of([&] { sub->barrier(); });
+    EXPECT_NE(e.find("barrier #2: this communicator is unusable since all_reduce #1 timed out"), std::string::npos)
+        << e;
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    sub->all_reduce(t);  // completes: rank 0's contribution was posted before it gave up
+    EXPECT_EQ(t.at({0}), c->size());
+  }
+  c->barrier();  // the world communicator is unaffected
+}
+
 TEST(Comm, BarrierWaitsForTheLastRank) {
   auto c = comm();
   if (c->size() < 2) GTEST_SKIP() << "needs two ranks";
@@ -358,5 +394,7 @@ TEST(Comm, SplitByParity) {
   // A negative color takes part but gets no communicator.
   auto none = c->split(me == 0 ? -1 : 0, 0);
   EXPECT_EQ(none == nullptr, me == 0);
-  if (none) EXPECT_EQ(none->size(), s - 1);
+  if (none) {
+    EXPECT_EQ(none->size(), s - 1);
+  }
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "core/error.h"
 #include "parallel/threads.h"
 
 extern "C" int openblas_get_num_threads();

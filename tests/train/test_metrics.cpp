@@ -16,10 +16,10 @@ namespace fs = std::filesystem;
 namespace lathe::train {
 namespace {
 
-using testing::TmpDir;
+using test_util::TmpDir;
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-  std::istringstream in(testing::read_all(path));
+  std::istringstream in(test_util::read_all(path));
   std::vector<nlohmann::json> out;
   std::string line;
   while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
@@ -87,7 +87,9 @@ TEST(Metrics, FansOutToJsonlTensorBoardAndConsole) {
     EXPECT_EQ(e.step, s);
     ASSERT_EQ(e.scalars.size(), 3u);  // sorted by tag: loss, lr, tokens_per_s
     EXPECT_EQ(e.scalars[0].first, "loss");
-    if (s != 3) EXPECT_EQ(e.scalars[0].second, static_cast<float>(4.0 - 0.5 * static_cast<double>(s)));
+    if (s != 3) {
+      EXPECT_EQ(e.scalars[0].second, static_cast<float>(4.0 - 0.5 * static_cast<double>(s)));
+    }
     EXPECT_EQ(e.scalars[1].first, "lr");
     EXPECT_EQ(e.scalars[1].second, static_cast<float>(1e-4 * static_cast<double>(s)));
   }

@@ -9,7 +9,9 @@
 #include <sstream>
 #include <string>
 
-namespace lathe::train::testing {
+#include "core/error.h"
+
+namespace lathe::train::test_util {
 
 class TmpDir {
  public:
@@ -59,4 +61,4 @@ std::string error_of(F&& fn) {
   return "";
 }
 
-}  // namespace lathe::train::testing
+}  // namespace lathe::train::test_util

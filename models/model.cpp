@@ -1,0 +1,280 @@
+#include "models/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "autograd/grad_mode.h"
+#include "autograd/ops.h"
+#include "kernels/ops.h"
+#include "models/layers.h"
+
+namespace lathe::models {
+
+namespace ag = lathe::autograd;
+
+const char* arch_name(Arch a) { return a == Arch::gpt2 ? "gpt2" : "llama"; }
+
+int64_t ModelSpec::ff_dim() const {
+  if (d_ff > 0) return d_ff;
+  if (arch == Arch::gpt2) return 4 * d_model;
+  // Llama reference rule: 2/3 of 4d, rounded up to a multiple of 256.
+  int64_t h = (2 * 4 * d_model) / 3;
+  return (h + 255) / 256 * 256;
+}
+
+void ModelSpec::validate() const {
+  LATHE_CHECK(vocab_size > 0) << "model.vocab_size: must be > 0 (got " << vocab_size << ")";
+  LATHE_CHECK(n_layer > 0) << "model.n_layer: must be > 0 (got " << n_layer << ")";
+  LATHE_CHECK(n_head > 0 && d_model > 0) << "model: n_head and d_model must be > 0";
+  LATHE_CHECK(d_model % n_head == 0) << "model.n_head: d_model (" << d_model << ") must be divisible by n_head ("
+                                     << n_head << ")";
+  LATHE_CHECK(n_head % kv_heads() == 0) << "model.n_kv_head: n_head (" << n_head
+                                        << ") must be divisible by n_kv_head (" << kv_heads() << ")";
+  LATHE_CHECK(arch != Arch::llama || head_dim() % 2 == 0)
+      << "model: RoPE needs an even head dimension (d_model / n_head = " << head_dim() << ")";
+  LATHE_CHECK(max_seq_len > 0) << "model.max_seq_len: must be > 0";
+  LATHE_CHECK(dropout >= 0 && dropout < 1) << "model.dropout: must be in [0, 1) (got " << dropout << ")";
+}
+
+ModelSpec ModelSpec::gpt2_124m() {
+  ModelSpec s;
+  s.arch = Arch::gpt2;
+  s.vocab_size = 50257;
+  s.n_layer = 12;
+  s.n_head = 12;
+  s.d_model = 768;
+  s.max_seq_len = 1024;
+  s.tie_embeddings = true;
+  s.bias = true;
+  return s;
+}
+
+ModelSpec ModelSpec::llama_1b() {
+  ModelSpec s;
+  s.arch = Arch::llama;
+  s.vocab_size = 128256;
+  s.n_layer = 16;
+  s.n_head = 32;
+  s.n_kv_head = 8;
+  s.d_model = 2048;
+  s.d_ff = 8192;
+  s.max_seq_len = 131072;
+  s.norm_eps = 1e-5;
+  s.rope_theta = 500000.0;
+  s.tie_embeddings = true;
+  s.bias = false;
+  return s;
+}
+
+int64_t count_parameters(const ModelSpec& s) {
+  const int64_t C = s.d_model, D = s.head_dim(), F = s.ff_dim(), kv = s.kv_heads() * D;
+  const int64_t b = s.bias ? 1 : 0;
+  const bool gpt2 = s.arch == Arch::gpt2;
+  const int64_t norm = gpt2 ? C * (1 + b) : C;  // LayerNorm carries a bias along with the linears
+  int64_t attn = C * (s.n_head * D) + 2 * C * kv + (s.n_head * D) * C + b * (s.n_head * D + 2 * kv + C);
+  int64_t mlp = gpt2 ? (2 * C * F + b * (F + C)) : (3 * C * F + b * (2 * F + C));
+  int64_t per_layer = 2 * norm + attn + mlp;
+  int64_t total = s.vocab_size * C + s.n_layer * per_layer + norm;
+  if (gpt2) total += s.max_seq_len * C;
+  if (!s.tie_embeddings) total += s.vocab_size * C;
+  return total;
+}
+
+Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
+  LATHE_CHECK(ids.shape() == targets.shape()) << "loss: ids " << ids.shape_str() << " and targets "
+                                              << targets.shape_str() << " differ in shape";
+  Tensor logits = forward(ids);
+  const int64_t V = logits.size(-1);
+  return ag::cross_entropy(ag::reshape(logits, {-1, V}), targets.reshape({-1}), ignore_index);
+}
+
+namespace {
+
+class Block : public autograd::Module {
+ public:
+  Block(const ModelSpec& s) : gpt2_(s.arch == Arch::gpt2), p_(s.dropout) {
+    if (gpt2_) {
+      ln1_ = register_module("attn_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
+    } else {
+      rms1_ = register_module("attn_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
+    }
+    attn = register_module("attn", std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.bias));
+    if (gpt2_) {
+      ln2_ = register_module("mlp_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
+      gelu_ = register_module("mlp", std::make_shared<GeluMLP>(s.d_model, s.ff_dim(), s.bias));
+    } else {
+      rms2_ = register_module("mlp_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
+      swiglu_ = register_module("mlp", std::make_shared<SwiGLU>(s.d_model, s.ff_dim(), s.bias));
+    }
+  }
+  std::string type_name() const override { return "Block"; }
+
+  // Pre-norm residual block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))).
+  Tensor forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen) const {
+    Tensor h = gpt2_ ? ln1_->forward(x) : rms1_->forward(x);
+    Tensor y = ag::add(x, ag::dropout(attn->forward(h, cos, sin), p_, gen, is_training()));
+    h = gpt2_ ? ln2_->forward(y) : rms2_->forward(y);
+    Tensor m = gpt2_ ? gelu_->forward(h) : swiglu_->forward(h);
+    return ag::add(y, ag::dropout(m, p_, gen, is_training()));
+  }
+
+  std::shared_ptr<Attention> attn;
+
+ private:
+  bool gpt2_;
+  double p_;
+  std::shared_ptr<LayerNorm> ln1_, ln2_;
+  std::shared_ptr<RMSNorm> rms1_, rms2_;
+  std::shared_ptr<GeluMLP> gelu_;
+  std::shared_ptr<SwiGLU> swiglu_;
+};
+
+class Transformer final : public CausalLM {
+ public:
+  explicit Transformer(const ModelSpec& s) : spec_(s) {
+    s.validate();
+    embed_ = register_module("embed", std::make_shared<Embedding>(s.vocab_size, s.d_model));
+    if (s.arch == Arch::gpt2) pos_ = register_module("pos_embed", std::make_shared<Embedding>(s.max_seq_len, s.d_model));
+    layers_ = register_module("layers", std::make_shared<autograd::Module>());
+    for (int64_t i = 0; i < s.n_layer; ++i)
+      blocks_.push_back(layers_->register_module(std::to_string(i), std::make_shared<Block>(s)));
+    if (s.arch == Arch::gpt2) {
+      final_ln_ = register_module("final_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
+    } else {
+      final_rms_ = register_module("final_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
+    }
+    if (!s.tie_embeddings) lm_head_ = register_module("lm_head", std::make_shared<Linear>(s.d_model, s.vocab_size, false));
+  }
+
+  const ModelSpec& spec() const override { return spec_; }
+  std::string type_name() const override { return arch_name(spec_.arch); }
+
+  Tensor forward(const Tensor& ids) override {
+    LATHE_CHECK(ids.dim() == 2) << "forward: ids must be [batch, time], got " << ids.shape_str();
+    const int64_t T = ids.size(1);
+    LATHE_CHECK(T <= spec_.max_seq_len) << "forward: sequence length " << T << " exceeds model.max_seq_len "
+                                        << spec_.max_seq_len;
+    Tensor x = embed_->forward(ids);
+    Tensor cos, sin;
+    if (spec_.arch == Arch::gpt2) {
+      Tensor pos = Tensor::arange(0, static_cast<double>(T), 1, DType::i64);
+      x = ag::add(x, pos_->forward(pos));  // [B, T, C] + [T, C]
+    } else {
+      rope_for(T, x.dtype(), cos, sin);
+    }
+    x = ag::dropout(x, spec_.dropout, dropout_gen_, is_training());
+    for (const auto& b : blocks_) x = b->forward(x, cos, sin, dropout_gen_);
+    x = final_ln_ ? final_ln_->forward(x) : final_rms_->forward(x);
+    return lm_head_ ? lm_head_->forward(x) : ag::linear(x, embed_->weight);
+  }
+
+ private:
+  void rope_for(int64_t T, DType dt, Tensor& cos, Tensor& sin) {
+    if (!cos_.defined() || cos_.size(0) < T || cos_.dtype() != dt) {
+      kernels::rope_tables(spec_.max_seq_len, spec_.head_dim(), spec_.rope_theta, 0, dt, cos_, sin_);
+    }
+    cos = cos_.narrow(0, 0, T);
+    sin = sin_.narrow(0, 0, T);
+  }
+
+  ModelSpec spec_;
+  std::shared_ptr<Embedding> embed_, pos_;
+  std::shared_ptr<autograd::Module> layers_;
+  std::vector<std::shared_ptr<Block>> blocks_;
+  std::shared_ptr<LayerNorm> final_ln_;
+  std::shared_ptr<RMSNorm> final_rms_;
+  std::shared_ptr<Linear> lm_head_;
+  Tensor cos_, sin_;
+};
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+}  // namespace
+
+std::unique_ptr<CausalLM> build_model(const ModelSpec& spec, uint64_t seed) {
+  auto m = std::make_unique<Transformer>(spec);
+  // GPT-2 initialization: N(0, std) for matrices and embeddings, residual output projections
+  // scaled by 1/sqrt(2 * n_layer) (GPT-2 paper, section 2.3), norms at 1, biases at 0.
+  // Draws happen in parameter-name order, so the same seed always gives the same weights.
+  Generator gen(seed);
+  const double resid_std = spec.init_std / std::sqrt(2.0 * static_cast<double>(spec.n_layer));
+  for (auto& [name, p] : m->named_parameters()) {
+    if (p.dim() < 2) continue;  // norms keep 1, biases keep 0
+    bool resid = ends_with(name, "attn.o_proj.weight") || ends_with(name, "mlp.proj.weight") ||
+                 ends_with(name, "mlp.down_proj.weight");
+    double std = resid ? resid_std : spec.init_std;
+    Tensor r = Tensor::randn(p.shape(), gen, DType::f32);
+    kernels::scale_(r, std);
+    p.copy_(r);
+  }
+  m->dropout_generator().set_state(seed ^ 0x9E3779B97F4A7C15ull, 0);
+  return m;
+}
+
+std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o) {
+  LATHE_CHECK(!prompt.empty()) << "generate: the prompt must hold at least one token";
+  const ModelSpec& s = model.spec();
+  for (int32_t t : prompt)
+    LATHE_CHECK(t >= 0 && t < s.vocab_size) << "generate: prompt token " << t << " is outside the vocabulary [0, "
+                                            << s.vocab_size << ")";
+  LATHE_CHECK(o.temperature >= 0) << "generate: temperature must be >= 0";
+  LATHE_CHECK(o.top_p > 0 && o.top_p <= 1) << "generate: top_p must be in (0, 1]";
+  bool was_training = model.is_training();
+  model.eval();
+  autograd::NoGradGuard no_grad;
+  Generator gen(o.seed);
+  std::vector<int32_t> out = prompt;
+  std::vector<double> probs;
+  std::vector<int32_t> order;
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(out.size()) - s.max_seq_len);
+    std::vector<int64_t> ctx(out.begin() + start, out.end());
+    const int64_t T = static_cast<int64_t>(ctx.size());
+    Tensor logits = model.forward(Tensor::from_vector<int64_t>(ctx, {1, T}));
+    std::vector<double> z = logits.select(1, T - 1).select(0, 0).to_vector<double>();
+    const int64_t V = static_cast<int64_t>(z.size());
+    int32_t next;
+    if (o.temperature == 0.0) {
+      next = static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());
+    } else {
+      order.resize(V);
+      std::iota(order.begin(), order.end(), 0);
+      // Highest logits first; ties by id so the order is deterministic.
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b]; });
+      int64_t keep = V;
+      if (o.top_k > 0) keep = std::min<int64_t>(keep, o.top_k);
+      probs.assign(keep, 0.0);
+      double zmax = z[order[0]], total = 0;
+      for (int64_t i = 0; i < keep; ++i) total += probs[i] = std::exp((z[order[i]] - zmax) / o.temperature);
+      if (o.top_p < 1.0) {  // nucleus: the smallest prefix whose mass reaches top_p
+        double acc = 0;
+        int64_t n = 0;
+        while (n < keep) {
+          acc += probs[n++] / total;
+          if (acc >= o.top_p) break;
+        }
+        keep = n;
+        total = 0;
+        for (int64_t i = 0; i < keep; ++i) total += probs[i];
+      }
+      double u = gen.uniform_double() * total, acc = 0;
+      next = order[keep - 1];
+      for (int64_t i = 0; i < keep; ++i) {
+        acc += probs[i];
+        if (u < acc) {
+          next = order[i];
+          break;
+        }
+      }
+    }
+    out.push_back(next);
+    if (next == o.stop_token) break;
+  }
+  model.train(was_training);
+  return out;
+}
+
+}  // namespace lathe::models

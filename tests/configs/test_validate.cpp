@@ -1,0 +1,178 @@
+// Semantic checks: each problem is reported with the field path and the offending values,
+// and load_config points each at the line:col that set the field.
+#include <gmock/gmock.h>
+
+#include <cmath>
+#include <functional>
+
+#include "config_test_util.h"
+
+namespace lathe::configs {
+namespace {
+
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing::load_errors;
+using testing::write_temp;
+
+// A small valid config (not resolved: validate must accept 0 = auto values).
+RunConfig base() {
+  RunConfig c;
+  c.set_name("t");
+  c.mutable_model()->set_n_layer(2);
+  c.mutable_model()->set_n_head(4);
+  c.mutable_model()->set_d_model(64);
+  c.mutable_train()->set_steps(100);
+  return c;
+}
+
+TEST(ConfigValidate, BaseIsValidBeforeAndAfterResolve) {
+  RunConfig c = base();
+  EXPECT_TRUE(validate(c).empty()) << ::testing::PrintToString(validate(c));
+  resolve(c);
+  EXPECT_TRUE(validate(c).empty()) << ::testing::PrintToString(validate(c));
+}
+
+TEST(ConfigValidate, MessagesNameTheFieldAndValue) {
+  struct Case {
+    std::function<void(RunConfig&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](RunConfig& c) { c.mutable_train()->set_micro_batch(0); }, "train.micro_batch: must be > 0 (got 0)"},
+      {[](RunConfig& c) { c.mutable_model()->set_d_model(100); c.mutable_model()->set_n_head(3); },
+       "model.n_head: d_model (100) must be divisible by n_head (3)"},
+      {[](RunConfig& c) {
+         c.mutable_model()->set_arch(ModelConfig::LLAMA);
+         c.mutable_model()->set_n_head(8);
+         c.mutable_model()->set_d_model(128);
+         c.mutable_model()->set_n_kv_head(3);
+       },
+       "model.n_kv_head: n_head (8) must be divisible by n_kv_head (3)"},
+      {[](RunConfig& c) { c.mutable_train()->set_epochs(2); },
+       "train: set exactly one of steps and epochs (got steps 100, epochs 2)"},
+      {[](RunConfig& c) { c.mutable_train()->set_steps(0); },
+       "train: set exactly one of steps and epochs (got steps 0, epochs 0)"},
+      {[](RunConfig& c) { c.mutable_schedule()->set_warmup_steps(500); },
+       "schedule.warmup_steps (500) exceeds train.steps (100)"},
+      {[](RunConfig& c) { c.mutable_data()->set_source(DataConfig::TEXT); },
+       "data.path: required when data.source is TEXT"},
+      {[](RunConfig& c) { c.mutable_model()->set_dropout(1.5); }, "model.dropout: must be in [0, 1) (got 1.5)"},
+      {[](RunConfig& c) { c.mutable_sample()->set_top_p(0); }, "sample.top_p: must be in (0, 1] (got 0)"},
+      {[](RunConfig& c) { c.mutable_optimizer()->set_lr(0); }, "optimizer.lr: must be > 0 (got 0)"},
+      {[](RunConfig& c) { c.mutable_optimizer()->set_lr(-3e-4); }, "optimizer.lr: must be > 0 (got -0.0003)"},
+      {[](RunConfig& c) { c.mutable_optimizer()->set_lr(std::nan("")); }, "optimizer.lr: must be > 0 (got nan)"},
+      {[](RunConfig& c) { c.mutable_optimizer()->set_beta2(1.0); }, "optimizer.beta2: must be in [0, 1) (got 1)"},
+      {[](RunConfig& c) { c.mutable_model()->set_n_kv_head(2); },
+       "model.n_kv_head: GPT2 uses multi-head attention, so n_kv_head must be 0 or n_head (4) (got 2); "
+       "grouped-query attention needs arch: LLAMA"},
+      {[](RunConfig& c) {
+         c.mutable_model()->set_arch(ModelConfig::LLAMA);
+         c.mutable_model()->set_d_model(60);  // head dim 15
+       },
+       "model.d_model: rotary embeddings need an even head dim, d_model / n_head = 60 / 4 = 15"},
+      {[](RunConfig& c) { c.mutable_model()->set_vocab_size(100); },
+       "model.vocab_size: the byte tokenizer needs at least 256 (got 100)"},
+      {[](RunConfig& c) {
+         c.mutable_model()->set_max_seq_len(64);
+         c.mutable_train()->set_seq_len(128);
+       },
+       "train.seq_len: must be <= model.max_seq_len (64) (got 128)"},
+      {[](RunConfig& c) { c.mutable_train()->set_device("gpu"); },
+       "train.device: must be auto, cpu, cuda or cuda:N (got \"gpu\")"},
+      {[](RunConfig& c) { c.mutable_data()->set_format(DataConfig::ALPACA); },
+       "data.format: ALPACA is instruction data: it needs data.source JSONL (or HDF5 prepared from it), got SYNTHETIC"},
+      {[](RunConfig& c) { c.set_name("my run"); },
+       "name: must be non-empty and use only letters, digits, '_', '-' and '.' (got \"my run\")"},
+      {[](RunConfig& c) {
+         c.mutable_data()->set_val_fraction(0);
+         c.mutable_train()->set_eval_interval(10);
+       },
+       "train.eval_interval: evaluation every 10 steps needs validation data: set data.val_fraction > 0 or "
+       "data.val_path"},
+  };
+  for (const auto& k : cases) {
+    RunConfig c = base();
+    k.edit(c);
+    EXPECT_THAT(validate(c), ElementsAre(k.message));
+  }
+  // Valid neighbours of those cases pass.
+  RunConfig ok = base();
+  ok.mutable_train()->set_device("cuda:1");
+  ok.mutable_sample()->set_top_p(1.0);
+  ok.mutable_model()->set_dropout(0.0);
+  ok.mutable_schedule()->set_warmup_steps(100);
+  EXPECT_TRUE(validate(ok).empty()) << ::testing::PrintToString(validate(ok));
+}
+
+TEST(ConfigValidate, LoadPointsEachProblemAtItsLine) {
+  const std::string text =
+      "name: \"combo\"\n"           // 1
+      "model {\n"                   // 2
+      "  d_model: 100\n"            // 3
+      "  n_head: 3\n"               // 4
+      "}\n"                         // 5
+      "data { source: TEXT }\n"     // 6: data.path is missing: reported at the section
+      "schedule {\n"                // 7
+      "  warmup_steps: 500\n"       // 8
+      "}\n"                         // 9
+      "train { steps: 100 }\n";     // 10
+  const std::string path = write_temp("combo.pbtxt", text);
+  EXPECT_THAT(load_errors(path),
+              ElementsAre(path + ":4:3: model.n_head: d_model (100) must be divisible by n_head (3)",
+                          path + ":6:1: data.path: required when data.source is TEXT",
+                          path + ":8:3: schedule.warmup_steps (500) exceeds train.steps (100)"));
+}
+
+TEST(ConfigValidate, ProblemsFromDefaultsNameTheFileOnly) {
+  // No train section: neither steps nor epochs is set.
+  const std::string path = write_temp("nosteps.pbtxt", "name: \"x\"\n");
+  EXPECT_THAT(load_errors(path),
+              ElementsAre(path + ": train: set exactly one of steps and epochs (got steps 0, epochs 0)"));
+}
+
+TEST(ConfigResolve, FillsDerivedValuesAndIsIdempotent) {
+  RunConfig c = base();
+  c.mutable_model()->set_arch(ModelConfig::LLAMA);
+  c.mutable_model()->set_ffn_multiple_of(64);
+  c.mutable_model()->set_max_seq_len(512);
+  c.mutable_train()->set_seed(42);
+  resolve(c);
+  EXPECT_EQ(c.run_dir(), "runs/t");
+  EXPECT_EQ(c.checkpoint().dir(), "runs/t/checkpoints");
+  EXPECT_EQ(c.model().n_kv_head(), 4);
+  EXPECT_EQ(c.model().d_ff(), 192);  // 2/3 * 256 = 170 -> 192
+  EXPECT_FALSE(c.model().bias());
+  EXPECT_EQ(c.model().vocab_size(), 256);
+  EXPECT_EQ(c.train().seq_len(), 512);
+  EXPECT_EQ(c.sample().seed(), 42u);
+  // Every singular field is now present, so the printout is explicit.
+  EXPECT_TRUE(c.optimizer().has_lr());
+  EXPECT_TRUE(c.parallel().has_bucket_mb());
+  EXPECT_THAT(to_text(c), HasSubstr("ffn_multiple_of: 64"));
+  EXPECT_THAT(to_text(c), HasSubstr("collective_timeout_s: 600"));
+  RunConfig again = c;
+  resolve(again);
+  EXPECT_EQ(to_text(again), to_text(c));
+
+  // Values a user set are kept.
+  RunConfig u = base();
+  u.set_run_dir("/scratch/x");
+  u.mutable_model()->set_bias(true);
+  u.mutable_model()->set_arch(ModelConfig::LLAMA);
+  u.mutable_checkpoint()->set_dir("/ckpt");
+  resolve(u);
+  EXPECT_EQ(u.run_dir(), "/scratch/x");
+  EXPECT_TRUE(u.model().bias());
+  EXPECT_EQ(u.checkpoint().dir(), "/ckpt");
+
+  // A file tokenizer leaves vocab_size for the trainer to take from the tokenizer.
+  RunConfig f = base();
+  f.mutable_data()->set_tokenizer("tok/tokenizer.json");
+  resolve(f);
+  EXPECT_EQ(f.model().vocab_size(), 0);
+}
+
+}  // namespace
+}  // namespace lathe::configs

@@ -1,0 +1,113 @@
+// Byte tokenizer, and bad input to the loaders: every error names the file and the problem.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+
+#include "core/error.h"
+#include "data/bpe.h"
+#include "data/byte_tokenizer.h"
+
+using namespace lathe::data;
+
+namespace {
+
+// Runs fn, which must throw lathe::Error whose message contains every part.
+void expect_error_with(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const lathe::Error& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
+    return;
+  }
+  ADD_FAILURE() << "expected a lathe::Error";
+}
+
+std::string temp_file(const std::string& name, const std::string& content) {
+  const std::string path = testing::TempDir() + std::to_string(::getpid()) + "_" + name;
+  std::ofstream(path, std::ios::binary) << content;
+  return path;
+}
+
+const char* kGoodModel = R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+const char* kByteLevel = R"("pre_tokenizer": {"type": "ByteLevel", "use_regex": true})";
+
+}  // namespace
+
+TEST(TokByte, RoundTripAnyBytes) {
+  auto t = load_tokenizer("byte");
+  EXPECT_EQ(t->id(), "byte");
+  EXPECT_EQ(t->vocab_size(), 256);
+  EXPECT_EQ(t->encode("Ab\xFF"), (std::vector<int32_t>{65, 98, 255}));
+  std::mt19937 rng(5);
+  std::string s(1000, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() % 256);
+  EXPECT_EQ(t->decode(t->encode(s)), s);
+  EXPECT_EQ(t->token_to_id("A"), 65);
+  EXPECT_FALSE(t->token_to_id("AB").has_value());
+  EXPECT_FALSE(t->eos_id().has_value());
+  expect_error_with([&] { t->decode({65, 256}); }, {"256", "position 1"});
+}
+
+TEST(TokErrors, MissingFiles) {
+  expect_error_with([] { load_tokenizer("/nonexistent/dir/tokenizer.json"); }, {"/nonexistent/dir/tokenizer.json"});
+  expect_error_with([] { BpeTokenizer::from_tokenizer_json("/nonexistent/t.json"); }, {"cannot open", "/nonexistent/t.json"});
+  // A vocab.json without merges.txt beside it.
+  const std::string dir = testing::TempDir() + "tok_err_dir_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/vocab.json") << R"({"a": 0})";
+  expect_error_with([&] { load_tokenizer(dir + "/vocab.json"); }, {"merges.txt", dir});
+  expect_error_with([&] { load_tokenizer(dir); }, {dir, "neither tokenizer.json nor vocab.json + merges.txt"});
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TokErrors, MalformedJson) {
+  const std::string p = temp_file("malformed.json", "{\"model\": {\"type\": \"BPE\", ");
+  expect_error_with([&] { load_tokenizer(p); }, {p, "not valid JSON"});
+}
+
+TEST(TokErrors, UnknownModelType) {
+  const std::string p = temp_file("wordpiece.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})");
+  expect_error_with([&] { load_tokenizer(p); }, {p, "WordPiece"});
+  const std::string q = temp_file("fallback.json",
+                                  R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []}})");
+  expect_error_with([&] { load_tokenizer(q); }, {q, "byte_fallback"});
+}
+
+TEST(TokErrors, UnknownPreTokenizer) {
+  const std::string p = temp_file("whitespace.json", std::string("{") + kGoodModel +
+                                                         R"(, "pre_tokenizer": {"type": "Whitespace"}})");
+  expect_error_with([&] { load_tokenizer(p); }, {p, "Whitespace"});
+  const std::string q = temp_file(
+      "regex.json", std::string("{") + kGoodModel +
+                        R"(, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+         {"type": "Split", "pattern": {"Regex": "\\w+|\\s+"}, "behavior": "Isolated", "invert": false},
+         {"type": "ByteLevel", "use_regex": false}]}})");
+  expect_error_with([&] { load_tokenizer(q); }, {q, "unknown Split regex", "\\w+|\\s+"});
+  const std::string r = temp_file("nopretok.json", std::string("{") + kGoodModel + "}");
+  expect_error_with([&] { load_tokenizer(r); }, {r, "pre_tokenizer"});
+}
+
+TEST(TokErrors, BadVocabOrMerges) {
+  const std::string p = temp_file(
+      "badmerge.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}, )") +
+                           kByteLevel + "}");
+  expect_error_with([&] { load_tokenizer(p); }, {p, "merge #0", "'c'"});
+  const std::string q = temp_file(
+      "dupid.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}, )") +
+                        kByteLevel + "}");
+  expect_error_with([&] { load_tokenizer(q); }, {q, "id 0"});
+  const std::string r = temp_file(
+      "merge3.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}, )") +
+                         kByteLevel + "}");
+  expect_error_with([&] { load_tokenizer(r); }, {r, "merges[0]"});
+  // A good file still loads and decodes only known ids.
+  const std::string g = temp_file("good.json", std::string("{") + kGoodModel + ", " + kByteLevel + "}");
+  auto t = load_tokenizer(g);
+  EXPECT_EQ(t->encode("ab"), (std::vector<int32_t>{2}));
+  expect_error_with([&] { t->decode({2, 7}); }, {"id 7", "position 1", g});
+}
