@@ -186,16 +186,27 @@ BpeSpec spec_from_json(const json& j, const std::string& path) {
   return spec;
 }
 
+// spec_from_json, turning a JSON type mismatch deep inside (e.g. "special": "yes") into an
+// error that names the file.
+BpeSpec checked_spec_from_json(const json& j, const std::string& path) {
+  try {
+    return spec_from_json(j, path);
+  } catch (const json::exception& e) {
+    LATHE_FAIL() << "tokenizer: '" << path << "': unexpected JSON structure: " << e.what();
+  }
+  return BpeSpec();
+}
+
 }  // namespace
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_json_text(const std::string& text, const std::string& source) {
-  BpeSpec spec = spec_from_json(parse_json(text, source), source);
+  BpeSpec spec = checked_spec_from_json(parse_json(text, source), source);
   resolve_roles(spec, "");
   return std::make_unique<BpeTokenizer>(spec);
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path) {
-  BpeSpec spec = spec_from_json(parse_json(read_file(path, "tokenizer.json"), path), path);
+  BpeSpec spec = checked_spec_from_json(parse_json(read_file(path, "tokenizer.json"), path), path);
   resolve_roles(spec, dir_of(path));
   return std::make_unique<BpeTokenizer>(spec);
 }

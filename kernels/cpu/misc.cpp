@@ -17,16 +17,25 @@ namespace {
 template <typename T>
 void dropout_t(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) {
   using C = comp_t<T>;
-  const Generator gen(seed);
   const C scale = p >= 1.0 ? C(0) : C(1.0 / (1.0 - p));
+  const std::array<uint32_t, 2> key = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   const char* y0 = static_cast<const char*>(out.y.raw_data());
   for_each_row<3>({&out.y, &out.mask, &x}, [&](const std::array<char*, 3>& ptr, const std::array<int64_t, 3>& s,
                                                  int64_t n) {
     const uint64_t first = static_cast<uint64_t>((ptr[0] - y0) / int64_t(sizeof(T)));
     T* y = reinterpret_cast<T*>(ptr[0]);  // y and mask are contiguous: unit strides
     uint8_t* m = reinterpret_cast<uint8_t*>(ptr[1]);
+    // One Philox block yields 4 consecutive stream values; this is Generator::at's
+    // mapping (value i = word i % 4 of block i / 4), computed once per block.
+    uint64_t cur = ~uint64_t(0);
+    std::array<uint32_t, 4> blk{};
     for (int64_t j = 0; j < n; ++j) {
-      bool keep = static_cast<double>(uint_to_unit_float(gen.at(offset + first + j))) >= p;
+      const uint64_t idx = offset + first + static_cast<uint64_t>(j);
+      if ((idx >> 2) != cur) {
+        cur = idx >> 2;
+        blk = philox4x32_10({static_cast<uint32_t>(cur), static_cast<uint32_t>(cur >> 32), 0u, 0u}, key);
+      }
+      bool keep = static_cast<double>(uint_to_unit_float(blk[idx & 3])) >= p;
       m[j] = keep ? 1 : 0;
       C v = ld(*reinterpret_cast<const T*>(ptr[2] + j * s[2]));
       y[j] = st<T>(keep ? C(v * scale) : C(0));

@@ -105,6 +105,10 @@ TEST(TokErrors, BadVocabOrMerges) {
       "merge3.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}, )") +
                          kByteLevel + "}");
   expect_error_with([&] { load_tokenizer(r); }, {r, "merges[0]"});
+  const std::string w = temp_file(
+      "wrongtype.json", std::string(R"({"added_tokens": [{"id": 3, "content": "<x>", "special": "yes"}], )") +
+                            kGoodModel + ", " + kByteLevel + "}");
+  expect_error_with([&] { load_tokenizer(w); }, {w, "unexpected JSON structure"});
   // A good file still loads and decodes only known ids.
   const std::string g = temp_file("good.json", std::string("{") + kGoodModel + ", " + kByteLevel + "}");
   auto t = load_tokenizer(g);

@@ -1,0 +1,373 @@
+#include "models/hf_config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace lathe::models {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Typed access to config.json fields with errors that name the file and the field.
+// A field that is present but null counts as absent (transformers writes null for "unset").
+class Fields {
+ public:
+  Fields(const json& j, const std::string& where) : j_(j), where_(where) {}
+
+  bool has(const char* k) const {
+    auto it = j_.find(k);
+    return it != j_.end() && !it->is_null();
+  }
+  const json& raw(const char* k) const { return j_.at(k); }
+
+  int64_t integer(const char* k) const {
+    LATHE_CHECK(has(k)) << where_ << ": missing field \"" << k << "\"" << type_hint();
+    const json& v = j_.at(k);
+    LATHE_CHECK(v.is_number_integer()) << where_ << ": field \"" << k << "\" must be an integer, got " << v.dump();
+    return v.get<int64_t>();
+  }
+  int64_t integer(const char* k, int64_t def) const { return has(k) ? integer(k) : def; }
+
+  double number(const char* k, double def) const {
+    if (!has(k)) return def;
+    const json& v = j_.at(k);
+    LATHE_CHECK(v.is_number()) << where_ << ": field \"" << k << "\" must be a number, got " << v.dump();
+    return v.get<double>();
+  }
+
+  bool boolean(const char* k, bool def) const {
+    if (!has(k)) return def;
+    const json& v = j_.at(k);
+    LATHE_CHECK(v.is_boolean()) << where_ << ": field \"" << k << "\" must be true or false, got " << v.dump();
+    return v.get<bool>();
+  }
+
+  std::string string(const char* k, const std::string& def) const {
+    if (!has(k)) return def;
+    const json& v = j_.at(k);
+    LATHE_CHECK(v.is_string()) << where_ << ": field \"" << k << "\" must be a string, got " << v.dump();
+    return v.get<std::string>();
+  }
+
+ private:
+  std::string type_hint() const {
+    auto it = j_.find("model_type");
+    return it != j_.end() && it->is_string() ? " (model_type " + it->get<std::string>() + ")" : "";
+  }
+  const json& j_;
+  const std::string& where_;
+};
+
+ModelSpec parse_gpt2(const Fields& f, const std::string& where) {
+  ModelSpec s;
+  s.arch = Arch::gpt2;
+  s.d_model = f.integer("n_embd");
+  s.n_layer = f.integer("n_layer");
+  s.n_head = f.integer("n_head");
+  s.vocab_size = f.integer("vocab_size");
+  s.max_seq_len = f.integer("n_positions", 1024);
+  s.d_ff = f.integer("n_inner", 0);  // null -> 4 * n_embd, lathe's GPT-2 default too
+  s.norm_eps = f.number("layer_norm_epsilon", 1e-5);
+  s.tie_embeddings = f.boolean("tie_word_embeddings", true);
+  s.bias = true;  // GPT-2 has biases on every Conv1D and LayerNorm
+  // gelu_new and gelu_pytorch_tanh are both the tanh approximation lathe's GeluMLP computes.
+  const std::string act = f.string("activation_function", "gelu_new");
+  LATHE_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh")
+      << where << ": field \"activation_function\" is \"" << act
+      << "\"; lathe's GPT-2 MLP computes the tanh GELU (gelu_new / gelu_pytorch_tanh) only";
+  // Options that change the attention math have no lathe counterpart.
+  LATHE_CHECK(f.boolean("scale_attn_weights", true))
+      << where << ": field \"scale_attn_weights\" is false; lathe always scales scores by 1/sqrt(head_dim)";
+  LATHE_CHECK(!f.boolean("scale_attn_by_inverse_layer_idx", false))
+      << where << ": field \"scale_attn_by_inverse_layer_idx\" is true; lathe has no per-layer score scaling";
+  LATHE_CHECK(!f.boolean("add_cross_attention", false))
+      << where << ": field \"add_cross_attention\" is true; lathe models are decoder-only";
+  return s;
+}
+
+ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std::string& where) {
+  ModelSpec s;
+  s.arch = Arch::llama;
+  s.d_model = f.integer("hidden_size");
+  s.d_ff = f.integer("intermediate_size");
+  s.n_layer = f.integer("num_hidden_layers");
+  s.n_head = f.integer("num_attention_heads");
+  s.n_kv_head = f.integer("num_key_value_heads", s.n_head);
+  s.vocab_size = f.integer("vocab_size");
+  // transformers class defaults for fields a config may leave out.
+  const int64_t default_max_pos = type == "llama" ? 2048 : type == "qwen2" ? 32768 : 4096 * 32;
+  s.max_seq_len = f.integer("max_position_embeddings", default_max_pos);
+  s.norm_eps = f.number("rms_norm_eps", 1e-6);
+  s.rope_theta = f.number("rope_theta", 10000.0);
+  s.tie_embeddings = f.boolean("tie_word_embeddings", false);
+
+  const std::string act = f.string("hidden_act", "silu");
+  LATHE_CHECK(act == "silu") << where << ": field \"hidden_act\" is \"" << act
+                             << "\"; lathe's Llama MLP is SwiGLU (silu) only";
+  LATHE_CHECK(!f.has("rope_scaling")) << where << ": field \"rope_scaling\" is " << f.raw("rope_scaling").dump()
+                                      << "; lathe supports only unscaled RoPE (rope_scaling: null) for now";
+  if (f.has("rope_parameters")) {  // newer transformers group the RoPE settings
+    const json& rp = f.raw("rope_parameters");
+    LATHE_CHECK(rp.is_object()) << where << ": field \"rope_parameters\" must be an object";
+    Fields r(rp, where);
+    const std::string rt = r.string("rope_type", r.string("type", "default"));
+    LATHE_CHECK(rt == "default") << where << ": field \"rope_parameters.rope_type\" is \"" << rt
+                                 << "\"; lathe supports only unscaled RoPE (\"default\") for now";
+    s.rope_theta = r.number("rope_theta", s.rope_theta);
+  }
+  if (f.has("head_dim")) {
+    const int64_t hd = f.integer("head_dim");
+    LATHE_CHECK(s.n_head > 0 && hd * s.n_head == s.d_model)
+        << where << ": field \"head_dim\" is " << hd << " but hidden_size / num_attention_heads = " << s.d_model
+        << " / " << s.n_head << "; lathe needs head_dim * heads == hidden_size";
+  }
+  if (type == "llama") {
+    const bool ab = f.boolean("attention_bias", false), mb = f.boolean("mlp_bias", false);
+    LATHE_CHECK(ab == mb) << where << ": attention_bias=" << ab << " and mlp_bias=" << mb
+                          << " differ; lathe's ModelSpec has one bias flag for every linear layer";
+    s.bias = ab;
+  } else {
+    // Qwen2 puts biases on q/k/v only: the importer rejects those tensors by name, since a
+    // single bias flag cannot describe them. Mistral has no biases.
+    s.bias = false;
+  }
+  // Sliding-window attention equals full causal attention for sequences no longer than the
+  // window, so cap the context there instead of computing something different beyond it.
+  const bool sliding = type == "mistral" || (type == "qwen2" && f.boolean("use_sliding_window", false));
+  if (sliding && f.has("sliding_window")) {
+    const int64_t w = f.integer("sliding_window");
+    if (w > 0 && w < s.max_seq_len) s.max_seq_len = w;
+  }
+  return s;
+}
+
+std::string read_text(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  LATHE_CHECK(in) << what << ": cannot open " << path << ": " << std::strerror(errno);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_all(int fd, const std::string& text, const std::string& path) {
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    LATHE_CHECK(n > 0) << "write_hf_config: writing " << path << " failed: " << std::strerror(errno);
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+HfConfig parse_hf_config(const json& j, const std::string& where) {
+  LATHE_CHECK(j.is_object()) << where << ": a transformers config must be a JSON object";
+  Fields f(j, where);
+  HfConfig c;
+  LATHE_CHECK(f.has("model_type")) << where << ": missing field \"model_type\"";
+  c.model_type = f.string("model_type", "");
+  c.torch_dtype = f.string("torch_dtype", f.string("dtype", ""));
+  if (c.model_type == "gpt2") {
+    c.spec = parse_gpt2(f, where);
+  } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral") {
+    c.spec = parse_llama_family(f, c.model_type, where);
+  } else {
+    LATHE_FAIL() << where << ": unsupported model_type \"" << c.model_type
+                 << "\" (lathe imports gpt2, llama, qwen2 and mistral)";
+  }
+  try {
+    c.spec.validate();
+  } catch (const Error& e) {
+    LATHE_FAIL() << where << ": " << e.message();
+  }
+  return c;
+}
+
+HfConfig read_hf_config(const std::string& path) {
+  std::error_code ec;
+  std::string file = fs::is_directory(path, ec) ? (fs::path(path) / "config.json").string() : path;
+  LATHE_CHECK(fs::exists(file, ec)) << "read_hf_config: " << file << " does not exist";
+  std::string text = read_text(file, "read_hf_config");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    LATHE_FAIL() << file << ": invalid JSON at byte " << e.byte << ": " << e.what();
+  }
+  return parse_hf_config(j, file);
+}
+
+const char* hf_torch_dtype_name(DType dt) {
+  switch (dt) {
+    case DType::f32: return "float32";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
+    case DType::f64: return "float64";
+    default: LATHE_FAIL() << "hf_torch_dtype_name: " << dtype_name(dt) << " is not a floating dtype";
+  }
+  return "";
+}
+
+nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
+  s.validate();
+  nlohmann::ordered_json j;
+  if (s.arch == Arch::gpt2) {
+    LATHE_CHECK(s.bias) << "hf_config_json: a GPT-2 spec with bias=false has no Hugging Face GPT-2 form";
+    LATHE_CHECK(s.kv_heads() == s.n_head)
+        << "hf_config_json: a GPT-2 spec with n_kv_head=" << s.n_kv_head << " (grouped-query attention) has no "
+        << "Hugging Face GPT-2 form";
+    j["architectures"] = {"GPT2LMHeadModel"};
+    j["model_type"] = "gpt2";
+    j["vocab_size"] = s.vocab_size;
+    j["n_positions"] = s.max_seq_len;
+    j["n_ctx"] = s.max_seq_len;
+    j["n_embd"] = s.d_model;
+    j["n_layer"] = s.n_layer;
+    j["n_head"] = s.n_head;
+    j["n_inner"] = s.ff_dim();
+    j["activation_function"] = "gelu_new";
+    j["layer_norm_epsilon"] = s.norm_eps;
+    j["resid_pdrop"] = s.dropout;
+    j["embd_pdrop"] = s.dropout;
+    j["attn_pdrop"] = 0.0;  // lathe has no attention-probability dropout
+    j["initializer_range"] = s.init_std;
+    j["scale_attn_weights"] = true;
+  } else {
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["vocab_size"] = s.vocab_size;
+    j["hidden_size"] = s.d_model;
+    j["intermediate_size"] = s.ff_dim();
+    j["num_hidden_layers"] = s.n_layer;
+    j["num_attention_heads"] = s.n_head;
+    j["num_key_value_heads"] = s.kv_heads();
+    j["head_dim"] = s.head_dim();
+    j["max_position_embeddings"] = s.max_seq_len;
+    j["rms_norm_eps"] = s.norm_eps;
+    j["rope_theta"] = s.rope_theta;
+    j["rope_scaling"] = nullptr;
+    j["hidden_act"] = "silu";
+    j["attention_bias"] = s.bias;
+    j["mlp_bias"] = s.bias;
+    j["attention_dropout"] = 0.0;
+    j["initializer_range"] = s.init_std;
+    j["pretraining_tp"] = 1;
+  }
+  j["tie_word_embeddings"] = s.tie_embeddings;
+  j["torch_dtype"] = hf_torch_dtype_name(dtype);
+  j["use_cache"] = true;
+  return j;
+}
+
+void write_hf_config(const ModelSpec& spec, const std::string& path, DType dtype) {
+  const std::string text = hf_config_json(spec, dtype).dump(2) + "\n";
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  LATHE_CHECK(fd >= 0) << "write_hf_config: cannot create " << tmp << ": " << std::strerror(errno);
+  try {
+    write_all(fd, text, tmp);
+    LATHE_CHECK(::fsync(fd) == 0) << "write_hf_config: fsync of " << tmp << " failed: " << std::strerror(errno);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    LATHE_FAIL() << "write_hf_config: cannot rename " << tmp << " to " << path << ": " << std::strerror(err);
+  }
+}
+
+// ---- tensor layout ------------------------------------------------------------------------
+
+std::string hf_default_prefix(Arch arch) { return arch == Arch::gpt2 ? "transformer." : "model."; }
+
+std::vector<HfTensorRule> hf_tensor_layout(const ModelSpec& s, const std::string& prefix) {
+  using K = HfTensorRule::Kind;
+  std::vector<HfTensorRule> r;
+  auto add = [&](std::string hf, K kind, std::vector<std::string> params) {
+    r.push_back(HfTensorRule{std::move(hf), kind, std::move(params)});
+  };
+  if (s.arch == Arch::gpt2) {
+    LATHE_CHECK(s.bias) << "hf_tensor_layout: Hugging Face GPT-2 has biases on every layer; a spec with "
+                           "bias=false has no GPT-2 layout";
+    LATHE_CHECK(s.kv_heads() == s.n_head) << "hf_tensor_layout: Hugging Face GPT-2 has no grouped-query "
+                                             "attention (n_kv_head=" << s.n_kv_head << ")";
+    add(prefix + "wte.weight", K::same, {"embed.weight"});
+    add(prefix + "wpe.weight", K::same, {"pos_embed.weight"});
+    for (int64_t l = 0; l < s.n_layer; ++l) {
+      const std::string h = prefix + "h." + std::to_string(l) + ".", L = "layers." + std::to_string(l) + ".";
+      add(h + "ln_1.weight", K::same, {L + "attn_norm.weight"});
+      add(h + "ln_1.bias", K::same, {L + "attn_norm.bias"});
+      for (const char* wb : {"weight", "bias"}) {
+        const std::string w = wb;
+        add(h + "attn.c_attn." + w, K::conv1d,
+            {L + "attn.q_proj." + w, L + "attn.k_proj." + w, L + "attn.v_proj." + w});
+        add(h + "attn.c_proj." + w, K::conv1d, {L + "attn.o_proj." + w});
+      }
+      add(h + "ln_2.weight", K::same, {L + "mlp_norm.weight"});
+      add(h + "ln_2.bias", K::same, {L + "mlp_norm.bias"});
+      for (const char* wb : {"weight", "bias"}) {
+        const std::string w = wb;
+        add(h + "mlp.c_fc." + w, K::conv1d, {L + "mlp.fc." + w});
+        add(h + "mlp.c_proj." + w, K::conv1d, {L + "mlp.proj." + w});
+      }
+    }
+    add(prefix + "ln_f.weight", K::same, {"final_norm.weight"});
+    add(prefix + "ln_f.bias", K::same, {"final_norm.bias"});
+  } else {
+    add(prefix + "embed_tokens.weight", K::same, {"embed.weight"});
+    std::vector<std::string> kinds = {"weight"};
+    if (s.bias) kinds.push_back("bias");
+    for (int64_t l = 0; l < s.n_layer; ++l) {
+      const std::string h = prefix + "layers." + std::to_string(l) + ".", L = "layers." + std::to_string(l) + ".";
+      add(h + "input_layernorm.weight", K::same, {L + "attn_norm.weight"});
+      for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
+        for (const auto& w : kinds) add(h + "self_attn." + p + "." + w, K::same, {L + "attn." + p + "." + w});
+      add(h + "post_attention_layernorm.weight", K::same, {L + "mlp_norm.weight"});
+      for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+        for (const auto& w : kinds) add(h + "mlp." + p + "." + w, K::same, {L + "mlp." + p + "." + w});
+    }
+    add(prefix + "norm.weight", K::same, {"final_norm.weight"});
+  }
+  if (!s.tie_embeddings) add("lm_head.weight", K::same, {"lm_head.weight"});
+  return r;
+}
+
+Shape hf_tensor_shape(const HfTensorRule& rule, const std::vector<Shape>& shapes) {
+  LATHE_CHECK(!shapes.empty() && shapes.size() == rule.params.size())
+      << "hf_tensor_shape(" << rule.hf_name << "): " << shapes.size() << " shapes for " << rule.params.size()
+      << " parameters";
+  if (rule.kind == HfTensorRule::Kind::same) {
+    LATHE_CHECK(shapes.size() == 1) << "hf_tensor_shape(" << rule.hf_name << "): a plain tensor maps to one parameter";
+    return shapes[0];
+  }
+  // Conv1D: [in, sum of outs] for weights, [sum of outs] for biases.
+  const Shape& first = shapes[0];
+  LATHE_CHECK(first.size() == 1 || first.size() == 2)
+      << "hf_tensor_shape(" << rule.hf_name << "): Conv1D parameters are 1-D or 2-D, got " << shape_str(first);
+  int64_t total = 0;
+  for (const Shape& sh : shapes) {
+    LATHE_CHECK(sh.size() == first.size() && (sh.size() == 1 || sh[1] == first[1]))
+        << "hf_tensor_shape(" << rule.hf_name << "): fused parameters " << shape_str(first) << " and "
+        << shape_str(sh) << " do not concatenate";
+    total += sh[0];
+  }
+  return first.size() == 2 ? Shape{first[1], total} : Shape{total};
+}
+
+}  // namespace lathe::models

@@ -1,0 +1,66 @@
+// Hugging Face transformers side of a ModelSpec: config.json <-> ModelSpec, and the tensor
+// layout (HF tensor names and how each maps onto lathe parameters) shared by import and export.
+//
+// Supported model_type values: "gpt2" (GPT2LMHeadModel) and the Llama family "llama",
+// "qwen2", "mistral" (all Arch::llama: RMSNorm, rotate_half RoPE, SwiGLU, GQA). Export always
+// writes "gpt2" or "llama".
+//
+// What lathe cannot represent is an error naming the file and field, never dropped silently:
+// rope_scaling (any non-null value), hidden_act other than silu, head_dim != hidden/heads,
+// Llama attention_bias != mlp_bias (lathe has one bias flag), GPT-2 options that change the
+// attention math. Qwen2's q/k/v-only biases parse (spec.bias = false) but their tensors are
+// then rejected by the importer: lathe's ModelSpec has no per-projection bias yet.
+// Dropout rates in config.json are not imported (spec.dropout = 0; runs set their own).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "models/model.h"
+
+namespace lathe::models {
+
+struct HfConfig {
+  std::string model_type;   // as written: "gpt2", "llama", "qwen2", "mistral"
+  std::string torch_dtype;  // "torch_dtype" (or newer "dtype") as written; empty when absent
+  ModelSpec spec;
+};
+
+// config.json contents -> spec. `where` names the file in errors.
+HfConfig parse_hf_config(const nlohmann::json& config, const std::string& where);
+// Reads `path`: a config.json file or a directory holding one.
+HfConfig read_hf_config(const std::string& path);
+
+// "float32", "bfloat16", "float16", "float64" (throws for other dtypes).
+const char* hf_torch_dtype_name(DType dt);
+// spec -> config.json for transformers (architectures, model_type, torch_dtype and every
+// shape field). Throws for specs with no HF form (a GPT-2 without biases or with GQA).
+nlohmann::ordered_json hf_config_json(const ModelSpec& spec, DType dtype = DType::f32);
+// Writes hf_config_json atomically (temp file, fsync, rename) to `path`.
+void write_hf_config(const ModelSpec& spec, const std::string& path, DType dtype = DType::f32);
+
+// One tensor of the HF layout and the lathe parameters it holds.
+struct HfTensorRule {
+  enum class Kind {
+    same,    // one parameter, same shape and meaning
+    conv1d,  // GPT-2 Conv1D: 2-D params [out, in] are stored transposed [in, out]; several
+             // params are concatenated along the last dim (c_attn = q | k | v), biases too
+  };
+  std::string hf_name;
+  Kind kind = Kind::same;
+  std::vector<std::string> params;  // lathe parameter names, in concatenation order
+};
+
+// Standard prefix of the backbone tensors: "transformer." (GPT-2) or "model." (Llama).
+// Bare base-model files ("wte.weight", "embed_tokens.weight") use the prefix "".
+std::string hf_default_prefix(Arch arch);
+// Every tensor of the HF layout of `spec` (lm_head.weight only when embeddings are untied;
+// it never takes the prefix). Together the rules name every lathe parameter exactly once.
+std::vector<HfTensorRule> hf_tensor_layout(const ModelSpec& spec, const std::string& prefix);
+// Shape of the HF tensor of `rule`, given the shapes of its lathe parameters.
+Shape hf_tensor_shape(const HfTensorRule& rule, const std::vector<Shape>& param_shapes);
+
+}  // namespace lathe::models

@@ -1,0 +1,32 @@
+// Export of lathe models as Hugging Face transformers checkpoints: config.json plus
+// model.safetensors (or model-0000k-of-0000n.safetensors + model.safetensors.index.json),
+// in the layout of the model's family: GPT2LMHeadModel ("transformer.*", Conv1D weights
+// transposed to [in, out], q/k/v fused into c_attn, lm_head omitted when tied) or
+// LlamaForCausalLM ("model.*", lm_head.weight when untied). The inverse of load_hf_model.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "models/model.h"
+#include "models/safetensors.h"
+
+namespace lathe::models {
+
+// The model's parameters under their HF names and shapes, converted to `dtype`. Throws when
+// a parameter has no place in the layout (e.g. un-merged adapters).
+NamedTensors hf_state_dict(const CausalLM& model, DType dtype = DType::f32);
+
+// Writes the checkpoint into `dir` (created if missing). dtype: f32, bf16 or f16.
+// max_shard_bytes > 0 splits the tensors into shards of at most that many bytes (a larger
+// tensor gets a shard of its own) with an index; 0 writes one model.safetensors.
+// Every file is written to a temporary name and renamed; the index comes after its shards
+// and config.json last. Weight files of an earlier save that the new one does not use
+// (model.safetensors, other shards, a stale index) are removed, so the directory always
+// loads as the newest complete checkpoint. Safetensors metadata carries {"format": "pt"},
+// which transformers requires.
+void save_hf_model(const CausalLM& model, const std::string& dir, DType dtype = DType::f32,
+                   int64_t max_shard_bytes = 0);
+
+}  // namespace lathe::models

@@ -1,0 +1,267 @@
+// transformers config.json <-> ModelSpec: published configs give the published parameter
+// counts, defaults follow the transformers classes, unsupported settings are errors naming
+// the file and field, and spec -> config.json -> spec is the identity.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "models/hf_config.h"
+
+namespace fs = std::filesystem;
+using namespace lathe;
+using namespace lathe::models;
+using json = nlohmann::json;
+
+namespace {
+
+// The message of the Error thrown by f ("" when nothing is thrown).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+#define EXPECT_ERROR_HAS(stmt, ...)                                                   \
+  do {                                                                                \
+    std::string msg_ = error_of([&] { stmt; });                                       \
+    EXPECT_FALSE(msg_.empty()) << #stmt " did not throw";                             \
+    for (const char* part_ : {__VA_ARGS__})                                           \
+      EXPECT_NE(msg_.find(part_), std::string::npos) << "missing '" << part_ << "' in: " << msg_; \
+  } while (0)
+
+// openai-community/gpt2 config.json (the fields lathe reads).
+json gpt2_small() {
+  return json::parse(R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+    "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024, "n_inner": null,
+    "layer_norm_epsilon": 1e-05, "vocab_size": 50257, "resid_pdrop": 0.1})");
+}
+
+// meta-llama/Llama-3.2-1B config.json without its rope_scaling block.
+json llama_1b() {
+  return json::parse(R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+    "rope_theta": 500000.0, "rope_scaling": null, "tie_word_embeddings": true, "vocab_size": 128256,
+    "attention_bias": false, "mlp_bias": false, "torch_dtype": "bfloat16"})");
+}
+
+void expect_same_spec(const ModelSpec& a, const ModelSpec& b) {
+  EXPECT_EQ(a.arch, b.arch);
+  EXPECT_EQ(a.vocab_size, b.vocab_size);
+  EXPECT_EQ(a.n_layer, b.n_layer);
+  EXPECT_EQ(a.n_head, b.n_head);
+  EXPECT_EQ(a.kv_heads(), b.kv_heads());
+  EXPECT_EQ(a.d_model, b.d_model);
+  EXPECT_EQ(a.ff_dim(), b.ff_dim());
+  EXPECT_EQ(a.max_seq_len, b.max_seq_len);
+  EXPECT_EQ(a.norm_eps, b.norm_eps);
+  EXPECT_EQ(a.rope_theta, b.rope_theta);
+  EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
+  EXPECT_EQ(a.bias, b.bias);
+}
+
+}  // namespace
+
+TEST(HfConfig, Gpt2SmallGivesGpt2Small) {
+  HfConfig c = parse_hf_config(gpt2_small(), "gpt2/config.json");
+  EXPECT_EQ(c.model_type, "gpt2");
+  expect_same_spec(c.spec, ModelSpec::gpt2_124m());
+  EXPECT_EQ(c.spec.norm_eps, 1e-5);
+  EXPECT_EQ(c.spec.dropout, 0.0);  // dropout rates are not imported
+  EXPECT_EQ(count_parameters(c.spec), 124439808);
+}
+
+TEST(HfConfig, Llama1bGivesLlama1b) {
+  HfConfig c = parse_hf_config(llama_1b(), "llama/config.json");
+  EXPECT_EQ(c.torch_dtype, "bfloat16");
+  expect_same_spec(c.spec, ModelSpec::llama_1b());
+  EXPECT_EQ(count_parameters(c.spec), 1235814400);
+}
+
+TEST(HfConfig, DefaultsFollowTheTransformersClasses) {
+  json g = gpt2_small();
+  g.erase("n_positions");
+  g.erase("layer_norm_epsilon");
+  g["n_inner"] = 100;
+  HfConfig c = parse_hf_config(g, "x");
+  EXPECT_EQ(c.spec.max_seq_len, 1024);
+  EXPECT_EQ(c.spec.ff_dim(), 100);
+  EXPECT_TRUE(c.spec.tie_embeddings);  // GPT-2 ties unless told otherwise
+
+  for (const char* type : {"llama", "qwen2", "mistral"}) {
+    json j = llama_1b();
+    j["model_type"] = type;
+    for (const char* k : {"num_key_value_heads", "tie_word_embeddings", "max_position_embeddings", "rms_norm_eps",
+                          "rope_theta", "hidden_act", "head_dim"})
+      j.erase(k);
+    HfConfig l = parse_hf_config(j, "x");
+    EXPECT_EQ(l.spec.arch, Arch::llama) << type;
+    EXPECT_EQ(l.spec.kv_heads(), 32) << type;
+    EXPECT_FALSE(l.spec.tie_embeddings) << type;
+    EXPECT_EQ(l.spec.norm_eps, 1e-6) << type;
+    EXPECT_EQ(l.spec.rope_theta, 10000.0) << type;
+    EXPECT_FALSE(l.spec.bias) << type;
+    const int64_t max_pos = std::string(type) == "llama" ? 2048 : std::string(type) == "qwen2" ? 32768 : 131072;
+    EXPECT_EQ(l.spec.max_seq_len, max_pos) << type;
+  }
+  // A null field means "unset", like an absent one.
+  json k = llama_1b();
+  k["num_key_value_heads"] = nullptr;
+  EXPECT_EQ(parse_hf_config(k, "x").spec.kv_heads(), 32);
+  // Llama with biases on every linear.
+  k["attention_bias"] = true;
+  k["mlp_bias"] = true;
+  EXPECT_TRUE(parse_hf_config(k, "x").spec.bias);
+  // Newer transformers put rope_theta inside rope_parameters.
+  json r = llama_1b();
+  r.erase("rope_theta");
+  r["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1234.0}};
+  EXPECT_EQ(parse_hf_config(r, "x").spec.rope_theta, 1234.0);
+}
+
+TEST(HfConfig, SlidingWindowCapsTheContext) {
+  json m = llama_1b();
+  m["model_type"] = "mistral";
+  m["max_position_embeddings"] = 32768;
+  m["sliding_window"] = 4096;
+  EXPECT_EQ(parse_hf_config(m, "x").spec.max_seq_len, 4096);
+  m["sliding_window"] = nullptr;
+  EXPECT_EQ(parse_hf_config(m, "x").spec.max_seq_len, 32768);
+  json q = m;
+  q["model_type"] = "qwen2";
+  q["sliding_window"] = 4096;
+  q["use_sliding_window"] = false;  // Qwen2 ignores the window unless this is on
+  EXPECT_EQ(parse_hf_config(q, "x").spec.max_seq_len, 32768);
+  q["use_sliding_window"] = true;
+  EXPECT_EQ(parse_hf_config(q, "x").spec.max_seq_len, 4096);
+}
+
+TEST(HfConfig, UnsupportedSettingsNameFileAndField) {
+  json j = llama_1b();
+  j["model_type"] = "bert";
+  EXPECT_ERROR_HAS(parse_hf_config(j, "ckpt/config.json"), "ckpt/config.json", "bert");
+  j = llama_1b();
+  j.erase("model_type");
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "model_type");
+  j = llama_1b();
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}};
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling", "llama3");
+  j = llama_1b();
+  j["rope_parameters"] = {{"rope_type", "yarn"}};
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_parameters.rope_type", "yarn");
+  j = llama_1b();
+  j["head_dim"] = 128;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "head_dim", "128");
+  j = llama_1b();
+  j["hidden_act"] = "gelu";
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "hidden_act", "gelu");
+  j = llama_1b();
+  j["attention_bias"] = true;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "attention_bias", "mlp_bias");
+  j = llama_1b();
+  j.erase("hidden_size");
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "hidden_size");
+  j = llama_1b();
+  j["num_hidden_layers"] = "16";
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "num_hidden_layers", "integer");
+  j = llama_1b();
+  j["num_key_value_heads"] = 5;  // 32 % 5 != 0: the spec's own check, prefixed with the file
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "n_kv_head");
+  json g = gpt2_small();
+  g["activation_function"] = "relu";
+  EXPECT_ERROR_HAS(parse_hf_config(g, "g.json"), "g.json", "activation_function", "relu");
+  g = gpt2_small();
+  g["scale_attn_by_inverse_layer_idx"] = true;
+  EXPECT_ERROR_HAS(parse_hf_config(g, "g.json"), "g.json", "scale_attn_by_inverse_layer_idx");
+  EXPECT_ERROR_HAS(parse_hf_config(json::array(), "g.json"), "g.json", "object");
+}
+
+TEST(HfConfig, SpecToConfigToSpecIsTheIdentity) {
+  for (Arch a : {Arch::gpt2, Arch::llama}) {
+    for (bool tie : {true, false}) {
+      ModelSpec s = a == Arch::gpt2 ? ModelSpec::gpt2_124m() : ModelSpec::llama_1b();
+      s.tie_embeddings = tie;
+      s.d_ff = 1000;
+      s.norm_eps = 3e-6;
+      auto j = hf_config_json(s, DType::bf16);
+      EXPECT_EQ(j["torch_dtype"], "bfloat16");
+      EXPECT_EQ(j["model_type"], a == Arch::gpt2 ? "gpt2" : "llama");
+      EXPECT_EQ(j["architectures"][0], a == Arch::gpt2 ? "GPT2LMHeadModel" : "LlamaForCausalLM");
+      // Through text, as transformers would read it.
+      HfConfig back = parse_hf_config(json::parse(j.dump()), "x");
+      expect_same_spec(back.spec, s);
+      EXPECT_EQ(back.torch_dtype, "bfloat16");
+    }
+  }
+  ModelSpec bad = ModelSpec::gpt2_124m();
+  bad.bias = false;
+  EXPECT_ERROR_HAS(hf_config_json(bad), "bias");
+  bad = ModelSpec::gpt2_124m();
+  bad.n_kv_head = 4;
+  EXPECT_ERROR_HAS(hf_config_json(bad), "n_kv_head=4");
+  EXPECT_ERROR_HAS(hf_config_json(ModelSpec::llama_1b(), DType::i32), "i32");
+}
+
+TEST(HfConfig, WriteAndReadFiles) {
+  fs::path dir = fs::temp_directory_path() / ("lathe_hfcfg_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  ModelSpec s = ModelSpec::llama_1b();
+  s.n_layer = 3;
+  write_hf_config(s, (dir / "config.json").string(), DType::f16);
+  HfConfig c = read_hf_config(dir.string());  // the directory finds its config.json
+  expect_same_spec(c.spec, s);
+  EXPECT_EQ(c.torch_dtype, "float16");
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    ++files;
+    EXPECT_EQ(e.path().filename(), "config.json");  // no temp file left behind
+  }
+  EXPECT_EQ(files, 1);
+  { std::ofstream(dir / "bad.json") << "{\"model_type\": \"llama\", "; }
+  EXPECT_ERROR_HAS(read_hf_config((dir / "bad.json").string()), "bad.json", "invalid JSON");
+  EXPECT_ERROR_HAS(read_hf_config((dir / "none").string()), "none", "does not exist");
+  fs::remove_all(dir);
+}
+
+TEST(HfConfig, LayoutNamesEveryParameterOnce) {
+  for (Arch a : {Arch::gpt2, Arch::llama}) {
+    for (bool tie : {true, false}) {
+      for (bool bias : {true, false}) {
+        if (a == Arch::gpt2 && !bias) continue;
+        ModelSpec s;
+        s.arch = a;
+        s.vocab_size = 7;
+        s.n_layer = 2;
+        s.n_head = 2;
+        s.n_kv_head = a == Arch::llama ? 1 : 0;
+        s.d_model = 4;
+        s.max_seq_len = 5;
+        s.tie_embeddings = tie;
+        s.bias = bias;
+        auto m = build_model(s, 1);
+        std::multiset<std::string> named;
+        std::set<std::string> hf;
+        for (const auto& r : hf_tensor_layout(s, hf_default_prefix(a))) {
+          named.insert(r.params.begin(), r.params.end());
+          EXPECT_TRUE(hf.insert(r.hf_name).second) << r.hf_name;
+        }
+        std::multiset<std::string> params;
+        for (const auto& [n, t] : m->named_parameters()) params.insert(n);
+        EXPECT_EQ(named, params) << arch_name(a) << " tie=" << tie << " bias=" << bias;
+        EXPECT_EQ(hf.count("lm_head.weight"), tie ? 0u : 1u);
+      }
+    }
+  }
+  // Fused c_attn: [in, q|k|v] for weights, [q|k|v] for biases.
+  HfTensorRule r{"c_attn", HfTensorRule::Kind::conv1d, {"q", "k", "v"}};
+  EXPECT_EQ(hf_tensor_shape(r, {{4, 6}, {4, 6}, {4, 6}}), (Shape{6, 12}));
+  EXPECT_EQ(hf_tensor_shape(r, {{4}, {4}, {4}}), (Shape{12}));
+}

@@ -1,0 +1,106 @@
+// Saving and loading the full state of a training run (specs/core.md "Checkpoints").
+//
+// Each rank writes <ckpt_root>/step_%08d/rank_%05d.h5 (through train/checkpoint_dir.h's
+// atomic protocol: .tmp, fsync, rename; COMPLETE written last by rank 0 after a barrier).
+// One rank file holds, readable by h5py/h5dump under these names:
+//   model/<param name>            every parameter, e.g. model/layers.0.attn.q_proj.weight
+//   optim/<param name>/<state>    optimizer state (AdamW: exp_avg, exp_avg_sq)
+//   optim/__step__                the optimizer's update count (0-d i64)
+//   state/step                    optimizer steps completed (0-d i64)
+//   state/tokens_seen             training tokens consumed, all ranks (0-d i64)
+//   state/loader_epoch, state/loader_index     data::LMLoader::State of the next batch
+//   state/rng_dropout_seed, state/rng_dropout_offset   the model's dropout Generator
+//                                 (the seed is a uint64 stored as its int64 bit pattern)
+//   state/lr                      learning rate of the last update (f64; the schedule is a
+//                                 function of the step, this records where it stood)
+//   config                        the resolved RunConfig, text format (string dataset)
+// and root attributes: format = "lathe-checkpoint", format_version, rank, world_size, step,
+// optimizer (its name), config (the same text as the dataset).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autograd/module.h"
+#include "core/error.h"
+#include "data/lm_dataset.h"
+#include "optim/optimizer.h"
+#include "parallel/communicator.h"
+
+namespace lathe::train {
+
+// A file the run needs that cannot be written or read (run directory, metrics): exit code 3
+// in the CLI.
+class IoError : public lathe::Error {
+ public:
+  IoError(const std::string& where, const std::string& msg) : lathe::Error(where, msg) {}
+};
+// A checkpoint that cannot be written, read, or used for this run (also exit code 3).
+class CheckpointError : public IoError {
+ public:
+  explicit CheckpointError(const std::string& msg) : IoError("checkpoint", msg) {}
+};
+
+constexpr int64_t kCheckpointFormatVersion = 1;
+
+// Everything besides the tensors that a run needs to continue exactly.
+struct TrainState {
+  int64_t step = 0;
+  int64_t tokens_seen = 0;
+  data::LMLoader::State loader;
+  uint64_t dropout_seed = 0;
+  uint64_t dropout_offset = 0;
+  double lr = 0.0;
+  int world_size = 1;
+  int rank = 0;
+  std::string config_text;  // resolved RunConfig (configs::to_text)
+};
+
+// Writes one rank's file at `path` atomically (tmp, fsync, rename). opt may be null
+// (weights-only file). Throws CheckpointError naming the path.
+void write_rank_checkpoint(const std::string& path, const autograd::Module& model, const optim::Optimizer* opt,
+                           const TrainState& st);
+
+// Reads the TrainState (and config text) of a rank file without touching a model.
+TrainState read_train_state(const std::string& path);
+
+// Loads a rank file into `model` (every parameter must be present with the same shape and
+// dtype, and the file may hold no parameter the model lacks: errors name the parameter and
+// both shapes) and, when opt is given, the optimizer state. Returns the TrainState.
+TrainState read_rank_checkpoint(const std::string& path, autograd::Module& model, optim::Optimizer* opt);
+
+// Collective over comm: every rank writes its file for `st.step`, then rank 0 marks the step
+// COMPLETE, points `latest` at it and keeps the newest keep_last steps (0 = all). Returns
+// the step directory.
+std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module& model, const optim::Optimizer& opt,
+                            const TrainState& st, parallel::Communicator& comm, int keep_last);
+
+// Collective: each rank loads its own file of a complete step directory. Refuses a
+// checkpoint written by another number of ranks (CheckpointError saying both counts).
+TrainState load_checkpoint(const std::string& step_dir, autograd::Module& model, optim::Optimizer* opt,
+                           parallel::Communicator& comm);
+
+// ---- inspection (lathe inspect) ----------------------------------------------------------
+struct TensorEntry {
+  std::string name;  // HDF5 path, e.g. "model/embed.weight"
+  Shape shape;
+  DType dtype;
+  int64_t bytes;
+};
+struct CheckpointInfo {
+  std::string file;        // the rank file described
+  std::string step_dir;    // its directory
+  bool complete = false;   // COMPLETE marker present
+  TrainState state;
+  std::vector<TensorEntry> tensors;  // every tensor dataset, sorted by name
+};
+// Describes a checkpoint given as a rank file, a step directory (its rank 0 file), a
+// checkpoint root or a run directory (their newest complete step).
+CheckpointInfo inspect_checkpoint(const std::string& path);
+
+// The rank-0 file of a checkpoint given as a rank file, step directory, checkpoint root,
+// run directory (<dir>/checkpoints) or "latest" of ckpt_root; throws CheckpointError.
+std::string find_checkpoint_file(const std::string& path, const std::string& ckpt_root = "");
+
+}  // namespace lathe::train
