@@ -1,5 +1,7 @@
 #include "data/lm_dataset.h"
 
+#include "data/permutation.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -57,11 +59,6 @@ std::pair<PackedLMDataset, PackedLMDataset> PackedLMDataset::split(double val_fr
 // ---- shared batch assembly ------------------------------------------------------------------
 
 namespace {
-// Philox key tag for the loader's shuffles, so they differ from other streams of the same seed.
-constexpr uint64_t kShuffleTag = 0x6c6d2d6c6f616465ull;
-// Each epoch's shuffle starts this far into the stream (an epoch uses 2 values per window).
-constexpr uint64_t kEpochStride = uint64_t{1} << 40;
-
 void fill_batch(const PackedLMDataset& ds, const std::vector<int64_t>& windows, LMBatch& out) {
   const int64_t B = static_cast<int64_t>(windows.size()), T = ds.seq_len();
   out.ids = Tensor::empty({B, T}, DType::i64);
@@ -96,20 +93,12 @@ LMLoader::LMLoader(PackedLMDataset dataset, const LMLoaderOptions& options)
 std::vector<int64_t> LMLoader::epoch_order(int64_t epoch) const {
   LATHE_CHECK(epoch >= 0) << "LMLoader: negative epoch " << epoch;
   const int64_t n = dataset_.size();
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  if (!options_.shuffle) return order;
-  Generator gen(options_.seed ^ kShuffleTag);
-  gen.set_state(options_.seed ^ kShuffleTag, static_cast<uint64_t>(epoch) * kEpochStride);
-  // Fisher-Yates (Durstenfeld): swap position i with a uniform j in [0, i]. j comes from 64
-  // random bits by multiply-high, whose bias (at most n / 2^64) is far below anything visible.
-  for (int64_t i = n - 1; i > 0; --i) {
-    const uint64_t hi = gen.next_u32(), lo = gen.next_u32();
-    const uint64_t r = (hi << 32) | lo;
-    const int64_t j = static_cast<int64_t>((static_cast<unsigned __int128>(r) * static_cast<uint64_t>(i + 1)) >> 64);
-    std::swap(order[i], order[j]);
+  if (!options_.shuffle) {
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    return order;
   }
-  return order;
+  return loader_epoch_order(n, options_.seed, epoch);
 }
 
 const std::vector<int64_t>& LMLoader::order_for(int64_t epoch) {

@@ -124,6 +124,9 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse = false);
 // cos/sin tables [T, D/2] for positions start..start+T-1, theta_i = base^(-2i/D).
 void rope_tables(int64_t T, int64_t D, double base, int64_t start, DType dt, Tensor& cos, Tensor& sin);
+// The same tables from precomputed inverse frequencies (one per pair, D/2 of them), for
+// rescaled RoPE (e.g. Llama 3's): angle(t, i) = (start + t) * inv_freq[i], in double.
+void rope_tables(int64_t T, const std::vector<double>& inv_freq, int64_t start, DType dt, Tensor& cos, Tensor& sin);
 
 struct AttentionOut {
   Tensor out;  // [B, H, T, D]

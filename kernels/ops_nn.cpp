@@ -344,23 +344,32 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse)
 
 void rope_tables(int64_t T, int64_t D, double base, int64_t start, DType dt, Tensor& cos, Tensor& sin) {
   const char* op = "rope_tables";
-  LATHE_CHECK(T >= 0) << op << ": T must be >= 0, got " << T;
   LATHE_CHECK(D > 0 && D % 2 == 0) << op << ": D must be positive and even, got " << D;
   LATHE_CHECK(base > 0.0 && std::isfinite(base)) << op << ": base must be finite and > 0, got " << base;
-  LATHE_CHECK(is_floating(dt)) << op << ": dtype must be floating, got " << dtype_name(dt);
   const int64_t half = D / 2;
+  std::vector<double> theta(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) theta[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+  rope_tables(T, theta, start, dt, cos, sin);
+}
+
+void rope_tables(int64_t T, const std::vector<double>& inv_freq, int64_t start, DType dt, Tensor& cos, Tensor& sin) {
+  const char* op = "rope_tables";
+  LATHE_CHECK(T >= 0) << op << ": T must be >= 0, got " << T;
+  LATHE_CHECK(!inv_freq.empty()) << op << ": inv_freq must hold D/2 >= 1 frequencies, got none";
+  for (size_t i = 0; i < inv_freq.size(); ++i)
+    LATHE_CHECK(std::isfinite(inv_freq[i])) << op << ": inv_freq[" << i << "] is " << inv_freq[i] << ", not finite";
+  LATHE_CHECK(is_floating(dt)) << op << ": dtype must be floating, got " << dtype_name(dt);
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
   Tensor c = Tensor::empty({T, half}, DType::f64);
   Tensor s = Tensor::empty({T, half}, DType::f64);
   double* cp = c.data<double>();
   double* sp = s.data<double>();
   // Angles in double: for long contexts pos * theta is large and f32 would lose the phase.
-  std::vector<double> theta(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) theta[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
   for (int64_t t = 0; t < T; ++t) {
     const double pos = static_cast<double>(start + t);
     for (int64_t i = 0; i < half; ++i) {
-      cp[t * half + i] = std::cos(pos * theta[i]);
-      sp[t * half + i] = std::sin(pos * theta[i]);
+      cp[t * half + i] = std::cos(pos * inv_freq[i]);
+      sp[t * half + i] = std::sin(pos * inv_freq[i]);
     }
   }
   cos = c.to(dt);

@@ -96,6 +96,47 @@ ModelSpec parse_gpt2(const Fields& f, const std::string& where) {
   return s;
 }
 
+// A rope_scaling (or newer rope_parameters) object -> spec.rope_scaling. `field` names the
+// object in errors. "default" (or no type) is plain RoPE; "llama3" needs all four of its
+// parameters, as transformers' own validation does.
+void parse_rope_scaling(const json& v, const std::string& field, const std::string& where, ModelSpec& s) {
+  LATHE_CHECK(v.is_object()) << where << ": field \"" << field << "\" must be an object or null, got " << v.dump();
+  Fields r(v, where);
+  const bool has_rope_type = r.has("rope_type");
+  const std::string rt = r.string("rope_type", r.string("type", "default"));
+  const std::string type_field = field + (has_rope_type || !r.has("type") ? ".rope_type" : ".type");
+  if (rt == "default") {
+    s.rope_scaling = RopeScaling{};
+    return;
+  }
+  LATHE_CHECK(rt == "llama3") << where << ": field \"" << type_field << "\" is \"" << rt
+                              << "\"; lathe supports RoPE types \"default\" and \"llama3\" only";
+  auto need = [&](const char* k) -> const json& {
+    LATHE_CHECK(r.has(k)) << where << ": field \"" << field << "." << k << "\" is missing; rope_type llama3 needs "
+                          << "factor, low_freq_factor, high_freq_factor and original_max_position_embeddings";
+    const json& x = v.at(k);
+    LATHE_CHECK(x.is_number()) << where << ": field \"" << field << "." << k << "\" must be a number, got " << x.dump();
+    return x;
+  };
+  RopeScaling rs;
+  rs.type = RopeScaling::Type::llama3;
+  rs.factor = need("factor").get<double>();
+  rs.low_freq_factor = need("low_freq_factor").get<double>();
+  rs.high_freq_factor = need("high_freq_factor").get<double>();
+  const json& orig = need("original_max_position_embeddings");
+  LATHE_CHECK(orig.is_number_integer()) << where << ": field \"" << field
+                                        << ".original_max_position_embeddings\" must be an integer, got " << orig.dump();
+  rs.original_max_position_embeddings = orig.get<int64_t>();
+  LATHE_CHECK(rs.factor >= 1) << where << ": field \"" << field << ".factor\" is " << rs.factor << "; it must be >= 1";
+  LATHE_CHECK(rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor)
+      << where << ": fields \"" << field << ".low_freq_factor\" (" << rs.low_freq_factor << ") and \"" << field
+      << ".high_freq_factor\" (" << rs.high_freq_factor << ") must satisfy 0 < low < high";
+  LATHE_CHECK(rs.original_max_position_embeddings > 0)
+      << where << ": field \"" << field << ".original_max_position_embeddings\" is "
+      << rs.original_max_position_embeddings << "; it must be > 0";
+  s.rope_scaling = rs;
+}
+
 ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std::string& where) {
   ModelSpec s;
   s.arch = Arch::llama;
@@ -115,16 +156,11 @@ ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std
   const std::string act = f.string("hidden_act", "silu");
   LATHE_CHECK(act == "silu") << where << ": field \"hidden_act\" is \"" << act
                              << "\"; lathe's Llama MLP is SwiGLU (silu) only";
-  LATHE_CHECK(!f.has("rope_scaling")) << where << ": field \"rope_scaling\" is " << f.raw("rope_scaling").dump()
-                                      << "; lathe supports only unscaled RoPE (rope_scaling: null) for now";
-  if (f.has("rope_parameters")) {  // newer transformers group the RoPE settings
+  if (f.has("rope_scaling")) parse_rope_scaling(f.raw("rope_scaling"), "rope_scaling", where, s);
+  if (f.has("rope_parameters")) {  // newer transformers group the RoPE settings (and win)
     const json& rp = f.raw("rope_parameters");
-    LATHE_CHECK(rp.is_object()) << where << ": field \"rope_parameters\" must be an object";
-    Fields r(rp, where);
-    const std::string rt = r.string("rope_type", r.string("type", "default"));
-    LATHE_CHECK(rt == "default") << where << ": field \"rope_parameters.rope_type\" is \"" << rt
-                                 << "\"; lathe supports only unscaled RoPE (\"default\") for now";
-    s.rope_theta = r.number("rope_theta", s.rope_theta);
+    parse_rope_scaling(rp, "rope_parameters", where, s);
+    s.rope_theta = Fields(rp, where).number("rope_theta", s.rope_theta);
   }
   if (f.has("head_dim")) {
     const int64_t hd = f.integer("head_dim");
@@ -133,14 +169,19 @@ ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std
         << " / " << s.n_head << "; lathe needs head_dim * heads == hidden_size";
   }
   if (type == "llama") {
+    // LlamaAttention's attention_bias covers o_proj as well as q/k/v, so without mlp_bias it
+    // is neither lathe's `bias` (every linear) nor `qkv_bias` (q/k/v only).
     const bool ab = f.boolean("attention_bias", false), mb = f.boolean("mlp_bias", false);
     LATHE_CHECK(ab == mb) << where << ": attention_bias=" << ab << " and mlp_bias=" << mb
-                          << " differ; lathe's ModelSpec has one bias flag for every linear layer";
+                          << " differ; lathe has biases on every linear (bias) or on q/k/v only (qkv_bias, "
+                             "Qwen2), but not on the attention projections including o_proj alone";
     s.bias = ab;
-  } else {
-    // Qwen2 puts biases on q/k/v only: the importer rejects those tensors by name, since a
-    // single bias flag cannot describe them. Mistral has no biases.
+  } else if (type == "qwen2") {
+    // Qwen2Attention always has q/k/v biases and an unbiased o_proj; the MLP has none.
     s.bias = false;
+    s.qkv_bias = true;
+  } else {
+    s.bias = false;  // Mistral has no biases
   }
   // Sliding-window attention equals full causal attention for sequences no longer than the
   // window, so cap the context there instead of computing something different beyond it.
@@ -245,8 +286,10 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
     j["initializer_range"] = s.init_std;
     j["scale_attn_weights"] = true;
   } else {
-    j["architectures"] = {"LlamaForCausalLM"};
-    j["model_type"] = "llama";
+    // q/k/v-only biases are Qwen2's layout; every other Llama-family spec is a Llama.
+    const bool qwen2 = s.qkv_bias && !s.bias;
+    j["architectures"] = {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+    j["model_type"] = qwen2 ? "qwen2" : "llama";
     j["vocab_size"] = s.vocab_size;
     j["hidden_size"] = s.d_model;
     j["intermediate_size"] = s.ff_dim();
@@ -257,13 +300,28 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
     j["max_position_embeddings"] = s.max_seq_len;
     j["rms_norm_eps"] = s.norm_eps;
     j["rope_theta"] = s.rope_theta;
-    j["rope_scaling"] = nullptr;
+    if (s.rope_scaling.type == RopeScaling::Type::llama3) {
+      const RopeScaling& r = s.rope_scaling;
+      j["rope_scaling"] = {{"rope_type", "llama3"},
+                           {"factor", r.factor},
+                           {"low_freq_factor", r.low_freq_factor},
+                           {"high_freq_factor", r.high_freq_factor},
+                           {"original_max_position_embeddings", r.original_max_position_embeddings}};
+    } else {
+      j["rope_scaling"] = nullptr;
+    }
     j["hidden_act"] = "silu";
-    j["attention_bias"] = s.bias;
-    j["mlp_bias"] = s.bias;
+    if (qwen2) {
+      j["use_sliding_window"] = false;  // lathe attends over the whole context
+      j["sliding_window"] = nullptr;
+      j["max_window_layers"] = s.n_layer;
+    } else {
+      j["attention_bias"] = s.bias;
+      j["mlp_bias"] = s.bias;
+      j["pretraining_tp"] = 1;
+    }
     j["attention_dropout"] = 0.0;
     j["initializer_range"] = s.init_std;
-    j["pretraining_tp"] = 1;
   }
   j["tie_word_embeddings"] = s.tie_embeddings;
   j["torch_dtype"] = hf_torch_dtype_name(dtype);
@@ -331,13 +389,15 @@ std::vector<HfTensorRule> hf_tensor_layout(const ModelSpec& s, const std::string
     add(prefix + "ln_f.bias", K::same, {"final_norm.bias"});
   } else {
     add(prefix + "embed_tokens.weight", K::same, {"embed.weight"});
-    std::vector<std::string> kinds = {"weight"};
+    std::vector<std::string> kinds = {"weight"}, qkv_kinds = {"weight"};
     if (s.bias) kinds.push_back("bias");
+    if (s.has_qkv_bias()) qkv_kinds.push_back("bias");
     for (int64_t l = 0; l < s.n_layer; ++l) {
       const std::string h = prefix + "layers." + std::to_string(l) + ".", L = "layers." + std::to_string(l) + ".";
       add(h + "input_layernorm.weight", K::same, {L + "attn_norm.weight"});
       for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
-        for (const auto& w : kinds) add(h + "self_attn." + p + "." + w, K::same, {L + "attn." + p + "." + w});
+        for (const auto& w : std::string(p) == "o_proj" ? kinds : qkv_kinds)
+          add(h + "self_attn." + p + "." + w, K::same, {L + "attn." + p + "." + w});
       add(h + "post_attention_layernorm.weight", K::same, {L + "mlp_norm.weight"});
       for (const char* p : {"gate_proj", "up_proj", "down_proj"})
         for (const auto& w : kinds) add(h + "mlp." + p + "." + w, K::same, {L + "mlp." + p + "." + w});

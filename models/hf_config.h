@@ -2,15 +2,21 @@
 // layout (HF tensor names and how each maps onto lathe parameters) shared by import and export.
 //
 // Supported model_type values: "gpt2" (GPT2LMHeadModel) and the Llama family "llama",
-// "qwen2", "mistral" (all Arch::llama: RMSNorm, rotate_half RoPE, SwiGLU, GQA). Export always
-// writes "gpt2" or "llama".
+// "qwen2", "mistral" (all Arch::llama: RMSNorm, rotate_half RoPE, SwiGLU, GQA). Qwen2 gives
+// spec.qkv_bias (biases on q/k/v, none on o_proj or the MLP). Export writes "gpt2", "qwen2"
+// (a Llama-family spec with qkv_bias and no other bias) or "llama".
+//
+// RoPE scaling: rope_scaling (or newer transformers' rope_parameters, which wins when both
+// are present) with rope_type/type "default" or "llama3" {factor, low_freq_factor,
+// high_freq_factor, original_max_position_embeddings} -> spec.rope_scaling; export writes
+// it back as rope_scaling (null when none).
 //
 // What lathe cannot represent is an error naming the file and field, never dropped silently:
-// rope_scaling (any non-null value), hidden_act other than silu, head_dim != hidden/heads,
-// Llama attention_bias != mlp_bias (lathe has one bias flag), GPT-2 options that change the
-// attention math. Qwen2's q/k/v-only biases parse (spec.bias = false) but their tensors are
-// then rejected by the importer: lathe's ModelSpec has no per-projection bias yet.
-// Dropout rates in config.json are not imported (spec.dropout = 0; runs set their own).
+// other RoPE types (linear, dynamic, yarn, longrope, ...), hidden_act other than silu,
+// head_dim != hidden/heads, Llama attention_bias != mlp_bias (HF's attention_bias covers
+// o_proj too, which lathe biases only together with the MLP), GPT-2 options that change the
+// attention math. Dropout rates in config.json are not imported (spec.dropout = 0; runs set
+// their own).
 #pragma once
 
 #include <string>

@@ -3,9 +3,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <set>
-#include <sstream>
 
 #include "autograd/grad_mode.h"
 #include "core/error.h"
@@ -106,17 +104,19 @@ void load_hf_weights(CausalLM& model, const std::string& path) {
       continue;
     if (s.arch == Arch::llama &&
         is_layer_tensor(name, prefix + "layers.", {".self_attn.rotary_emb.inv_freq"}, s.n_layer)) {
-      // RoPE frequencies theta^(-2i/D): a mismatch means scaled or otherwise different RoPE.
+      // RoPE inverse frequencies (theta^(-2i/D), rescaled by rope_scaling): a mismatch means
+      // config.json describes a different RoPE than the one the weights were trained with.
       const int64_t D = s.head_dim();
       Tensor f = st.get(name);
       LATHE_CHECK(f.shape() == Shape{D / 2}) << where << ": tensor " << name << " in " << file << " has shape "
                                               << f.shape_str() << ", expected [" << D / 2 << "]";
       std::vector<double> v = f.to_vector<double>();
+      const std::vector<double> want = rope_inv_freq(s);
       for (int64_t i = 0; i < D / 2; ++i) {
-        const double want = std::pow(s.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));
-        LATHE_CHECK(std::abs(v[i] - want) <= 1e-3 * want)
+        LATHE_CHECK(std::abs(v[i] - want[i]) <= 1e-3 * want[i])
             << where << ": tensor " << name << " in " << file << " holds RoPE frequency " << v[i] << " at " << i
-            << ", but rope_theta " << s.rope_theta << " gives " << want << " (scaled RoPE is not supported)";
+            << ", but rope_theta " << s.rope_theta << " with rope_scaling " << rope_scaling_name(s.rope_scaling.type)
+            << " gives " << want[i];
       }
       continue;
     }
@@ -129,8 +129,9 @@ void load_hf_weights(CausalLM& model, const std::string& path) {
     }
     std::string hint;
     if (name.size() > 10 && name.compare(name.size() - 10, 10, "_proj.bias") == 0 && !s.bias)
-      hint = " (the checkpoint has per-projection biases, e.g. Qwen2's q/k/v biases; lathe's ModelSpec has a "
-             "single bias flag for all linears and cannot hold them)";
+      hint = s.has_qkv_bias() ? " (the spec has biases on q/k/v only, as Qwen2 does; this one has no place)"
+                              : " (the checkpoint has projection biases that config.json does not declare: "
+                                "attention_bias/mlp_bias for llama, or model_type qwen2 for q/k/v-only biases)";
     LATHE_FAIL() << where << ": tensor " << name << " in " << file << " has no place in the lathe " << arch
                  << " model" << hint;
   }

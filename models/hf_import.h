@@ -7,17 +7,19 @@
 //   transposed to [out, in]), attn.c_proj -> o_proj, ln_2 -> mlp_norm, mlp.c_fc -> mlp.fc,
 //   mlp.c_proj -> mlp.proj, ln_f -> final_norm.
 //   Llama family ("model." or bare prefix): embed_tokens -> embed, layers.N.input_layernorm ->
-//   attn_norm, self_attn.{q,k,v,o}_proj -> attn.*, post_attention_layernorm -> mlp_norm,
+//   attn_norm, self_attn.{q,k,v,o}_proj -> attn.* (Qwen2: q/k/v .bias too),
+//   post_attention_layernorm -> mlp_norm,
 //   mlp.{gate,up,down}_proj -> mlp.*, norm -> final_norm. HF Llama rotates pairs (i, i + D/2)
 //   (rotate_half), as lathe's RoPE kernels do, so q/k need no permutation.
 //   lm_head.weight: the output matrix when embeddings are untied; when tied it may be absent
 //   or present, and then must equal the embedding.
 // Skipped (non-parameter buffers old files carry): GPT-2 h.N.attn.bias / h.N.attn.masked_bias
-// (causal masks), Llama layers.N.self_attn.rotary_emb.inv_freq (checked against rope_theta).
+// (causal masks), Llama layers.N.self_attn.rotary_emb.inv_freq (checked against
+// rope_inv_freq(spec): rope_theta and rope_scaling).
 //
 // Everything else is an error naming the file and tensor: a missing tensor, a shape mismatch
 // (both shapes), a non-floating dtype, and any tensor that has no place in the lathe model
-// (e.g. Qwen2's q/k/v biases: lathe's ModelSpec has a single bias flag).
+// (e.g. projection biases that config.json does not declare).
 #pragma once
 
 #include <memory>

@@ -34,11 +34,12 @@ RMSNorm::RMSNorm(int64_t dim, double e) : eps(e) { weight = register_parameter("
 
 Tensor RMSNorm::forward(const Tensor& x) const { return ag::rms_norm(x, weight, eps); }
 
-Attention::Attention(int64_t d_model, int64_t nh, int64_t nkv, bool bias)
+Attention::Attention(int64_t d_model, int64_t nh, int64_t nkv, bool bias, bool qkv_bias)
     : n_head(nh), n_kv_head(nkv), head_dim(d_model / nh) {
-  q_proj = register_module("q_proj", std::make_shared<Linear>(d_model, nh * head_dim, bias));
-  k_proj = register_module("k_proj", std::make_shared<Linear>(d_model, nkv * head_dim, bias));
-  v_proj = register_module("v_proj", std::make_shared<Linear>(d_model, nkv * head_dim, bias));
+  const bool in_bias = bias || qkv_bias;
+  q_proj = register_module("q_proj", std::make_shared<Linear>(d_model, nh * head_dim, in_bias));
+  k_proj = register_module("k_proj", std::make_shared<Linear>(d_model, nkv * head_dim, in_bias));
+  v_proj = register_module("v_proj", std::make_shared<Linear>(d_model, nkv * head_dim, in_bias));
   o_proj = register_module("o_proj", std::make_shared<Linear>(nh * head_dim, d_model, bias));
 }
 

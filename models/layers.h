@@ -53,10 +53,11 @@ class RMSNorm : public autograd::Module {
 
 // Causal self-attention over x [B, T, C]. With rope (cos/sin [T, D/2] defined) the
 // queries and keys are rotated (Llama); n_kv_head < n_head shares each key/value head
-// among n_head / n_kv_head query heads.
+// among n_head / n_kv_head query heads. q/k/v carry a bias when `bias` or `qkv_bias`
+// (Qwen2: q/k/v biased, o_proj not); o_proj only when `bias`.
 class Attention : public autograd::Module {
  public:
-  Attention(int64_t d_model, int64_t n_head, int64_t n_kv_head, bool bias);
+  Attention(int64_t d_model, int64_t n_head, int64_t n_kv_head, bool bias, bool qkv_bias = false);
   Tensor forward(const Tensor& x, const Tensor& cos, const Tensor& sin) const;
   std::string type_name() const override { return "Attention"; }
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;

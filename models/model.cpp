@@ -35,6 +35,23 @@ void ModelSpec::validate() const {
       << "model: RoPE needs an even head dimension (d_model / n_head = " << head_dim() << ")";
   LATHE_CHECK(max_seq_len > 0) << "model.max_seq_len: must be > 0";
   LATHE_CHECK(dropout >= 0 && dropout < 1) << "model.dropout: must be in [0, 1) (got " << dropout << ")";
+  LATHE_CHECK(arch != Arch::llama || (rope_theta > 0 && std::isfinite(rope_theta)))
+      << "model.rope_theta: must be finite and > 0 (got " << rope_theta << ")";
+  if (rope_scaling.enabled()) {
+    const RopeScaling& r = rope_scaling;
+    LATHE_CHECK(arch == Arch::llama) << "model.rope_scaling: " << rope_scaling_name(r.type)
+                                     << " scaling needs RoPE; the " << arch_name(arch) << " architecture has none";
+    LATHE_CHECK(r.factor >= 1 && std::isfinite(r.factor))
+        << "model.rope_scaling.factor: must be finite and >= 1 (got " << r.factor << ")";
+    LATHE_CHECK(r.low_freq_factor > 0 && std::isfinite(r.low_freq_factor))
+        << "model.rope_scaling.low_freq_factor: must be finite and > 0 (got " << r.low_freq_factor << ")";
+    LATHE_CHECK(r.high_freq_factor > r.low_freq_factor && std::isfinite(r.high_freq_factor))
+        << "model.rope_scaling.high_freq_factor: must be finite and > low_freq_factor (got " << r.high_freq_factor
+        << " vs " << r.low_freq_factor << ")";
+    LATHE_CHECK(r.original_max_position_embeddings > 0)
+        << "model.rope_scaling.original_max_position_embeddings: must be > 0 (got "
+        << r.original_max_position_embeddings << ")";
+  }
 }
 
 ModelSpec ModelSpec::gpt2_124m() {
@@ -64,15 +81,20 @@ ModelSpec ModelSpec::llama_1b() {
   s.rope_theta = 500000.0;
   s.tie_embeddings = true;
   s.bias = false;
+  s.rope_scaling.type = RopeScaling::Type::llama3;
+  s.rope_scaling.factor = 32.0;
+  s.rope_scaling.low_freq_factor = 1.0;
+  s.rope_scaling.high_freq_factor = 4.0;
+  s.rope_scaling.original_max_position_embeddings = 8192;
   return s;
 }
 
 int64_t count_parameters(const ModelSpec& s) {
   const int64_t C = s.d_model, D = s.head_dim(), F = s.ff_dim(), kv = s.kv_heads() * D;
-  const int64_t b = s.bias ? 1 : 0;
+  const int64_t b = s.bias ? 1 : 0, qkv_b = s.has_qkv_bias() ? 1 : 0;
   const bool gpt2 = s.arch == Arch::gpt2;
   const int64_t norm = gpt2 ? C * (1 + b) : C;  // LayerNorm carries a bias along with the linears
-  int64_t attn = C * (s.n_head * D) + 2 * C * kv + (s.n_head * D) * C + b * (s.n_head * D + 2 * kv + C);
+  int64_t attn = C * (s.n_head * D) + 2 * C * kv + (s.n_head * D) * C + qkv_b * (s.n_head * D + 2 * kv) + b * C;
   int64_t mlp = gpt2 ? (2 * C * F + b * (F + C)) : (3 * C * F + b * (2 * F + C));
   int64_t per_layer = 2 * norm + attn + mlp;
   int64_t total = s.vocab_size * C + s.n_layer * per_layer + norm;
@@ -99,7 +121,7 @@ class Block : public autograd::Module {
     } else {
       rms1_ = register_module("attn_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
     }
-    attn = register_module("attn", std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.bias));
+    attn = register_module("attn", std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.bias, s.qkv_bias));
     if (gpt2_) {
       ln2_ = register_module("mlp_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
       gelu_ = register_module("mlp", std::make_shared<GeluMLP>(s.d_model, s.ff_dim(), s.bias));
@@ -172,7 +194,12 @@ class Transformer final : public CausalLM {
  private:
   void rope_for(int64_t T, DType dt, Tensor& cos, Tensor& sin) {
     if (!cos_.defined() || cos_.size(0) < T || cos_.dtype() != dt) {
-      kernels::rope_tables(spec_.max_seq_len, spec_.head_dim(), spec_.rope_theta, 0, dt, cos_, sin_);
+      // Tables grow with the longest sequence seen (a power of two, at most max_seq_len), so a
+      // model with a 128K context does not build 128K rows to run on 256 tokens.
+      int64_t rows = 1;
+      while (rows < T) rows *= 2;
+      rows = std::min(rows, spec_.max_seq_len);
+      kernels::rope_tables(rows, rope_inv_freq(spec_), 0, dt, cos_, sin_);
     }
     cos = cos_.narrow(0, 0, T);
     sin = sin_.narrow(0, 0, T);

@@ -6,7 +6,8 @@
 //   embed.weight                      token embedding [V, C]
 //   pos_embed.weight                  learned positions [max_seq_len, C] (GPT-2 only)
 //   layers.N.attn_norm.{weight,bias}  pre-attention norm (bias: LayerNorm only)
-//   layers.N.attn.{q,k,v,o}_proj.{weight,bias}   [out, in]; bias when spec.bias
+//   layers.N.attn.{q,k,v,o}_proj.{weight,bias}   [out, in]; bias when spec.bias (q/k/v also
+//                                                 when spec.qkv_bias: Qwen2)
 //   layers.N.mlp_norm.{weight,bias}
 //   layers.N.mlp.{fc,proj}.{weight,bias}          GELU MLP (GPT-2)
 //   layers.N.mlp.{gate_proj,up_proj,down_proj}.weight   SwiGLU (Llama)
@@ -28,6 +29,24 @@ namespace lathe::models {
 enum class Arch { gpt2, llama };
 const char* arch_name(Arch a);
 
+// Rescaling of the RoPE inverse frequencies for context extension (Llama family only).
+// llama3 (Meta, Llama 3.1 reference code; transformers rope_type "llama3"): with
+// wavelen_i = 2 pi / inv_freq_i, frequencies whose wavelength exceeds
+// original_max_position_embeddings / low_freq_factor are divided by `factor`, those below
+// original_max_position_embeddings / high_freq_factor are kept, and those in between are
+// interpolated: smooth = (original_max / wavelen - low) / (high - low),
+// inv = (1 - smooth) * inv / factor + smooth * inv. Attention scores are not rescaled.
+struct RopeScaling {
+  enum class Type { none, llama3 };
+  Type type = Type::none;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+  bool enabled() const { return type != Type::none; }
+};
+const char* rope_scaling_name(RopeScaling::Type t);  // "none", "llama3"
+
 struct ModelSpec {
   Arch arch = Arch::gpt2;
   int64_t vocab_size = 256;
@@ -42,20 +61,29 @@ struct ModelSpec {
   bool tie_embeddings = true;
   double dropout = 0.0;
   bool bias = true;       // linear biases (GPT-2 yes, Llama no)
+  bool qkv_bias = false;  // q/k/v projections get a bias even when `bias` is false (Qwen2)
+  RopeScaling rope_scaling;  // Llama only; none = plain theta^(-2i/D)
   double init_std = 0.02;
 
   int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int64_t head_dim() const { return d_model / n_head; }
   int64_t ff_dim() const;
+  bool has_qkv_bias() const { return bias || qkv_bias; }
   // Throws naming the field for an inconsistent spec (d_model % n_head, n_head % n_kv_head, ...).
   void validate() const;
 
   static ModelSpec gpt2_124m();  // GPT-2 small: 124,439,808 parameters
-  static ModelSpec llama_1b();   // Llama-3.2-1B shapes: 1,235,814,400 parameters
+  static ModelSpec llama_1b();   // Llama-3.2-1B (llama3 RoPE scaling too): 1,235,814,400 parameters
 };
 
 // Exact parameter count from the spec alone (no allocation).
 int64_t count_parameters(const ModelSpec& spec);
+
+// RoPE inverse frequencies theta^(-2i/D), i < D/2, after the spec's rope_scaling
+// (D = head_dim). These are what the model rotates by and what HF files store as
+// rotary_emb.inv_freq.
+std::vector<double> rope_inv_freq(const ModelSpec& spec);
+std::vector<double> rope_inv_freq(int64_t head_dim, double theta, const RopeScaling& scaling);
 
 class CausalLM : public autograd::Module {
  public:

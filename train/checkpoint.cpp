@@ -118,7 +118,9 @@ TrainState read_rank_checkpoint(const std::string& path, autograd::Module& model
       const Shape shape = r.shape("model/" + name);
       if (shape != p.shape())
         throw CheckpointError("parameter " + name + ": the checkpoint " + path + " holds shape " + shape_str(shape) +
-                              " but the model has " + p.shape_str() + " (a different model config)");
+                              " but the model has " + p.shape_str() +
+                              " (a different model config; to start over use checkpoint.resume: \"never\" or "
+                              "another run_dir)");
       const DType dt = r.dtype("model/" + name);
       if (dt != p.dtype())
         throw CheckpointError(std::string("parameter ") + name + ": the checkpoint holds " + dtype_name(dt) +

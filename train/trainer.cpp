@@ -116,6 +116,25 @@ std::string resume_dir(const std::string& spec, const std::string& root) {
   }
 }
 
+// Start of a run: its checkpoint directory has no other writer, so every step directory
+// without COMPLETE is a save that crashed, and every *.tmp file a write that never committed.
+// cleanup_stale removes the temp files and the incomplete steps older than the latest
+// complete one; the newer incomplete ones go here too (prepare_step_dir would empty them
+// anyway when their step is saved again, but until then they would look like checkpoints).
+void remove_crashed_saves(const std::string& root, std::FILE* out) {
+  std::vector<std::string> removed = cleanup_stale(root);
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (!entry.is_directory() || !parse_step_dir(entry.path().string())) continue;
+    if (is_complete(entry.path().string())) continue;
+    fs::remove_all(entry.path());
+    removed.push_back(entry.path().string());
+  }
+  if (out && !removed.empty()) {
+    std::fprintf(out, "removed %zu stale checkpoint file(s)/directory(ies) of an interrupted save:\n", removed.size());
+    for (const auto& r : removed) std::fprintf(out, "  %s\n", r.c_str());
+  }
+}
+
 void print_line(std::FILE* out, const std::string& s) {
   if (!out) return;
   std::fputs(s.c_str(), out);
@@ -238,7 +257,7 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
   if (rank == 0) {
     try {
       fs::create_directories(cfg.run_dir());
-      if (fs::exists(ckpt_root)) cleanup_stale(ckpt_root);
+      if (fs::exists(ckpt_root)) remove_crashed_saves(ckpt_root, opts.out);
     } catch (const std::exception& e) {
       throw IoError("run_dir", "cannot prepare " + cfg.run_dir() + ": " + e.what());
     }
@@ -433,7 +452,7 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
     const int64_t interval = cfg.checkpoint().interval();
     if ((interval > 0 && step % interval == 0) || (last && cfg.checkpoint().save_final()) || (stop_here && !last))
       save();
-    if (signal != 0) {
+    if (signal != 0 && !last) {
       result.stop_signal = signal;
       message("stopped by signal " + std::to_string(signal) + " after step " + std::to_string(step));
       break;

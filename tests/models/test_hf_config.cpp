@@ -43,13 +43,17 @@ json gpt2_small() {
     "layer_norm_epsilon": 1e-05, "vocab_size": 50257, "resid_pdrop": 0.1})");
 }
 
-// meta-llama/Llama-3.2-1B config.json without its rope_scaling block.
+// meta-llama/Llama-3.2-1B config.json, as published.
 json llama_1b() {
-  return json::parse(R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
-    "rope_theta": 500000.0, "rope_scaling": null, "tie_word_embeddings": true, "vocab_size": 128256,
-    "attention_bias": false, "mlp_bias": false, "torch_dtype": "bfloat16"})");
+  return json::parse(R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+    "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256})");
 }
 
 void expect_same_spec(const ModelSpec& a, const ModelSpec& b) {
@@ -65,6 +69,14 @@ void expect_same_spec(const ModelSpec& a, const ModelSpec& b) {
   EXPECT_EQ(a.rope_theta, b.rope_theta);
   EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
   EXPECT_EQ(a.bias, b.bias);
+  EXPECT_EQ(a.has_qkv_bias(), b.has_qkv_bias());
+  EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
+  if (a.rope_scaling.enabled() && b.rope_scaling.enabled()) {
+    EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
+    EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
+    EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
+    EXPECT_EQ(a.rope_scaling.original_max_position_embeddings, b.rope_scaling.original_max_position_embeddings);
+  }
 }
 
 }  // namespace
@@ -83,6 +95,63 @@ TEST(HfConfig, Llama1bGivesLlama1b) {
   EXPECT_EQ(c.torch_dtype, "bfloat16");
   expect_same_spec(c.spec, ModelSpec::llama_1b());
   EXPECT_EQ(count_parameters(c.spec), 1235814400);
+  const ModelSpec& s = c.spec;
+  EXPECT_EQ(s.d_model, 2048);
+  EXPECT_EQ(s.ff_dim(), 8192);
+  EXPECT_EQ(s.n_layer, 16);
+  EXPECT_EQ(s.n_head, 32);
+  EXPECT_EQ(s.kv_heads(), 8);
+  EXPECT_EQ(s.vocab_size, 128256);
+  EXPECT_EQ(s.max_seq_len, 131072);
+  EXPECT_EQ(s.rope_theta, 500000.0);
+  EXPECT_TRUE(s.tie_embeddings);
+  EXPECT_FALSE(s.has_qkv_bias());
+  EXPECT_EQ(s.rope_scaling.type, RopeScaling::Type::llama3);
+  EXPECT_EQ(s.rope_scaling.factor, 32.0);
+  EXPECT_EQ(s.rope_scaling.low_freq_factor, 1.0);
+  EXPECT_EQ(s.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(s.rope_scaling.original_max_position_embeddings, 8192);
+}
+
+TEST(HfConfig, Qwen2GivesQkvBiasesOnly) {
+  json j = llama_1b();
+  j["model_type"] = "qwen2";
+  j.erase("attention_bias");
+  j.erase("mlp_bias");
+  j["rope_scaling"] = nullptr;
+  HfConfig c = parse_hf_config(j, "qwen/config.json");
+  EXPECT_FALSE(c.spec.bias);
+  EXPECT_TRUE(c.spec.qkv_bias);
+  EXPECT_FALSE(c.spec.rope_scaling.enabled());
+  // 16 layers x (32 + 2 * 8) heads x 64 dims of q/k/v bias on top of the Llama-3.2-1B shapes.
+  EXPECT_EQ(count_parameters(c.spec), 1235814400 + 16 * (32 + 2 * 8) * 64);
+}
+
+TEST(HfConfig, RopeScalingForms) {
+  // Older files name the type "type"; "default" is plain RoPE.
+  json j = llama_1b();
+  j["rope_scaling"].erase("rope_type");
+  j["rope_scaling"]["type"] = "llama3";
+  j["rope_scaling"]["factor"] = 8;  // an integer in JSON is a number too
+  HfConfig c = parse_hf_config(j, "x");
+  EXPECT_EQ(c.spec.rope_scaling.type, RopeScaling::Type::llama3);
+  EXPECT_EQ(c.spec.rope_scaling.factor, 8.0);
+  j["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_FALSE(parse_hf_config(j, "x").spec.rope_scaling.enabled());
+  // Newer transformers: rope_parameters holds the type, its parameters and rope_theta, and wins.
+  json r = llama_1b();
+  r.erase("rope_theta");
+  r["rope_parameters"] = r["rope_scaling"];
+  r["rope_parameters"]["rope_theta"] = 250000.0;
+  r["rope_parameters"]["low_freq_factor"] = 2.0;
+  r["rope_scaling"] = nullptr;
+  c = parse_hf_config(r, "x");
+  EXPECT_EQ(c.spec.rope_theta, 250000.0);
+  EXPECT_EQ(c.spec.rope_scaling.type, RopeScaling::Type::llama3);
+  EXPECT_EQ(c.spec.rope_scaling.low_freq_factor, 2.0);
+  r["rope_scaling"] = llama_1b()["rope_scaling"];
+  r["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1.0e4}};
+  EXPECT_FALSE(parse_hf_config(r, "x").spec.rope_scaling.enabled());
 }
 
 TEST(HfConfig, DefaultsFollowTheTransformersClasses) {
@@ -103,6 +172,7 @@ TEST(HfConfig, DefaultsFollowTheTransformersClasses) {
       j.erase(k);
     HfConfig l = parse_hf_config(j, "x");
     EXPECT_EQ(l.spec.arch, Arch::llama) << type;
+    EXPECT_EQ(l.spec.qkv_bias, std::string(type) == "qwen2") << type;
     EXPECT_EQ(l.spec.kv_heads(), 32) << type;
     EXPECT_FALSE(l.spec.tie_embeddings) << type;
     EXPECT_EQ(l.spec.norm_eps, 1e-6) << type;
@@ -122,6 +192,7 @@ TEST(HfConfig, DefaultsFollowTheTransformersClasses) {
   // Newer transformers put rope_theta inside rope_parameters.
   json r = llama_1b();
   r.erase("rope_theta");
+  r["rope_scaling"] = nullptr;
   r["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1234.0}};
   EXPECT_EQ(parse_hf_config(r, "x").spec.rope_theta, 1234.0);
 }
@@ -150,9 +221,35 @@ TEST(HfConfig, UnsupportedSettingsNameFileAndField) {
   j = llama_1b();
   j.erase("model_type");
   EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "model_type");
+  for (const char* rt : {"linear", "dynamic", "yarn", "longrope"}) {
+    j = llama_1b();
+    j["rope_scaling"]["rope_type"] = rt;
+    EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.rope_type", rt);
+  }
+  j = llama_1b();
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.type", "linear");
   j = llama_1b();
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}};
-  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling", "llama3");
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.low_freq_factor", "llama3");
+  j = llama_1b();
+  j["rope_scaling"].erase("original_max_position_embeddings");
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.original_max_position_embeddings");
+  j = llama_1b();
+  j["rope_scaling"]["original_max_position_embeddings"] = 8192.5;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "rope_scaling.original_max_position_embeddings", "integer");
+  j = llama_1b();
+  j["rope_scaling"]["factor"] = 0.5;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.factor", "0.5");
+  j = llama_1b();
+  j["rope_scaling"]["high_freq_factor"] = 1.0;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.high_freq_factor");
+  j = llama_1b();
+  j["rope_scaling"]["factor"] = "32";
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling.factor", "number");
+  j = llama_1b();
+  j["rope_scaling"] = 32;
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_scaling", "object");
   j = llama_1b();
   j["rope_parameters"] = {{"rope_type", "yarn"}};
   EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "rope_parameters.rope_type", "yarn");
@@ -163,8 +260,8 @@ TEST(HfConfig, UnsupportedSettingsNameFileAndField) {
   j["hidden_act"] = "gelu";
   EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "hidden_act", "gelu");
   j = llama_1b();
-  j["attention_bias"] = true;
-  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "attention_bias", "mlp_bias");
+  j["attention_bias"] = true;  // Llama's attention_bias biases o_proj too: neither bias nor qkv_bias
+  EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "attention_bias", "mlp_bias", "o_proj");
   j = llama_1b();
   j.erase("hidden_size");
   EXPECT_ERROR_HAS(parse_hf_config(j, "f.json"), "f.json", "hidden_size");
@@ -200,6 +297,36 @@ TEST(HfConfig, SpecToConfigToSpecIsTheIdentity) {
       EXPECT_EQ(back.torch_dtype, "bfloat16");
     }
   }
+  // Llama 3 RoPE scaling is written back with every parameter; none is written as null.
+  auto lj = hf_config_json(ModelSpec::llama_1b());
+  EXPECT_EQ(lj["rope_scaling"]["rope_type"], "llama3");
+  EXPECT_EQ(lj["rope_scaling"]["factor"], 32.0);
+  EXPECT_EQ(lj["rope_scaling"]["low_freq_factor"], 1.0);
+  EXPECT_EQ(lj["rope_scaling"]["high_freq_factor"], 4.0);
+  EXPECT_EQ(lj["rope_scaling"]["original_max_position_embeddings"], 8192);
+  ModelSpec unscaled = ModelSpec::llama_1b();
+  unscaled.rope_scaling = RopeScaling{};
+  EXPECT_TRUE(hf_config_json(unscaled)["rope_scaling"].is_null());
+  expect_same_spec(parse_hf_config(json::parse(hf_config_json(unscaled).dump()), "x").spec, unscaled);
+  // q/k/v-only biases are written as Qwen2 (whose attention always has them), with or
+  // without RoPE scaling; biases everywhere stay Llama.
+  for (bool scaled : {false, true}) {
+    ModelSpec q = scaled ? ModelSpec::llama_1b() : unscaled;
+    q.qkv_bias = true;
+    auto qj = hf_config_json(q);
+    EXPECT_EQ(qj["model_type"], "qwen2");
+    EXPECT_EQ(qj["architectures"][0], "Qwen2ForCausalLM");
+    EXPECT_EQ(qj["use_sliding_window"], false);
+    HfConfig back = parse_hf_config(json::parse(qj.dump()), "x");
+    expect_same_spec(back.spec, q);
+    EXPECT_TRUE(back.spec.qkv_bias);
+    EXPECT_EQ(back.spec.max_seq_len, q.max_seq_len);
+  }
+  ModelSpec all = ModelSpec::llama_1b();
+  all.bias = true;
+  all.qkv_bias = true;
+  EXPECT_EQ(hf_config_json(all)["model_type"], "llama");
+  EXPECT_EQ(hf_config_json(all)["attention_bias"], true);
   ModelSpec bad = ModelSpec::gpt2_124m();
   bad.bias = false;
   EXPECT_ERROR_HAS(hf_config_json(bad), "bias");
@@ -234,7 +361,8 @@ TEST(HfConfig, WriteAndReadFiles) {
 TEST(HfConfig, LayoutNamesEveryParameterOnce) {
   for (Arch a : {Arch::gpt2, Arch::llama}) {
     for (bool tie : {true, false}) {
-      for (bool bias : {true, false}) {
+      for (int biases = 0; biases < 3; ++biases) {  // all, none, q/k/v only
+        const bool bias = biases == 0, qkv = biases == 2;
         if (a == Arch::gpt2 && !bias) continue;
         ModelSpec s;
         s.arch = a;
@@ -246,6 +374,7 @@ TEST(HfConfig, LayoutNamesEveryParameterOnce) {
         s.max_seq_len = 5;
         s.tie_embeddings = tie;
         s.bias = bias;
+        s.qkv_bias = qkv;
         auto m = build_model(s, 1);
         std::multiset<std::string> named;
         std::set<std::string> hf;
@@ -255,8 +384,13 @@ TEST(HfConfig, LayoutNamesEveryParameterOnce) {
         }
         std::multiset<std::string> params;
         for (const auto& [n, t] : m->named_parameters()) params.insert(n);
-        EXPECT_EQ(named, params) << arch_name(a) << " tie=" << tie << " bias=" << bias;
+        EXPECT_EQ(named, params) << arch_name(a) << " tie=" << tie << " bias=" << bias << " qkv_bias=" << qkv;
         EXPECT_EQ(hf.count("lm_head.weight"), tie ? 0u : 1u);
+        if (a == Arch::llama) {
+          EXPECT_EQ(hf.count("model.layers.1.self_attn.v_proj.bias"), bias || qkv ? 1u : 0u);
+          EXPECT_EQ(hf.count("model.layers.1.self_attn.o_proj.bias"), bias ? 1u : 0u);
+          EXPECT_EQ(hf.count("model.layers.1.mlp.up_proj.bias"), bias ? 1u : 0u);
+        }
       }
     }
   }

@@ -2,10 +2,12 @@
 // published parameter counts, and deterministic generation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
 #include "autograd/autograd.h"
+#include "kernels/ops.h"
 #include "models/model.h"
 
 using namespace lathe;
@@ -51,6 +53,26 @@ Mat norm(const Mat& x, int64_t T, int64_t C, const Mat& g, const Mat* b, bool rm
   return y;
 }
 
+// RoPE inverse frequencies written out independently of models/rope.cpp, in the shape of
+// transformers' _compute_llama3_parameters: compute both candidates, then pick by band.
+std::vector<double> reference_inv_freq(const ModelSpec& s) {
+  const int64_t D = s.head_dim();
+  std::vector<double> inv(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv[i] = 1.0 / std::pow(s.rope_theta, static_cast<double>(2 * i) / D);
+  if (s.rope_scaling.type != RopeScaling::Type::llama3) return inv;
+  const RopeScaling& r = s.rope_scaling;
+  const double old_ctx = static_cast<double>(r.original_max_position_embeddings);
+  for (auto& f : inv) {
+    const double wavelen = 2 * M_PI / f;
+    const double scaled = wavelen > old_ctx / r.low_freq_factor ? f / r.factor : f;
+    const double smooth = (old_ctx / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+    const double smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+    const bool medium = !(wavelen < old_ctx / r.high_freq_factor) && !(wavelen > old_ctx / r.low_freq_factor);
+    f = medium ? smoothed : scaled;
+  }
+  return inv;
+}
+
 // Logits [T, V] for one sequence, computed from the parameters by hand.
 Mat reference_forward(const ModelSpec& s, const Params& P, const std::vector<int64_t>& ids) {
   const int64_t T = static_cast<int64_t>(ids.size()), C = s.d_model, H = s.n_head, KV = s.kv_heads(),
@@ -78,11 +100,12 @@ Mat reference_forward(const ModelSpec& s, const Params& P, const std::vector<int
     Mat k = lin(h, T, C, P.get(pre + "attn.k_proj.weight"), KV * D, opt(pre + "attn.k_proj.bias", bk));
     Mat v = lin(h, T, C, P.get(pre + "attn.v_proj.weight"), KV * D, opt(pre + "attn.v_proj.bias", bv));
     if (!gpt2) {  // rotate_half RoPE on queries and keys
+      const std::vector<double> inv = reference_inv_freq(s);
       auto rot = [&](Mat& m, int64_t heads) {
         for (int64_t t = 0; t < T; ++t)
           for (int64_t hh = 0; hh < heads; ++hh)
             for (int64_t i = 0; i < D / 2; ++i) {
-              double th = t * std::pow(s.rope_theta, -2.0 * i / D);
+              double th = t * inv[i];
               double& a = m[t * heads * D + hh * D + i];
               double& b = m[t * heads * D + hh * D + i + D / 2];
               double na = a * std::cos(th) - b * std::sin(th), nb = b * std::cos(th) + a * std::sin(th);
@@ -160,6 +183,31 @@ ModelSpec tiny(Arch a) {
   return s;
 }
 
+// Qwen2 shapes: biases on q/k/v only.
+ModelSpec tiny_qwen2() {
+  ModelSpec s = tiny(Arch::llama);
+  s.bias = false;
+  s.qkv_bias = true;
+  return s;
+}
+
+// Llama 3 RoPE scaling with head_dim 8 and theta 100: wavelengths 2 pi * {1, 100^0.25, 10,
+// 100^0.75} = {6.3, 19.9, 62.8, 198.7} against bands [64/4, 64/1] = [16, 64], so pair 0 is
+// kept, pairs 1 and 2 are interpolated and pair 3 is divided by the factor.
+ModelSpec tiny_llama3() {
+  ModelSpec s = tiny(Arch::llama);
+  s.d_model = 16;
+  s.n_head = 2;
+  s.n_kv_head = 1;
+  s.rope_theta = 100.0;
+  s.rope_scaling.type = RopeScaling::Type::llama3;
+  s.rope_scaling.factor = 8.0;
+  s.rope_scaling.low_freq_factor = 1.0;
+  s.rope_scaling.high_freq_factor = 4.0;
+  s.rope_scaling.original_max_position_embeddings = 64;
+  return s;
+}
+
 void check_forward(const ModelSpec& s) {
   auto m = build_model(s, 7);
   perturb(*m, 8);
@@ -179,6 +227,91 @@ void to_f64(CausalLM& m) {
 
 TEST(Model, Gpt2ForwardMatchesHandComputation) { check_forward(tiny(Arch::gpt2)); }
 TEST(Model, LlamaForwardMatchesHandComputation) { check_forward(tiny(Arch::llama)); }
+TEST(Model, Qwen2QkvBiasForwardMatchesHandComputation) { check_forward(tiny_qwen2()); }
+
+TEST(Model, Llama3RopeScalingForwardMatchesHandComputation) {
+  const ModelSpec s = tiny_llama3();
+  check_forward(s);
+  // The scaling must matter at these positions, or the check above would not test it: the
+  // same weights without scaling give logits away from the scaled reference.
+  ModelSpec plain = s;
+  plain.rope_scaling = RopeScaling{};
+  auto m = build_model(plain, 7);
+  perturb(*m, 8);
+  std::vector<int64_t> ids = {3, 1, 4, 1, 5};
+  auto got = m->forward(Tensor::from_vector<int64_t>(ids, {1, 5})).to_vector<double>();
+  Mat ref = reference_forward(s, params_of(*m), ids);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]) / (1 + std::abs(ref[i])));
+  EXPECT_GT(worst, 1e-2);
+}
+
+TEST(Rope, Llama3InverseFrequenciesByBand) {
+  // theta 10000, head_dim 8: base frequencies 1, 0.1, 0.01, 0.001 (wavelengths 2 pi / f =
+  // 6.28, 62.8, 628, 6283). original 1000, low 1, high 4: keep below 1000/4 = 250, divide by
+  // factor 8 above 1000/1 = 1000, interpolate in between.
+  RopeScaling r;
+  r.type = RopeScaling::Type::llama3;
+  r.factor = 8;
+  r.low_freq_factor = 1;
+  r.high_freq_factor = 4;
+  r.original_max_position_embeddings = 1000;
+  std::vector<double> got = rope_inv_freq(8, 10000.0, r);
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_NEAR(got[0], 1.0, 1e-15);   // high-frequency band: unchanged
+  EXPECT_NEAR(got[1], 0.1, 1e-16);   // wavelength 62.8 < 250: unchanged
+  // Medium band: wavelength 200 pi, smooth = (1000 / (200 pi) - 1) / (4 - 1) = (5 / pi - 1) / 3.
+  const double smooth = (5.0 / M_PI - 1.0) / 3.0;
+  EXPECT_NEAR(smooth, 0.19718, 1e-5);
+  EXPECT_NEAR(got[2], (1 - smooth) * 0.01 / 8 + smooth * 0.01, 1e-17);
+  EXPECT_NEAR(got[2], 0.0029754, 1e-7);
+  EXPECT_NEAR(got[3], 0.001 / 8, 1e-18);  // low-frequency band: divided by the factor
+
+  // No scaling: exactly theta^(-2i/D), and the kernels' table overloads agree bit for bit.
+  std::vector<double> plain = rope_inv_freq(8, 10000.0, RopeScaling{});
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(plain[i], std::pow(10000.0, -2.0 * i / 8));
+  Tensor c1, s1, c2, s2;
+  kernels::rope_tables(6, 8, 10000.0, 2, DType::f64, c1, s1);
+  kernels::rope_tables(6, plain, 2, DType::f64, c2, s2);
+  EXPECT_EQ(c1.to_vector<double>(), c2.to_vector<double>());
+  EXPECT_EQ(s1.to_vector<double>(), s2.to_vector<double>());
+  // Tables from scaled frequencies: cos/sin of (start + t) * inv.
+  kernels::rope_tables(3, got, 5, DType::f64, c2, s2);
+  ASSERT_EQ(c2.shape(), (Shape{3, 4}));
+  auto cv = c2.to_vector<double>(), sv = s2.to_vector<double>();
+  for (int64_t t = 0; t < 3; ++t)
+    for (int64_t i = 0; i < 4; ++i) {
+      EXPECT_DOUBLE_EQ(cv[t * 4 + i], std::cos((5 + t) * got[i]));
+      EXPECT_DOUBLE_EQ(sv[t * 4 + i], std::sin((5 + t) * got[i]));
+    }
+  EXPECT_THROW(kernels::rope_tables(3, std::vector<double>{}, 0, DType::f32, c2, s2), Error);
+
+  // The published Llama 3 setting (theta 500000, head_dim 64, factor 32, 1/4, 8192): the
+  // fastest pair is kept, the slowest divided by 32, and the result never increases with i.
+  ModelSpec l = ModelSpec::llama_1b();
+  std::vector<double> f = rope_inv_freq(l);
+  ASSERT_EQ(f.size(), 32u);
+  EXPECT_EQ(f[0], 1.0);
+  EXPECT_NEAR(f[31], std::pow(500000.0, -62.0 / 64) / 32, 1e-20);
+  for (size_t i = 1; i < f.size(); ++i) EXPECT_LT(f[i], f[i - 1]) << i;
+
+  // Bad parameters are errors naming the field.
+  ModelSpec bad = tiny_llama3();
+  bad.rope_scaling.factor = 0.5;
+  EXPECT_THROW(bad.validate(), Error);
+  EXPECT_THROW(rope_inv_freq(bad), Error);
+  bad = tiny_llama3();
+  bad.rope_scaling.high_freq_factor = 1.0;  // not above low_freq_factor
+  EXPECT_THROW(bad.validate(), Error);
+  bad = tiny(Arch::gpt2);
+  bad.rope_scaling = tiny_llama3().rope_scaling;  // GPT-2 has no RoPE to scale
+  try {
+    bad.validate();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.rope_scaling"), std::string::npos) << e.what();
+  }
+}
 
 TEST(Model, ParameterNamesFollowTheConvention) {
   auto m = build_model(tiny(Arch::llama), 1);
@@ -190,24 +323,49 @@ TEST(Model, ParameterNamesFollowTheConvention) {
   EXPECT_NE(std::find(names.begin(), names.end(), "layers.0.mlp.gate_proj.weight"), names.end());
   EXPECT_NE(std::find(names.begin(), names.end(), "lm_head.weight"), names.end());
   EXPECT_EQ(m->parameter("layers.1.attn.k_proj.weight").shape(), (Shape{4, 8}));  // 2 kv heads x head_dim 2
+  EXPECT_FALSE(m->has_parameter("layers.0.attn.q_proj.bias"));
+
+  // Qwen2: q/k/v biases, none on o_proj or the MLP.
+  auto q = build_model(tiny_qwen2(), 1);
+  for (const char* p : {"q_proj", "k_proj", "v_proj"})
+    EXPECT_TRUE(q->has_parameter(std::string("layers.1.attn.") + p + ".bias")) << p;
+  EXPECT_EQ(q->parameter("layers.1.attn.k_proj.bias").shape(), (Shape{4}));
+  EXPECT_FALSE(q->has_parameter("layers.1.attn.o_proj.bias"));
+  for (auto& [n, t] : q->named_parameters())
+    EXPECT_TRUE(n.find(".bias") == std::string::npos || n.find("_proj.bias") == n.size() - 10) << n;
+  for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+    EXPECT_FALSE(q->has_parameter(std::string("layers.0.mlp.") + p + ".bias")) << p;
 }
 
 TEST(Model, CountsMatchAllocatedModelsAndPublishedSizes) {
   for (Arch a : {Arch::gpt2, Arch::llama}) {
     for (bool tie : {true, false}) {
-      ModelSpec s = tiny(a);
-      s.tie_embeddings = tie;
-      auto m = build_model(s, 1);
-      EXPECT_EQ(count_parameters(s), m->num_parameters()) << arch_name(a) << " tie=" << tie;
+      for (bool bias : {true, false}) {
+        for (bool qkv : {false, true}) {
+          ModelSpec s = tiny(a);
+          s.tie_embeddings = tie;
+          s.bias = bias;
+          s.qkv_bias = qkv;
+          auto m = build_model(s, 1);
+          EXPECT_EQ(count_parameters(s), m->num_parameters())
+              << arch_name(a) << " tie=" << tie << " bias=" << bias << " qkv_bias=" << qkv;
+        }
+      }
     }
   }
+  // Qwen2 adds exactly the q/k/v biases: (H + 2 KV) * head_dim per layer.
+  const ModelSpec q = tiny_qwen2();
+  ModelSpec plain = q;
+  plain.qkv_bias = false;
+  EXPECT_EQ(count_parameters(q) - count_parameters(plain), q.n_layer * (q.n_head + 2 * q.kv_heads()) * q.head_dim());
   EXPECT_EQ(count_parameters(ModelSpec::gpt2_124m()), 124439808);
   EXPECT_EQ(count_parameters(ModelSpec::llama_1b()), 1235814400);
 }
 
 TEST(Model, WholeModelGradcheckF64) {
-  for (Arch a : {Arch::gpt2, Arch::llama}) {
-    ModelSpec s = tiny(a);
+  for (const ModelSpec& base : {tiny(Arch::gpt2), tiny(Arch::llama), tiny_qwen2(), tiny_llama3()}) {
+    const Arch a = base.arch;
+    ModelSpec s = base;
     s.n_layer = 1;
     s.init_std = 0.3;
     auto m = build_model(s, 3);

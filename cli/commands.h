@@ -1,0 +1,44 @@
+// The subcommands of `lathe`. Adding one: a cli/cmd_<name>.cpp defining its run function
+// and help text, and one entry in the table in commands.cpp.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace lathe::cli {
+
+// Exit codes that scripts can rely on (also listed in `lathe --help`).
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;     // any other failure
+constexpr int kExitUsage = 2;       // bad command line or config (ConfigError)
+constexpr int kExitIo = 3;          // checkpoint or file I/O (IoError, CheckpointError)
+constexpr int kExitSigint = 130;    // train stopped by SIGINT after saving a checkpoint (128 + 2)
+constexpr int kExitSigterm = 143;   // train stopped by SIGTERM after saving a checkpoint (128 + 15)
+
+struct Command {
+  const char* name;
+  const char* summary;  // one line for `lathe --help`
+  const char* help;     // full text for `lathe <name> --help`
+  // Runs with the arguments after the subcommand name; returns the exit code. Throws
+  // UsageError, ConfigError, IoError or lathe::Error (main maps them to exit codes).
+  int (*run)(const std::vector<std::string>& args);
+};
+
+const std::vector<Command>& commands();
+
+// Implemented in cmd_*.cpp.
+extern const char* const kTrainHelp;
+extern const char* const kEvalHelp;
+extern const char* const kGenerateHelp;
+extern const char* const kInspectHelp;
+extern const char* const kValidateHelp;
+int run_train(const std::vector<std::string>& args);
+int run_eval(const std::vector<std::string>& args);
+int run_generate(const std::vector<std::string>& args);
+int run_inspect(const std::vector<std::string>& args);
+int run_validate(const std::vector<std::string>& args);
+
+// Prints `help` when args hold -h/--help (returns true then).
+bool print_help_if_asked(const std::vector<std::string>& args, const char* help);
+
+}  // namespace lathe::cli

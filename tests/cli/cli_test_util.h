@@ -1,0 +1,119 @@
+// Running the `lathe` binary from tests: synchronously (exit code + output) or in the
+// background (a pid to signal), plus reading metrics.jsonl.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#ifndef LATHE_BIN
+#error "LATHE_BIN (path of the lathe executable) must be defined"
+#endif
+
+extern char** environ;
+
+namespace lathe::cli_test {
+
+struct Result {
+  int rc = -1;  // exit code, or 128 + signal when killed
+  std::string out;  // stdout and stderr together
+};
+
+// Single-quotes an argument for /bin/sh.
+inline std::string sh_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+inline std::string lathe_cmd(const std::string& args) { return sh_quote(LATHE_BIN) + " " + args; }
+
+inline int decode_status(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// Runs `lathe <args>` (args already shell-quoted where needed) and waits for it.
+inline Result run_lathe(const std::string& args) {
+  Result r;
+  std::FILE* p = ::popen((lathe_cmd(args) + " 2>&1").c_str(), "r");
+  if (!p) {
+    ADD_FAILURE() << "popen failed for " << args;
+    return r;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  r.rc = decode_status(::pclose(p));
+  return r;
+}
+
+// Starts `lathe <args>` in the background with output to `log`; returns its pid (the shell
+// execs into lathe, so signals reach lathe itself).
+inline pid_t spawn_lathe(const std::string& args, const std::string& log) {
+  std::string cmd = "exec " + lathe_cmd(args) + " > " + sh_quote(log) + " 2>&1";
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ);
+  EXPECT_EQ(rc, 0) << "posix_spawn failed";
+  return pid;
+}
+
+// Polls every millisecond until `path` exists or the process exits; true if the file appeared
+// while the process was still running.
+inline bool wait_for_file(pid_t pid, const std::string& path, double timeout_s = 120) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (std::filesystem::exists(path)) return true;
+    siginfo_t info{};
+    // Exited already? (WNOWAIT leaves it to wait_exit to reap.)
+    if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+inline int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return decode_status(status);
+}
+
+// step -> loss from metrics.jsonl; a step logged twice (logged again after a resume from an
+// earlier checkpoint) keeps its last record.
+inline std::map<int64_t, double> metrics_losses(const std::string& path) {
+  std::map<int64_t, double> out;
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && j.contains("step")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
+
+// The last "eval" event's val_loss in metrics.jsonl (NaN when none).
+inline double last_val_loss(const std::string& path) {
+  double v = std::nan("");
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "eval") v = j["val_loss"].get<double>();
+  }
+  return v;
+}
+
+}  // namespace lathe::cli_test

@@ -1,0 +1,98 @@
+// Loading trained runs for evaluation and generation; see inference.h.
+#include "train/inference.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "train/checkpoint_dir.h"
+#include "train/run_setup.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe::train {
+
+using configs::ConfigError;
+
+bool looks_like_config(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;
+  std::ifstream f(path, std::ios::binary);
+  char sig[8] = {};
+  f.read(sig, 8);
+  // HDF5 files start with "\x89HDF\r\n\x1a\n".
+  return !(f.gcount() == 8 && sig[1] == 'H' && sig[2] == 'D' && sig[3] == 'F');
+}
+
+namespace {
+
+// The stored config of a checkpoint file, with overrides, resolved and checked.
+RunConfig stored_config(const std::string& file, const TrainState& st, const std::vector<std::string>& overrides) {
+  RunConfig cfg;
+  try {
+    cfg = configs::parse_text(st.config_text, file + ":config");
+  } catch (const ConfigError& e) {
+    throw CheckpointError(file + ": its stored config does not parse: " + e.what());
+  }
+  configs::apply_overrides(cfg, overrides);
+  configs::resolve(cfg);
+  if (auto issues = configs::validate(cfg); !issues.empty()) throw ConfigError(file + ":config", issues);
+  return cfg;
+}
+
+// Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`.
+std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file) {
+  apply_tokenizer_vocab(cfg, tok);
+  const models::ModelSpec spec = model_spec(cfg.model());
+  try {
+    spec.validate();
+  } catch (const lathe::Error& e) {
+    throw ConfigError("config", {"model: " + e.message()});
+  }
+  auto model = models::build_model(spec, cfg.train().seed());
+  read_rank_checkpoint(file, *model, nullptr);
+  model->eval();
+  return model;
+}
+
+}  // namespace
+
+LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides) {
+  LoadedRun r;
+  r.file = find_checkpoint_file(path);
+  r.state = read_train_state(r.file);
+  r.cfg = stored_config(r.file, r.state, overrides);
+  r.tokenizer = load_run_tokenizer(r.cfg);
+  r.model = model_from(r.cfg, *r.tokenizer, r.file);
+  return r;
+}
+
+EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
+                       const std::vector<std::string>& overrides, int64_t max_batches,
+                       parallel::Communicator& comm) {
+  EvalRunResult res;
+  RunConfig cfg;
+  if (looks_like_config(target)) {
+    cfg = configs::load_config(target, overrides);
+    res.checkpoint = find_checkpoint_file(checkpoint.empty() ? "latest" : checkpoint, cfg.checkpoint().dir());
+  } else {
+    res.checkpoint = find_checkpoint_file(checkpoint.empty() ? target : checkpoint,
+                                          fs::is_directory(fs::path(target) / "checkpoints")
+                                              ? (fs::path(target) / "checkpoints").string()
+                                              : target);
+    cfg = stored_config(res.checkpoint, read_train_state(res.checkpoint), overrides);
+  }
+  check_runnable(cfg);
+  res.step = read_train_state(res.checkpoint).step;
+  auto tok = load_run_tokenizer(cfg);
+  auto model = model_from(cfg, *tok, res.checkpoint);
+  RunData data = load_run_data(cfg, *tok);
+  if (data.val.size() == 0)
+    throw ConfigError("config", {"data.val_fraction: 0 and no data.val_path, so there is no validation split to "
+                                 "evaluate (pass --set data.val_fraction=0.1)"});
+  res.data = data.description;
+  res.val_windows = data.val.size();
+  res.eval = evaluate(*model, data.val, cfg.train().micro_batch(), max_batches, comm);
+  return res;
+}
+
+}  // namespace lathe::train

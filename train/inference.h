@@ -1,0 +1,54 @@
+// Using a trained run outside the training loop: load a checkpoint's model and tokenizer,
+// evaluate it on the validation split, generate text. The logic behind `lathe eval` and
+// `lathe generate` (the CLI only parses flags and prints).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "data/tokenizer.h"
+#include "models/model.h"
+#include "parallel/communicator.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace lathe::train {
+
+struct LoadedRun {
+  RunConfig cfg;  // the resolved config stored in the checkpoint (plus any overrides)
+  std::unique_ptr<models::CausalLM> model;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  TrainState state;  // step, tokens seen, ... of the checkpoint
+  std::string file;  // the rank file the weights came from
+};
+
+// Loads the model weights (no optimizer state) and tokenizer of a checkpoint given as a rank
+// file, a step directory, a checkpoint root or a run directory (newest complete step).
+// `overrides` ("a.b=c") are applied to the stored config first (e.g. data.tokenizer when the
+// tokenizer moved). The model is in eval mode.
+LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides = {});
+
+struct EvalRunResult {
+  EvalResult eval;
+  std::string checkpoint;  // rank file evaluated
+  int64_t step = 0;        // its training step
+  std::string data;        // description of the data the split came from
+  int64_t val_windows = 0;
+};
+
+// Validation loss of a trained run. `target` is a config file (its checkpoint.dir is searched,
+// with `overrides` applied) or a run/checkpoint directory (its stored config is used);
+// `checkpoint` ("" = the newest complete one) picks another step: a step number, step
+// directory or rank file. max_batches = 0 scores the whole validation split. Throws
+// ConfigError when the config has no validation split (data.val_fraction 0, no val_path).
+EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
+                       const std::vector<std::string>& overrides, int64_t max_batches,
+                       parallel::Communicator& comm);
+
+// True when `path` names a config file rather than a checkpoint or run directory (a regular
+// file that is not HDF5: .pbtxt, .json, ...).
+bool looks_like_config(const std::string& path);
+
+}  // namespace lathe::train
