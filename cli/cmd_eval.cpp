@@ -8,7 +8,9 @@
 
 namespace lathe::cli {
 
-const char* const kEvalHelp =
+namespace {
+
+const char* const kHelp =
     "usage: lathe eval CONFIG|RUN_DIR [--checkpoint PATH] [--set a.b=c ...] [--batches N]\n"
     "\n"
     "Loss (mean next-token cross-entropy, nats) and perplexity of a trained model on the\n"
@@ -21,7 +23,7 @@ const char* const kEvalHelp =
     "  --set a.b=c        override a config field (repeatable)\n"
     "  --batches N        score only the first N batches (default: the whole split)\n";
 
-int run_eval(const std::vector<std::string>& args) {
+int run(const std::vector<std::string>& args) {
   ParsedArgs a = parse_args("eval", args,
                             {{"--checkpoint", ArgKind::value}, {"--set", ArgKind::repeated}, {"--batches", ArgKind::value}});
   if (a.positional.size() != 1) throw UsageError("lathe eval: expected one CONFIG file or RUN_DIR");
@@ -40,5 +42,9 @@ int run_eval(const std::vector<std::string>& args) {
   }
   return kExitOk;
 }
+
+}  // namespace
+
+extern const Command kCmdEval = {"eval", "validation loss and perplexity of a trained run", kHelp, run};
 
 }  // namespace lathe::cli

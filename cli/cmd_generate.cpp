@@ -8,7 +8,9 @@
 
 namespace lathe::cli {
 
-const char* const kGenerateHelp =
+namespace {
+
+const char* const kHelp =
     "usage: lathe generate --checkpoint PATH|RUN_DIR [--prompt TEXT] [--max-new-tokens N]\n"
     "                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--set a.b=c ...]\n"
     "\n"
@@ -27,7 +29,7 @@ const char* const kGenerateHelp =
     "  --seed S            sampling seed\n"
     "  --set a.b=c         override a field of the stored config (e.g. data.tokenizer)\n";
 
-int run_generate(const std::vector<std::string>& args) {
+int run(const std::vector<std::string>& args) {
   ParsedArgs a = parse_args("generate", args,
                             {{"--checkpoint", ArgKind::value},
                              {"--prompt", ArgKind::value},
@@ -57,5 +59,9 @@ int run_generate(const std::vector<std::string>& args) {
   std::fputs((s.prompt() + text + "\n").c_str(), stdout);
   return kExitOk;
 }
+
+}  // namespace
+
+extern const Command kCmdGenerate = {"generate", "sample text from a checkpoint", kHelp, run};
 
 }  // namespace lathe::cli

@@ -9,7 +9,9 @@
 
 namespace lathe::cli {
 
-const char* const kInspectHelp =
+namespace {
+
+const char* const kHelp =
     "usage: lathe inspect PATH [--config]\n"
     "\n"
     "Describes a checkpoint: PATH is a rank file (rank_00000.h5), a step directory, a checkpoint\n"
@@ -19,7 +21,6 @@ const char* const kInspectHelp =
     "options:\n"
     "  --config   print the full stored config\n";
 
-namespace {
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -30,9 +31,8 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-}  // namespace
 
-int run_inspect(const std::vector<std::string>& args) {
+int run(const std::vector<std::string>& args) {
   ParsedArgs a = parse_args("inspect", args, {{"--config", ArgKind::flag}});
   if (a.positional.size() != 1) throw UsageError("lathe inspect: expected one PATH");
   train::CheckpointInfo info = train::inspect_checkpoint(a.positional[0]);
@@ -72,5 +72,9 @@ int run_inspect(const std::vector<std::string>& args) {
               static_cast<long long>(model_params), human_bytes(model_bytes).c_str());
   return kExitOk;
 }
+
+}  // namespace
+
+extern const Command kCmdInspect = {"inspect", "show a checkpoint's step, config and tensors", kHelp, run};
 
 }  // namespace lathe::cli

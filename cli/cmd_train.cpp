@@ -11,7 +11,9 @@
 
 namespace lathe::cli {
 
-const char* const kTrainHelp =
+namespace {
+
+const char* const kHelp =
     "usage: lathe train CONFIG [--set a.b=c ...] [--resume [PATH]] [--steps N]\n"
     "\n"
     "Trains the model a config file describes (configs/lathe.proto): prints the resolved config,\n"
@@ -36,7 +38,6 @@ const char* const kTrainHelp =
     "signal ends the process at once. Exit codes: 0 ok, 1 runtime error, 2 usage/config error,\n"
     "3 checkpoint/IO error, 130/143 stopped by a signal.\n";
 
-namespace {
 
 std::atomic<int> g_stop_signal{0};
 
@@ -66,9 +67,8 @@ bool is_resume_value(const std::string& next) {
   return true;
 }
 
-}  // namespace
 
-int run_train(const std::vector<std::string>& args) {
+int run(const std::vector<std::string>& args) {
   ParsedArgs a = parse_args("train", args,
                             {{"--set", ArgKind::repeated},
                              {"--resume", ArgKind::optional, is_resume_value},
@@ -92,5 +92,9 @@ int run_train(const std::vector<std::string>& args) {
   if (r.stop_signal != 0) return 128 + r.stop_signal;
   return kExitOk;
 }
+
+}  // namespace
+
+extern const Command kCmdTrain = {"train", "train a model from a config file (resumable)", kHelp, run};
 
 }  // namespace lathe::cli

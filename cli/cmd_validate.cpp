@@ -8,7 +8,9 @@
 
 namespace lathe::cli {
 
-const char* const kValidateHelp =
+namespace {
+
+const char* const kHelp =
     "usage: lathe validate CONFIG [--set a.b=c ...]\n"
     "\n"
     "Parses the config, applies the overrides, resolves and checks it without training and\n"
@@ -21,7 +23,7 @@ const char* const kValidateHelp =
     "  --set a.b=c   override a config field (repeatable)\n"
     "  --print       print the resolved config after \"ok\"\n";
 
-int run_validate(const std::vector<std::string>& args) {
+int run(const std::vector<std::string>& args) {
   ParsedArgs a = parse_args("validate", args, {{"--set", ArgKind::repeated}, {"--print", ArgKind::flag}});
   if (a.positional.size() != 1)
     throw UsageError("lathe validate: expected one CONFIG file, got " + std::to_string(a.positional.size()) +
@@ -33,5 +35,9 @@ int run_validate(const std::vector<std::string>& args) {
   if (a.has("--print")) std::fputs(configs::to_text(cfg).c_str(), stdout);
   return kExitOk;
 }
+
+}  // namespace
+
+extern const Command kCmdValidate = {"validate", "check a config file without training", kHelp, run};
 
 }  // namespace lathe::cli

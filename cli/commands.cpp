@@ -5,14 +5,11 @@
 
 namespace lathe::cli {
 
+// Defined in cli/cmd_<name>.cpp.
+extern const Command kCmdTrain, kCmdEval, kCmdGenerate, kCmdInspect, kCmdValidate;
+
 const std::vector<Command>& commands() {
-  static const std::vector<Command> table = {
-      {"train", "train a model from a config file (resumable)", kTrainHelp, run_train},
-      {"eval", "validation loss and perplexity of a trained run", kEvalHelp, run_eval},
-      {"generate", "sample text from a checkpoint", kGenerateHelp, run_generate},
-      {"inspect", "show a checkpoint's step, config and tensors", kInspectHelp, run_inspect},
-      {"validate", "check a config file without training", kValidateHelp, run_validate},
-  };
+  static const std::vector<Command> table = {kCmdTrain, kCmdEval, kCmdGenerate, kCmdInspect, kCmdValidate};
   return table;
 }
 

@@ -1,5 +1,6 @@
-// The subcommands of `lathe`. Adding one: a cli/cmd_<name>.cpp defining its run function
-// and help text, and one entry in the table in commands.cpp.
+// The subcommands of `lathe`. Adding one: a cli/cmd_<name>.cpp defining
+// `extern const Command kCmd<Name> = {name, summary, help, run};` and one entry (plus its
+// extern line) in the table in commands.cpp.
 #pragma once
 
 #include <string>
@@ -25,18 +26,6 @@ struct Command {
 };
 
 const std::vector<Command>& commands();
-
-// Implemented in cmd_*.cpp.
-extern const char* const kTrainHelp;
-extern const char* const kEvalHelp;
-extern const char* const kGenerateHelp;
-extern const char* const kInspectHelp;
-extern const char* const kValidateHelp;
-int run_train(const std::vector<std::string>& args);
-int run_eval(const std::vector<std::string>& args);
-int run_generate(const std::vector<std::string>& args);
-int run_inspect(const std::vector<std::string>& args);
-int run_validate(const std::vector<std::string>& args);
 
 // Prints `help` when args hold -h/--help (returns true then).
 bool print_help_if_asked(const std::vector<std::string>& args, const char* help);

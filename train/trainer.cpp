@@ -254,15 +254,21 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
 
   // ---- run directory, stale checkpoint files, resume ---------------------------------------------
   const std::string& ckpt_root = cfg.checkpoint().dir();
+  std::string prep_error;
   if (rank == 0) {
     try {
       fs::create_directories(cfg.run_dir());
       if (fs::exists(ckpt_root)) remove_crashed_saves(ckpt_root, opts.out);
     } catch (const std::exception& e) {
-      throw IoError("run_dir", "cannot prepare " + cfg.run_dir() + ": " + e.what());
+      prep_error = "cannot prepare " + cfg.run_dir() + ": " + e.what();
     }
   }
-  comm->barrier();
+  // Doubles as the barrier before anyone reads the checkpoint directory; every rank learns
+  // whether rank 0 failed instead of waiting for it.
+  Tensor prep_failed = Tensor::scalar(prep_error.empty() ? 0.0 : 1.0, DType::f32);
+  if (world > 1) comm->all_reduce(prep_failed, parallel::ReduceOp::max);
+  if (prep_failed.item() != 0.0)
+    throw IoError("run_dir", prep_error.empty() ? "rank 0 could not prepare " + cfg.run_dir() : prep_error);
   const std::string resume_spec = opts.resume.empty() ? cfg.checkpoint().resume() : opts.resume;
   const std::string from = resume_dir(resume_spec, ckpt_root);
   int64_t step = 0, tokens_seen = 0;
@@ -386,6 +392,10 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
     result.finished = true;
     return result;
   }
+
+  if (opts.stop_after > 0 && step >= opts.stop_after)
+    message("nothing to do: the run is at step " + std::to_string(step) + ", at or past the stop step " +
+            std::to_string(opts.stop_after));
 
   // ---- the loop ---------------------------------------------------------------------------------------------
   double train_time = 0;

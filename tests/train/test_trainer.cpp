@@ -353,6 +353,33 @@ TEST(Trainer, TextSourceWithVocabFromTheTokenizer) {
   }
 }
 
+TEST(Trainer, VocabSizeZeroTakesTheTokenizersVocabulary) {
+  TmpDir tmp;
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += i % 3 ? "hello the world's cat.\n" : "the cat! 12 hello world.\n";
+  test_util::write_all(tmp / "corpus.txt", text);
+  RunConfig c = tiny_config(tmp / "run", 2);
+  c.mutable_schedule()->set_warmup_steps(0);
+  c.mutable_data()->set_source(DataConfig::TEXT);
+  c.mutable_data()->set_path(tmp / "corpus.txt");
+  c.mutable_data()->clear_synthetic();
+  c.mutable_data()->set_tokenizer("tests/fixtures/tokenizers/gpt2_style_tiny.json");  // 53 ids
+  c.mutable_model()->set_vocab_size(0);
+  TrainResult r = train(c, quiet());
+  EXPECT_NEAR(r.steps[0].loss, std::log(53.0), 0.3);
+  TrainState st = read_train_state(rank_file(step_dir(tmp / "run/checkpoints", 2), 0));
+  EXPECT_EQ(configs::parse_text(st.config_text, "stored").model().vocab_size(), 53);
+  c.mutable_model()->set_vocab_size(40);
+  c.set_run_dir(tmp / "run2");
+  try {
+    train(c, quiet());
+    FAIL() << "expected a ConfigError";
+  } catch (const configs::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.vocab_size: 40 is smaller than the vocabulary"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Trainer, MetricsGoToJsonlAndTensorBoard) {
   TmpDir tmp;
   RunConfig c = tiny_config(tmp.path(), 4);
