@@ -191,7 +191,11 @@ void BM_train_step(benchmark::State& st) {
 
 }  // namespace
 
-BENCHMARK(BM_block_forward)->Name("block/forward_d768_h12_B4_T256")->UseRealTime()->ComputeStatistics("min", min_of)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_block_forward)
+    ->Name("block/forward_d768_h12_B4_T256")
+    ->UseRealTime()
+    ->ComputeStatistics("min", min_of)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_block_forward_backward)
     ->Name("block/fwd_bwd_d768_h12_B4_T256")
     ->UseRealTime()

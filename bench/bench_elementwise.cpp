@@ -209,16 +209,22 @@ void BM_layer_norm(benchmark::State& st) {
 
 }  // namespace
 
-#define LATHE_BW(fn, name) BENCHMARK(fn)->Name(name)->UseRealTime()->ComputeStatistics("min", min_of)->Unit(benchmark::kMillisecond)
+#define LATHE_BW(fn, name) \
+  BENCHMARK(fn)->Name(name)->UseRealTime()->ComputeStatistics("min", min_of)->Unit(benchmark::kMillisecond)
 LATHE_BW(BM_copy_memcpy, "baseline/copy_memcpy");
 LATHE_BW(BM_copy_omp, "baseline/copy_omp");
 LATHE_BW(BM_copy_omp_fresh, "baseline/copy_omp_fresh");
 LATHE_BW(BM_triad_omp, "baseline/triad_omp");
 LATHE_BW(BM_lathe_clone, "lathe/clone");
-BENCHMARK_CAPTURE(BM_unary, exp, k::UnaryOp::exp)->Name("lathe/exp")->UseRealTime()->ComputeStatistics("min", min_of)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_unary, exp, k::UnaryOp::exp)
+    ->Name("lathe/exp")
+    ->UseRealTime()
+    ->ComputeStatistics("min", min_of)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_unary, gelu_tanh, k::UnaryOp::gelu_tanh)
     ->Name("lathe/gelu_tanh")
-    ->UseRealTime()->ComputeStatistics("min", min_of)
+    ->UseRealTime()
+    ->ComputeStatistics("min", min_of)
     ->Unit(benchmark::kMillisecond);
 LATHE_BW(BM_add_same_shape, "lathe/add_same_shape");
 LATHE_BW(BM_add_broadcast_row, "lathe/add_broadcast_row");

@@ -63,18 +63,16 @@ std::vector<std::string> validate(const RunConfig& cfg);
 // Makes every field explicit: writes each default into the message and fills the derived
 // values (run_dir = runs/<name>, model.bias by arch, model.n_kv_head = n_head, model.d_ff,
 // model.vocab_size for the byte tokenizer, train.seq_len = model.max_seq_len,
-// checkpoint.dir = <run_dir>/checkpoints, sample.seed = train.seed). Idempotent.
+// checkpoint.dir = <run_dir>/checkpoints, sample.seed = train.seed, data.tokenizer
+// "auto" -> "byte"). Idempotent.
 // model.vocab_size stays 0 for a file tokenizer (the trainer takes it from the tokenizer).
+// With model.init_from set, data.tokenizer "auto", model.vocab_size 0 and train.seq_len 0
+// stay as they are: the trainer fills them from the source model (train/init_from.h) and
+// resolves again. The parameter count of a model is models::count_parameters(ModelSpec).
 void resolve(RunConfig& cfg);
 
 // The MLP width resolve() gives for d_ff = 0: 4*d_model for GPT2; for LLAMA the SwiGLU rule
 // of the Llama reference code, round_up(int(2*4*d_model/3), ffn_multiple_of).
 int64_t default_d_ff(const ModelConfig& model);
-
-// Parameter count of the architecture a (resolved) ModelConfig describes: embeddings,
-// learned positions (GPT2), per-layer attention with n_kv_head key/value heads, MLP (GELU
-// for GPT2, SwiGLU for LLAMA), norms (LayerNorm with bias for GPT2 when bias is set,
-// RMSNorm for LLAMA), an untied LM head. GPT-2 124M -> 124,439,808.
-int64_t count_parameters(const ModelConfig& model);
 
 }  // namespace lathe::configs

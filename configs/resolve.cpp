@@ -1,4 +1,4 @@
-// resolve(): makes a RunConfig fully explicit, and the shape arithmetic that needs no model.
+// resolve(): makes a RunConfig fully explicit, and the d_ff rule it needs.
 #include "configs/config.h"
 
 namespace lathe::configs {
@@ -65,34 +65,19 @@ void resolve(RunConfig& cfg) {
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());
   if (model->n_kv_head() == 0) model->set_n_kv_head(model->n_head());
   if (model->d_ff() == 0) model->set_d_ff(static_cast<int32_t>(default_d_ff(*model)));
-  if (model->vocab_size() == 0 && cfg.data().tokenizer() == "byte") model->set_vocab_size(256);
-  if (cfg.train().seq_len() == 0) cfg.mutable_train()->set_seq_len(model->max_seq_len());
+  // With init_from the architecture (and so the vocabulary and the default sequence length)
+  // comes from the source model, which the trainer reads (train/init_from.h); until then these
+  // stay "auto".
+  const bool pretrained = !model->init_from().empty();
+  DataConfig* data = cfg.mutable_data();
+  if ((data->tokenizer().empty() || data->tokenizer() == "auto") && !pretrained) data->set_tokenizer("byte");
+  if (data->tokenizer().empty()) data->set_tokenizer("auto");
+  if (!pretrained) {
+    if (model->vocab_size() == 0 && data->tokenizer() == "byte") model->set_vocab_size(256);
+    if (cfg.train().seq_len() == 0) cfg.mutable_train()->set_seq_len(model->max_seq_len());
+  }
   if (cfg.checkpoint().dir().empty()) cfg.mutable_checkpoint()->set_dir(cfg.run_dir() + "/checkpoints");
   if (cfg.sample().seed() == 0) cfg.mutable_sample()->set_seed(cfg.train().seed());
-}
-
-int64_t count_parameters(const ModelConfig& m) {
-  const int64_t V = m.vocab_size(), C = m.d_model(), L = m.n_layer(), T = m.max_seq_len();
-  const int64_t H = m.n_head(), KV = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
-  const int64_t F = m.d_ff() > 0 ? m.d_ff() : default_d_ff(m);
-  const int64_t hd = H > 0 ? C / H : 0;
-  const int64_t b = m.bias() ? 1 : 0;
-  const int64_t kv_dim = KV * hd;
-
-  int64_t total = V * C;                               // token embedding
-  if (!m.tie_embeddings()) total += V * C;             // separate LM head
-  const int64_t attn = C * C + 2 * C * kv_dim + C * C  // q, k, v, o
-                       + b * (C + 2 * kv_dim + C);
-  if (m.arch() == ModelConfig::GPT2) {
-    const int64_t norm = C + b * C;                    // LayerNorm gain (+ bias)
-    const int64_t mlp = 2 * C * F + b * (F + C);       // fc, proj
-    total += T * C;                                    // learned positions
-    total += L * (2 * norm + attn + mlp) + norm;       // blocks + final norm
-  } else {
-    const int64_t mlp = 3 * C * F + b * (2 * F + C);   // gate, up, down
-    total += L * (2 * C + attn + mlp) + C;             // RMSNorm gains
-  }
-  return total;
 }
 
 }  // namespace lathe::configs

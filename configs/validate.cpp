@@ -89,7 +89,22 @@ void check_model(const RunConfig& cfg, Checker& c) {
       c.fail("model.d_model", "rotary embeddings need an even head dim, d_model / n_head = " + show(m.d_model()) + " / " +
                                   show(m.n_head()) + " = " + show(m.d_model() / m.n_head()));
   }
-  if (cfg.data().tokenizer() == "byte" && m.vocab_size() > 0 && m.vocab_size() < 256)
+  const RopeScalingConfig& rs = m.rope_scaling();
+  if (rs.type() == RopeScalingConfig::LLAMA3) {
+    if (m.arch() != ModelConfig::LLAMA)
+      c.fail("model.rope_scaling", "LLAMA3 scaling rescales RoPE frequencies; it needs arch: LLAMA (GPT2 has learned "
+                                   "positions)");
+    if (!(rs.factor() >= 1)) c.fail("model.rope_scaling.factor", "must be >= 1 (got " + show(rs.factor()) + ")");
+    c.positive("model.rope_scaling.low_freq_factor", rs.low_freq_factor());
+    if (!(rs.high_freq_factor() > rs.low_freq_factor()))
+      c.fail("model.rope_scaling.high_freq_factor", "must be > low_freq_factor (" + show(rs.low_freq_factor()) +
+                                                        ") (got " + show(rs.high_freq_factor()) + ")");
+    c.positive("model.rope_scaling.original_max_position_embeddings", rs.original_max_position_embeddings());
+  }
+  // "auto" (or "") without init_from resolves to the byte tokenizer.
+  const std::string& tok = cfg.data().tokenizer();
+  const bool byte_tok = tok == "byte" || ((tok == "auto" || tok.empty()) && m.init_from().empty());
+  if (byte_tok && m.vocab_size() > 0 && m.vocab_size() < 256)
     c.fail("model.vocab_size", "the byte tokenizer needs at least 256 (got " + show(m.vocab_size()) + ")");
 }
 
@@ -104,8 +119,6 @@ void check_data(const RunConfig& cfg, Checker& c) {
                               "\"); set data.source to TEXT, JSONL or HDF5 to read it");
     c.positive("data.synthetic.bytes", d.synthetic().bytes());
   }
-  if (d.tokenizer().empty())
-    c.fail("data.tokenizer", "must be \"byte\", a tokenizer.json path, or a directory with vocab.json and merges.txt");
   c.in_range("data.val_fraction", d.val_fraction(), 0, 1, false, true);
   if (d.format() != DataConfig::PLAIN && d.source() != DataConfig::JSONL && d.source() != DataConfig::HDF5)
     c.fail("data.format", DataConfig::Format_Name(d.format()) +
@@ -141,7 +154,8 @@ void check_train(const RunConfig& cfg, Checker& c) {
   c.positive("train.micro_batch", t.micro_batch());
   c.positive("train.grad_accum", t.grad_accum());
   c.non_negative("train.seq_len", t.seq_len());
-  if (t.seq_len() > cfg.model().max_seq_len() && cfg.model().max_seq_len() > 0)
+  // With init_from, model.max_seq_len comes from the source model (checked by the trainer).
+  if (t.seq_len() > cfg.model().max_seq_len() && cfg.model().max_seq_len() > 0 && cfg.model().init_from().empty())
     c.fail("train.seq_len", "must be <= model.max_seq_len (" + show(cfg.model().max_seq_len()) + ") (got " +
                                 show(t.seq_len()) + ")");
   c.non_negative("train.grad_clip", t.grad_clip());

@@ -9,34 +9,14 @@
 
 #include "core/tensor.h"
 #include "kernels/ops.h"
+#include "tests/kernels/kernel_test_util.h"
 
 using namespace lathe;
 using namespace lathe::kernels;
 
+using namespace lathe::kernel_test;
+
 namespace {
-
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
-
-void for_each_index(const Shape& shape, const std::function<void(const std::vector<int64_t>&)>& f) {
-  int64_t n = shape_numel(shape);
-  std::vector<int64_t> idx(shape.size(), 0);
-  for (int64_t e = 0; e < n; ++e) {
-    f(idx);
-    for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-      if (++idx[d] < shape[d]) break;
-      idx[d] = 0;
-    }
-  }
-}
 
 // index into a tensor of shape `s` broadcast to the index space of `idx`
 std::vector<int64_t> bcast_idx(const std::vector<int64_t>& idx, const Shape& s) {

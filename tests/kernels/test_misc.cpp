@@ -8,22 +8,14 @@
 
 #include "core/tensor.h"
 #include "kernels/ops.h"
+#include "tests/kernels/kernel_test_util.h"
 
 using namespace lathe;
 using namespace lathe::kernels;
 
-namespace {
+using namespace lathe::kernel_test;
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+namespace {
 
 // Restores the OpenMP thread count when a test ends.
 struct ThreadsGuard {

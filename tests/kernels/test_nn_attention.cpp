@@ -11,46 +11,14 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/kernels/kernel_test_util.h"
+
+using namespace lathe::kernel_test;
 
 namespace {
 
 using namespace lathe;
 using namespace lathe::kernels;
-
-std::vector<double> vec(const Tensor& t) { return t.to_vector<double>(); }
-
-void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isinf(want[i])) {
-      EXPECT_EQ(got[i], want[i]) << what << " at flat index " << i;
-      continue;
-    }
-    EXPECT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at flat index " << i;
-  }
-}
-
-double dot(const Tensor& a, const Tensor& b) {
-  auto va = vec(a), vb = vec(b);
-  double s = 0;
-  for (size_t i = 0; i < va.size(); ++i) s += va[i] * vb[i];
-  return s;
-}
-
-std::vector<double> numeric_grad(const Tensor& x, const std::function<double()>& f, double h = 1e-6) {
-  double* p = x.data<double>();
-  std::vector<double> g(static_cast<size_t>(x.numel()));
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const double keep = p[i];
-    p[i] = keep + h;
-    const double fp = f();
-    p[i] = keep - h;
-    const double fm = f();
-    p[i] = keep;
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
 
 // ---- rope -----------------------------------------------------------------------------------
 

@@ -7,19 +7,14 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/kernels/kernel_test_util.h"
+
+using namespace lathe::kernel_test;
 
 namespace {
 
 using namespace lathe;
 using namespace lathe::kernels;
-
-std::vector<double> vec(const Tensor& t) { return t.to_vector<double>(); }
-
-void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < got.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at flat index " << i;
-}
 
 struct RefCE {
   double loss = 0;
