@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fs.h"
 
 // Like LATHE_CHECK, but without the condition's text: these messages are for users.
 #define REQUIRE(cond) \
@@ -188,27 +189,6 @@ Id open_h5(const std::string& path) {
   return f;
 }
 
-// The unique temporary name beside `path` that an atomic write goes through.
-std::string tmp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
-
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  REQUIRE(fd >= 0) << "cannot open " << path << " to sync it: " << std::strerror(errno);
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  REQUIRE(rc == 0) << "cannot sync " << path << ": " << std::strerror(err);
-}
-
-void rename_into_place(const std::string& tmp, const std::string& path) {
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    LATHE_FAIL() << "cannot rename " << tmp << " to " << path << ": " << ec.message();
-  }
-}
-
 void check_data(const std::string& path, const ShardData& data, bool instruction) {
   const int64_t n = data.num_tokens();
   REQUIRE(!data.doc_offsets.empty() && data.doc_offsets.front() == 0)
@@ -231,19 +211,6 @@ void check_data(const std::string& path, const ShardData& data, bool instruction
 
 // ---- writing ----------------------------------------------------------------------------------
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = tmp_name(path);
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    REQUIRE(f) << "cannot create " << tmp << ": " << std::strerror(errno);
-    f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    f.flush();
-    REQUIRE(f) << "cannot write " << tmp << ": " << std::strerror(errno);
-  }
-  fsync_path(tmp);
-  rename_into_place(tmp, path);
-}
-
 void write_shard(const std::string& path, ShardMeta meta, const ShardData& data) {
   quiet_hdf5();
   const bool instruction = meta.format == "instruction";
@@ -252,7 +219,7 @@ void write_shard(const std::string& path, ShardMeta meta, const ShardData& data)
   check_data(path, data, instruction);
   meta.num_documents = data.num_documents();
   meta.num_tokens = data.num_tokens();
-  const std::string tmp = tmp_name(path);
+  const std::string tmp = temp_path_for(path);
   {
     Id f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     REQUIRE(f.ok()) << "shard " << path << ": cannot create " << tmp << h5_detail();
@@ -291,8 +258,7 @@ void write_shard(const std::string& path, ShardMeta meta, const ShardData& data)
       LATHE_FAIL() << "shard " << path << ": cannot flush/close " << tmp << h5_detail();
     }
   }
-  fsync_path(tmp);
-  rename_into_place(tmp, path);
+  commit_file(tmp, path);
 }
 
 // ---- reading ----------------------------------------------------------------------------------

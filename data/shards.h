@@ -19,6 +19,8 @@
 // leaves a half-written shard or index under the final name; index.json is written last.
 #pragma once
 
+#include "core/fs.h"
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -72,7 +74,7 @@ ShardMeta read_shard_meta(const std::string& path);
 ShardData read_shard(const std::string& path, ShardMeta* meta = nullptr);
 
 // Writes `text` to `path` atomically (temporary file, fsync, rename).
-void write_file_atomic(const std::string& path, const std::string& text);
+using lathe::write_file_atomic;
 
 // One split of prepared data, loaded into memory: every shard's documents in shard order.
 struct ShardSet {

@@ -1,5 +1,7 @@
 #include "models/hf_config.h"
 
+#include "core/fs.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -201,16 +203,6 @@ std::string read_text(const std::string& path, const std::string& what) {
   return ss.str();
 }
 
-void write_all(int fd, const std::string& text, const std::string& path) {
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    LATHE_CHECK(n > 0) << "write_hf_config: writing " << path << " failed: " << std::strerror(errno);
-    done += static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 HfConfig parse_hf_config(const json& j, const std::string& where) {
@@ -330,24 +322,7 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
 }
 
 void write_hf_config(const ModelSpec& spec, const std::string& path, DType dtype) {
-  const std::string text = hf_config_json(spec, dtype).dump(2) + "\n";
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  LATHE_CHECK(fd >= 0) << "write_hf_config: cannot create " << tmp << ": " << std::strerror(errno);
-  try {
-    write_all(fd, text, tmp);
-    LATHE_CHECK(::fsync(fd) == 0) << "write_hf_config: fsync of " << tmp << " failed: " << std::strerror(errno);
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    LATHE_FAIL() << "write_hf_config: cannot rename " << tmp << " to " << path << ": " << std::strerror(err);
-  }
+  write_file_atomic(path, hf_config_json(spec, dtype).dump(2) + "\n");
 }
 
 // ---- tensor layout ------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 #include "models/safetensors.h"
 
+#include "core/fs.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -404,36 +406,11 @@ void write_all(int fd, const void* data, size_t n, const std::string& path) {
   }
 }
 
-void fsync_dir(const fs::path& dir) {
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
-    ::close(fd);
-  }
-}
-
-// Writes the chunks to `path.tmp.<pid>`, fsyncs, renames over `path`, fsyncs the folder.
-// On any failure the temp file is removed and the error names `path`.
+// Writes through a temporary file and commits it (core/fs.h); on failure the temp file is
+// removed and the error names the path.
 template <typename WriteBody>
 void atomic_write(const std::string& path, WriteBody body) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  LATHE_CHECK(fd >= 0) << "safetensors: cannot create " << tmp << ": " << errno_str();
-  try {
-    body(fd, tmp);
-    LATHE_CHECK(::fsync(fd) == 0) << "safetensors: fsync of " << tmp << " failed: " << errno_str();
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string e = errno_str();
-    ::unlink(tmp.c_str());
-    LATHE_FAIL() << "safetensors: cannot rename " << tmp << " to " << path << ": " << e;
-  }
-  fsync_dir(fs::path(path).parent_path());
+  write_file_atomic_with(path, [&](int fd, const std::string& tmp) { body(fd, tmp); });
 }
 
 void write_file(const std::string& path, const std::vector<Prepared>& ts,
@@ -512,7 +489,7 @@ std::vector<std::string> save_safetensors_sharded(const std::string& dir, const 
   index["weight_map"] = std::move(weight_map);
   const std::string text = index.dump(2) + "\n";
   const std::string index_path = (folder / kIndexName).string();
-  atomic_write(index_path, [&](int fd, const std::string& tmp) { write_all(fd, text.data(), text.size(), tmp); });
+  write_file_atomic(index_path, text);
   written.push_back(kIndexName);
   return written;
 }

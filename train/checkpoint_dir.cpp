@@ -125,43 +125,8 @@ std::optional<int64_t> parse_step_dir(const std::string& path) {
   return std::stoll(digits);
 }
 
-void fsync_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  REQUIRE(fd >= 0) << "checkpoint: cannot open '" << path << "' to fsync: " << std::strerror(errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  REQUIRE(rc == 0) << "checkpoint: fsync of '" << path << "' failed: " << std::strerror(err);
-}
-
-void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  REQUIRE(fd >= 0) << "checkpoint: cannot open directory '" << dir << "' to fsync: " << std::strerror(errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  // Some filesystems do not support fsync on directories (EINVAL); nothing more can be done there.
-  REQUIRE(rc == 0 || err == EINVAL) << "checkpoint: fsync of directory '" << dir
-                                        << "' failed: " << std::strerror(err);
-}
-
-void commit_file(const std::string& tmp, const std::string& final_path) {
-  fsync_file(tmp);
-  REQUIRE(::rename(tmp.c_str(), final_path.c_str()) == 0)
-      << "checkpoint: cannot rename '" << tmp << "' to '" << final_path << "': " << std::strerror(errno);
-  fsync_dir(parent_of(final_path));
-}
-
 void write_file_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = tmp_path(path);
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    REQUIRE(f.good()) << "checkpoint: cannot create '" << tmp << "': " << std::strerror(errno);
-    f << text;
-    f.flush();
-    REQUIRE(f.good()) << "checkpoint: cannot write '" << tmp << "'";
-  }
-  commit_file(tmp, path);
+  lathe::write_file_atomic(path, text, tmp_path(path));
 }
 
 std::string prepare_step_dir(const std::string& ckpt_root, int64_t step) {

@@ -16,6 +16,8 @@
 // chosen for resume and is removed by cleanup_stale.
 #pragma once
 
+#include "core/fs.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -37,12 +39,12 @@ std::string tmp_path(const std::string& final_path);
 std::optional<int64_t> parse_step_dir(const std::string& path);
 
 // fsync a file / a directory (so a rename or create in it is durable); throw naming the path.
-void fsync_file(const std::string& path);
-void fsync_dir(const std::string& dir);
+using lathe::fsync_dir;
+using lathe::fsync_file;
 // fsync(tmp), rename(tmp, final) (replacing final), fsync(dirname(final)).
-void commit_file(const std::string& tmp, const std::string& final_path);
+using lathe::commit_file;
 // Writes `text` to `path` atomically (tmp + commit_file).
-void write_file_atomic(const std::string& path, const std::string& text);
+void write_file_atomic(const std::string& path, const std::string& text);  // through tmp_path(path)
 
 // Creates the step directory (and the root) for a new save. A leftover directory of the
 // same step (an earlier crashed or superseded save) is emptied first; if it was complete,
