@@ -57,3 +57,10 @@ class CheckFailure {
     ::lathe::detail::CheckFailure(__FILE__, __LINE__, #cond)
 
 #define LATHE_FAIL() ::lathe::detail::CheckFailure(__FILE__, __LINE__, nullptr)
+
+// Like LATHE_CHECK, but the message leaves out the condition's text: for errors that users
+// read (bad files, bad configs), where the streamed message says everything.
+#define LATHE_REQUIRE(cond) \
+  if (__builtin_expect(!!(cond), 1)) { \
+  } else \
+    ::lathe::detail::CheckFailure(__FILE__, __LINE__, nullptr)

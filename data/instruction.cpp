@@ -8,12 +8,6 @@ namespace lathe::data {
 
 using nlohmann::json;
 
-// Like LATHE_CHECK, but without the condition's text: these messages are for users.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 const char* record_kind_name(RecordKind k) {
   switch (k) {
     case RecordKind::kText: return "text";
@@ -40,8 +34,8 @@ std::string type_of(const json& v) { return v.type_name(); }
 // The string field `key` of `obj`; missing or not a string is an error naming both.
 std::string need_string(const json& obj, const char* key, const std::string& where, const char* kind) {
   auto it = obj.find(key);
-  REQUIRE(it != obj.end()) << where << ": " << kind << " record is missing the field '" << key << "'";
-  REQUIRE(it->is_string()) << where << ": field '" << key << "' must be a string, found " << type_of(*it);
+  LATHE_REQUIRE(it != obj.end()) << where << ": " << kind << " record is missing the field '" << key << "'";
+  LATHE_REQUIRE(it->is_string()) << where << ": field '" << key << "' must be a string, found " << type_of(*it);
   return it->get<std::string>();
 }
 
@@ -49,7 +43,7 @@ std::string need_string(const json& obj, const char* key, const std::string& whe
 std::string opt_string(const json& obj, const char* key, const std::string& where) {
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) return std::string();
-  REQUIRE(it->is_string()) << where << ": field '" << key << "' must be a string, found " << type_of(*it);
+  LATHE_REQUIRE(it->is_string()) << where << ": field '" << key << "' must be a string, found " << type_of(*it);
   return it->get<std::string>();
 }
 
@@ -85,7 +79,7 @@ Record parse_record(std::string_view line, const std::string& where, RecordExpec
   } catch (const json::exception& e) {
     LATHE_FAIL() << where << ": invalid JSON: " << e.what();
   }
-  REQUIRE(obj.is_object()) << where << ": a JSONL record must be a JSON object, found " << type_of(obj);
+  LATHE_REQUIRE(obj.is_object()) << where << ": a JSONL record must be a JSON object, found " << type_of(obj);
   Record r;
   r.kind = expect == RecordExpect::kAny ? detect(obj, where) : expected_kind(expect);
   const char* kind = record_kind_name(r.kind);
@@ -107,23 +101,23 @@ Record parse_record(std::string_view line, const std::string& where, RecordExpec
       break;
     case RecordKind::kChat: {
       auto it = obj.find("messages");
-      REQUIRE(it != obj.end()) << where << ": chat record is missing the field 'messages'";
-      REQUIRE(it->is_array()) << where << ": field 'messages' must be an array, found " << type_of(*it);
-      REQUIRE(!it->empty()) << where << ": field 'messages' is empty";
+      LATHE_REQUIRE(it != obj.end()) << where << ": chat record is missing the field 'messages'";
+      LATHE_REQUIRE(it->is_array()) << where << ": field 'messages' must be an array, found " << type_of(*it);
+      LATHE_REQUIRE(!it->empty()) << where << ": field 'messages' is empty";
       bool any_assistant = false;
       for (size_t i = 0; i < it->size(); ++i) {
         const json& m = (*it)[i];
         const std::string w = where + ": messages[" + std::to_string(i) + "]";
-        REQUIRE(m.is_object()) << w << " must be an object with 'role' and 'content', found " << type_of(m);
+        LATHE_REQUIRE(m.is_object()) << w << " must be an object with 'role' and 'content', found " << type_of(m);
         ChatMessage msg;
         msg.role = need_string(m, "role", w, "chat message");
         msg.content = need_string(m, "content", w, "chat message");
-        REQUIRE(msg.role == "system" || msg.role == "user" || msg.role == "assistant")
+        LATHE_REQUIRE(msg.role == "system" || msg.role == "user" || msg.role == "assistant")
             << w << ": unknown role '" << msg.role << "' (expected system, user or assistant)";
         any_assistant = any_assistant || msg.role == "assistant";
         r.messages.push_back(std::move(msg));
       }
-      REQUIRE(any_assistant) << where << ": chat record has no assistant message, so nothing to train on";
+      LATHE_REQUIRE(any_assistant) << where << ": chat record has no assistant message, so nothing to train on";
       break;
     }
   }
@@ -180,7 +174,7 @@ std::vector<TemplatePiece> render_record(const Record& r, PromptTemplate t) {
 
 void encode_record(const Record& r, const Tokenizer& tok, const EncodeOptions& opt, std::vector<int32_t>& tokens,
                    std::vector<uint8_t>& mask) {
-  REQUIRE(tokens.size() == mask.size()) << "encode_record: token and mask buffers differ in length ("
+  LATHE_REQUIRE(tokens.size() == mask.size()) << "encode_record: token and mask buffers differ in length ("
                                         << tokens.size() << " vs " << mask.size() << ")";
   if (opt.bos_id >= 0) {
     tokens.push_back(opt.bos_id);

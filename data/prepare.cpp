@@ -23,12 +23,6 @@
 #include "data/permutation.h"
 #include "data/shards.h"
 
-// Like LATHE_CHECK, but without the condition's text: these messages are for users.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace lathe::data {
 
 namespace fs = std::filesystem;
@@ -58,10 +52,10 @@ bool dir_takes(const fs::path& p) {
 
 std::string read_whole_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  REQUIRE(f) << "prepare: cannot read " << path << ": " << std::strerror(errno);
+  LATHE_REQUIRE(f) << "prepare: cannot read " << path << ": " << std::strerror(errno);
   std::ostringstream ss;
   ss << f.rdbuf();
-  REQUIRE(!f.bad()) << "prepare: read error in " << path;
+  LATHE_REQUIRE(!f.bad()) << "prepare: read error in " << path;
   return ss.str();
 }
 
@@ -159,7 +153,7 @@ class SplitWriter {
     for (size_t i = 0; i < staged_.size(); ++i) {
       std::error_code ec;
       fs::rename(staged_[i], stats_->shards[i], ec);
-      REQUIRE(!ec) << "prepare: cannot move " << staged_[i] << " to " << stats_->shards[i] << ": " << ec.message();
+      LATHE_REQUIRE(!ec) << "prepare: cannot move " << staged_[i] << " to " << stats_->shards[i] << ": " << ec.message();
     }
   }
 
@@ -245,26 +239,26 @@ std::vector<std::string> split_text_documents(const std::string& text, TextSplit
 }
 
 std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
-  REQUIRE(!inputs.empty()) << "prepare: no inputs given";
+  LATHE_REQUIRE(!inputs.empty()) << "prepare: no inputs given";
   std::vector<std::string> files;
   for (const std::string& in : inputs) {
     std::error_code ec;
-    REQUIRE(fs::exists(in, ec)) << "prepare: input " << in << " does not exist";
+    LATHE_REQUIRE(fs::exists(in, ec)) << "prepare: input " << in << " does not exist";
     if (!fs::is_directory(in, ec)) {
-      REQUIRE(fs::is_regular_file(in, ec)) << "prepare: input " << in << " is not a regular file or directory";
+      LATHE_REQUIRE(fs::is_regular_file(in, ec)) << "prepare: input " << in << " is not a regular file or directory";
       files.push_back(in);
       continue;
     }
     std::vector<std::pair<std::string, std::string>> found;  // (relative path, path)
     fs::recursive_directory_iterator it(in, ec), end;
-    REQUIRE(!ec) << "prepare: cannot list " << in << ": " << ec.message();
+    LATHE_REQUIRE(!ec) << "prepare: cannot list " << in << ": " << ec.message();
     for (; it != end; it.increment(ec)) {
-      REQUIRE(!ec) << "prepare: cannot list " << in << ": " << ec.message();
+      LATHE_REQUIRE(!ec) << "prepare: cannot list " << in << ": " << ec.message();
       std::error_code ec2;
       if (it->is_regular_file(ec2) && dir_takes(it->path()))
         found.emplace_back(fs::relative(it->path(), in, ec2).generic_string(), it->path().string());
     }
-    REQUIRE(!found.empty()) << "prepare: directory " << in
+    LATHE_REQUIRE(!found.empty()) << "prepare: directory " << in
                             << " has no .txt, .text, .md, .jsonl or .ndjson files (searched recursively)";
     std::sort(found.begin(), found.end());
     for (auto& f : found) files.push_back(std::move(f.second));
@@ -288,10 +282,10 @@ std::string PrepareStats::summary() const {
 
 PrepareStats prepare(const PrepareOptions& o) {
   const double start = now_s();
-  REQUIRE(!o.output_dir.empty()) << "prepare: output_dir is empty";
-  REQUIRE(o.val_fraction >= 0.0 && o.val_fraction < 1.0)
+  LATHE_REQUIRE(!o.output_dir.empty()) << "prepare: output_dir is empty";
+  LATHE_REQUIRE(o.val_fraction >= 0.0 && o.val_fraction < 1.0)
       << "prepare: val_fraction must be in [0, 1), got " << o.val_fraction;
-  REQUIRE(o.shard_tokens >= 1) << "prepare: shard_tokens must be >= 1, got " << o.shard_tokens;
+  LATHE_REQUIRE(o.shard_tokens >= 1) << "prepare: shard_tokens must be >= 1, got " << o.shard_tokens;
 
   std::unique_ptr<Tokenizer> tok = load_tokenizer(o.tokenizer);
   PrepareStats st;
@@ -301,13 +295,13 @@ PrepareStats prepare(const PrepareOptions& o) {
   enc.prompt_template = o.prompt_template;
   enc.special_tokens_in_text = o.special_tokens_in_text;
   if (o.append_eos != EosMode::kOff) {
-    REQUIRE(tok->eos_id() || o.append_eos == EosMode::kAuto)
+    LATHE_REQUIRE(tok->eos_id() || o.append_eos == EosMode::kAuto)
         << "prepare: append_eos is on but tokenizer '" << o.tokenizer << "' (" << tok->id()
         << ") has no EOS token; use append_eos auto or off";
     enc.eos_id = tok->eos_id().value_or(-1);
   }
   if (o.prepend_bos) {
-    REQUIRE(tok->bos_id()) << "prepare: prepend_bos is set but tokenizer '" << o.tokenizer << "' (" << tok->id()
+    LATHE_REQUIRE(tok->bos_id()) << "prepare: prepend_bos is set but tokenizer '" << o.tokenizer << "' (" << tok->id()
                            << ") has no BOS token";
     enc.bos_id = *tok->bos_id();
   }
@@ -325,7 +319,7 @@ PrepareStats prepare(const PrepareOptions& o) {
     f.jsonl = o.format == InputFormat::kJsonl || (o.format == InputFormat::kAuto && is_jsonl_name(p));
     std::error_code ec;
     f.bytes = static_cast<int64_t>(fs::file_size(p, ec));
-    REQUIRE(!ec) << "prepare: cannot stat " << p << ": " << ec.message();
+    LATHE_REQUIRE(!ec) << "prepare: cannot stat " << p << ": " << ec.message();
     if (f.jsonl) {
       LineReader r(p);
       std::string line;
@@ -342,10 +336,10 @@ PrepareStats prepare(const PrepareOptions& o) {
   }
   int64_t total_docs = 0;
   for (const InputFile& f : files) total_docs += f.documents;
-  REQUIRE(total_docs > 0) << "prepare: the inputs hold no documents (" << files.size() << " files, all empty)";
+  LATHE_REQUIRE(total_docs > 0) << "prepare: the inputs hold no documents (" << files.size() << " files, all empty)";
   int64_t n_val = 0;
   if (o.val_fraction > 0) {
-    REQUIRE(total_docs >= 2) << "prepare: val_fraction " << o.val_fraction << " needs at least 2 documents, but the "
+    LATHE_REQUIRE(total_docs >= 2) << "prepare: val_fraction " << o.val_fraction << " needs at least 2 documents, but the "
                              << "inputs hold " << total_docs << " (one text file is one document; cut text files "
                              << "at blank lines with text_split blank_lines, or use val_fraction 0)";
     n_val = std::llround(static_cast<double>(total_docs) * o.val_fraction);
@@ -355,13 +349,13 @@ PrepareStats prepare(const PrepareOptions& o) {
 
   std::error_code ec;
   fs::create_directories(o.output_dir, ec);
-  REQUIRE(!ec && fs::is_directory(o.output_dir, ec))
+  LATHE_REQUIRE(!ec && fs::is_directory(o.output_dir, ec))
       << "prepare: cannot create output directory " << o.output_dir << ": " << ec.message();
   const std::string staging =
       (fs::path(o.output_dir) / (".prepare-staging-" + std::to_string(::getpid()))).string();
   fs::remove_all(staging, ec);
   fs::create_directories(staging, ec);
-  REQUIRE(!ec) << "prepare: cannot create the staging directory " << staging << ": " << ec.message();
+  LATHE_REQUIRE(!ec) << "prepare: cannot create the staging directory " << staging << ": " << ec.message();
   // Removes the staging directory on every exit, error or not.
   struct StagingGuard {
     std::string dir;
@@ -438,7 +432,7 @@ PrepareStats prepare(const PrepareOptions& o) {
         train = std::make_unique<SplitWriter>(staging, o.output_dir, "train", meta, o.shard_tokens, &st.train);
         val = std::make_unique<SplitWriter>(staging, o.output_dir, "val", meta, o.shard_tokens, &st.val);
       } else {
-        REQUIRE(fmt == st.format) << where_of(chunk[i]) << ": a " << record_kind_name(e.kind)
+        LATHE_REQUIRE(fmt == st.format) << where_of(chunk[i]) << ": a " << record_kind_name(e.kind)
                                   << " document, but the data so far is " << st.format << " data (first document at "
                                   << first_where << "); one prepare run makes either plain-text (lm) or "
                                   << "instruction data, so prepare them separately";
@@ -487,12 +481,12 @@ PrepareStats prepare(const PrepareOptions& o) {
       }
       if (docs.empty()) chunk_bytes += text.size();
     }
-    REQUIRE(docs_seen == f.documents) << "prepare: " << f.path << " changed while it was read (" << f.documents
+    LATHE_REQUIRE(docs_seen == f.documents) << "prepare: " << f.path << " changed while it was read (" << f.documents
                                       << " documents, then " << docs_seen << ")";
   }
   if (!chunk.empty() || chunk_bytes > 0) run_chunk();
   progress.finish();
-  REQUIRE(train != nullptr) << "prepare: every document in the inputs is empty (" << st.skipped_empty
+  LATHE_REQUIRE(train != nullptr) << "prepare: every document in the inputs is empty (" << st.skipped_empty
                             << " skipped), nothing to write";
   train->flush();
   val->flush();
@@ -501,7 +495,7 @@ PrepareStats prepare(const PrepareOptions& o) {
   // (A run that failed before this point left the earlier data untouched.)
   const std::string index_path = (fs::path(o.output_dir) / "index.json").string();
   fs::remove(index_path, ec);
-  REQUIRE(!ec) << "prepare: cannot remove the old " << index_path << ": " << ec.message();
+  LATHE_REQUIRE(!ec) << "prepare: cannot remove the old " << index_path << ": " << ec.message();
   train->commit();
   val->commit();
 

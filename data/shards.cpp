@@ -16,12 +16,6 @@
 #include "core/error.h"
 #include "core/fs.h"
 
-// Like LATHE_CHECK, but without the condition's text: these messages are for users.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace lathe::data {
 
 namespace fs = std::filesystem;
@@ -97,8 +91,8 @@ Id string_type() {
 void write_attr_raw(hid_t file, const std::string& path, const char* key, hid_t type, const void* value) {
   Id space(H5Screate(H5S_SCALAR));
   Id a(H5Acreate2(file, key, type, space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(a.ok()) << "shard " << path << ": cannot create attribute '" << key << "'" << h5_detail();
-  REQUIRE(H5Awrite(a.get(), type, value) >= 0) << "shard " << path << ": cannot write attribute '" << key << "'"
+  LATHE_REQUIRE(a.ok()) << "shard " << path << ": cannot create attribute '" << key << "'" << h5_detail();
+  LATHE_REQUIRE(H5Awrite(a.get(), type, value) >= 0) << "shard " << path << ": cannot write attribute '" << key << "'"
                                                << h5_detail();
 }
 
@@ -117,23 +111,23 @@ void write_1d(hid_t file, const std::string& path, const char* name, hid_t file_
   hsize_t dims[1] = {static_cast<hsize_t>(n)};
   Id space(H5Screate_simple(1, dims, nullptr));
   Id d(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(d.ok()) << "shard " << path << ": cannot create dataset '" << name << "'" << h5_detail();
-  REQUIRE(n == 0 || H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0)
+  LATHE_REQUIRE(d.ok()) << "shard " << path << ": cannot create dataset '" << name << "'" << h5_detail();
+  LATHE_REQUIRE(n == 0 || H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0)
         << "shard " << path << ": cannot write dataset '" << name << "'" << h5_detail();
 }
 
 bool has_attr(hid_t file, const char* key) { return H5Aexists(file, key) > 0; }
 
 std::string read_attr_string(hid_t file, const std::string& path, const char* key) {
-  REQUIRE(has_attr(file, key)) << "shard " << path << ": attribute '" << key
+  LATHE_REQUIRE(has_attr(file, key)) << "shard " << path << ": attribute '" << key
                                << "' is missing (not a file written by lathe prepare?)";
   Id a(H5Aopen(file, key, H5P_DEFAULT));
   Id type(H5Aget_type(a.get()));
-  REQUIRE(a.ok() && type.ok() && H5Tget_class(type.get()) == H5T_STRING && H5Tis_variable_str(type.get()) > 0)
+  LATHE_REQUIRE(a.ok() && type.ok() && H5Tget_class(type.get()) == H5T_STRING && H5Tis_variable_str(type.get()) > 0)
       << "shard " << path << ": attribute '" << key << "' is not a string" << h5_detail();
   Id mt = string_type();
   char* buf = nullptr;
-  REQUIRE(H5Aread(a.get(), mt.get(), &buf) >= 0) << "shard " << path << ": cannot read attribute '" << key << "'"
+  LATHE_REQUIRE(H5Aread(a.get(), mt.get(), &buf) >= 0) << "shard " << path << ": cannot read attribute '" << key << "'"
                                                  << h5_detail();
   std::string out = buf ? buf : "";
   Id space(H5Aget_space(a.get()));
@@ -142,14 +136,14 @@ std::string read_attr_string(hid_t file, const std::string& path, const char* ke
 }
 
 int64_t read_attr_int(hid_t file, const std::string& path, const char* key) {
-  REQUIRE(has_attr(file, key)) << "shard " << path << ": attribute '" << key
+  LATHE_REQUIRE(has_attr(file, key)) << "shard " << path << ": attribute '" << key
                                << "' is missing (not a file written by lathe prepare?)";
   Id a(H5Aopen(file, key, H5P_DEFAULT));
   Id type(H5Aget_type(a.get()));
-  REQUIRE(a.ok() && type.ok() && H5Tget_class(type.get()) == H5T_INTEGER)
+  LATHE_REQUIRE(a.ok() && type.ok() && H5Tget_class(type.get()) == H5T_INTEGER)
       << "shard " << path << ": attribute '" << key << "' is not an integer" << h5_detail();
   int64_t v = 0;
-  REQUIRE(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0) << "shard " << path << ": cannot read attribute '" << key
+  LATHE_REQUIRE(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0) << "shard " << path << ": cannot read attribute '" << key
                                                        << "'" << h5_detail();
   return v;
 }
@@ -158,21 +152,21 @@ int64_t read_attr_int(hid_t file, const std::string& path, const char* key) {
 // the given signedness (so nothing is silently narrowed).
 template <typename T>
 std::vector<T> read_1d(hid_t file, const std::string& path, const char* name, hid_t mem_type, bool is_signed) {
-  REQUIRE(H5Lexists(file, name, H5P_DEFAULT) > 0) << "shard " << path << ": dataset '" << name << "' is missing";
+  LATHE_REQUIRE(H5Lexists(file, name, H5P_DEFAULT) > 0) << "shard " << path << ": dataset '" << name << "' is missing";
   Id d(H5Dopen2(file, name, H5P_DEFAULT));
-  REQUIRE(d.ok()) << "shard " << path << ": cannot open dataset '" << name << "'" << h5_detail();
+  LATHE_REQUIRE(d.ok()) << "shard " << path << ": cannot open dataset '" << name << "'" << h5_detail();
   Id type(H5Dget_type(d.get()));
   const bool type_ok = H5Tget_class(type.get()) == H5T_INTEGER && H5Tget_size(type.get()) == sizeof(T) &&
                        (H5Tget_sign(type.get()) == H5T_SGN_2) == is_signed;
-  REQUIRE(type_ok) << "shard " << path << ": dataset '" << name << "' must be " << (is_signed ? "int" : "uint")
+  LATHE_REQUIRE(type_ok) << "shard " << path << ": dataset '" << name << "' must be " << (is_signed ? "int" : "uint")
                    << 8 * sizeof(T);
   Id space(H5Dget_space(d.get()));
-  REQUIRE(H5Sget_simple_extent_ndims(space.get()) == 1) << "shard " << path << ": dataset '" << name
+  LATHE_REQUIRE(H5Sget_simple_extent_ndims(space.get()) == 1) << "shard " << path << ": dataset '" << name
                                                         << "' must be 1-D";
   hsize_t n = 0;
   H5Sget_simple_extent_dims(space.get(), &n, nullptr);
   std::vector<T> out(static_cast<size_t>(n));
-  REQUIRE(n == 0 || H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0)
+  LATHE_REQUIRE(n == 0 || H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0)
         << "shard " << path << ": cannot read dataset '" << name << "' (file damaged or truncated?)" << h5_detail();
   return out;
 }
@@ -180,30 +174,30 @@ std::vector<T> read_1d(hid_t file, const std::string& path, const char* name, hi
 Id open_h5(const std::string& path) {
   quiet_hdf5();
   std::error_code ec;
-  REQUIRE(fs::exists(path, ec)) << "shard " << path << " does not exist";
-  REQUIRE(fs::is_regular_file(path, ec)) << "shard " << path << " is not a regular file";
+  LATHE_REQUIRE(fs::exists(path, ec)) << "shard " << path << " does not exist";
+  LATHE_REQUIRE(fs::is_regular_file(path, ec)) << "shard " << path << " is not a regular file";
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
-  REQUIRE(is_h5 > 0) << "shard " << path << " is not a readable HDF5 file (truncated or damaged?)" << h5_detail();
+  LATHE_REQUIRE(is_h5 > 0) << "shard " << path << " is not a readable HDF5 file (truncated or damaged?)" << h5_detail();
   Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  REQUIRE(f.ok()) << "shard " << path << " cannot be opened (truncated or damaged?)" << h5_detail();
+  LATHE_REQUIRE(f.ok()) << "shard " << path << " cannot be opened (truncated or damaged?)" << h5_detail();
   return f;
 }
 
 void check_data(const std::string& path, const ShardData& data, bool instruction) {
   const int64_t n = data.num_tokens();
-  REQUIRE(!data.doc_offsets.empty() && data.doc_offsets.front() == 0)
+  LATHE_REQUIRE(!data.doc_offsets.empty() && data.doc_offsets.front() == 0)
       << "shard " << path << ": doc_offsets must start with 0";
   for (size_t i = 1; i < data.doc_offsets.size(); ++i)
-    REQUIRE(data.doc_offsets[i] >= data.doc_offsets[i - 1])
+    LATHE_REQUIRE(data.doc_offsets[i] >= data.doc_offsets[i - 1])
         << "shard " << path << ": doc_offsets decrease at entry " << i << " (" << data.doc_offsets[i - 1] << " then "
         << data.doc_offsets[i] << ")";
-  REQUIRE(data.doc_offsets.back() == n) << "shard " << path << ": doc_offsets end at " << data.doc_offsets.back()
+  LATHE_REQUIRE(data.doc_offsets.back() == n) << "shard " << path << ": doc_offsets end at " << data.doc_offsets.back()
                                         << " but there are " << n << " tokens";
   if (instruction) {
-    REQUIRE(static_cast<int64_t>(data.loss_mask.size()) == n)
+    LATHE_REQUIRE(static_cast<int64_t>(data.loss_mask.size()) == n)
         << "shard " << path << ": loss_mask has " << data.loss_mask.size() << " entries for " << n << " tokens";
   } else {
-    REQUIRE(data.loss_mask.empty()) << "shard " << path << ": lm data carries no loss_mask";
+    LATHE_REQUIRE(data.loss_mask.empty()) << "shard " << path << ": lm data carries no loss_mask";
   }
 }
 
@@ -214,7 +208,7 @@ void check_data(const std::string& path, const ShardData& data, bool instruction
 void write_shard(const std::string& path, ShardMeta meta, const ShardData& data) {
   quiet_hdf5();
   const bool instruction = meta.format == "instruction";
-  REQUIRE(instruction || meta.format == "lm") << "shard " << path << ": format must be \"lm\" or \"instruction\", got '"
+  LATHE_REQUIRE(instruction || meta.format == "lm") << "shard " << path << ": format must be \"lm\" or \"instruction\", got '"
                                               << meta.format << "'";
   check_data(path, data, instruction);
   meta.num_documents = data.num_documents();
@@ -222,7 +216,7 @@ void write_shard(const std::string& path, ShardMeta meta, const ShardData& data)
   const std::string tmp = temp_path_for(path);
   {
     Id f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-    REQUIRE(f.ok()) << "shard " << path << ": cannot create " << tmp << h5_detail();
+    LATHE_REQUIRE(f.ok()) << "shard " << path << ": cannot create " << tmp << h5_detail();
     const hid_t id = f.get();
     try {
       write_1d(id, path, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, data.tokens.data(), data.tokens.size());
@@ -267,13 +261,13 @@ namespace {
 ShardMeta meta_of(hid_t id, const std::string& path) {
   ShardMeta m;
   m.shard_format = read_attr_int(id, path, "shard_format");
-  REQUIRE(m.shard_format == kShardFormat) << "shard " << path << " has shard_format " << m.shard_format
+  LATHE_REQUIRE(m.shard_format == kShardFormat) << "shard " << path << " has shard_format " << m.shard_format
                                           << "; this lathe reads format " << kShardFormat
                                           << " (prepare the data again with this version)";
   m.tokenizer_id = read_attr_string(id, path, "tokenizer_id");
   m.vocab_size = read_attr_int(id, path, "vocab_size");
   m.format = read_attr_string(id, path, "format");
-  REQUIRE(m.format == "lm" || m.format == "instruction")
+  LATHE_REQUIRE(m.format == "lm" || m.format == "instruction")
       << "shard " << path << ": attribute 'format' is '" << m.format << "', expected \"lm\" or \"instruction\"";
   m.split = read_attr_string(id, path, "split");
   m.shard_index = read_attr_int(id, path, "shard_index");
@@ -309,21 +303,21 @@ ShardData read_shard(const std::string& path, ShardMeta* meta_out) {
   if (instruction) {
     d.loss_mask = read_1d<uint8_t>(id, path, "loss_mask", H5T_NATIVE_UINT8, false);
   } else {
-    REQUIRE(H5Lexists(id, "loss_mask", H5P_DEFAULT) <= 0)
+    LATHE_REQUIRE(H5Lexists(id, "loss_mask", H5P_DEFAULT) <= 0)
         << "shard " << path << ": has a loss_mask but its format is \"lm\"";
   }
   check_data(path, d, instruction);
-  REQUIRE(d.num_tokens() == meta.num_tokens) << "shard " << path << ": holds " << d.num_tokens()
+  LATHE_REQUIRE(d.num_tokens() == meta.num_tokens) << "shard " << path << ": holds " << d.num_tokens()
                                              << " tokens but its num_tokens attribute says " << meta.num_tokens;
-  REQUIRE(d.num_documents() == meta.num_documents) << "shard " << path << ": holds " << d.num_documents()
+  LATHE_REQUIRE(d.num_documents() == meta.num_documents) << "shard " << path << ": holds " << d.num_documents()
                                                    << " documents but its num_documents attribute says "
                                                    << meta.num_documents;
   for (size_t i = 0; i < d.tokens.size(); ++i)
-    REQUIRE(d.tokens[i] >= 0 && d.tokens[i] < meta.vocab_size)
+    LATHE_REQUIRE(d.tokens[i] >= 0 && d.tokens[i] < meta.vocab_size)
         << "shard " << path << ": token " << i << " is " << d.tokens[i] << ", outside the vocabulary of "
         << meta.vocab_size;
   for (size_t i = 0; i < d.loss_mask.size(); ++i)
-    REQUIRE(d.loss_mask[i] <= 1) << "shard " << path << ": loss_mask[" << i << "] is " << int(d.loss_mask[i])
+    LATHE_REQUIRE(d.loss_mask[i] <= 1) << "shard " << path << ": loss_mask[" << i << "] is " << int(d.loss_mask[i])
                                  << ", expected 0 or 1";
   if (meta_out) *meta_out = std::move(meta);
   return d;
@@ -332,13 +326,13 @@ ShardData read_shard(const std::string& path, ShardMeta* meta_out) {
 // ---- ShardSet -------------------------------------------------------------------------------
 
 std::pair<int64_t, int64_t> ShardSet::document(int64_t d) const {
-  REQUIRE(d >= 0 && d < num_documents()) << "ShardSet " << path << " (" << split << "): document " << d
+  LATHE_REQUIRE(d >= 0 && d < num_documents()) << "ShardSet " << path << " (" << split << "): document " << d
                                          << " out of range (" << num_documents() << " documents)";
   return {doc_offsets[d], doc_offsets[d + 1]};
 }
 
 PackedLMDataset ShardSet::packed(int64_t seq_len) const {
-  REQUIRE(tokens != nullptr) << "ShardSet::packed: no tokens loaded";
+  LATHE_REQUIRE(tokens != nullptr) << "ShardSet::packed: no tokens loaded";
   return PackedLMDataset(tokens, seq_len);
 }
 
@@ -355,7 +349,7 @@ std::string tokenizer_mismatch(const std::string& where, const std::string& foun
 
 ShardSet open_shards(const std::string& dir_or_file, const std::string& split, const std::string& expected_id) {
   std::error_code ec;
-  REQUIRE(fs::exists(dir_or_file, ec)) << "prepared data: " << dir_or_file << " does not exist";
+  LATHE_REQUIRE(fs::exists(dir_or_file, ec)) << "prepared data: " << dir_or_file << " does not exist";
   ShardSet set;
   set.path = dir_or_file;
   set.split = split;
@@ -363,10 +357,10 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
   std::vector<std::pair<int64_t, int64_t>> expected_counts;  // (documents, tokens) from index.json
   std::string index_tok;
   if (fs::is_directory(dir_or_file, ec)) {
-    REQUIRE(split == "train" || split == "val") << "prepared data: split must be \"train\" or \"val\", got '"
+    LATHE_REQUIRE(split == "train" || split == "val") << "prepared data: split must be \"train\" or \"val\", got '"
                                                 << split << "'";
     const std::string index_path = (fs::path(dir_or_file) / "index.json").string();
-    REQUIRE(fs::exists(index_path, ec)) << "prepared data: " << dir_or_file
+    LATHE_REQUIRE(fs::exists(index_path, ec)) << "prepared data: " << dir_or_file
                                         << " has no index.json (not a lathe prepare output, or it did not finish)";
     json index;
     try {
@@ -381,8 +375,8 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
     } catch (const json::exception& e) {
       LATHE_FAIL() << "prepared data: " << index_path << " is not a valid index: " << e.what();
     }
-    REQUIRE(expected_id.empty() || index_tok == expected_id) << tokenizer_mismatch("prepared data " + dir_or_file, index_tok, expected_id);
-    REQUIRE(!files.empty()) << "prepared data: " << dir_or_file << " has no " << split << " shards"
+    LATHE_REQUIRE(expected_id.empty() || index_tok == expected_id) << tokenizer_mismatch("prepared data " + dir_or_file, index_tok, expected_id);
+    LATHE_REQUIRE(!files.empty()) << "prepared data: " << dir_or_file << " has no " << split << " shards"
                             << (split == "val" ? " (prepared with val_fraction 0?)" : "");
   } else {
     files.push_back(dir_or_file);
@@ -395,14 +389,14 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
     const std::string& file = files[i];
     // The cheap identity check first, so a mismatch is reported before reading tokens.
     const ShardMeta head = read_shard_meta(file);
-    REQUIRE(expected_id.empty() || head.tokenizer_id == expected_id) << tokenizer_mismatch("shard " + file, head.tokenizer_id, expected_id);
+    LATHE_REQUIRE(expected_id.empty() || head.tokenizer_id == expected_id) << tokenizer_mismatch("shard " + file, head.tokenizer_id, expected_id);
     ShardMeta meta;
     ShardData d = read_shard(file, &meta);
-    REQUIRE(index_tok.empty() || meta.tokenizer_id == index_tok) << "shard " << file << " has tokenizer '" << meta.tokenizer_id
+    LATHE_REQUIRE(index_tok.empty() || meta.tokenizer_id == index_tok) << "shard " << file << " has tokenizer '" << meta.tokenizer_id
                                               << "' but its index.json says '" << index_tok << "'";
-    REQUIRE(split.empty() || meta.split == split) << "shard " << file << " belongs to split '" << meta.split << "', not '" << split
+    LATHE_REQUIRE(split.empty() || meta.split == split) << "shard " << file << " belongs to split '" << meta.split << "', not '" << split
                                    << "'";
-    REQUIRE(i >= expected_counts.size() || (expected_counts[i].first == d.num_documents() && expected_counts[i].second == d.num_tokens()))
+    LATHE_REQUIRE(i >= expected_counts.size() || (expected_counts[i].first == d.num_documents() && expected_counts[i].second == d.num_tokens()))
           << "shard " << file << " holds " << d.num_documents() << " documents / " << d.num_tokens()
           << " tokens but index.json lists " << expected_counts[i].first << " / " << expected_counts[i].second
           << " (mixed outputs of two prepare runs?)";
@@ -416,7 +410,7 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
       if (set.split.empty()) set.split = meta.split;
       if (meta.format == "instruction") mask = std::make_shared<std::vector<uint8_t>>();
     } else {
-      REQUIRE(meta.tokenizer_id == set.tokenizer_id && meta.format == set.format &&
+      LATHE_REQUIRE(meta.tokenizer_id == set.tokenizer_id && meta.format == set.format &&
               meta.vocab_size == set.vocab_size)
           << "shard " << file << " (tokenizer '" << meta.tokenizer_id << "', format " << meta.format
           << ") does not match " << files[0] << " (tokenizer '" << set.tokenizer_id << "', format " << set.format
@@ -428,7 +422,7 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
     for (size_t k = 1; k < d.doc_offsets.size(); ++k) set.doc_offsets.push_back(base + d.doc_offsets[k]);
     set.files.push_back(file);
   }
-  REQUIRE(set.num_documents() > 0) << "prepared data: " << dir_or_file << " split '" << set.split
+  LATHE_REQUIRE(set.num_documents() > 0) << "prepared data: " << dir_or_file << " split '" << set.split
                                    << "' holds no documents";
   set.tokens = std::move(tokens);
   set.loss_mask = std::move(mask);
@@ -437,7 +431,7 @@ ShardSet open_shards(const std::string& dir_or_file, const std::string& split, c
 
 ShardSet open_shards(const std::string& dir_or_file, const std::string& split, const Tokenizer& tokenizer) {
   ShardSet s = open_shards(dir_or_file, split, tokenizer.id());
-  REQUIRE(s.vocab_size == tokenizer.vocab_size())
+  LATHE_REQUIRE(s.vocab_size == tokenizer.vocab_size())
       << "prepared data " << dir_or_file << " has vocab_size " << s.vocab_size << " but the tokenizer '"
       << tokenizer.id() << "' has " << tokenizer.vocab_size();
   return s;

@@ -16,13 +16,6 @@
 
 #include "core/error.h"
 
-// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
-// the text of the condition would be noise in them.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace fs = std::filesystem;
 
 namespace lathe::train {
@@ -48,7 +41,7 @@ bool all_digits(const std::string& s) {
 void remove_path(const std::string& p) {
   std::error_code ec;
   fs::remove_all(p, ec);
-  REQUIRE(!ec) << "checkpoint: cannot remove '" << p << "': " << ec.message();
+  LATHE_REQUIRE(!ec) << "checkpoint: cannot remove '" << p << "': " << ec.message();
 }
 
 struct StepEntry {
@@ -66,7 +59,7 @@ std::vector<StepEntry> step_dirs(const std::string& root) {
     std::optional<int64_t> s = parse_step_dir(e.path().string());
     if (s) out.push_back({*s, e.path().string()});
   }
-  REQUIRE(!ec) << "checkpoint: cannot list '" << root << "': " << ec.message();
+  LATHE_REQUIRE(!ec) << "checkpoint: cannot list '" << root << "': " << ec.message();
   std::sort(out.begin(), out.end(), [](const StepEntry& a, const StepEntry& b) { return a.step < b.step; });
   return out;
 }
@@ -96,14 +89,14 @@ void refresh_latest(const std::string& root) {
 }  // namespace
 
 std::string step_dir(const std::string& ckpt_root, int64_t step) {
-  REQUIRE(step >= 0) << "checkpoint: step must be >= 0, got " << step;
+  LATHE_REQUIRE(step >= 0) << "checkpoint: step must be >= 0, got " << step;
   char buf[32];
   std::snprintf(buf, sizeof(buf), "step_%08lld", static_cast<long long>(step));
   return (fs::path(ckpt_root) / buf).string();
 }
 
 std::string rank_file_name(int rank) {
-  REQUIRE(rank >= 0) << "checkpoint: rank must be >= 0, got " << rank;
+  LATHE_REQUIRE(rank >= 0) << "checkpoint: rank must be >= 0, got " << rank;
   char buf[32];
   std::snprintf(buf, sizeof(buf), "rank_%05d.h5", rank);
   return buf;
@@ -133,7 +126,7 @@ std::string prepare_step_dir(const std::string& ckpt_root, int64_t step) {
   std::string dir = step_dir(ckpt_root, step);
   std::error_code ec;
   if (fs::exists(dir, ec)) {
-    REQUIRE(fs::is_directory(dir, ec)) << "checkpoint: '" << dir << "' exists and is not a directory";
+    LATHE_REQUIRE(fs::is_directory(dir, ec)) << "checkpoint: '" << dir << "' exists and is not a directory";
     fs::path marker = fs::path(dir) / kComplete;
     if (fs::exists(marker, ec)) {
       // Un-complete first and make that durable, so a crash while emptying the
@@ -143,10 +136,10 @@ std::string prepare_step_dir(const std::string& ckpt_root, int64_t step) {
       refresh_latest(ckpt_root);
     }
     for (const auto& e : fs::directory_iterator(dir, ec)) remove_path(e.path().string());
-    REQUIRE(!ec) << "checkpoint: cannot list '" << dir << "': " << ec.message();
+    LATHE_REQUIRE(!ec) << "checkpoint: cannot list '" << dir << "': " << ec.message();
   } else {
     fs::create_directories(dir, ec);
-    REQUIRE(!ec) << "checkpoint: cannot create '" << dir << "': " << ec.message();
+    LATHE_REQUIRE(!ec) << "checkpoint: cannot create '" << dir << "': " << ec.message();
   }
   fsync_dir(ckpt_root);
   return dir;
@@ -160,18 +153,18 @@ bool is_complete(const std::string& step_dir) {
 void mark_complete(const std::string& step_dir_in, const nlohmann::json& index) {
   std::string step_dir = step_dir_in;
   while (step_dir.size() > 1 && step_dir.back() == '/') step_dir.pop_back();
-  REQUIRE(index.is_object()) << "mark_complete(" << step_dir << "): the index must be a JSON object";
-  REQUIRE(index.contains("step") && index["step"].is_number_integer())
+  LATHE_REQUIRE(index.is_object()) << "mark_complete(" << step_dir << "): the index must be a JSON object";
+  LATHE_REQUIRE(index.contains("step") && index["step"].is_number_integer())
       << "mark_complete(" << step_dir << "): the index needs an integer \"step\"";
-  REQUIRE(index.contains("world_size") && index["world_size"].is_number_integer() &&
+  LATHE_REQUIRE(index.contains("world_size") && index["world_size"].is_number_integer() &&
               index["world_size"].get<int64_t>() >= 1)
       << "mark_complete(" << step_dir << "): the index needs an integer \"world_size\" >= 1";
   int64_t step = index["step"].get<int64_t>();
   std::optional<int64_t> dir_step = parse_step_dir(step_dir);
-  REQUIRE(!dir_step || *dir_step == step)
+  LATHE_REQUIRE(!dir_step || *dir_step == step)
       << "mark_complete(" << step_dir << "): index step " << step << " does not match the directory";
   std::error_code ec;
-  REQUIRE(fs::is_directory(step_dir, ec)) << "mark_complete: '" << step_dir << "' is not a directory";
+  LATHE_REQUIRE(fs::is_directory(step_dir, ec)) << "mark_complete: '" << step_dir << "' is not a directory";
 
   nlohmann::json idx = index;
   if (!idx.contains("files")) {
@@ -180,11 +173,11 @@ void mark_complete(const std::string& step_dir_in, const nlohmann::json& index) 
     for (int64_t r = 0; r < ws; ++r) files.push_back(rank_file_name(static_cast<int>(r)));
     idx["files"] = files;
   }
-  REQUIRE(idx["files"].is_array()) << "mark_complete(" << step_dir << "): \"files\" must be an array";
+  LATHE_REQUIRE(idx["files"].is_array()) << "mark_complete(" << step_dir << "): \"files\" must be an array";
   for (const auto& f : idx["files"]) {
-    REQUIRE(f.is_string()) << "mark_complete(" << step_dir << "): \"files\" must hold file names";
+    LATHE_REQUIRE(f.is_string()) << "mark_complete(" << step_dir << "): \"files\" must hold file names";
     fs::path p = fs::path(step_dir) / f.get<std::string>();
-    REQUIRE(fs::is_regular_file(p, ec))
+    LATHE_REQUIRE(fs::is_regular_file(p, ec))
         << "cannot mark " << step_dir << " complete: " << p.string()
         << " is missing (did every rank finish writing its file?)";
   }
@@ -199,7 +192,7 @@ void mark_complete(const std::string& step_dir_in, const nlohmann::json& index) 
 nlohmann::json read_complete(const std::string& step_dir) {
   std::string path = (fs::path(step_dir) / kComplete).string();
   std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good()) << step_dir << " is not a complete checkpoint (no COMPLETE marker)";
+  LATHE_REQUIRE(f.good()) << step_dir << " is not a complete checkpoint (no COMPLETE marker)";
   std::stringstream ss;
   ss << f.rdbuf();
   try {
@@ -250,7 +243,7 @@ std::vector<std::string> cleanup_stale(const std::string& ckpt_root, std::option
 }
 
 std::vector<std::string> keep_last(const std::string& ckpt_root, int k) {
-  REQUIRE(k >= 1) << "keep_last(" << ckpt_root << "): k must be >= 1, got " << k;
+  LATHE_REQUIRE(k >= 1) << "keep_last(" << ckpt_root << "): k must be >= 1, got " << k;
   std::vector<std::string> removed;
   std::vector<int64_t> steps = complete_steps(ckpt_root);
   if (static_cast<int64_t>(steps.size()) <= k) return removed;
@@ -266,34 +259,34 @@ std::vector<std::string> keep_last(const std::string& ckpt_root, int k) {
 }
 
 std::string resolve_resume(const std::string& spec, const std::string& ckpt_root) {
-  REQUIRE(!spec.empty()) << "resume: empty checkpoint path (use \"latest\", a step number or a path)";
+  LATHE_REQUIRE(!spec.empty()) << "resume: empty checkpoint path (use \"latest\", a step number or a path)";
   std::error_code ec;
   auto latest_in = [&](const std::string& root) {
     std::optional<int64_t> s = latest_complete_step(root);
-    REQUIRE(s) << "no complete checkpoint in " << root
+    LATHE_REQUIRE(s) << "no complete checkpoint in " << root
                    << (fs::is_directory(root, ec) ? "" : " (the directory does not exist)");
     return step_dir(root, *s);
   };
   if (spec == "latest") {
-    REQUIRE(!ckpt_root.empty()) << "resume: \"latest\" needs the checkpoint directory";
+    LATHE_REQUIRE(!ckpt_root.empty()) << "resume: \"latest\" needs the checkpoint directory";
     return latest_in(ckpt_root);
   }
   fs::path p(spec);
   if (all_digits(spec) && !ckpt_root.empty()) p = step_dir(ckpt_root, std::stoll(spec));
   if (!fs::exists(p, ec) && !ckpt_root.empty() && p.is_relative() && fs::exists(fs::path(ckpt_root) / p, ec))
     p = fs::path(ckpt_root) / p;
-  REQUIRE(fs::exists(p, ec)) << "resume: " << p.string() << " does not exist";
+  LATHE_REQUIRE(fs::exists(p, ec)) << "resume: " << p.string() << " does not exist";
   p = p.lexically_normal();
   if (fs::is_regular_file(p, ec)) {
     std::string dir = parent_of(p.string());
-    REQUIRE(is_complete(dir)) << p.string() << " is not a complete checkpoint (no COMPLETE marker in " << dir
+    LATHE_REQUIRE(is_complete(dir)) << p.string() << " is not a complete checkpoint (no COMPLETE marker in " << dir
                                   << ")";
     return dir;
   }
   std::string dir = p.string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   if (is_complete(dir)) return dir;
-  REQUIRE(!parse_step_dir(dir)) << dir << " is not a complete checkpoint (no COMPLETE marker)";
+  LATHE_REQUIRE(!parse_step_dir(dir)) << dir << " is not a complete checkpoint (no COMPLETE marker)";
   return latest_in(dir);
 }
 

@@ -5,13 +5,6 @@
 
 #include <cstring>
 
-// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
-// the text of the condition would be noise in them.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace lathe::train {
 namespace {
 
@@ -58,10 +51,10 @@ const char* loc_name(const std::string& r) { return r.empty() ? "/" : r.c_str();
 // HDF5 1.10 has no predefined half type, so build it from the 32-bit one.
 H5Handle make_f16_type() {
   H5Handle t(H5Tcopy(H5T_IEEE_F32LE));
-  REQUIRE(t.valid()) << "HDF5: cannot create the f16 type" << h5_detail();
+  LATHE_REQUIRE(t.valid()) << "HDF5: cannot create the f16 type" << h5_detail();
   bool ok = H5Tset_fields(t.get(), 15, 10, 5, 0, 10) >= 0 && H5Tset_size(t.get(), 2) >= 0 &&
             H5Tset_precision(t.get(), 16) >= 0 && H5Tset_ebias(t.get(), 15) >= 0;
-  REQUIRE(ok) << "HDF5: cannot create the f16 type" << h5_detail();
+  LATHE_REQUIRE(ok) << "HDF5: cannot create the f16 type" << h5_detail();
   return t;
 }
 
@@ -131,9 +124,9 @@ H5I_type_t object_type(hid_t file, const std::string& r) {
 std::string read_string_value(hid_t obj, bool is_attr, const std::string& file, const std::string& name) {
   H5Handle type(is_attr ? H5Aget_type(obj) : H5Dget_type(obj));
   H5Handle space(is_attr ? H5Aget_space(obj) : H5Dget_space(obj));
-  REQUIRE(type.valid() && space.valid()) << where(file, name) << ": cannot read its type" << h5_detail();
-  REQUIRE(H5Tget_class(type.get()) == H5T_STRING) << where(file, name) << ": expected a string";
-  REQUIRE(H5Sget_simple_extent_npoints(space.get()) == 1)
+  LATHE_REQUIRE(type.valid() && space.valid()) << where(file, name) << ": cannot read its type" << h5_detail();
+  LATHE_REQUIRE(H5Tget_class(type.get()) == H5T_STRING) << where(file, name) << ": expected a string";
+  LATHE_REQUIRE(H5Sget_simple_extent_npoints(space.get()) == 1)
       << where(file, name) << ": expected a single string, found " << H5Sget_simple_extent_npoints(space.get())
       << " elements";
   if (H5Tis_variable_str(type.get()) > 0) {
@@ -142,7 +135,7 @@ std::string read_string_value(hid_t obj, bool is_attr, const std::string& file, 
     H5Tset_cset(mt.get(), H5Tget_cset(type.get()));
     char* buf = nullptr;
     herr_t st = is_attr ? H5Aread(obj, mt.get(), &buf) : H5Dread(obj, mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &buf);
-    REQUIRE(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
+    LATHE_REQUIRE(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
     std::string out = buf ? std::string(buf) : std::string();
     reclaim_vlen(mt.get(), space.get(), &buf);
     return out;
@@ -153,7 +146,7 @@ std::string read_string_value(hid_t obj, bool is_attr, const std::string& file, 
   H5Tset_cset(mt.get(), H5Tget_cset(type.get()));
   std::string buf(n, '\0');
   herr_t st = is_attr ? H5Aread(obj, mt.get(), &buf[0]) : H5Dread(obj, mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &buf[0]);
-  REQUIRE(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
+  LATHE_REQUIRE(st >= 0) << where(file, name) << ": cannot read the string" << h5_detail();
   return std::string(buf.c_str());  // fixed-length strings are NUL-padded
 }
 
@@ -191,7 +184,7 @@ void H5Handle::reset() {
 H5Writer::H5Writer(const std::string& path) : path_(path) {
   quiet_hdf5();
   file_ = H5Handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(file_.valid()) << "cannot create HDF5 file '" << path << "'" << h5_detail();
+  LATHE_REQUIRE(file_.valid()) << "cannot create HDF5 file '" << path << "'" << h5_detail();
 }
 
 H5Writer::~H5Writer() {
@@ -209,46 +202,46 @@ void H5Writer::close() {
   std::string detail = h5_detail();
   herr_t cl = H5Fclose(id);
   if (detail.empty()) detail = h5_detail();
-  REQUIRE(fl >= 0 && cl >= 0) << "cannot flush and close HDF5 file '" << path_ << "'" << detail;
+  LATHE_REQUIRE(fl >= 0 && cl >= 0) << "cannot flush and close HDF5 file '" << path_ << "'" << detail;
 }
 
 void H5Writer::create_group(const std::string& name) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
   std::string r = rel(name);
   if (r.empty()) return;
   H5I_type_t t = object_type(file_.get(), r);
   if (t == H5I_GROUP) return;
-  REQUIRE(t == H5I_BADID) << where(path_, name) << ": exists and is not a group";
+  LATHE_REQUIRE(t == H5I_BADID) << where(path_, name) << ": exists and is not a group";
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle g(H5Gcreate2(file_.get(), r.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(g.valid()) << where(path_, name) << ": cannot create the group" << h5_detail();
+  LATHE_REQUIRE(g.valid()) << where(path_, name) << ": cannot create the group" << h5_detail();
 }
 
 void H5Writer::write_tensor(const std::string& name, const Tensor& t) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
-  REQUIRE(t.defined()) << where(path_, name) << ": cannot write an undefined tensor";
+  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  LATHE_REQUIRE(t.defined()) << where(path_, name) << ": cannot write an undefined tensor";
   std::string r = rel(name);
-  REQUIRE(!r.empty() && r.back() != '/') << where(path_, name) << ": a dataset needs a name";
-  REQUIRE(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
+  LATHE_REQUIRE(!r.empty() && r.back() != '/') << where(path_, name) << ": a dataset needs a name";
+  LATHE_REQUIRE(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
 
   Tensor c = t.to(Device::cpu()).contiguous();
   std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
   H5Handle space(c.dim() == 0 ? H5Screate(H5S_SCALAR)
                               : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-  REQUIRE(space.valid()) << where(path_, name) << ": cannot make a dataspace for shape " << c.shape_str()
+  LATHE_REQUIRE(space.valid()) << where(path_, name) << ": cannot make a dataspace for shape " << c.shape_str()
                              << h5_detail();
   H5Handle type = mem_type(c.dtype());
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the dataset (" << dtype_name(c.dtype())
+  LATHE_REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the dataset (" << dtype_name(c.dtype())
                             << " " << c.shape_str() << ")" << h5_detail();
   if (c.numel() > 0) {
     herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data());
-    REQUIRE(st >= 0) << where(path_, name) << ": cannot write " << c.nbytes() << " bytes" << h5_detail();
+    LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot write " << c.nbytes() << " bytes" << h5_detail();
   }
   dset.reset();
   if (c.dtype() == DType::bf16) set_attr(r, "dtype", std::string("bf16"));
@@ -256,21 +249,21 @@ void H5Writer::write_tensor(const std::string& name, const Tensor& t) {
 
 void H5Writer::write_string(const std::string& name, const std::string& value) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
   std::string r = rel(name);
-  REQUIRE(!r.empty()) << where(path_, name) << ": a dataset needs a name";
-  REQUIRE(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
-  REQUIRE(value.find('\0') == std::string::npos)
+  LATHE_REQUIRE(!r.empty()) << where(path_, name) << ": a dataset needs a name";
+  LATHE_REQUIRE(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
+  LATHE_REQUIRE(value.find('\0') == std::string::npos)
       << where(path_, name) << ": strings with NUL bytes are not supported";
   H5Handle type = vlen_string_type();
   H5Handle space(H5Screate(H5S_SCALAR));
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the string dataset" << h5_detail();
+  LATHE_REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the string dataset" << h5_detail();
   const char* p = value.c_str();
   herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p);
-  REQUIRE(st >= 0) << where(path_, name) << ": cannot write the string" << h5_detail();
+  LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot write the string" << h5_detail();
 }
 
 namespace {
@@ -279,14 +272,14 @@ namespace {
 void write_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key, hid_t type,
                 const void* buf) {
   std::string r = rel(object);
-  REQUIRE(path_exists(file, r)) << where(fpath, object) << ": cannot set attribute '" << key
+  LATHE_REQUIRE(path_exists(file, r)) << where(fpath, object) << ": cannot set attribute '" << key
                                     << "': no such object";
   const char* obj = loc_name(r);
   if (H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0) H5Adelete_by_name(file, obj, key.c_str(), H5P_DEFAULT);
   H5Handle space(H5Screate(H5S_SCALAR));
   H5Handle a(H5Acreate_by_name(file, obj, key.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(a.valid()) << where(fpath, object) << ": cannot create attribute '" << key << "'" << h5_detail();
-  REQUIRE(H5Awrite(a.get(), type, buf) >= 0)
+  LATHE_REQUIRE(a.valid()) << where(fpath, object) << ": cannot create attribute '" << key << "'" << h5_detail();
+  LATHE_REQUIRE(H5Awrite(a.get(), type, buf) >= 0)
       << where(fpath, object) << ": cannot write attribute '" << key << "'" << h5_detail();
 }
 
@@ -294,8 +287,8 @@ void write_attr(hid_t file, const std::string& fpath, const std::string& object,
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, const std::string& value) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
-  REQUIRE(value.find('\0') == std::string::npos)
+  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
+  LATHE_REQUIRE(value.find('\0') == std::string::npos)
       << where(path_, object) << ": attribute '" << key << "': strings with NUL bytes are not supported";
   H5Handle type = vlen_string_type();
   const char* p = value.c_str();
@@ -304,13 +297,13 @@ void H5Writer::set_attr(const std::string& object, const std::string& key, const
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, int64_t value) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
+  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
   write_attr(file_.get(), path_, object, key, H5T_NATIVE_INT64, &value);
 }
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, double value) {
   quiet_hdf5();
-  REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
+  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
   write_attr(file_.get(), path_, object, key, H5T_NATIVE_DOUBLE, &value);
 }
 
@@ -324,11 +317,11 @@ H5Reader::H5Reader(const std::string& path) : path_(path) {
     FILE* f = std::fopen(path.c_str(), "rb");
     bool exists = f != nullptr;
     if (f) std::fclose(f);
-    REQUIRE(exists) << "cannot open HDF5 file '" << path << "': no such file or not readable";
+    LATHE_REQUIRE(exists) << "cannot open HDF5 file '" << path << "': no such file or not readable";
     LATHE_FAIL() << "cannot open HDF5 file '" << path << "': not an HDF5 file (corrupt or truncated?)" << detail;
   }
   file_ = H5Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  REQUIRE(file_.valid()) << "cannot open HDF5 file '" << path << "' (corrupt or truncated?)" << h5_detail();
+  LATHE_REQUIRE(file_.valid()) << "cannot open HDF5 file '" << path << "' (corrupt or truncated?)" << h5_detail();
 }
 
 bool H5Reader::exists(const std::string& name) const {
@@ -359,14 +352,14 @@ herr_t collect_link(hid_t, const char* name, const H5L_info_t*, void* data) {
 
 std::vector<std::string> children(hid_t file, const std::string& fpath, const std::string& group) {
   std::string r = rel(group);
-  REQUIRE(object_type(file, r) == H5I_GROUP) << where(fpath, group) << ": no such group";
+  LATHE_REQUIRE(object_type(file, r) == H5I_GROUP) << where(fpath, group) << ": no such group";
   H5Handle g(H5Gopen2(file, loc_name(r), H5P_DEFAULT));
-  REQUIRE(g.valid()) << where(fpath, group) << ": cannot open the group" << h5_detail();
+  LATHE_REQUIRE(g.valid()) << where(fpath, group) << ": cannot open the group" << h5_detail();
   std::vector<std::string> names;
   ListCtx ctx{&names};
   hsize_t idx = 0;
   herr_t st = H5Literate(g.get(), H5_INDEX_NAME, H5_ITER_INC, &idx, collect_link, &ctx);
-  REQUIRE(st >= 0) << where(fpath, group) << ": cannot list the group" << h5_detail();
+  LATHE_REQUIRE(st >= 0) << where(fpath, group) << ": cannot list the group" << h5_detail();
   return names;
 }
 
@@ -402,16 +395,16 @@ namespace {
 H5Handle open_dataset(hid_t file, const std::string& fpath, const std::string& name) {
   std::string r = rel(name);
   H5I_type_t t = object_type(file, r);
-  REQUIRE(t != H5I_BADID) << where(fpath, name) << ": no such dataset";
-  REQUIRE(t == H5I_DATASET) << where(fpath, name) << ": is a group, not a dataset";
+  LATHE_REQUIRE(t != H5I_BADID) << where(fpath, name) << ": no such dataset";
+  LATHE_REQUIRE(t == H5I_DATASET) << where(fpath, name) << ": is a group, not a dataset";
   H5Handle d(H5Dopen2(file, r.c_str(), H5P_DEFAULT));
-  REQUIRE(d.valid()) << where(fpath, name) << ": cannot open the dataset" << h5_detail();
+  LATHE_REQUIRE(d.valid()) << where(fpath, name) << ": cannot open the dataset" << h5_detail();
   return d;
 }
 
 DType classify(hid_t dset, const std::string& fpath, const std::string& name) {
   H5Handle type(H5Dget_type(dset));
-  REQUIRE(type.valid()) << where(fpath, name) << ": cannot read its type" << h5_detail();
+  LATHE_REQUIRE(type.valid()) << where(fpath, name) << ": cannot read its type" << h5_detail();
   H5T_class_t cls = H5Tget_class(type.get());
   size_t size = H5Tget_size(type.get());
   if (cls == H5T_FLOAT) {
@@ -438,12 +431,12 @@ DType classify(hid_t dset, const std::string& fpath, const std::string& name) {
 
 Shape dataset_shape(hid_t dset, const std::string& fpath, const std::string& name) {
   H5Handle space(H5Dget_space(dset));
-  REQUIRE(space.valid()) << where(fpath, name) << ": cannot read its dataspace" << h5_detail();
+  LATHE_REQUIRE(space.valid()) << where(fpath, name) << ": cannot read its dataspace" << h5_detail();
   H5S_class_t cls = H5Sget_simple_extent_type(space.get());
   if (cls == H5S_SCALAR) return {};
-  REQUIRE(cls == H5S_SIMPLE) << where(fpath, name) << ": has a null dataspace (no shape)";
+  LATHE_REQUIRE(cls == H5S_SIMPLE) << where(fpath, name) << ": has a null dataspace (no shape)";
   int rank = H5Sget_simple_extent_ndims(space.get());
-  REQUIRE(rank >= 0) << where(fpath, name) << ": cannot read its rank" << h5_detail();
+  LATHE_REQUIRE(rank >= 0) << where(fpath, name) << ": cannot read its rank" << h5_detail();
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   return Shape(dims.begin(), dims.end());
@@ -469,22 +462,22 @@ Tensor H5Reader::read_tensor(const std::string& name, std::optional<DType> expec
   H5Handle d = open_dataset(file_.get(), path_, name);
   DType dt = classify(d.get(), path_, name);
   Shape shape = dataset_shape(d.get(), path_, name);
-  REQUIRE(!expect_dtype || *expect_dtype == dt)
+  LATHE_REQUIRE(!expect_dtype || *expect_dtype == dt)
       << where(path_, name) << ": expected dtype " << dtype_name(*expect_dtype) << ", found " << dtype_name(dt);
-  REQUIRE(!expect_shape || *expect_shape == shape)
+  LATHE_REQUIRE(!expect_shape || *expect_shape == shape)
       << where(path_, name) << ": expected shape " << shape_str(*expect_shape) << ", found " << shape_str(shape);
   Tensor out = Tensor::empty(shape, dt);
   if (out.numel() > 0) {
     H5Handle type = mem_type(dt);
     herr_t st = H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.raw_data());
-    REQUIRE(st >= 0) << where(path_, name) << ": cannot read " << dtype_name(dt) << " " << shape_str(shape)
+    LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot read " << dtype_name(dt) << " " << shape_str(shape)
                          << " (corrupt or truncated file?)" << h5_detail();
   }
   return out;
 }
 
 void H5Reader::read_into(const std::string& name, const Tensor& dst) const {
-  REQUIRE(dst.defined()) << where(path_, name) << ": read_into an undefined tensor";
+  LATHE_REQUIRE(dst.defined()) << where(path_, name) << ": read_into an undefined tensor";
   Tensor t = read_tensor(name, dst.dtype(), dst.shape());
   dst.copy_(t);
 }
@@ -499,13 +492,13 @@ namespace {
 
 H5Handle open_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key) {
   std::string r = rel(object);
-  REQUIRE(path_exists(file, r)) << where(fpath, object) << ": no such object (reading attribute '" << key
+  LATHE_REQUIRE(path_exists(file, r)) << where(fpath, object) << ": no such object (reading attribute '" << key
                                     << "')";
   const char* obj = loc_name(r);
-  REQUIRE(H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0)
+  LATHE_REQUIRE(H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0)
       << where(fpath, object) << ": no attribute '" << key << "'";
   H5Handle a(H5Aopen_by_name(file, obj, key.c_str(), H5P_DEFAULT, H5P_DEFAULT));
-  REQUIRE(a.valid()) << where(fpath, object) << ": cannot open attribute '" << key << "'" << h5_detail();
+  LATHE_REQUIRE(a.valid()) << where(fpath, object) << ": cannot open attribute '" << key << "'" << h5_detail();
   return a;
 }
 
@@ -516,12 +509,12 @@ T read_numeric_attr(hid_t file, const std::string& fpath, const std::string& obj
   H5Handle type(H5Aget_type(a.get()));
   H5Handle space(H5Aget_space(a.get()));
   H5T_class_t cls = H5Tget_class(type.get());
-  REQUIRE(cls == H5T_INTEGER || (allow_float && cls == H5T_FLOAT))
+  LATHE_REQUIRE(cls == H5T_INTEGER || (allow_float && cls == H5T_FLOAT))
       << where(fpath, object) << ": attribute '" << key << "' is not " << (allow_float ? "a number" : "an integer");
-  REQUIRE(H5Sget_simple_extent_npoints(space.get()) == 1)
+  LATHE_REQUIRE(H5Sget_simple_extent_npoints(space.get()) == 1)
       << where(fpath, object) << ": attribute '" << key << "' is not a scalar";
   T v{};
-  REQUIRE(H5Aread(a.get(), memtype, &v) >= 0)
+  LATHE_REQUIRE(H5Aread(a.get(), memtype, &v) >= 0)
       << where(fpath, object) << ": cannot read attribute '" << key << "'" << h5_detail();
   return v;
 }

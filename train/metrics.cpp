@@ -9,13 +9,6 @@
 
 #include "core/error.h"
 
-// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
-// the text of the condition would be noise in them.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace fs = std::filesystem;
 
 namespace lathe::train {
@@ -35,10 +28,10 @@ JsonlWriter::JsonlWriter(const std::string& path, bool append) : path_(path) {
   if (!parent.empty()) {
     std::error_code ec;
     fs::create_directories(parent, ec);
-    REQUIRE(!ec) << "metrics: cannot create directory '" << parent.string() << "': " << ec.message();
+    LATHE_REQUIRE(!ec) << "metrics: cannot create directory '" << parent.string() << "': " << ec.message();
   }
   f_ = std::fopen(path.c_str(), append ? "ab" : "wb");
-  REQUIRE(f_) << "metrics: cannot open '" << path << "': " << std::strerror(errno);
+  LATHE_REQUIRE(f_) << "metrics: cannot open '" << path << "': " << std::strerror(errno);
 }
 
 JsonlWriter::~JsonlWriter() {
@@ -46,10 +39,10 @@ JsonlWriter::~JsonlWriter() {
 }
 
 void JsonlWriter::write(const nlohmann::json& record) {
-  REQUIRE(f_) << "metrics: writing to closed file '" << path_ << "'";
+  LATHE_REQUIRE(f_) << "metrics: writing to closed file '" << path_ << "'";
   // dump() escapes newlines inside strings, so a record is always exactly one line.
   std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  REQUIRE(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0)
+  LATHE_REQUIRE(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0)
       << "metrics: cannot write to '" << path_ << "': " << std::strerror(errno);
 }
 
@@ -57,7 +50,7 @@ void JsonlWriter::close() {
   if (!f_) return;
   std::FILE* f = f_;
   f_ = nullptr;
-  REQUIRE(std::fclose(f) == 0) << "metrics: cannot close '" << path_ << "': " << std::strerror(errno);
+  LATHE_REQUIRE(std::fclose(f) == 0) << "metrics: cannot close '" << path_ << "': " << std::strerror(errno);
 }
 
 MetricsLogger::MetricsLogger(MetricsOptions opt, const nlohmann::json& config) : opt_(std::move(opt)) {
@@ -82,7 +75,7 @@ void MetricsLogger::log(int64_t step, const std::map<std::string, double>& value
   if (jsonl_) {
     nlohmann::json rec = {{"step", step}, {"time", unix_seconds()}};
     for (const auto& [k, v] : values) {
-      REQUIRE(k != "step" && k != "time") << "metrics: '" << k << "' is a reserved key";
+      LATHE_REQUIRE(k != "step" && k != "time") << "metrics: '" << k << "' is a reserved key";
       rec[k] = number_or_null(v);
     }
     jsonl_->write(rec);
@@ -100,7 +93,7 @@ void MetricsLogger::message(const std::string& line) {
 
 void MetricsLogger::log_event(nlohmann::json record) {
   if (!jsonl_) return;
-  REQUIRE(record.is_object()) << "metrics: log_event needs a JSON object";
+  LATHE_REQUIRE(record.is_object()) << "metrics: log_event needs a JSON object";
   if (!record.contains("time")) record["time"] = unix_seconds();
   jsonl_->write(record);
 }

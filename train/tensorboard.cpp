@@ -13,13 +13,6 @@
 #include "core/error.h"
 #include "train/crc32c.h"
 
-// Like LATHE_CHECK, but the message is only ours: these errors are read by users, and
-// the text of the condition would be noise in them.
-#define REQUIRE(cond) \
-  if (__builtin_expect(!!(cond), 1)) { \
-  } else \
-    LATHE_FAIL()
-
 namespace fs = std::filesystem;
 
 namespace lathe::train {
@@ -60,7 +53,7 @@ struct PbReader {
   uint64_t varint() {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
-      REQUIRE(p < end) << what << ": truncated varint";
+      LATHE_REQUIRE(p < end) << what << ": truncated varint";
       unsigned char b = *p++;
       v |= static_cast<uint64_t>(b & 0x7F) << shift;
       if (!(b & 0x80)) return v;
@@ -69,7 +62,7 @@ struct PbReader {
     return 0;
   }
   uint64_t fixed(int nbytes) {
-    REQUIRE(end - p >= nbytes) << what << ": truncated fixed" << nbytes * 8 << " field";
+    LATHE_REQUIRE(end - p >= nbytes) << what << ": truncated fixed" << nbytes * 8 << " field";
     uint64_t v = 0;
     for (int i = 0; i < nbytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
     p += nbytes;
@@ -77,7 +70,7 @@ struct PbReader {
   }
   std::string bytes() {
     uint64_t n = varint();
-    REQUIRE(static_cast<uint64_t>(end - p) >= n) << what << ": length-delimited field of " << n
+    LATHE_REQUIRE(static_cast<uint64_t>(end - p) >= n) << what << ": length-delimited field of " << n
                                                      << " bytes overruns the message";
     std::string s(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
     p += n;
@@ -196,7 +189,7 @@ TbEvent decode_tb_event(const std::string& data) {
 
 std::vector<TbEvent> read_tb_events(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good()) << "tensorboard: cannot open event file '" << path << "'";
+  LATHE_REQUIRE(f.good()) << "tensorboard: cannot open event file '" << path << "'";
   std::stringstream ss;
   ss << f.rdbuf();
   const std::string buf = ss.str();
@@ -209,15 +202,15 @@ std::vector<TbEvent> read_tb_events(const std::string& path) {
       w << "tensorboard: event file '" << path << "', record " << rec << " at byte " << pos;
       return w.str();
     };
-    REQUIRE(buf.size() - pos >= 12) << where() << ": truncated header (" << buf.size() - pos << " bytes left)";
+    LATHE_REQUIRE(buf.size() - pos >= 12) << where() << ": truncated header (" << buf.size() - pos << " bytes left)";
     uint64_t len = load_le(b + pos, 8);
     uint32_t len_crc = static_cast<uint32_t>(load_le(b + pos + 8, 4));
-    REQUIRE(crc32c_mask(crc32c(b + pos, 8)) == len_crc) << where() << ": length CRC mismatch";
-    REQUIRE(len <= buf.size() - pos - 12 && buf.size() - pos - 12 - len >= 4)
+    LATHE_REQUIRE(crc32c_mask(crc32c(b + pos, 8)) == len_crc) << where() << ": length CRC mismatch";
+    LATHE_REQUIRE(len <= buf.size() - pos - 12 && buf.size() - pos - 12 - len >= 4)
         << where() << ": truncated record (length " << len << ", " << buf.size() - pos - 12 << " bytes left)";
     std::string data = buf.substr(pos + 12, static_cast<size_t>(len));
     uint32_t data_crc = static_cast<uint32_t>(load_le(b + pos + 12 + len, 4));
-    REQUIRE(crc32c_mask(crc32c(data)) == data_crc) << where() << ": data CRC mismatch";
+    LATHE_REQUIRE(crc32c_mask(crc32c(data)) == data_crc) << where() << ": data CRC mismatch";
     try {
       out.push_back(decode_tb_event(data));
     } catch (const Error& e) {
@@ -233,7 +226,7 @@ std::vector<TbEvent> read_tb_events(const std::string& path) {
 TensorBoardWriter::TensorBoardWriter(const std::string& logdir) {
   std::error_code ec;
   fs::create_directories(logdir, ec);
-  REQUIRE(!ec) << "tensorboard: cannot create log directory '" << logdir << "': " << ec.message();
+  LATHE_REQUIRE(!ec) << "tensorboard: cannot create log directory '" << logdir << "': " << ec.message();
   char host[256] = {0};
   if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "localhost");
   std::string base = (fs::path(logdir) / ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now_seconds())) +
@@ -244,7 +237,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& logdir) {
     f_ = std::fopen(path_.c_str(), "wbx");  // x: never reuse another writer's file
     if (!f_ && errno != EEXIST) break;
   }
-  REQUIRE(f_) << "tensorboard: cannot create event file '" << path_ << "': " << std::strerror(errno);
+  LATHE_REQUIRE(f_) << "tensorboard: cannot create event file '" << path_ << "': " << std::strerror(errno);
   write_record(encode_tb_event(now_seconds(), 0, "brain.Event:2", {}));
   flush();
 }
@@ -254,9 +247,9 @@ TensorBoardWriter::~TensorBoardWriter() {
 }
 
 void TensorBoardWriter::write_record(const std::string& data) {
-  REQUIRE(f_) << "tensorboard: writing to closed event file '" << path_ << "'";
+  LATHE_REQUIRE(f_) << "tensorboard: writing to closed event file '" << path_ << "'";
   std::string rec = encode_tfrecord(data);
-  REQUIRE(std::fwrite(rec.data(), 1, rec.size(), f_) == rec.size())
+  LATHE_REQUIRE(std::fwrite(rec.data(), 1, rec.size(), f_) == rec.size())
       << "tensorboard: cannot write to '" << path_ << "': " << std::strerror(errno);
 }
 
@@ -274,14 +267,14 @@ void TensorBoardWriter::add_scalars(int64_t step, const std::map<std::string, do
 
 void TensorBoardWriter::flush() {
   if (!f_) return;
-  REQUIRE(std::fflush(f_) == 0) << "tensorboard: cannot flush '" << path_ << "': " << std::strerror(errno);
+  LATHE_REQUIRE(std::fflush(f_) == 0) << "tensorboard: cannot flush '" << path_ << "': " << std::strerror(errno);
 }
 
 void TensorBoardWriter::close() {
   if (!f_) return;
   std::FILE* f = f_;
   f_ = nullptr;
-  REQUIRE(std::fclose(f) == 0) << "tensorboard: cannot close '" << path_ << "': " << std::strerror(errno);
+  LATHE_REQUIRE(std::fclose(f) == 0) << "tensorboard: cannot close '" << path_ << "': " << std::strerror(errno);
 }
 
 }  // namespace lathe::train
