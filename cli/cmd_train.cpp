@@ -19,7 +19,8 @@ const char* const kHelp =
     "Trains the model a config file describes (configs/lathe.proto): prints the resolved config,\n"
     "the parameter count and the FLOPs formula, logs to <run_dir>/metrics.jsonl (and TensorBoard\n"
     "with logging.tensorboard), evaluates and samples as configured, and writes checkpoints to\n"
-    "checkpoint.dir (default <run_dir>/checkpoints).\n"
+    "checkpoint.dir (default <run_dir>/checkpoints). With model.init_from set it starts from those\n"
+    "weights (as lathe finetune does).\n"
     "\n"
     "options:\n"
     "  --set a.b=c      override a config field (repeatable), e.g. --set optimizer.lr=1e-3\n"
@@ -68,22 +69,34 @@ bool is_resume_value(const std::string& next) {
 }
 
 
-int run(const std::vector<std::string>& args) {
-  ParsedArgs a = parse_args("train", args,
-                            {{"--set", ArgKind::repeated},
-                             {"--resume", ArgKind::optional, is_resume_value},
-                             {"--steps", ArgKind::value}});
+int run(const std::vector<std::string>& args) { return run_training("train", args, false); }
+
+}  // namespace
+
+int run_training(const char* command, const std::vector<std::string>& args, bool finetune) {
+  const std::string cmd = command;
+  std::vector<FlagSpec> flags = {{"--set", ArgKind::repeated},
+                                 {"--resume", ArgKind::optional, is_resume_value},
+                                 {"--steps", ArgKind::value}};
+  if (finetune) flags.push_back({"--init-from", ArgKind::value});
+  ParsedArgs a = parse_args(cmd, args, flags);
   if (a.positional.size() != 1)
-    throw UsageError("lathe train: expected one CONFIG file, got " + std::to_string(a.positional.size()) +
+    throw UsageError("lathe " + cmd + ": expected one CONFIG file, got " + std::to_string(a.positional.size()) +
                      " positional argument(s)");
-  RunConfig cfg = configs::load_config(a.positional[0], a.all("--set"));
+  std::vector<std::string> overrides = a.all("--set");
+  if (auto init = a.get("--init-from")) overrides.push_back("model.init_from=" + *init);
+  RunConfig cfg = configs::load_config(a.positional[0], overrides);
+  if (finetune && cfg.model().init_from().empty())
+    throw UsageError("lathe finetune: " + a.positional[0] +
+                     " has no model.init_from; set it to a Hugging Face model directory or a lathe checkpoint (or "
+                     "pass --init-from PATH), or use lathe train to start from random weights");
   train::TrainOptions opts;
   if (a.has("--resume")) {
     std::string v = a.all("--resume").back();
     opts.resume = v.empty() ? "latest" : v;
   }
   opts.stop_after = a.get_int("--steps", 0);
-  if (a.has("--steps") && opts.stop_after <= 0) throw UsageError("lathe train: --steps must be > 0");
+  if (a.has("--steps") && opts.stop_after <= 0) throw UsageError("lathe " + cmd + ": --steps must be > 0");
   install_stop_handlers();
   opts.stop_flag = &g_stop_signal;
   train::TrainResult r = train::train(cfg, opts);
@@ -92,8 +105,6 @@ int run(const std::vector<std::string>& args) {
   if (r.stop_signal != 0) return 128 + r.stop_signal;
   return kExitOk;
 }
-
-}  // namespace
 
 extern const Command kCmdTrain = {"train", "train a model from a config file (resumable)", kHelp, run};
 

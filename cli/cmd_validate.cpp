@@ -16,7 +16,7 @@ const char* const kHelp =
     "Parses the config, applies the overrides, resolves and checks it without training and\n"
     "without a GPU. Prints \"ok\" and exits 0, or prints every problem as file:line:col: message\n"
     "(or field: message) and exits 2. Settings that are valid but that this build cannot run\n"
-    "yet (e.g. data.source HDF5, train.precision BF16) are listed as notes on stderr; they do\n"
+    "yet (e.g. train.precision BF16) are listed as notes on stderr; they do\n"
     "not change the exit code (lathe train rejects them with exit code 2).\n"
     "\n"
     "options:\n"

@@ -6,10 +6,12 @@
 namespace lathe::cli {
 
 // Defined in cli/cmd_<name>.cpp.
-extern const Command kCmdTrain, kCmdEval, kCmdGenerate, kCmdInspect, kCmdValidate;
+extern const Command kCmdTrain, kCmdFinetune, kCmdEval, kCmdGenerate, kCmdPrepare, kCmdExport, kCmdTokenizer,
+    kCmdInspect, kCmdValidate;
 
 const std::vector<Command>& commands() {
-  static const std::vector<Command> table = {kCmdTrain, kCmdEval, kCmdGenerate, kCmdInspect, kCmdValidate};
+  static const std::vector<Command> table = {kCmdTrain,  kCmdFinetune,  kCmdEval,    kCmdGenerate, kCmdPrepare,
+                                             kCmdExport, kCmdTokenizer, kCmdInspect, kCmdValidate};
   return table;
 }
 

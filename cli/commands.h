@@ -27,6 +27,11 @@ struct Command {
 
 const std::vector<Command>& commands();
 
+// `lathe train` and `lathe finetune` (cmd_train.cpp): parses CONFIG, --set, --resume, --steps
+// (and for finetune --init-from), trains with SIGINT/SIGTERM handling and returns the exit
+// code. finetune requires model.init_from.
+int run_training(const char* command, const std::vector<std::string>& args, bool finetune);
+
 // Prints `help` when args hold -h/--help (returns true then).
 bool print_help_if_asked(const std::vector<std::string>& args, const char* help);
 

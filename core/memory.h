@@ -67,4 +67,16 @@ void register_allocator(DeviceType d, Allocator* a);
 Allocator& allocator_for(DeviceType d);
 bool has_allocator(DeviceType d);
 
+// The built-in CPU allocator keeps freed blocks of 1 MiB and more in a bounded cache and
+// reuses them for later requests of the same size class (fresh large blocks cost a page
+// fault per page on first touch). Cached blocks are not counted by memory_stats(), which
+// tracks the bytes tensors hold; these report and drop the cache itself.
+size_t cpu_allocator_cached_bytes();
+// Returns every cached block to the C library (and so, for large blocks, to the OS).
+void release_cached_memory();
+// Bound on the cached bytes (default: 1/8 of physical memory, at most 4 GiB, or
+// LATHE_CPU_CACHE_LIMIT_MB from the environment); 0 disables caching. Trims the cache to
+// the new bound and returns the previous one.
+size_t set_cpu_allocator_cache_limit(size_t bytes);
+
 }  // namespace lathe

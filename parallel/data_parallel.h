@@ -27,8 +27,12 @@
 // hooks then see the accumulated gradient.
 //
 // Progress: Open MPI moves a non-blocking collective along only inside MPI calls. Every
-// hook call tests the buckets in flight (MPI_Test), which is frequent enough to let
-// buckets finish during backward without a progress thread taking a core.
+// hook call tests the oldest bucket in flight (MPI_Test), which is frequent enough to let
+// most buckets finish during backward without a progress thread taking a core (2 ranks, a
+// 3.3M-parameter GPT-2, 2 MiB buckets: about 83% of the buckets were complete when
+// backward ended; a polling progress thread was tried and did worse on 2 shared cores).
+// The bucket holding the first-registered parameters (the embeddings) can only start when
+// backward ends, so its all-reduce is always exposed.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +58,7 @@ struct BucketReducerStats {
   int64_t syncs = 0;             // finish() calls that reduced
   int64_t buckets_early = 0;     // buckets started from a hook, during backward
   int64_t buckets_late = 0;      // buckets started by finish(), after backward
+  int64_t buckets_done_early = 0;  // buckets already complete when backward ended
   int64_t bytes = 0;             // bytes all-reduced (flags included)
   double backward_s = 0;         // armed backward: from arm(true) to finish()
   double finish_s = 0;           // time in finish(): the communication left exposed
@@ -117,6 +122,7 @@ class BucketReducer {
   void launch_ready_prefix();
   void launch(size_t b);
   void drive_progress();
+  bool sync_seen_any() const;  // a hook fired since arm(true)
 
   std::vector<Slot> slots_;
   std::vector<Bucket> buckets_;
@@ -128,6 +134,7 @@ class BucketReducer {
   size_t first_open_ = 0;    // buckets [0, first_open_) are known complete
   double arm_time_ = 0;
   BucketReducerStats stats_;
+
 };
 
 // The buckets BucketReducer forms: parameters taken in reverse order, a bucket closing

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs every system package lathe needs on Debian 12 (idempotent, quiet, as root or via sudo).
 # The CUDA toolkit is not a Debian package here: when nvcc is on PATH the CUDA backend builds too.
+# OpenBLAS: the OpenMP build (libopenblas-openmp-dev), so that BLAS and lathe's own OpenMP loops
+# share one libgomp thread pool instead of two pools spinning against each other (see
+# bench/README.md). It installs next to the pthreads build if that is already there (Debian
+# keeps both in lib/<arch>/openblas-*); CMake links the OpenMP one whenever it is present
+# and falls back to any other OpenBLAS otherwise. The system alternative is left as it is.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config ccache
-      libopenblas-dev libomp-dev
+      libopenblas-openmp-dev libomp-dev
       libopenmpi-dev openmpi-bin
       libhdf5-dev hdf5-tools
       libprotobuf-dev protobuf-compiler

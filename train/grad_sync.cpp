@@ -1,9 +1,92 @@
-// Gradient averaging across data-parallel ranks; see grad_sync.h.
+// Data-parallel glue of the trainer; see grad_sync.h.
 #include "train/grad_sync.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
 
 #include "core/memory.h"
 
 namespace lathe::train {
+
+namespace {
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
+
+// A positive integer from the environment, or 0 when unset; anything else is an error (a
+// test that sets the variable wrongly must not silently pass).
+int64_t env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  LATHE_CHECK(end && *end == '\0' && n >= 0) << name << " must be a non-negative integer, got '" << v << "'";
+  return n;
+}
+
+}  // namespace
+
+GradSync::GradSync(const std::vector<std::pair<std::string, Tensor>>& params,
+                   std::shared_ptr<parallel::Communicator> comm, double bucket_mb) {
+  LATHE_CHECK(comm != nullptr) << "GradSync: no communicator";
+  if (comm->size() <= 1) return;
+  parallel::BucketReducerOptions o;
+  o.bucket_mb = bucket_mb;
+  o.overlap = !env_flag("LATHE_DP_NO_OVERLAP");
+  reducer_ = std::make_unique<parallel::BucketReducer>(params, std::move(comm), o);
+  print_stats_ = env_flag("LATHE_DP_STATS");
+}
+
+GradSync::~GradSync() {
+  if (reducer_ && print_stats_) {
+    std::fprintf(stderr, "lathe dp: %s\n", stats_line().c_str());
+    std::fflush(stderr);
+  }
+}
+
+void GradSync::before_backward(bool last_micro_batch) {
+  if (reducer_) reducer_->arm(last_micro_batch);
+}
+
+void GradSync::after_backward() {
+  if (reducer_) reducer_->finish();
+}
+
+std::string GradSync::stats_line() const {
+  if (!reducer_) return "one rank: no gradient communication";
+  const auto& s = reducer_->stats();
+  const double n = s.syncs > 0 ? static_cast<double>(s.syncs) : 1.0;
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "rank %d: %lld syncs of %zu buckets (%lld started during backward, %lld after, %lld complete before "
+                "backward ended), %.3f MB/sync, overlap %s; per sync: backward %.3f ms, exposed communication "
+                "%.3f ms (of which waiting %.3f ms)",
+                reducer_->comm()->rank(), static_cast<long long>(s.syncs), reducer_->buckets().size(),
+                static_cast<long long>(s.buckets_early), static_cast<long long>(s.buckets_late),
+                static_cast<long long>(s.buckets_done_early), s.bytes / n / 1e6,
+                env_flag("LATHE_DP_NO_OVERLAP") ? "off" : "on",
+                s.backward_s / n * 1e3, s.finish_s / n * 1e3,
+                s.wait_s / n * 1e3);
+  return buf;
+}
+
+void sync_initial_state(const autograd::Module& model, parallel::Communicator& comm, bool resumed) {
+  if (comm.size() <= 1) return;
+  auto named = model.named_parameters();
+  if (resumed) {
+    parallel::check_replicas_identical(named, comm, "the parameters loaded from the rank checkpoints");
+    return;
+  }
+  std::vector<Tensor> tensors;
+  for (const auto& np : named) tensors.push_back(np.second);
+  for (const auto& nb : model.named_buffers()) tensors.push_back(nb.second);
+  parallel::broadcast_tensors(tensors, comm, 0);
+}
 
 void sync_gradients(const std::vector<Tensor>& params, parallel::Communicator& comm) {
   if (comm.size() <= 1) return;
@@ -16,6 +99,26 @@ void sync_gradients(const std::vector<Tensor>& params, parallel::Communicator& c
       p.set_grad(g);
     }
     comm.all_reduce(g, parallel::ReduceOp::avg);
+  }
+}
+
+void test_fault_injection(int64_t step, int rank) {
+  static const int64_t die_at = env_int("LATHE_TEST_DIE_AT_STEP");
+  static const int64_t hang_at = env_int("LATHE_TEST_HANG_AT_STEP");
+  if (die_at == 0 && hang_at == 0) return;
+  static const int64_t who = std::getenv("LATHE_TEST_DIE_RANK") ? env_int("LATHE_TEST_DIE_RANK") : 1;
+  if (rank != who) return;
+  if (step == die_at) {
+    std::fprintf(stderr, "lathe: rank %d: LATHE_TEST_DIE_AT_STEP=%lld: exiting abruptly with code 3 (test only)\n",
+                 rank, static_cast<long long>(step));
+    std::fflush(stderr);
+    std::_Exit(3);
+  }
+  if (step == hang_at) {
+    std::fprintf(stderr, "lathe: rank %d: LATHE_TEST_HANG_AT_STEP=%lld: hanging (test only)\n", rank,
+                 static_cast<long long>(step));
+    std::fflush(stderr);
+    std::this_thread::sleep_for(std::chrono::hours(1));
   }
 }
 

@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "train/batches.h"
 #include "train/checkpoint_dir.h"
+#include "train/init_from.h"
 #include "train/run_setup.h"
 
 namespace fs = std::filesystem;
@@ -73,6 +75,9 @@ EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
   RunConfig cfg;
   if (looks_like_config(target)) {
     cfg = configs::load_config(target, overrides);
+    // A fine-tuning config's architecture and tokenizer come from its init_from source.
+    apply_init_from(cfg);
+    configs::resolve(cfg);
     res.checkpoint = find_checkpoint_file(checkpoint.empty() ? "latest" : checkpoint, cfg.checkpoint().dir());
   } else {
     res.checkpoint = find_checkpoint_file(checkpoint.empty() ? target : checkpoint,
@@ -85,13 +90,13 @@ EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
   res.step = read_train_state(res.checkpoint).step;
   auto tok = load_run_tokenizer(cfg);
   auto model = model_from(cfg, *tok, res.checkpoint);
-  RunData data = load_run_data(cfg, *tok);
-  if (data.val.size() == 0)
+  RunData data = load_run_data(cfg, *tok, &comm);
+  if (data.val_size() == 0)
     throw ConfigError("config", {"data.val_fraction: 0 and no data.val_path, so there is no validation split to "
                                  "evaluate (pass --set data.val_fraction=0.1)"});
   res.data = data.description;
-  res.val_windows = data.val.size();
-  res.eval = evaluate(*model, data.val, cfg.train().micro_batch(), max_batches, comm);
+  res.val_windows = data.val_size();
+  res.eval = evaluate_val(*model, data, cfg.train().micro_batch(), max_batches, comm);
   return res;
 }
 

@@ -35,10 +35,11 @@ struct EvalRunResult {
   std::string checkpoint;  // rank file evaluated
   int64_t step = 0;        // its training step
   std::string data;        // description of the data the split came from
-  int64_t val_windows = 0;
+  int64_t val_windows = 0;  // validation windows (or instruction samples)
 };
 
-// Validation loss of a trained run. `target` is a config file (its checkpoint.dir is searched,
+// Validation loss of a trained run (per scored token: every token of packed windows, the
+// response tokens of instruction data). `target` is a config file (its checkpoint.dir is searched,
 // with `overrides` applied) or a run/checkpoint directory (its stored config is used);
 // `checkpoint` ("" = the newest complete one) picks another step: a step number, step
 // directory or rank file. max_batches = 0 scores the whole validation split. Throws

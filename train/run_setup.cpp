@@ -34,15 +34,44 @@ models::ModelSpec model_spec(const ModelConfig& m) {
   s.dropout = m.dropout();
   s.bias = m.has_bias() ? m.bias() : m.arch() == ModelConfig::GPT2;
   s.init_std = m.init_std();
+  s.qkv_bias = m.qkv_bias();
+  const RopeScalingConfig& r = m.rope_scaling();
+  if (r.type() == RopeScalingConfig::LLAMA3) {
+    s.rope_scaling.type = models::RopeScaling::Type::llama3;
+    s.rope_scaling.factor = r.factor();
+    s.rope_scaling.low_freq_factor = r.low_freq_factor();
+    s.rope_scaling.high_freq_factor = r.high_freq_factor();
+    s.rope_scaling.original_max_position_embeddings = r.original_max_position_embeddings();
+  }
   return s;
+}
+
+void set_model_config(ModelConfig* m, const models::ModelSpec& s) {
+  m->set_arch(s.arch == models::Arch::llama ? ModelConfig::LLAMA : ModelConfig::GPT2);
+  m->set_vocab_size(static_cast<int32_t>(s.vocab_size));
+  m->set_n_layer(static_cast<int32_t>(s.n_layer));
+  m->set_n_head(static_cast<int32_t>(s.n_head));
+  m->set_n_kv_head(static_cast<int32_t>(s.kv_heads()));
+  m->set_d_model(static_cast<int32_t>(s.d_model));
+  m->set_d_ff(static_cast<int32_t>(s.ff_dim()));
+  m->set_max_seq_len(static_cast<int32_t>(s.max_seq_len));
+  m->set_norm_eps(s.norm_eps);
+  m->set_rope_theta(s.rope_theta);
+  m->set_tie_embeddings(s.tie_embeddings);
+  m->set_bias(s.bias);
+  m->set_qkv_bias(s.qkv_bias);
+  m->set_init_std(s.init_std);
+  RopeScalingConfig* r = m->mutable_rope_scaling();
+  r->set_type(s.rope_scaling.enabled() ? RopeScalingConfig::LLAMA3 : RopeScalingConfig::NONE);
+  r->set_factor(s.rope_scaling.factor);
+  r->set_low_freq_factor(s.rope_scaling.low_freq_factor);
+  r->set_high_freq_factor(s.rope_scaling.high_freq_factor);
+  r->set_original_max_position_embeddings(s.rope_scaling.original_max_position_embeddings);
 }
 
 std::vector<std::string> unsupported_features(const RunConfig& cfg) {
   std::vector<std::string> out;
   const auto& d = cfg.data();
-  if (d.source() != DataConfig::SYNTHETIC && d.source() != DataConfig::TEXT)
-    out.push_back("data.source: " + DataConfig::Source_Name(d.source()) +
-                  " is not supported by this build of lathe train (supported: SYNTHETIC, TEXT)");
   if (d.source() == DataConfig::SYNTHETIC && !d.val_path().empty())
     out.push_back("data.val_path: not used with data.source SYNTHETIC (the validation split comes from "
                   "data.val_fraction)");
@@ -52,10 +81,6 @@ std::vector<std::string> unsupported_features(const RunConfig& cfg) {
   if (cfg.model().dtype() != ModelConfig::F32)
     out.push_back("model.dtype: " + ModelConfig::DType_Name(cfg.model().dtype()) +
                   " is not supported by this build's trainer (supported: F32)");
-  if (!cfg.model().init_from().empty())
-    out.push_back("model.init_from: starting from pretrained weights (\"" + cfg.model().init_from() +
-                  "\") is not supported by this build (only random init); use checkpoint.resume to continue a "
-                  "lathe run");
   return out;
 }
 
@@ -94,6 +119,10 @@ Device resolve_device(const std::string& spec) {
 }
 
 std::unique_ptr<data::Tokenizer> load_run_tokenizer(const RunConfig& cfg) {
+  const std::string& spec = cfg.data().tokenizer();
+  if (spec.empty() || spec == "auto")
+    throw ConfigError("config", {"data.tokenizer: \"auto\" was not resolved (it means the tokenizer of "
+                                 "model.init_from, or \"byte\" without one); set data.tokenizer"});
   try {
     return data::load_tokenizer(cfg.data().tokenizer());
   } catch (const lathe::Error& e) {
@@ -110,76 +139,6 @@ void apply_tokenizer_vocab(RunConfig& cfg, const data::Tokenizer& tok) {
                                  " is smaller than the vocabulary of tokenizer \"" + cfg.data().tokenizer() + "\" (" +
                                  std::to_string(tok.vocab_size()) + "); set it to 0 to take the tokenizer's"});
   }
-}
-
-namespace {
-
-std::string read_source_text(const std::string& field, const std::string& path) {
-  try {
-    return data::read_text(path);
-  } catch (const lathe::Error& e) {
-    throw ConfigError("config", {field + ": " + e.message()});
-  }
-}
-
-std::shared_ptr<const data::TokenIds> tokenize(const std::string& text, const data::Tokenizer& tok) {
-  MemCategoryGuard g(MemCategory::other);
-  auto ids = std::make_shared<data::TokenIds>();
-  ids->reserve(text.size() / 2);
-  // Raw corpora may contain text that looks like a special token; it stays plain text.
-  tok.encode_append(text, *ids, /*allow_special=*/false);
-  return ids;
-}
-
-}  // namespace
-
-RunData load_run_data(const RunConfig& cfg, const data::Tokenizer& tok) {
-  const auto& d = cfg.data();
-  const int64_t T = cfg.train().seq_len() > 0 ? cfg.train().seq_len() : cfg.model().max_seq_len();
-  RunData out;
-  std::string text;
-  if (d.source() == DataConfig::SYNTHETIC) {
-    text = data::synthetic_corpus(d.synthetic().seed(), static_cast<size_t>(d.synthetic().bytes()));
-    out.description = "synthetic corpus (seed " + std::to_string(d.synthetic().seed()) + ", " +
-                      std::to_string(d.synthetic().bytes()) + " bytes)";
-  } else if (d.source() == DataConfig::TEXT) {
-    text = read_source_text("data.path", d.path());
-    out.description = "text " + d.path() + " (" + std::to_string(text.size()) + " bytes)";
-  } else {
-    check_runnable(cfg);  // throws naming data.source
-  }
-  out.tokens = tokenize(text, tok);
-  const int64_t n = static_cast<int64_t>(out.tokens->size());
-  for (int32_t id : *out.tokens)
-    if (id < 0 || id >= cfg.model().vocab_size())
-      throw ConfigError("config", {"model.vocab_size: the data holds token id " + std::to_string(id) +
-                                   ", outside the model's vocabulary of " +
-                                   std::to_string(cfg.model().vocab_size())});
-  data::PackedLMDataset all(out.tokens, T);
-  if (!d.val_path().empty()) {
-    out.train = all;
-    auto val_tokens = tokenize(read_source_text("data.val_path", d.val_path()), tok);
-    out.val = data::PackedLMDataset(val_tokens, T);
-    if (out.val.size() == 0)
-      throw ConfigError("config", {"data.val_path: " + d.val_path() + " holds " +
-                                   std::to_string(val_tokens->size()) + " tokens, fewer than one window of " +
-                                   std::to_string(T + 1)});
-  } else if (d.val_fraction() > 0) {
-    try {
-      std::tie(out.train, out.val) = all.split(d.val_fraction());
-    } catch (const lathe::Error& e) {
-      throw ConfigError("config", {"data.val_fraction: cannot split " + std::to_string(n) + " tokens into windows of " +
-                                   std::to_string(T) + ": " + e.message()});
-    }
-  } else {
-    out.train = all;
-  }
-  if (out.train.size() == 0)
-    throw ConfigError("config", {"data: " + out.description + " gives " + std::to_string(n) +
-                                 " tokens, not one training window of train.seq_len + 1 = " + std::to_string(T + 1)});
-  out.description += ", " + std::to_string(n) + " tokens: " + std::to_string(out.train.size()) + " train / " +
-                     std::to_string(out.val.size()) + " val windows of " + std::to_string(T);
-  return out;
 }
 
 double flops_per_token(const models::ModelSpec& spec, int64_t seq_len) {

@@ -13,9 +13,11 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "parallel/threads.h"
+#include "train/batches.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/grad_sync.h"
+#include "train/init_from.h"
 #include "train/metrics.h"
 #include "train/run_setup.h"
 
@@ -181,13 +183,17 @@ std::string sample_text(models::CausalLM& model, const data::Tokenizer& tok, con
   o.top_k = s.top_k();
   o.top_p = s.top_p();
   o.seed = s.seed();
+  // A model trained with EOS after each document/response (lathe prepare) says when it is done.
+  o.stop_token = tok.eos_id().value_or(-1);
   std::vector<int32_t> ids = models::generate(model, prompt, o);
+  if (ids.size() > prompt.size() && o.stop_token >= 0 && ids.back() == o.stop_token) ids.pop_back();
   return tok.decode(std::vector<int32_t>(ids.begin() + static_cast<int64_t>(prompt.size()), ids.end()));
 }
 
 TrainResult train(const RunConfig& input, const TrainOptions& opts) {
   // ---- config ------------------------------------------------------------------------------
   RunConfig cfg = input;
+  const InitSource init = apply_init_from(cfg);  // the architecture and tokenizer of model.init_from
   configs::resolve(cfg);
   if (auto issues = configs::validate(cfg); !issues.empty()) throw ConfigError("config", issues);
   check_runnable(cfg);
@@ -217,17 +223,18 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
   const auto& tc = cfg.train();
 
   // ---- data ----------------------------------------------------------------------------------
-  RunData data = load_run_data(cfg, *tok);
+  RunData data = load_run_data(cfg, *tok, comm.get());
   data::LMLoaderOptions lo;
   lo.micro_batch = tc.micro_batch();
   lo.rank = rank;
   lo.world_size = world;
   lo.seed = tc.seed();
   lo.shuffle = cfg.data().shuffle();
-  data::LMLoader loader(data.train, lo);
+  TrainBatches loader(data, lo);
   if (loader.batches_per_epoch() == 0)
-    throw ConfigError("config", {"train.micro_batch: the training split has " + std::to_string(data.train.size()) +
-                                 " windows, fewer than one global batch of micro_batch * ranks = " +
+    throw ConfigError("config", {"train.micro_batch: the training split has " + std::to_string(data.train_size()) +
+                                 (data.instruction ? " samples" : " windows") +
+                                 ", fewer than one global batch of micro_batch * ranks = " +
                                  std::to_string(loader.global_batch())});
   const int64_t total_steps =
       tc.steps() > 0 ? tc.steps() : tc.epochs() * loader.batches_per_epoch() / tc.grad_accum();
@@ -287,6 +294,19 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
     config_changes = lines_not_in(config_text, st.config_text);
   }
   result.start_step = result.end_step = step;
+  // Pretrained weights only on a fresh start: a resumed run has its own, newer ones.
+  if (init.enabled() && from.empty()) {
+    load_init_weights(init, *model);
+    result.init_from = init.description;
+  }
+  // Data parallelism (train/grad_sync.h): identical replicas to start from (rank 0's weights
+  // broadcast, or a checksum check of the ranks' resumed files), then gradients averaged in
+  // buckets launched from gradient-ready hooks while backward runs.
+  sync_initial_state(*model, *comm, !from.empty());
+  std::vector<std::pair<std::string, Tensor>> trainable;
+  for (const auto& np : model->named_parameters())
+    if (np.second.requires_grad()) trainable.push_back(np);
+  GradSync grad_sync(trainable, comm, cfg.parallel().bucket_mb());
 
   // ---- banner ---------------------------------------------------------------------------------------
   if (out) {
@@ -296,7 +316,11 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
     s << "model: " << models::arch_name(spec.arch) << ", " << spec.n_layer << " layers, d_model " << spec.d_model
       << ", " << spec.n_head << " heads (" << spec.kv_heads() << " kv), d_ff " << spec.ff_dim() << ", vocab "
       << spec.vocab_size << ": " << result.num_parameters << " parameters\n";
-    s << "data: " << data.description << " (tokenizer " << tok->id() << ")\n";
+    if (init.enabled()) {
+      s << "init: " << (from.empty() ? "weights loaded from " : "resuming, so not loading ") << init.description << "\n";
+      for (const auto& n : init.notes) s << "note: " << n << "\n";
+    }
+    s << "data: " << data.description << " (tokenizer " << cfg.data().tokenizer() << " = " << tok->id() << ")\n";
     s << "batch: " << tc.micro_batch() << " sequences x " << tc.grad_accum() << " micro-steps x " << world
       << " rank(s) x " << tc.seq_len() << " tokens = " << tokens_per_step << " tokens/step; " << total_steps
       << " steps";
@@ -348,8 +372,8 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
 
   // ---- evaluation, sampling, checkpoints -------------------------------------------------------------------
   auto run_eval = [&](int64_t at) {
-    if (data.val.size() == 0) return;
-    EvalResult ev = evaluate(*model, data.val, tc.micro_batch(), tc.eval_batches(), *comm);
+    if (data.val_size() == 0) return;
+    EvalResult ev = evaluate_val(*model, data, tc.micro_batch(), tc.eval_batches(), *comm);
     result.evals.push_back({at, ev});
     if (metrics) {
       metrics->log_event({{"event", "eval"}, {"step", at}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity},
@@ -402,6 +426,7 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
   int64_t session_tokens = 0;
   while (step < total_steps) {
     if (opts.stop_after > 0 && step >= opts.stop_after) break;
+    test_fault_injection(step + 1, rank);  // test-only env vars (grad_sync.h); no-op otherwise
     const double t0 = now_s();
     reset_peak_memory();
     double loss_sum = 0;
@@ -411,9 +436,10 @@ TrainResult train(const RunConfig& input, const TrainOptions& opts) {
       loss_sum += loss.item();
       // Mean over micro-batches: each contributes 1/grad_accum of its mean-token gradient.
       Tensor scaled = tc.grad_accum() > 1 ? autograd::mul(loss, 1.0 / tc.grad_accum()) : loss;
+      grad_sync.before_backward(micro + 1 == tc.grad_accum());  // only the last one communicates
       scaled.backward();
     }
-    sync_gradients(params, *comm);
+    grad_sync.after_backward();
     const double grad_norm = optim::clip_grad_norm(params, tc.grad_clip());
     const double lr = sched.lr_at(step + 1);
     opt->set_lr(lr);

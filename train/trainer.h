@@ -2,6 +2,11 @@
 //
 //   lathe::train::TrainResult r = lathe::train::train(lathe::configs::load_config("run.pbtxt"));
 //
+// Data: data.source SYNTHETIC/TEXT/HDF5/JSONL, plain text as packed windows or instruction
+// data with the loss on response tokens only (train/run_setup.h, train/batches.h). Weights:
+// random init, or model.init_from (a Hugging Face directory or a lathe checkpoint, loaded on
+// a fresh start; train/init_from.h).
+//
 // Each optimizer step: train.grad_accum micro-batches (loss scaled by 1/grad_accum), backward,
 // gradient averaging across data-parallel ranks (train/grad_sync.h), clip_grad_norm
 // (train.grad_clip), the scheduled learning rate, one AdamW step, zero_grad. Then, on rank 0:
@@ -81,6 +86,8 @@ struct TrainResult {
   bool finished = false;    // end_step == total_steps
   int stop_signal = 0;      // the stop_flag value that ended the run early (0 = none)
   std::string resumed_from;     // step directory, or "" for a fresh start
+  std::string init_from;        // model.init_from source (train/init_from.h) whose weights
+                                // were loaded, or "" (none, or not loaded: resumed instead)
   std::string last_checkpoint;  // step directory of the last checkpoint this call saved, or ""
   std::vector<StepRecord> steps;  // this call's steps, in order
   std::vector<EvalRecord> evals;
@@ -102,7 +109,8 @@ EvalResult evaluate(models::CausalLM& model, const data::PackedLMDataset& ds, in
 
 // Text the model continues `prompt` with, using the sample section of cfg (prompt,
 // max_new_tokens, temperature, top_k, top_p, seed); an empty prompt starts from "\n".
-// Returns only the generated continuation, decoded.
+// Generation stops at the tokenizer's EOS token (not included). Returns only the generated
+// continuation, decoded.
 std::string sample_text(models::CausalLM& model, const data::Tokenizer& tok, const SampleConfig& sample);
 
 }  // namespace lathe::train

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/partials.h"
 
 namespace lathe::kernels::cpu {
 
@@ -55,15 +56,15 @@ void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, 
 #pragma omp parallel for schedule(static) if (N * V > 16384)
   for (int64_t i = 0; i < N; ++i) {
     const T* x = xp + i * V;
-    A m = -std::numeric_limits<A>::infinity();
-    for (int64_t j = 0; j < V; ++j) m = std::max(m, load(x[j]));
-    A s = 0;
-    double sd = 0;  // sum of (x - m), for the smoothing term
-    for (int64_t j = 0; j < V; ++j) {
-      const A d = load(x[j]) - m;
-      s += std::exp(d);
-      sd += d;
-    }
+    // Row max, sum of exp(x - m) and sum of (x - m) (for the smoothing term), each in
+    // kParts partials combined in a fixed order (kernels/cpu/partials.h).
+    const A m = partials::max<A>(V, [x](int64_t j) { return load(x[j]); });
+    const A s = partials::sum<A>(V, [x, m](int64_t j) { return std::exp(load(x[j]) - m); });
+    // Without smoothing the term is multiplied by 0: skip the pass (and a -inf logit then
+    // cannot turn 0 * inf into a NaN loss).
+    const double sd =
+        eps != 0.0 ? partials::sum<double>(V, [x, m](int64_t j) { return static_cast<double>(load(x[j]) - m); })
+                   : 0.0;
     const A log_s = std::log(s);
     lp[i] = m + log_s;
     if (tg[i] == ignore_index) continue;

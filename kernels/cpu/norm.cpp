@@ -2,7 +2,9 @@
 // with fused backward passes.
 //
 // Row statistics are accumulated in double (cheap next to the memory traffic) so f32 rows
-// of a few thousand values keep full precision. The weight/bias gradients are sums over
+// of a few thousand values keep full precision, each in kParts independent partials
+// combined in a fixed order (kernels/cpu/partials.h): no serial add chain per row, and the
+// same bits for any thread count. The weight/bias gradients are sums over
 // rows; to stay deterministic for any thread count, rows are cut into blocks whose number
 // depends only on the row count, each block writes its own partial sums, and the partials
 // are added in block order.
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/partials.h"
 
 namespace lathe::kernels::cpu {
 
@@ -40,14 +43,13 @@ void layer_norm_kernel(const Tensor& x, const Tensor& w, const Tensor& b, double
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xp + r * C;
     T* yr = yp + r * C;
-    double s = 0;
-    for (int64_t j = 0; j < C; ++j) s += load(xr[j]);
+    const double s = partials::sum<double>(C, [xr](int64_t j) { return static_cast<double>(load(xr[j])); });
     const double mean = s / static_cast<double>(C);
-    double v = 0;  // two-pass variance: no cancellation for rows with a large mean
-    for (int64_t j = 0; j < C; ++j) {
-      const double d = load(xr[j]) - mean;
-      v += d * d;
-    }
+    // two-pass variance: no cancellation for rows with a large mean
+    const double v = partials::sum<double>(C, [xr, mean](int64_t j) {
+      const double d = static_cast<double>(load(xr[j])) - mean;
+      return d * d;
+    });
     const double rstd = 1.0 / std::sqrt(v / static_cast<double>(C) + eps);
     mp[r] = static_cast<A>(mean);
     rp[r] = static_cast<A>(rstd);
@@ -73,11 +75,10 @@ void rms_norm_kernel(const Tensor& x, const Tensor& w, double eps, const NormOut
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xp + r * C;
     T* yr = yp + r * C;
-    double ss = 0;
-    for (int64_t j = 0; j < C; ++j) {
-      const double v = load(xr[j]);
-      ss += v * v;
-    }
+    const double ss = partials::sum<double>(C, [xr](int64_t j) {
+      const double v = static_cast<double>(load(xr[j]));
+      return v * v;
+    });
     const A rstd = static_cast<A>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
     rp[r] = rstd;
     for (int64_t j = 0; j < C; ++j) {
@@ -123,16 +124,18 @@ void norm_backward_kernel(bool centered, const Tensor& gy, const Tensor& x, cons
         const T* gr = gp + r * C;
         T* dr = dxp + r * C;
         const A mu = mp ? mp[r] : A(0), rs = rp[r];
-        A sg = 0, sgx = 0;
         for (int64_t j = 0; j < C; ++j) {
           const A gyj = load(gr[j]);
           xh[j] = (load(xr[j]) - mu) * rs;
           g[j] = wp ? gyj * wp[j] : gyj;
-          sg += g[j];
-          sgx += g[j] * xh[j];
           if (need_dw) pw[blk * C + j] += gyj * xh[j];
           if (need_db) pb[blk * C + j] += gyj;
         }
+        A sg, sgx;
+        const A* gv = g.data();
+        const A* xv = xh.data();
+        partials::sum2<A>(
+            C, [gv](int64_t j) { return gv[j]; }, [gv, xv](int64_t j) { return gv[j] * xv[j]; }, sg, sgx);
         const A a = centered ? sg / static_cast<A>(C) : A(0);
         const A bcoef = sgx / static_cast<A>(C);
         for (int64_t j = 0; j < C; ++j) dr[j] = store<T>(rs * (g[j] - a - xh[j] * bcoef));

@@ -8,11 +8,15 @@
 // - columnwise: when x's last dim is kept and contiguous (e.g. summing [B, T, C] over B, T
 //   for a bias gradient), a block of adjacent outputs is updated together per reduced
 //   element, reading x row by row instead of with a large stride.
-// Sums, means, variances and norms accumulate in double for every floating dtype.
+// Sums, means, variances and norms accumulate in double for every floating dtype; float
+// sums over a unit-stride run use kParts independent partials (kernels/cpu/partials.h)
+// combined in a fixed order, so they are not bound by the latency of one add chain and
+// still do not depend on the thread count.
 #include <cmath>
 #include <limits>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/partials.h"
 
 namespace lathe::kernels::cpu {
 
@@ -42,6 +46,19 @@ struct SumReducer {
     else s += State(v);
   }
   void merge(State& a, const State& b) const { a += b; }
+  // Folds n unit-stride elements; only used for floating dtypes (integer sums are exact
+  // in any order and already fast).
+  static constexpr bool kContiguousFold = is_float_v<T>;
+  void fold_contiguous(State& s, const T* q, int64_t n) const {
+    if constexpr (K == SumKind::sumsq_sqrt) {
+      s += partials::sum<double>(n, [q](int64_t j) {
+        const double v = static_cast<double>(ld(q[j]));
+        return v * v;
+      });
+    } else {
+      s += partials::sum<double>(n, [q](int64_t j) { return static_cast<double>(ld(q[j])); });
+    }
+  }
   Out finish(const State& s, int64_t n) const {
     if constexpr (is_float_v<T>) {
       double r = s;
@@ -64,6 +81,7 @@ struct VarReducer {
   };
   using Out = T;
   int64_t correction = 1;
+  static constexpr bool kContiguousFold = false;
   State init() const { return {}; }
   void update(State& s, C v, int64_t) const {
     double x = static_cast<double>(v);
@@ -92,6 +110,7 @@ struct MinMaxReducer {
   using C = comp_t<T>;
   using State = C;
   using Out = T;
+  static constexpr bool kContiguousFold = false;
   State init() const {
     if constexpr (std::is_floating_point_v<C>)
       return IsMax ? -std::numeric_limits<C>::infinity() : std::numeric_limits<C>::infinity();
@@ -116,6 +135,7 @@ struct ArgmaxReducer {
     int64_t i = -1;
   };
   using Out = int64_t;
+  static constexpr bool kContiguousFold = false;
   State init() const { return {}; }
   static bool beats(C v, C best) { return v > best || (is_nan(v) && !is_nan(best)); }
   void update(State& s, C v, int64_t r) const {
@@ -182,7 +202,9 @@ void reduce_range(const Red& red, typename Red::State& s, const T* p, const Dims
     const T* q = p + off;
     int64_t c0 = idx[nd - 1], c1 = std::min(inner, c0 + (r1 - r));
     if (is == 1) {
-      for (int64_t c = c0; c < c1; ++c) red.update(s, ld(q[c]), r + c - c0);
+      if constexpr (Red::kContiguousFold) red.fold_contiguous(s, q + c0, c1 - c0);
+      else
+        for (int64_t c = c0; c < c1; ++c) red.update(s, ld(q[c]), r + c - c0);
     } else {
       for (int64_t c = c0; c < c1; ++c) red.update(s, ld(q[c * is]), r + c - c0);
     }

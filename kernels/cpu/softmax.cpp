@@ -1,12 +1,18 @@
 // Softmax and log-softmax along one axis, and their backward passes.
 // A contiguous x is seen as [outer, n, inner]; each (outer, inner) lane of n values is
 // one independent row (stride `inner`), so any axis works without a transpose.
-// Rows are made stable by subtracting their max before exponentiating.
+// Rows are made stable by subtracting their max before exponentiating. Softmax takes one
+// exp per element: exp(x - max) is stored while it is summed, then scaled by 1/sum. Row
+// maxima and sums use kParts independent partials (kernels/cpu/partials.h), combined in a
+// fixed order, so they overlap instead of forming one serial chain.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/partials.h"
 
 namespace lathe::kernels::cpu {
 
@@ -35,27 +41,48 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
   const T* xp = x.data<T>();
   T* op = out.data<T>();
   const int64_t lanes = l.outer * l.inner, n = l.n, st = l.inner;
-#pragma omp parallel for schedule(static) if (lanes * n > 16384)
-  for (int64_t r = 0; r < lanes; ++r) {
-    const int64_t base = (r / st) * n * st + (r % st);
-    const T* xr = xp + base;
-    T* orow = op + base;
-    A m = -std::numeric_limits<A>::infinity();
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, load(xr[j * st]));
-    // A fully masked row (all -inf) has no mass: softmax gives zeros and log-softmax -inf,
-    // instead of the NaNs that inf - inf would produce.
-    if (m == -std::numeric_limits<A>::infinity()) m = 0;
-    A sum = 0;
-    for (int64_t j = 0; j < n; ++j) sum += std::exp(load(xr[j * st]) - m);
-    if (log) {
-      // (x - m) - log(sum) rather than x - (m + log(sum)): the first difference is exact for
-      // the large entries, so f32 keeps full relative precision even for logits near 1e3.
-      const A ls = std::log(sum);
-      const A ninf = -std::numeric_limits<A>::infinity();
-      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(sum > A(0) ? (load(xr[j * st]) - m) - ls : ninf);
-    } else {
-      const A inv = sum > A(0) ? A(1) / sum : A(0);
-      for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(std::exp(load(xr[j * st]) - m) * inv);
+  // The exps are kept in the compute precision until scaled: in the output row itself when
+  // T is the compute type, in a per-thread row buffer otherwise (bf16/f16 would round twice).
+  constexpr bool kInPlace = std::is_same_v<T, A>;
+#pragma omp parallel if (lanes * n > 16384)
+  {
+    std::vector<A> buf(kInPlace || log ? 0 : static_cast<size_t>(n));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < lanes; ++r) {
+      const int64_t base = (r / st) * n * st + (r % st);
+      const T* xr = xp + base;
+      T* orow = op + base;
+      A m = partials::max<A>(n, [xr, st](int64_t j) { return load(xr[j * st]); });
+      // A fully masked row (all -inf) has no mass: softmax gives zeros and log-softmax -inf,
+      // instead of the NaNs that inf - inf would produce.
+      if (m == -std::numeric_limits<A>::infinity()) m = 0;
+      if (log) {
+        const A sum = partials::sum<A>(n, [xr, st, m](int64_t j) { return std::exp(load(xr[j * st]) - m); });
+        // (x - m) - log(sum) rather than x - (m + log(sum)): the first difference is exact for
+        // the large entries, so f32 keeps full relative precision even for logits near 1e3.
+        const A ls = std::log(sum);
+        const A ninf = -std::numeric_limits<A>::infinity();
+        for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(sum > A(0) ? (load(xr[j * st]) - m) - ls : ninf);
+        continue;
+      }
+      A sum;
+      if constexpr (kInPlace) {
+        sum = partials::sum<A>(n, [xr, orow, st, m](int64_t j) {
+          const A e = std::exp(load(xr[j * st]) - m);
+          orow[j * st] = e;
+          return e;
+        });
+        const A inv = sum > A(0) ? A(1) / sum : A(0);
+        for (int64_t j = 0; j < n; ++j) orow[j * st] *= inv;
+      } else {
+        A* e = buf.data();
+        sum = partials::sum<A>(n, [xr, e, st, m](int64_t j) {
+          e[j] = std::exp(load(xr[j * st]) - m);
+          return e[j];
+        });
+        const A inv = sum > A(0) ? A(1) / sum : A(0);
+        for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(e[j] * inv);
+      }
     }
   }
 }
@@ -74,13 +101,12 @@ void softmax_backward_kernel(const Tensor& y, const Tensor& gy, int64_t axis, bo
     const T* yr = yp + base;
     const T* gr = gp + base;
     T* orow = op + base;
-    A dot = 0;
     if (log) {
-      for (int64_t j = 0; j < n; ++j) dot += load(gr[j * st]);
+      const A dot = partials::sum<A>(n, [gr, st](int64_t j) { return load(gr[j * st]); });
       for (int64_t j = 0; j < n; ++j)
         orow[j * st] = store<T>(load(gr[j * st]) - std::exp(load(yr[j * st])) * dot);
     } else {
-      for (int64_t j = 0; j < n; ++j) dot += load(gr[j * st]) * load(yr[j * st]);
+      const A dot = partials::sum<A>(n, [gr, yr, st](int64_t j) { return load(gr[j * st]) * load(yr[j * st]); });
       for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(load(yr[j * st]) * (load(gr[j * st]) - dot));
     }
   }

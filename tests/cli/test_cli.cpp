@@ -8,6 +8,7 @@
 
 #include "configs/config.h"
 #include "tests/cli/cli_test_util.h"
+#include "tests/cli/example_setup.h"
 #include "tests/train/tmp_dir.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint_dir.h"
@@ -66,7 +67,7 @@ TEST(Cli, ValidateReportsOkOrEveryErrorWithExitCode2) {
   Result gpu = run_lathe("validate configs/gpt2_124m.pbtxt");
   EXPECT_EQ(gpu.rc, 0) << gpu.out;
   EXPECT_TRUE(contains(gpu.out, "ok\n")) << gpu.out;
-  EXPECT_TRUE(contains(gpu.out, "note: this build cannot train it yet: data.source: HDF5")) << gpu.out;
+  EXPECT_TRUE(contains(gpu.out, "note: this build cannot train it yet: train.precision: BF16")) << gpu.out;
 }
 
 TEST(Cli, UsageErrorsExitWith2AndAHint) {
@@ -92,7 +93,7 @@ TEST(Cli, UsageErrorsExitWith2AndAHint) {
   EXPECT_EQ(help.rc, 0);
   for (const char* w : {"train", "eval", "generate", "inspect", "validate", "130", "143", "checkpoint or file I/O"})
     EXPECT_TRUE(contains(help.out, w)) << w << "\n" << help.out;
-  for (const char* c : {"train", "eval", "generate", "inspect", "validate"}) {
+  for (const char* c : {"train", "finetune", "eval", "generate", "prepare", "export", "tokenizer", "inspect", "validate"}) {
     Result h = run_lathe(std::string(c) + " --help");
     EXPECT_EQ(h.rc, 0) << c;
     EXPECT_TRUE(contains(h.out, std::string("usage: lathe ") + c)) << h.out;
@@ -243,7 +244,8 @@ TEST(Cli, MpirunTwoRanksMatchOneRankWithTheWholeBatch) {
   EXPECT_TRUE(contains(refuse.out, "written by 2 rank(s), this run has 1")) << refuse.out;
 }
 
-// Every config in configs/ that runs on the CPU, and every example, trains for 2 steps.
+// Every config in configs/ that runs on the CPU, and every example, trains for 2 steps
+// (fine-tuning examples through lathe finetune, from a tiny exported HF directory).
 TEST(Cli, EveryCpuConfigRunsTwoSteps) {
   std::vector<std::string> files = {"configs/quickstart.pbtxt", "configs/tiny_llama.pbtxt", "configs/shakespeare.pbtxt"};
   std::vector<std::string> examples;
@@ -253,6 +255,18 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
   std::sort(examples.begin(), examples.end());
   files.insert(files.end(), examples.begin(), examples.end());
   int ran = 0;
+  // Tokenizer, prepared data and HF model directory for the examples whose README makes them
+  // first (tests/cli/example_setup.h); built on first use, removed at the end.
+  const std::string inputs_dir = (fs::temp_directory_path() / ("lathe_test_example_inputs_" + std::to_string(::getpid()))).string();
+  fs::remove_all(inputs_dir);
+  ExampleInputs inputs(inputs_dir);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{inputs_dir};
   for (const auto& f : files) {
     SCOPED_TRACE(f);
     RunConfig cfg = configs::load_config(f);
@@ -265,8 +279,9 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
     TmpDir tmp;
     std::string args = "train " + sh_quote(f) + " --steps 2 --set run_dir=" + sh_quote(tmp.path()) +
                        " --set train.micro_batch=4 --set sample.max_new_tokens=4 --set checkpoint.resume=never"
-                       " --set parallel.threads_per_rank=1";
+                       " --set parallel.threads_per_rank=1" + inputs.overrides_for(cfg);
     if (cfg.data().val_fraction() > 0) args += " --set train.eval_interval=1 --set train.eval_batches=1";
+    if (!cfg.model().init_from().empty()) args.replace(0, 5, "finetune");  // "train" -> "finetune"
     Result r = run_lathe(args);
     ASSERT_EQ(r.rc, 0) << r.out;
     std::map<int64_t, double> losses = metrics_losses(tmp / "metrics.jsonl");
@@ -275,7 +290,7 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
     EXPECT_TRUE(train::is_complete(train::step_dir(tmp / "checkpoints", 2)));
     ++ran;
   }
-  EXPECT_GE(ran, 3);
+  EXPECT_GE(ran, 3 + 6);  // the CPU configs and at least one config per example
 }
 
 }  // namespace

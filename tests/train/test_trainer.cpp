@@ -314,16 +314,15 @@ TEST(Trainer, ResumeLatestWithoutCheckpointIsAnError) {
 TEST(Trainer, UnsupportedSettingsAreConfigErrors) {
   TmpDir tmp;
   RunConfig c = tiny_config(tmp.path());
-  c.mutable_data()->set_source(DataConfig::HDF5);
-  c.mutable_data()->set_path("shards/");
   c.mutable_train()->set_precision(TrainConfig::BF16);
+  c.mutable_model()->set_dtype(ModelConfig::BF16);
   try {
     train(c, quiet());
     FAIL() << "expected a ConfigError";
   } catch (const configs::ConfigError& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("data.source: HDF5"), std::string::npos) << m;
-    EXPECT_NE(m.find("supported: SYNTHETIC, TEXT"), std::string::npos) << m;
+    EXPECT_NE(m.find("model.dtype: BF16"), std::string::npos) << m;
+    EXPECT_NE(m.find("supported: F32"), std::string::npos) << m;
     EXPECT_NE(m.find("train.precision: BF16"), std::string::npos) << m;
   }
   RunConfig bad = tiny_config(tmp.path());
@@ -432,12 +431,60 @@ TEST(RunSetup, ModelSpecAndFlopsFormula) {
   EXPECT_EQ(s.kv_heads(), 2);
   EXPECT_EQ(s.ff_dim(), configs::default_d_ff(c.model()));
   EXPECT_FALSE(s.bias);
-  EXPECT_EQ(models::count_parameters(s), configs::count_parameters(c.model()));
+  // V*C + L * (2 RMSNorm gains C + q, o [C, C] + k, v [kv_heads*hd, C] + SwiGLU 3*C*F) + final C,
+  // tied head: 256*64 + 3 * (128 + 2*64*64 + 2*32*64 + 3*64*F) + 64 with F = 192 (2/3*256 -> 32).
+  ASSERT_EQ(s.ff_dim(), 192);
+  EXPECT_EQ(models::count_parameters(s), 256 * 64 + 3 * (128 + 2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 192) + 64);
   // 6N + 6LCT
   EXPECT_DOUBLE_EQ(flops_per_token(s, 16), 6.0 * models::count_parameters(s) + 6.0 * 3 * 64 * 16);
   RunConfig z = c;
   z.mutable_model()->set_vocab_size(0);
   EXPECT_THROW(model_spec(z.model()), configs::ConfigError);
+}
+
+// The published configs build ModelSpecs of the published sizes (the formula itself is
+// models::count_parameters, tested in tests/models; this checks config -> spec).
+TEST(RunSetup, PublishedConfigsHaveThePublishedSizes) {
+  // GPT-2 small: 124,439,808 (Hugging Face "gpt2", tied LM head).
+  EXPECT_EQ(models::count_parameters(model_spec(configs::load_config("configs/gpt2_124m.pbtxt").model())), 124439808);
+  // Llama 3.2 1B: 1,235,814,400 (Hugging Face "meta-llama/Llama-3.2-1B", tied embeddings).
+  const models::ModelSpec llama = model_spec(configs::load_config("configs/llama_1b.pbtxt").model());
+  EXPECT_EQ(models::count_parameters(llama), 1235814400);
+  EXPECT_EQ(llama.rope_scaling.type, models::RopeScaling::Type::llama3);
+  EXPECT_DOUBLE_EQ(llama.rope_scaling.factor, 32);
+  // quickstart: V*C + T*C + 4 layers of (12 C^2 + 13 C) + final LayerNorm 2C, V=256, C=96, T=128.
+  const int64_t C = 96;
+  EXPECT_EQ(models::count_parameters(model_spec(configs::load_config("configs/quickstart.pbtxt").model())),
+            256 * C + 128 * C + 4 * (12 * C * C + 13 * C) + 2 * C);
+}
+
+// model_spec and set_model_config are inverses on the architecture fields.
+TEST(RunSetup, ModelConfigRoundTripsThroughModelSpec) {
+  models::ModelSpec s = models::ModelSpec::llama_1b();
+  s.qkv_bias = true;
+  s.n_layer = 3;
+  ModelConfig m;
+  m.set_dropout(0.25);
+  set_model_config(&m, s);
+  EXPECT_DOUBLE_EQ(m.dropout(), 0.25);  // kept
+  models::ModelSpec back = model_spec(m);
+  back.dropout = s.dropout;
+  EXPECT_EQ(back.arch, s.arch);
+  EXPECT_EQ(back.vocab_size, s.vocab_size);
+  EXPECT_EQ(back.n_layer, 3);
+  EXPECT_EQ(back.kv_heads(), s.kv_heads());
+  EXPECT_EQ(back.ff_dim(), s.ff_dim());
+  EXPECT_EQ(back.max_seq_len, s.max_seq_len);
+  EXPECT_DOUBLE_EQ(back.rope_theta, s.rope_theta);
+  EXPECT_TRUE(back.qkv_bias);
+  EXPECT_FALSE(back.bias);
+  EXPECT_EQ(back.tie_embeddings, s.tie_embeddings);
+  EXPECT_EQ(back.rope_scaling.type, models::RopeScaling::Type::llama3);
+  EXPECT_DOUBLE_EQ(back.rope_scaling.factor, s.rope_scaling.factor);
+  EXPECT_DOUBLE_EQ(back.rope_scaling.high_freq_factor, s.rope_scaling.high_freq_factor);
+  EXPECT_EQ(back.rope_scaling.original_max_position_embeddings, s.rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(models::rope_inv_freq(back), models::rope_inv_freq(s));
+  EXPECT_EQ(models::count_parameters(back), models::count_parameters(s));
 }
 
 }  // namespace

@@ -1,0 +1,112 @@
+// lathe export --checkpoint PATH|RUN_DIR --out DIR [--dtype f32|bf16|f16] [--max-shard-mb N]
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "models/hf_export.h"
+#include "train/inference.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe::cli {
+
+namespace {
+
+const char* const kHelp =
+    "usage: lathe export --checkpoint PATH|RUN_DIR --out DIR [--dtype f32|bf16|f16] [--max-shard-mb N]\n"
+    "\n"
+    "Writes a trained model as a Hugging Face transformers checkpoint: DIR/config.json and\n"
+    "DIR/model.safetensors (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM layout), plus\n"
+    "the run's tokenizer files (tokenizer.json, or vocab.json + merges.txt, and\n"
+    "tokenizer_config.json when present) when it used one; the byte tokenizer has no Hugging\n"
+    "Face file and is noted instead. transformers' from_pretrained(DIR) and lathe's\n"
+    "model.init_from: DIR both load the result.\n"
+    "\n"
+    "options:\n"
+    "  --checkpoint PATH  rank file, step directory, checkpoint directory or run directory\n"
+    "                     (newest complete step); may also be given as the only positional\n"
+    "  --out DIR          output directory (created; weight files of an earlier export there\n"
+    "                     are replaced)\n"
+    "  --dtype D          f32 (default), bf16 or f16 (round to nearest even)\n"
+    "  --max-shard-mb N   split the weights into shards of at most N MiB with an index\n"
+    "                     (model.safetensors.index.json); 0 = one file (default)\n"
+    "\n"
+    "Exit codes: 0 ok, 1 runtime error (e.g. a model with no Hugging Face form, a write that\n"
+    "failed), 2 usage error, 3 checkpoint unreadable or tokenizer file not copied.\n";
+
+// The tokenizer files of data.tokenizer `spec` (relative to the working directory), as
+// (source path, file name in the export).
+std::vector<std::pair<fs::path, std::string>> tokenizer_files(const std::string& spec) {
+  std::vector<std::pair<fs::path, std::string>> out;
+  std::error_code ec;
+  if (spec == "byte" || spec.empty() || spec == "auto") return out;
+  fs::path p(spec);
+  if (fs::is_directory(p, ec)) {
+    for (const char* name : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"})
+      if (fs::is_regular_file(p / name, ec)) out.emplace_back(p / name, name);
+    // tokenizer.json alone defines the tokenizer; vocab.json + merges.txt only without it.
+    bool has_json = false;
+    for (const auto& f : out) has_json = has_json || f.second == "tokenizer.json";
+    if (has_json)
+      out.erase(std::remove_if(out.begin(), out.end(),
+                               [](const auto& f) { return f.second == "vocab.json" || f.second == "merges.txt"; }),
+                out.end());
+  } else if (p.filename() == "vocab.json") {
+    out.emplace_back(p, "vocab.json");
+    out.emplace_back(p.parent_path() / "merges.txt", "merges.txt");
+  } else {
+    out.emplace_back(p, "tokenizer.json");
+  }
+  return out;
+}
+
+int run(const std::vector<std::string>& args) {
+  ParsedArgs a = parse_args("export", args,
+                            {{"--checkpoint", ArgKind::value},
+                             {"--out", ArgKind::value},
+                             {"--dtype", ArgKind::value},
+                             {"--max-shard-mb", ArgKind::value}});
+  std::string path = a.get("--checkpoint").value_or("");
+  if (path.empty() && a.positional.size() == 1) path = a.positional[0];
+  if (path.empty() || a.positional.size() > (a.has("--checkpoint") ? 0u : 1u))
+    throw UsageError("lathe export: expected --checkpoint PATH (a checkpoint or run directory)");
+  const std::string out = a.get("--out").value_or("");
+  if (out.empty()) throw UsageError("lathe export: --out DIR is required");
+  const std::string dt = a.get("--dtype").value_or("f32");
+  DType dtype;
+  if (dt == "f32") dtype = DType::f32;
+  else if (dt == "bf16") dtype = DType::bf16;
+  else if (dt == "f16") dtype = DType::f16;
+  else throw UsageError("lathe export: --dtype must be f32, bf16 or f16 (got \"" + dt + "\")");
+  const int64_t shard_mb = a.get_int("--max-shard-mb", 0);
+  if (shard_mb < 0) throw UsageError("lathe export: --max-shard-mb must be >= 0");
+
+  train::LoadedRun run = train::load_trained(path);
+  models::save_hf_model(*run.model, out, dtype, shard_mb * 1024 * 1024);
+  std::printf("exported %s (step %lld, %s, %lld parameters) to %s as %s\n", run.file.c_str(),
+              static_cast<long long>(run.state.step), models::arch_name(run.model->spec().arch),
+              static_cast<long long>(models::count_parameters(run.model->spec())), out.c_str(), dt.c_str());
+  const std::string& tok = run.cfg.data().tokenizer();
+  const auto files = tokenizer_files(tok);
+  if (files.empty()) {
+    std::printf("tokenizer: \"%s\" has no Hugging Face file; none written (fine-tune the export with "
+                "data.tokenizer: \"%s\")\n", tok.c_str(), tok.c_str());
+  }
+  for (const auto& [src, name] : files) {
+    std::error_code ec;
+    const fs::path dst = fs::path(out) / name, tmp = fs::path(out) / (name + ".tmp");
+    fs::copy_file(src, tmp, fs::copy_options::overwrite_existing, ec);
+    if (!ec) fs::rename(tmp, dst, ec);
+    if (ec) throw train::IoError("export", "copying the tokenizer file " + src.string() + " to " + dst.string() + ": " + ec.message());
+    std::printf("tokenizer: copied %s to %s\n", src.string().c_str(), dst.string().c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+extern const Command kCmdExport = {"export", "write a checkpoint as a Hugging Face model directory", kHelp, run};
+
+}  // namespace lathe::cli

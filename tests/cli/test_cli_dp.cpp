@@ -1,0 +1,199 @@
+// Data parallelism through the real binary under `mpirun -np 2`: equivalence with one
+// process holding the whole batch (several gradient buckets, gradient accumulation), exact
+// resume, and a lost rank (dead or hung) ending the whole job with a message in bounded time.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "tests/cli/cli_test_util.h"
+#include "tests/train/tmp_dir.h"
+#include "tests/train/trainer_test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/hdf5_io.h"
+
+namespace lathe::cli_test {
+namespace {
+
+namespace fs = std::filesystem;
+using train::test_util::TmpDir;
+using train::test_util::write_all;
+
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+// The tiny trainer-test config (2-layer GPT-2, grad_accum 2) with 10 KiB gradient buckets
+// (the model's 13 buckets: several per layer) and the given dropout and timeout.
+std::string write_dp_config(const TmpDir& tmp, int steps, double dropout, double timeout_s) {
+  std::string text = train::test_util::tiny_config_text(tmp / "unused", steps);
+  auto replace = [&](const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    if (at == std::string::npos) {
+      ADD_FAILURE() << "tiny config has no " << from;
+      return;
+    }
+    text.replace(at, from.size(), to);
+  };
+  char d[32];
+  std::snprintf(d, sizeof d, "dropout: %g", dropout);
+  replace("dropout: 0.1", d);
+  replace("checkpoint { interval: 4 ", "checkpoint { interval: 3 ");
+  replace("parallel { threads_per_rank: 1 }",
+          "parallel { threads_per_rank: 1 bucket_mb: 0.01 collective_timeout_s: " + std::to_string(timeout_s) + " }");
+  const std::string path = tmp / "dp.pbtxt";
+  write_all(path, text);
+  return path;
+}
+
+struct Timed {
+  Result r;
+  double seconds = 0;
+};
+
+// `mpirun -np N [-x VAR=VALUE ...] lathe <args>`, bounded by coreutils timeout so that a hang
+// fails the test instead of blocking it.
+Timed run_mpi(int np, const std::string& args, const std::vector<std::string>& env = {}) {
+  std::string cmd = "timeout -k 5 90 " + std::string(LATHE_MPIRUN) + " -np " + std::to_string(np) +
+                    " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1";
+  for (const auto& e : env) cmd += " -x " + e;
+  cmd += " " + sh_quote(LATHE_BIN) + " " + args + " 2>&1";
+  const auto t0 = std::chrono::steady_clock::now();
+  Timed t;
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) {
+    ADD_FAILURE() << "popen failed: " << cmd;
+    return t;
+  }
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) t.r.out.append(buf, n);
+  t.r.rc = decode_status(::pclose(p));
+  t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return t;
+}
+
+std::string rank_file(const std::string& run, int64_t step, int rank) {
+  return train::rank_file(train::step_dir(run + "/checkpoints", step), rank);
+}
+
+// Every model/* tensor of two checkpoint files within rtol (atol for values near zero);
+// returns how many were compared.
+int expect_params_near(const std::string& a_path, const std::string& b_path, double rtol, double atol) {
+  train::H5Reader a(a_path), b(b_path);
+  std::vector<std::string> names = a.list_datasets("model");
+  EXPECT_EQ(names, b.list_datasets("model"));
+  int compared = 0;
+  for (const auto& n : names) {
+    auto x = a.read_tensor("model/" + n).to(DType::f64).to_vector<double>();
+    auto y = b.read_tensor("model/" + n).to(DType::f64).to_vector<double>();
+    EXPECT_EQ(x.size(), y.size()) << n;
+    if (x.size() != y.size()) continue;
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double excess = std::abs(x[i] - y[i]) - (atol + rtol * std::abs(x[i]));
+      if (excess > worst) worst = excess, at = i;
+    }
+    EXPECT_EQ(worst, 0.0) << "model/" << n << " element " << at << ": " << x[at] << " vs " << y[at];
+    ++compared;
+  }
+  return compared;
+}
+
+// 2 ranks x micro-batch 4 read the windows 1 rank x micro-batch 8 reads; the bucketed mean over
+// ranks equals the one-process gradient of the whole batch (packed LM data: every row has T
+// targets), with grad_accum 2 on both sides, so losses and final weights agree to f32
+// rounding, and the two ranks' replicas stay bit-identical.
+TEST(CliDataParallel, TwoRanksWithManyBucketsMatchOneRankWithTheWholeBatch) {
+  TmpDir tmp;
+  const std::string cfg = write_dp_config(tmp, 6, 0.0, 60);
+  const std::string one = tmp / "one", two = tmp / "two";
+  Result r1 = run_lathe("train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(one) + " --set train.micro_batch=8");
+  ASSERT_EQ(r1.rc, 0) << r1.out;
+  Timed r2 = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(two), {"LATHE_DP_STATS=1"});
+  ASSERT_EQ(r2.r.rc, 0) << r2.r.out;
+  // The reducer really ran with several buckets, started during backward.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r2.r.out, m, std::regex("rank 0: 6 syncs of ([0-9]+) buckets \\(([0-9]+) started")))
+      << r2.r.out;
+  EXPECT_GE(std::stoi(m[1]), 5);
+  EXPECT_GT(std::stoi(m[2]), 0);
+
+  std::map<int64_t, double> a = metrics_losses(one + "/metrics.jsonl"), b = metrics_losses(two + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(loss, b[step], 2e-6 * loss) << "step " << step;
+  const std::string f1 = rank_file(one, 6, 0);
+  EXPECT_GT(expect_params_near(f1, rank_file(two, 6, 0), 1e-4, 2e-6), 10);
+  // Replicas: rank 1's weights equal rank 0's bit for bit.
+  EXPECT_GT(expect_params_near(rank_file(two, 6, 0), rank_file(two, 6, 1), 0, 0), 10);
+}
+
+// Stopped at step 3 (--steps) and resumed under mpirun -np 2: the loss curve and both ranks'
+// final checkpoints (weights, AdamW moments, data position, dropout RNG) are bit-identical to
+// an uninterrupted 2-rank run. Dropout is on, so each rank's RNG must be restored.
+TEST(CliDataParallel, ResumeUnderMpirunIsBitwiseIdentical) {
+  TmpDir tmp;
+  const std::string cfg = write_dp_config(tmp, 7, 0.1, 60);
+  const std::string straight = tmp / "straight", resumed = tmp / "resumed";
+  Timed s = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(straight));
+  ASSERT_EQ(s.r.rc, 0) << s.r.out;
+  Timed p1 = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(resumed) + " --steps 4");
+  ASSERT_EQ(p1.r.rc, 0) << p1.r.out;
+  ASSERT_EQ(train::latest_complete_step(resumed + "/checkpoints"), std::optional<int64_t>(4));
+  Timed p2 = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(resumed) + " --resume");
+  ASSERT_EQ(p2.r.rc, 0) << p2.r.out;
+  EXPECT_TRUE(contains(p2.r.out, "resuming from")) << p2.r.out;
+
+  std::map<int64_t, double> a = metrics_losses(straight + "/metrics.jsonl"),
+                            b = metrics_losses(resumed + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 7u);
+  EXPECT_EQ(a, b);  // exact doubles
+  for (int rank = 0; rank < 2; ++rank) {
+    SCOPED_TRACE("rank " + std::to_string(rank));
+    train::test_util::expect_same_tensors(rank_file(straight, 7, rank), rank_file(resumed, 7, rank));
+  }
+}
+
+// Rank 1 exits abruptly at step 3 (test-only LATHE_TEST_DIE_AT_STEP): the job ends non-zero,
+// well within the collective timeout, and the output names the lost rank.
+TEST(CliDataParallel, RankThatDiesEndsTheJob) {
+  TmpDir tmp;
+  const double timeout = 10;
+  const std::string cfg = write_dp_config(tmp, 6, 0.0, timeout);
+  Timed t = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(tmp / "run"),
+                    {"LATHE_TEST_DIE_AT_STEP=3", "LATHE_TEST_DIE_RANK=1"});
+  EXPECT_NE(t.r.rc, 0) << t.r.out;
+  EXPECT_NE(t.r.rc, 124) << "killed by the test's own 90 s bound: the job hung\n" << t.r.out;
+  EXPECT_LT(t.seconds, timeout + 15) << t.r.out;
+  EXPECT_TRUE(contains(t.r.out, "lathe: rank 1: LATHE_TEST_DIE_AT_STEP=3")) << t.r.out;
+  // Open MPI's report of the lost process, or lathe's timeout on the survivor.
+  EXPECT_TRUE(std::regex_search(t.r.out, std::regex("exited with non-zero status|exiting improperly|"
+                                                    "lathe: rank 0: [a-z_]+ #[0-9]+ did not complete within")))
+      << t.r.out;
+}
+
+// Rank 1 never arrives at step 3's gradient all-reduce (LATHE_TEST_HANG_AT_STEP): rank 0's
+// wait expires after parallel.collective_timeout_s and aborts the whole job with a message
+// naming its rank and the collective.
+TEST(CliDataParallel, HungRankTimesOutWithRankAndOperation) {
+  TmpDir tmp;
+  const double timeout = 3;
+  const std::string cfg = write_dp_config(tmp, 6, 0.0, timeout);
+  Timed t = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(tmp / "run"),
+                    {"LATHE_TEST_HANG_AT_STEP=3"});
+  EXPECT_NE(t.r.rc, 0) << t.r.out;
+  EXPECT_NE(t.r.rc, 124) << "killed by the test's own 90 s bound: the job hung\n" << t.r.out;
+  EXPECT_TRUE(contains(t.r.out, "lathe: rank 1: LATHE_TEST_HANG_AT_STEP=3: hanging")) << t.r.out;
+  EXPECT_TRUE(std::regex_search(
+      t.r.out, std::regex("lathe: rank 0: all_reduce #[0-9]+ did not complete within 3 s \\(a peer rank may have died\\)")))
+      << t.r.out;
+  EXPECT_GE(t.seconds, timeout) << t.r.out;
+  EXPECT_LT(t.seconds, timeout + 20) << t.r.out;
+}
+
+}  // namespace
+}  // namespace lathe::cli_test
