@@ -1,6 +1,9 @@
 // lathe: the command-line entry point. Dispatches to a subcommand (commands.cpp) and maps
 // errors to the documented exit codes.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -34,6 +37,11 @@ void print_usage(std::FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Idle OpenMP workers sleep instead of spinning, so OpenBLAS's threads get the cores
+  // (~2x training throughput on 2 shared cores, bench/README.md section 4). libgomp reads
+  // the variable when it is loaded, before main: hence one re-exec with it set. An explicit
+  // OMP_WAIT_POLICY is kept; if the exec fails lathe simply runs on.
+  if (!std::getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) execv("/proc/self/exe", argv);
   std::string prefix = "lathe: ";
   try {
     if (lathe::parallel::launched_by_mpi()) {

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Installs every system package lathe needs on Debian 12 (idempotent, quiet, as root or via sudo).
 # The CUDA toolkit is not a Debian package here: when nvcc is on PATH the CUDA backend builds too.
-# OpenBLAS: the OpenMP build (libopenblas-openmp-dev), so that BLAS and lathe's own OpenMP loops
-# share one libgomp thread pool instead of two pools spinning against each other (see
-# bench/README.md). It installs next to the pthreads build if that is already there (Debian
-# keeps both in lib/<arch>/openblas-*); CMake links the OpenMP one whenever it is present
-# and falls back to any other OpenBLAS otherwise. The system alternative is left as it is.
+# OpenBLAS: the default libopenblas-dev is Debian's pthreads build. LATHE_OPENBLAS=openmp also
+# installs the OpenMP build (libopenblas-openmp-dev, next to the pthreads one; the system
+# alternative is left as it is), which cmake -DLATHE_OPENBLAS_OPENMP=ON then links; see
+# bench/README.md section 4 for why that is not the default.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config ccache
-      libopenblas-openmp-dev libomp-dev
+      libopenblas-dev libomp-dev
       libopenmpi-dev openmpi-bin
       libhdf5-dev hdf5-tools
       libprotobuf-dev protobuf-compiler
       nlohmann-json3-dev
       libgtest-dev libgmock-dev libbenchmark-dev)
+case "${LATHE_OPENBLAS:-pthread}" in
+  pthread) ;;
+  openmp) pkgs+=(libopenblas-openmp-dev) ;;
+  *) echo "setup: LATHE_OPENBLAS must be pthread or openmp, got '${LATHE_OPENBLAS}'" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

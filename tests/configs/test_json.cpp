@@ -25,7 +25,7 @@ const char* kQuickstartJson = R"({
             "grad_clip": 1.0, "eval_interval": 100, "eval_batches": 10, "log_interval": 10},
   "checkpoint": {"interval": 100, "keep_last": 2},
   "logging": {"jsonl": true, "progress": "AUTO"},
-  "sample": {"prompt": "The ", "max_new_tokens": 64, "temperature": 0.8, "top_k": 40, "at_eval": true}
+  "sample": {"prompt": "the ", "max_new_tokens": 64, "temperature": 0.8, "top_k": 40, "at_eval": true}
 }
 )";
 

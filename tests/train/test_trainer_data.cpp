@@ -247,6 +247,35 @@ TEST(TrainerData, JsonlSourceEqualsPreparingItFirst) {
   EXPECT_NE(msg.find("bad.jsonl:2"), std::string::npos) << msg;
 }
 
+// data.val_path: a separate prepared directory (without a val split: its train split) or a
+// separate JSONL file; every scored token of it is evaluated.
+TEST(TrainerData, ValPathIsASeparateSet) {
+  TmpDir tmp;
+  const std::string a = write_instructions(tmp / "a.jsonl", 40);
+  write_all(tmp / "b.jsonl", "{\"prompt\": \"Name a colour\", \"response\": \"blue\"}\n"
+                             "{\"prompt\": \"Say hi\", \"response\": \"hi there\"}\n"
+                             "{\"prompt\": \"Count to 3\", \"response\": \"1 2 3\"}\n");
+  prepare_to(a, tmp / "train_set", "byte", 0.0);
+  prepare_to(tmp / "b.jsonl", tmp / "val_set", "byte", 0.0);
+  // Scored targets of the val set: its response tokens (no EOS with the byte tokenizer).
+  const int64_t expected = 4 + 8 + 5;
+  RunConfig h = data_config(tmp / "hrun", "data { source: HDF5 path: \"" + tmp / "train_set" + "\" val_path: \"" +
+                                               tmp / "val_set" + "\" }", 1);
+  h.mutable_train()->set_eval_batches(0);  // all
+  TrainResult rh = train(h, quiet());
+  ASSERT_EQ(rh.evals.size(), 1u);
+  EXPECT_EQ(rh.evals[0].result.tokens, expected);
+  RunConfig j = data_config(tmp / "jrun", "data { source: JSONL path: \"" + a + "\" val_path: \"" + tmp / "b.jsonl" +
+                                               "\" format: PROMPT_RESPONSE }", 1);
+  j.mutable_train()->set_eval_batches(0);
+  TrainResult rj = train(j, quiet());
+  ASSERT_EQ(rj.evals.size(), 1u);
+  EXPECT_EQ(rj.evals[0].result.tokens, expected);
+  // The same training documents in the same order and the same validation set.
+  EXPECT_EQ(rj.steps[0].loss, rh.steps[0].loss);
+  EXPECT_EQ(rj.evals[0].result.loss, rh.evals[0].result.loss);
+}
+
 TEST(TrainerData, ShardsOfAnotherTokenizerAreAConfigError) {
   TmpDir tmp;
   prepare_to(write_text(tmp / "corpus.txt"), tmp / "prepared", "byte", 0.0);
