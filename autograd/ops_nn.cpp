@@ -55,14 +55,13 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double label_smoothing) {
   kernels::CrossEntropyOut o = kernels::cross_entropy(logits, targets, ignore_index, label_smoothing);
-  Tensor ls = saved(logits), ts = saved(targets), lse = o.lse;
-  int64_t count = o.count;
+  Tensor ls = saved(logits), ts = saved(targets), lse = o.lse, count = o.count;
   // The loss stays f32 for bf16/f16 logits (it is logged and compared across steps).
   return record("cross_entropy", o.loss, {logits, targets},
                 [ls, ts, lse, count, ignore_index, label_smoothing](const Grads& g, const Needs&) -> Grads {
-                  // The loss is a scalar, so its upstream gradient is one number.
-                  double gl = g[0].item();
-                  return {kernels::cross_entropy_backward(ls, ts, lse, gl, count, ignore_index, label_smoothing),
+                  // The loss is a scalar: its upstream gradient is a 0-d tensor that stays on
+                  // the device (no host sync on the training step).
+                  return {kernels::cross_entropy_backward(ls, ts, lse, g[0], count, ignore_index, label_smoothing),
                           Tensor()};
                 });
 }

@@ -98,13 +98,6 @@ class CpuAllocator final : public Allocator {
     for (void* e : evicted) std::free(e);
   }
 
-  void copy(void* dst, const void* src, size_t nbytes, int, int) override {
-    if (nbytes) std::memcpy(dst, src, nbytes);
-  }
-  void memset_zero(void* p, size_t nbytes, int) override {
-    if (nbytes) std::memset(p, 0, nbytes);
-  }
-
   size_t cached_bytes() {
     std::lock_guard<std::mutex> lk(mu_);
     return cached_;

@@ -58,10 +58,9 @@ class Allocator {
   virtual ~Allocator() = default;
   virtual void* allocate(size_t nbytes, int device_index) = 0;
   virtual void deallocate(void* p, size_t nbytes, int device_index) = 0;
-  // Copies between host and this device (or within it). kind: 0 host->dev, 1 dev->host, 2 dev->dev
-  virtual void copy(void* dst, const void* src, size_t nbytes, int kind, int device_index) = 0;
-  virtual void memset_zero(void* p, size_t nbytes, int device_index) = 0;
 };
+// Copies and fills are not the allocator's: they go through the device's table
+// (core/device_ops.h), which the kernels backend implements.
 void register_allocator(DeviceType d, Allocator* a);
 // Throws "no allocator for cuda: lathe was built without the CUDA backend" when absent.
 Allocator& allocator_for(DeviceType d);

@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/device_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -69,16 +71,16 @@ Tensor Tensor::empty(const Shape& shape, DType dt, Device dev) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dt, Device dev) {
   Tensor t = empty(shape, dt, dev);
-  allocator_for(dev.type).memset_zero(t.raw_data(), t.nbytes(), dev.index);
+  t.fill_(0.0);
   return t;
 }
 
 Tensor Tensor::ones(const Shape& shape, DType dt, Device dev) { return full(shape, 1.0, dt, dev); }
 
 Tensor Tensor::full(const Shape& shape, double value, DType dt, Device dev) {
-  Tensor t = empty(shape, dt, Device::cpu());
+  Tensor t = empty(shape, dt, dev);
   t.fill_(value);
-  return dev.is_cpu() ? t : t.to(dev);
+  return t;
 }
 
 Tensor Tensor::scalar(double value, DType dt, Device dev) { return full({}, value, dt, dev); }
@@ -487,45 +489,66 @@ Tensor Tensor::to(Device dev) const {
   if (dev == device()) return *this;
   Tensor src = contiguous();
   Tensor out = empty(shape(), dtype(), dev);
-  if (dev.is_cuda() && src.device().is_cpu()) {
-    allocator_for(DeviceType::cuda).copy(out.raw_data(), src.raw_data(), src.nbytes(), 0, dev.index);
-  } else if (dev.is_cpu() && src.device().is_cuda()) {
-    allocator_for(DeviceType::cuda).copy(out.raw_data(), src.raw_data(), src.nbytes(), 1, src.device().index);
-  } else {
-    allocator_for(DeviceType::cuda).copy(out.raw_data(), src.raw_data(), src.nbytes(), 2, dev.index);
+  if (out.numel() == 0) return out;
+  if (src.device().is_cpu()) {
+    device_ops(dev.type).copy_from_host(out, src);
+  } else if (dev.is_cpu()) {
+    device_ops(src.device().type).copy_to_host(out, src);
+  } else {  // between two GPUs: through the host (rare; peer copies are a later optimisation)
+    Tensor host = empty(shape(), dtype(), Device::cpu());
+    device_ops(src.device().type).copy_to_host(host, src);
+    device_ops(dev.type).copy_from_host(out, host);
   }
   return out;
-}
-
-// Strided copies on other devices are registered by their backend (kernels/cuda).
-using DeviceCopyFn = void (*)(const Tensor& dst, const Tensor& src);
-DeviceCopyFn& device_copy_hook() {
-  static DeviceCopyFn fn = nullptr;
-  return fn;
 }
 
 void Tensor::copy_(const Tensor& src) const {
   Tensor s = src;
   if (s.shape() != shape()) s = s.expand(shape());
   if (s.device() != device()) s = s.to(device());
-  if (device().is_cpu()) {
-    // Guard against overlapping storage: copy through a temporary.
-    if (s.storage() == storage() && !(s.offset() == offset() && s.strides() == strides())) s = s.clone();
-    copy_strided_cpu(*this, s);
-    return;
-  }
-  LATHE_CHECK(device_copy_hook() != nullptr) << "copy_: no strided copy registered for " << device().str();
-  device_copy_hook()(*this, s);
+  if (numel() == 0) return;
+  // Guard against overlapping storage: copy through a temporary.
+  if (s.storage() == storage() && !(s.offset() == offset() && s.strides() == strides())) s = s.clone();
+  if (s.storage() == storage() && s.dtype() == dtype()) return;  // the same view: nothing to do
+  device_ops(device().type).copy(*this, s);
 }
 
 void Tensor::fill_(double value) const {
-  if (!device().is_cpu()) {
-    Tensor tmp = full(shape(), value, dtype(), Device::cpu());
-    copy_(tmp);
-    return;
-  }
   if (numel() == 0) return;
-  LATHE_DISPATCH_DTYPE(dtype(), T, fill_kernel<T>(*this, value));
+  device_ops(device().type).fill(*this, value);
+}
+
+// ---- the CPU's device table (copies and fills live in core) ----------------------------
+
+namespace {
+class CpuDeviceOps final : public DeviceOps {
+ public:
+  void copy(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void fill(const Tensor& dst, double value) override {
+    LATHE_DISPATCH_DTYPE(dst.dtype(), T, fill_kernel<T>(dst, value));
+  }
+  void copy_from_host(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void copy_to_host(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void synchronize(int) override {}
+};
+
+DeviceOps*& device_ops_slot(DeviceType d) {
+  static DeviceOps* slots[2] = {nullptr, nullptr};
+  return slots[static_cast<int>(d)];
+}
+}  // namespace
+
+void register_device_ops(DeviceType d, DeviceOps* ops) { device_ops_slot(d) = ops; }
+
+DeviceOps& device_ops(DeviceType d) {
+  if (d == DeviceType::cpu) {
+    static CpuDeviceOps cpu;
+    return device_ops_slot(d) ? *device_ops_slot(d) : cpu;
+  }
+  DeviceOps* ops = device_ops_slot(d);
+  LATHE_CHECK(ops != nullptr) << "no backend for cuda: lathe was built without the CUDA backend "
+                              << "(configure with -DLATHE_CUDA=on on a machine with nvcc)";
+  return *ops;
 }
 
 void Tensor::set_data(const Tensor& other) const {

@@ -2,7 +2,7 @@
 
 namespace lathe::kernels {
 
-void Backend::missing(const char* op, const Tensor& t) const {
+void Backend::unsupported(const char* op, const Tensor& t) const {
   LATHE_FAIL() << "op '" << op << "': no kernel for " << name() << " / " << dtype_name(t.dtype());
   throw;  // unreachable: LATHE_FAIL throws
 }
@@ -15,6 +15,23 @@ Backend*& slot(DeviceType d) {
 }  // namespace
 
 Backend& cpu_backend();  // kernels/cpu/cpu_backend.cpp
+#ifdef LATHE_HAS_CUDA
+namespace cuda {
+void register_cuda();  // kernels/cuda/runtime.cu: the CUDA allocator and device table
+}
+Backend& cuda_backend();  // kernels/cuda/cuda_backend.cu
+
+// Registered at start-up: this file is linked into every program that runs an op, and
+// registration only stores pointers (no CUDA call, so it is harmless without a GPU).
+namespace {
+const bool cuda_registered = [] {
+  cuda::register_cuda();
+  register_backend(DeviceType::cuda, &cuda_backend());
+  register_device_ops(DeviceType::cuda, &cuda_backend());
+  return true;
+}();
+}  // namespace
+#endif
 
 void register_backend(DeviceType d, Backend* b) { slot(d) = b; }
 

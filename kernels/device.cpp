@@ -1,12 +1,21 @@
-#include "kernels/ops.h"
+#include "kernels/device.h"
+
+#include "core/device_ops.h"
 
 namespace lathe::kernels {
 
-#ifdef LATHE_HAS_CUDA
-int cuda_device_count_impl();  // kernels/cuda/device.cu
-int cuda_device_count() { return cuda_device_count_impl(); }
-#else
+void synchronize(Device d) {
+  if (!d.is_cpu()) device_ops(d.type).synchronize(d.index);
+}
+
+#ifndef LATHE_HAS_CUDA
 int cuda_device_count() { return 0; }
+size_t cuda_cached_bytes() { return 0; }
+void cuda_empty_cache() {}
+void cuda_poison_allocations(bool) {}
+size_t cuda_reserved_bytes() { return 0; }
+size_t cuda_peak_reserved_bytes() { return 0; }
+Tensor pinned_empty(const Shape& shape, DType dt) { return Tensor::empty(shape, dt, Device::cpu()); }
 #endif
 
 }  // namespace lathe::kernels

@@ -15,6 +15,7 @@
 
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "kernels/device.h"  // cuda_device_count and friends
 
 namespace lathe::kernels {
 
@@ -105,16 +106,26 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 
 // ---- losses -----------------------------------------------------------------------------
 struct CrossEntropyOut {
-  Tensor loss;        // 0-d, mean over the rows whose target != ignore_index (f32, or f64 for f64)
-  Tensor lse;         // [N] log-sum-exp of each row (f32 or f64), kept for the backward
-  int64_t count = 0;  // rows that count
+  Tensor loss;   // 0-d, mean over the rows whose target != ignore_index (f32, or f64 for f64)
+  Tensor lse;    // [N] log-sum-exp of each row (f32 or f64), kept for the backward
+  Tensor count;  // 0-d i64 on the logits' device: rows that count (computed by the kernel)
 };
 // logits [N, V], targets [N] (i64/i32). Label smoothing eps mixes the one-hot target with
 // the uniform distribution: loss_i = (1-eps) * (lse - x_t) + eps * (lse - mean_j x_j).
 // Probabilities are never materialized: the backward recomputes them from lse.
 CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100,
                               double label_smoothing = 0.0);
-// d loss / d logits scaled by grad_loss (the upstream gradient of the scalar loss).
+// d loss / d logits scaled by grad_loss (the upstream gradient of the scalar loss, a 0-d
+// tensor on the logits' device) and divided by count (CrossEntropyOut::count). Both stay on
+// the device: the backward never syncs with the host.
+// Targets outside [0, V) that are not ignore_index: an error on the CPU; on CUDA the
+// row's loss is NaN (checking would need a host sync), so the loss shows it.
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              const Tensor& grad_loss, const Tensor& count, int64_t ignore_index = -100,
+                              double label_smoothing = 0.0);
+// Conveniences for tests and host code.
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
+                              const Tensor& count, int64_t ignore_index = -100, double label_smoothing = 0.0);
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
                               int64_t count, int64_t ignore_index = -100, double label_smoothing = 0.0);
 
@@ -155,9 +166,5 @@ DropoutOut dropout(const Tensor& x, double p, Generator& gen);
 // with bc1 = 1 - b1^step, bc2 = 1 - b2^step.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
                 double beta2, double eps, double weight_decay, int64_t step);
-
-// ---- devices ----------------------------------------------------------------------------------
-// Number of CUDA devices usable by this build (0 without the CUDA backend or without a GPU).
-int cuda_device_count();
 
 }  // namespace lathe::kernels

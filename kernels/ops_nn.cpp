@@ -115,21 +115,6 @@ NormGrads alloc_norm_grads(const Tensor& x, const Tensor& weight, bool has_bias)
   return g;
 }
 
-// Copies targets to the host, checks each is in [0, V) or ignore_index, and counts the
-// rows that count.
-int64_t count_targets(const char* op, const Tensor& targets, int64_t V, int64_t ignore_index) {
-  Tensor t = targets.to(Device::cpu()).to(DType::i64).contiguous();
-  const int64_t* p = t.data<int64_t>();
-  int64_t count = 0;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    if (p[i] == ignore_index) continue;
-    LATHE_CHECK(p[i] >= 0 && p[i] < V) << op << ": target " << p[i] << " in row " << i << " is outside [0, " << V
-                                       << ") and is not ignore_index (" << ignore_index << ")";
-    ++count;
-  }
-  return count;
-}
-
 void check_cross_entropy_inputs(const char* op, const Tensor& logits, const Tensor& targets,
                                 double label_smoothing) {
   check_floating(op, "logits", logits);
@@ -292,12 +277,13 @@ CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64
   const char* op = "cross_entropy";
   check_cross_entropy_inputs(op, logits, targets, label_smoothing);
   CrossEntropyOut out;
-  out.count = count_targets(op, targets, logits.size(1), ignore_index);
   const DType sd = stat_dtype(logits.dtype());
   out.loss = Tensor::empty({}, sd, logits.device());
   out.lse = Tensor::empty({logits.size(0)}, sd, logits.device());
+  out.count = Tensor::empty({}, DType::i64, logits.device());
   if (logits.size(0) == 0) {
     out.loss.zero_();
+    out.count.zero_();
     return out;
   }
   backend(logits.device()).cross_entropy(logits.contiguous(), targets.contiguous(), ignore_index, label_smoothing,
@@ -305,8 +291,9 @@ CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64
   return out;
 }
 
-Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
-                              int64_t count, int64_t ignore_index, double label_smoothing) {
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              const Tensor& grad_loss, const Tensor& count, int64_t ignore_index,
+                              double label_smoothing) {
   const char* op = "cross_entropy_backward";
   check_cross_entropy_inputs(op, logits, targets, label_smoothing);
   check_defined(op, "lse", lse);
@@ -314,13 +301,37 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
       << op << ": lse must be [" << logits.size(0) << "] " << dtype_name(stat_dtype(logits.dtype()))
       << " for logits " << desc(logits) << ", got " << desc(lse);
   check_device(op, "logits", logits, "lse", lse);
-  LATHE_CHECK(count >= 0) << op << ": count must be >= 0, got " << count;
+  check_defined(op, "grad_loss", grad_loss);
+  check_defined(op, "count", count);
+  LATHE_CHECK(grad_loss.numel() == 1 && is_floating(grad_loss.dtype()))
+      << op << ": grad_loss must be a one-element floating tensor, got " << desc(grad_loss);
+  LATHE_CHECK(count.numel() == 1 && count.dtype() == DType::i64)
+      << op << ": count must be a one-element i64 tensor, got " << desc(count);
+  check_device(op, "logits", logits, "grad_loss", grad_loss);
+  check_device(op, "logits", logits, "count", count);
   Tensor out = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   if (logits.size(0) > 0) {
-    backend(logits.device()).cross_entropy_backward(logits.contiguous(), targets.contiguous(), lse.contiguous(),
-                                                    grad_loss, count, ignore_index, label_smoothing, out);
+    backend(logits.device()).cross_entropy_backward(
+        logits.contiguous(), targets.contiguous(), lse.contiguous(),
+        grad_loss.reshape({}).to(stat_dtype(logits.dtype())).contiguous(), count.reshape({}), ignore_index,
+        label_smoothing, out);
   }
   return out;
+}
+
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
+                              const Tensor& count, int64_t ignore_index, double label_smoothing) {
+  return cross_entropy_backward(logits, targets, lse,
+                                Tensor::scalar(grad_loss, stat_dtype(logits.dtype()), logits.device()), count,
+                                ignore_index, label_smoothing);
+}
+
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
+                              int64_t count, int64_t ignore_index, double label_smoothing) {
+  LATHE_CHECK(count >= 0) << "cross_entropy_backward: count must be >= 0, got " << count;
+  return cross_entropy_backward(logits, targets, lse, grad_loss,
+                                Tensor::scalar(static_cast<double>(count), DType::i64, logits.device()),
+                                ignore_index, label_smoothing);
 }
 
 // ---- rope ---------------------------------------------------------------------------------

@@ -13,6 +13,13 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
 
+  // ---- copies and fills: core's own CPU implementation (core/tensor.cpp) ----
+  void copy(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void fill(const Tensor& dst, double value) override { device_ops(DeviceType::cpu).fill(dst, value); }
+  void copy_from_host(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void copy_to_host(const Tensor& dst, const Tensor& src) override { copy_strided_cpu(dst, src); }
+  void synchronize(int) override {}
+
   // ---- elementwise, reductions, matmul, indexing, dropout, adamw (cpu/elementwise.h) ----
   void unary(UnaryOp op, const Tensor& x, const Tensor& out) override { cpu::unary(op, x, out); }
   void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy, const Tensor& out) override {
@@ -87,8 +94,8 @@ class CpuBackend final : public Backend {
                      const CrossEntropyOut& out) override {
     cpu::cross_entropy(logits, targets, ignore_index, smoothing, out);
   }
-  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
-                              int64_t count, int64_t ignore_index, double smoothing, const Tensor& out) override {
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_loss,
+                              const Tensor& count, int64_t ignore_index, double smoothing, const Tensor& out) override {
     cpu::cross_entropy_backward(logits, targets, lse, grad_loss, count, ignore_index, smoothing, out);
   }
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) override {

@@ -84,6 +84,7 @@ void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, 
   }
   // No counted rows: the loss is defined as 0 (rather than 0/0), with a zero gradient.
   out.loss.data<A>()[0] = static_cast<A>(count > 0 ? total / static_cast<double>(count) : 0.0);
+  out.count.data<int64_t>()[0] = count;
 }
 
 template <typename T>
@@ -121,13 +122,15 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_i
                           cross_entropy_kernel<T>(xc, tg, ignore_index, smoothing, out));
 }
 
-void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
-                            int64_t count, int64_t ignore_index, double smoothing, const Tensor& out) {
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_loss,
+                            const Tensor& count_t, int64_t ignore_index, double smoothing, const Tensor& out) {
   Tensor xc = logits.contiguous(), lc = lse.contiguous();
+  const double grad = grad_loss.item();  // on the host already: no sync
+  const int64_t count = count_t.to(DType::i64).to_vector<int64_t>()[0];
   const auto tg = read_targets("cross_entropy_backward", targets, logits.size(1), ignore_index);
   LATHE_NN_DISPATCH_FLOAT(
       "cross_entropy_backward", logits.dtype(), T,
-      cross_entropy_backward_kernel<T>(xc, tg, lc, grad_loss, count, ignore_index, smoothing, out));
+      cross_entropy_backward_kernel<T>(xc, tg, lc, grad, count, ignore_index, smoothing, out));
 }
 
 }  // namespace lathe::kernels::cpu

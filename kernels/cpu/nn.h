@@ -37,8 +37,8 @@ void embedding_backward(const Tensor& gy, const Tensor& ids, const Tensor& out);
 // logits [N, V], targets [N]; writes out.loss (0-d) and out.lse ([N]).
 void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing,
                    const CrossEntropyOut& out);
-void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double grad_loss,
-                            int64_t count, int64_t ignore_index, double smoothing, const Tensor& out);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_loss,
+                            const Tensor& count, int64_t ignore_index, double smoothing, const Tensor& out);
 
 // x [B, H, T, D], cos/sin [T, D/2]; rotate_half pairs (i, i + D/2).
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out);

@@ -53,7 +53,7 @@ TEST(CrossEntropyNn, ForwardMatchesHandFormula) {
     for (double eps : {0.0, 0.1}) {
       CrossEntropyOut o = cross_entropy(x, Tensor::from_vector<int64_t>(tg, {N}), -100, eps);
       RefCE r = ref_ce(vec(x), V, tg, -100, eps);
-      EXPECT_EQ(o.count, 4);
+      EXPECT_EQ(o.count.item(), 4);
       EXPECT_EQ(o.loss.dim(), 0);
       EXPECT_EQ(o.loss.dtype(), dt);
       EXPECT_NEAR(o.loss.item(), r.loss, tol * (1 + r.loss));
@@ -71,10 +71,10 @@ TEST(CrossEntropyNn, LargeInputsUseThreads) {
   Tensor t = Tensor::from_vector<int64_t>(tg, {N});
   CrossEntropyOut o = cross_entropy(x, t, -100, 0.1);
   RefCE r = ref_ce(vec(x), V, tg, -100, 0.1);
-  EXPECT_EQ(o.count, r.count);
+  EXPECT_EQ(o.count.item(), r.count);
   EXPECT_NEAR(o.loss.item(), r.loss, 1e-5);
   // grad_loss = count * V makes the gradient entries O(1), so the tolerance is meaningful.
-  const double gl = static_cast<double>(o.count * V);
+  const double gl = static_cast<double>(o.count.item() * V);
   Tensor g = cross_entropy_backward(x, t, o.lse, gl, o.count, -100, 0.1);
   auto vx = vec(x);
   std::vector<double> want(N * V, 0.0);
@@ -94,7 +94,7 @@ TEST(CrossEntropyNn, StridedBf16AndI32Targets) {
   CrossEntropyOut o = cross_entropy(xt, t32, -1, 0.2);
   RefCE r = ref_ce(vec(xt), 9, tg, -1, 0.2);
   EXPECT_NEAR(o.loss.item(), r.loss, 1e-5);
-  EXPECT_EQ(o.count, 4);
+  EXPECT_EQ(o.count.item(), 4);
 
   Tensor xb = Tensor::randn({3, 11}, gen, DType::bf16);
   CrossEntropyOut ob = cross_entropy(xb, Tensor::from_vector<int64_t>({10, 4, 0}, {3}));
@@ -161,7 +161,7 @@ TEST(CrossEntropyNn, HugeLogitsAndAllIgnored) {
 
   Tensor none = Tensor::from_vector<int64_t>({-100, -100}, {2});
   CrossEntropyOut z = cross_entropy(x, none);
-  EXPECT_EQ(z.count, 0);
+  EXPECT_EQ(z.count.item(), 0);
   EXPECT_EQ(z.loss.item(), 0.0);
   for (double v : vec(cross_entropy_backward(x, none, z.lse, 1.0, z.count))) EXPECT_EQ(v, 0.0);
 }

@@ -1,0 +1,75 @@
+// The CUDA kernels behind CudaBackend (cuda_backend.cu), one declaration per Backend method,
+// grouped by the file that defines them. Same contracts as kernels/backend.h: outputs are
+// allocated and contiguous, inputs may be strided unless the op layer made them contiguous.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace lathe::kernels::cuda {
+
+// copy.cu: copies, fills, transfers
+void copy(const Tensor& dst, const Tensor& src);
+void fill(const Tensor& dst, double value);
+void copy_from_host(const Tensor& dst, const Tensor& host_src);
+void copy_to_host(const Tensor& host_dst, const Tensor& src);
+void synchronize(int device_index);
+
+// elementwise.cu
+void unary(UnaryOp op, const Tensor& x, const Tensor& out);
+void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy, const Tensor& out);
+void pow_scalar(const Tensor& x, double p, const Tensor& out);
+void affine(const Tensor& x, double scale, double shift, const Tensor& out);
+void clamp(const Tensor& x, double lo, double hi, const Tensor& out);
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+void add_(const Tensor& y, const Tensor& x, double alpha);
+void scale_(const Tensor& y, double s);
+
+// reduce.cu
+void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction, const Tensor& out);
+
+// matmul.cu (cuBLAS / cuBLASLt)
+void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out);
+
+// softmax.cu
+void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out);
+void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out);
+
+// norm.cu
+void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const NormOut& out);
+void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                         const NormGrads& out);
+void rms_norm(const Tensor& x, const Tensor& w, double eps, const NormOut& out);
+void rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& rstd, const NormGrads& out);
+
+// index.cu
+void embedding(const Tensor& w, const Tensor& ids, const Tensor& out);
+void embedding_backward(const Tensor& gy, const Tensor& ids, const Tensor& out);
+void gather(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out);
+void scatter_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
+void index_select(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out);
+void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
+
+// cross_entropy.cu
+void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing,
+                   const CrossEntropyOut& out);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_loss,
+                            const Tensor& count, int64_t ignore_index, double smoothing, const Tensor& out);
+
+// rope.cu
+void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out);
+
+// attention.cu (flash-attention style: online softmax, no T x T matrix)
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const AttentionOut& out);
+void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, bool causal, double scale, const AttentionGrads& grads);
+
+// misc.cu
+void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out);
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step);
+
+}  // namespace lathe::kernels::cuda
