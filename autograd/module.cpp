@@ -1,5 +1,8 @@
 #include "autograd/module.h"
 
+#include <cxxabi.h>
+
+#include <cstdlib>
 #include <regex>
 
 #include "autograd/engine.h"
@@ -36,6 +39,19 @@ Tensor Module::register_parameter(const std::string& name, Tensor t, bool requir
   return t;
 }
 
+ParamRef Module::register_param(const std::string& name, Tensor t, bool requires_grad) {
+  register_parameter(name, std::move(t), requires_grad);
+  return ParamRef(this, params_.size() - 1);
+}
+
+std::string Module::type_label(const std::type_info& t) {
+  int status = 0;
+  char* d = abi::__cxa_demangle(t.name(), nullptr, nullptr, &status);
+  std::string out = (status == 0 && d) ? d : t.name();
+  std::free(d);
+  return out;
+}
+
 Tensor Module::register_buffer(const std::string& name, Tensor t) {
   check_name(name, "register_buffer");
   check_unique(*this, name, has_key(params_, name) || has_key(buffers_, name) || has_key(children_, name),
@@ -45,7 +61,7 @@ Tensor Module::register_buffer(const std::string& name, Tensor t) {
   return t;
 }
 
-void Module::add_child(const std::string& name, std::shared_ptr<Module> m) {
+void Module::add_child(const std::string& name, std::shared_ptr<Module> m, Accepts accepts, std::string interface) {
   check_name(name, "register_module");
   check_unique(*this, name, has_key(params_, name) || has_key(buffers_, name) || has_key(children_, name),
                "register_module");
@@ -53,6 +69,7 @@ void Module::add_child(const std::string& name, std::shared_ptr<Module> m) {
   LATHE_CHECK(m.get() != this) << "Module::register_module: a module cannot contain itself";
   m->train(training_);
   children_.emplace_back(name, std::move(m));
+  child_rules_.emplace_back(std::move(accepts), std::move(interface));
 }
 
 std::pair<Module*, std::string> Module::resolve(const std::string& path) const {
@@ -73,13 +90,19 @@ std::pair<Module*, std::string> Module::resolve(const std::string& path) const {
 
 void Module::replace_module(const std::string& path, std::shared_ptr<Module> m) {
   LATHE_CHECK(m != nullptr) << "Module::replace_module: null module for '" << path << "'";
+  LATHE_CHECK(!path.empty()) << "Module::replace_module: empty path (a module cannot replace itself)";
   auto [owner, name] = resolve(path);
-  for (auto& c : owner->children_) {
-    if (c.first == name) {
-      m->train(c.second->is_training());
-      c.second = std::move(m);
-      return;
-    }
+  LATHE_CHECK(m.get() != owner) << "Module::replace_module: '" << path << "' would contain itself";
+  for (size_t i = 0; i < owner->children_.size(); ++i) {
+    auto& c = owner->children_[i];
+    if (c.first != name) continue;
+    const auto& rule = owner->child_rules_[i];
+    LATHE_CHECK(!rule.first || rule.first(*m))
+        << "Module::replace_module: '" << path << "' is a slot for a " << rule.second << "; the replacement ("
+        << m->type_name() << ", " << type_label(typeid(*m)) << ") does not implement it";
+    m->train(c.second->is_training());
+    c.second = std::move(m);
+    return;
   }
   LATHE_FAIL() << "Module::replace_module: no module '" << path << "'";
 }
@@ -90,8 +113,10 @@ void Module::replace_parameter(const std::string& path, Tensor t) {
     if (p.first == name) {
       LATHE_CHECK(t.defined() && t.is_leaf()) << "Module::replace_parameter: '" << path
                                               << "' needs a defined leaf tensor";
-      LATHE_CHECK(t.shape() == p.second.shape()) << "Module::replace_parameter: '" << path << "' has shape "
-                                                 << p.second.shape_str() << ", got " << t.shape_str();
+      // A shard (tensor parallelism) has another shape but the same number of dimensions.
+      LATHE_CHECK(t.dim() == p.second.dim())
+          << "Module::replace_parameter: '" << path << "' has shape " << p.second.shape_str() << " ("
+          << p.second.dim() << " dims), got " << t.shape_str() << "; a replacement keeps the number of dims";
       if (is_floating(t.dtype())) t.set_requires_grad(p.second.requires_grad());
       t.storage()->set_category(MemCategory::parameters);
       p.second = t;
@@ -199,5 +224,36 @@ int64_t Module::num_parameters(bool trainable_only) const {
 }
 
 void Module::zero_grad(bool set_to_none) { autograd::zero_grad(parameters(), set_to_none); }
+
+Module& Module::to(Device dev) {
+  for (auto& [name, p] : named_parameters()) {
+    if (p.device() == dev) continue;
+    p.set_grad(Tensor());
+    p.set_data(p.detach().to(dev));
+  }
+  for (auto& [name, b] : named_buffers()) {
+    if (b.device() != dev) b.set_data(b.to(dev));
+  }
+  return *this;
+}
+
+Module& Module::to(DType dt) {
+  for (auto& [name, p] : named_parameters()) {
+    if (!is_floating(p.dtype()) || p.dtype() == dt) continue;
+    p.set_grad(Tensor());
+    p.set_data(p.detach().to(dt));
+  }
+  for (auto& [name, b] : named_buffers()) {
+    if (is_floating(b.dtype()) && b.dtype() != dt) b.set_data(b.to(dt));
+  }
+  return *this;
+}
+
+Device Module::device() const {
+  auto ps = named_parameters();
+  if (!ps.empty()) return ps.front().second.device();
+  auto bs = named_buffers();
+  return bs.empty() ? Device::cpu() : bs.front().second.device();
+}
 
 }  // namespace lathe::autograd

@@ -92,61 +92,15 @@ void fill_batch(const InstructionDataset& ds, const std::vector<int64_t>& sample
 // ---- InstructionLoader ----------------------------------------------------------------------
 
 InstructionLoader::InstructionLoader(InstructionDataset dataset, const LMLoaderOptions& options)
-    : dataset_(std::move(dataset)), options_(options) {
-  LATHE_CHECK(options.micro_batch >= 1) << "InstructionLoader: micro_batch must be >= 1, got " << options.micro_batch;
-  LATHE_CHECK(options.world_size >= 1) << "InstructionLoader: world_size must be >= 1, got " << options.world_size;
-  LATHE_CHECK(options.rank >= 0 && options.rank < options.world_size)
-      << "InstructionLoader: rank " << options.rank << " is outside world_size " << options.world_size;
-  LATHE_CHECK(dataset_.size() >= global_batch())
-      << "InstructionLoader: the dataset has " << dataset_.size() << " samples (" << dataset_.dropped()
-      << " documents dropped for having no response token within seq_len " << dataset_.seq_len()
-      << "), fewer than one global batch (micro_batch " << options.micro_batch << " x world_size "
-      << options.world_size << " = " << global_batch() << ")";
-}
-
-std::vector<int64_t> InstructionLoader::epoch_order(int64_t epoch) const {
-  LATHE_CHECK(epoch >= 0) << "InstructionLoader: negative epoch " << epoch;
-  if (options_.shuffle) return loader_epoch_order(dataset_.size(), options_.seed, epoch);
-  std::vector<int64_t> order(static_cast<size_t>(dataset_.size()));
-  for (int64_t i = 0; i < dataset_.size(); ++i) order[i] = i;
-  return order;
-}
-
-const std::vector<int64_t>& InstructionLoader::order_for(int64_t epoch) {
-  if (epoch != cached_epoch_) {
-    cached_order_ = epoch_order(epoch);
-    cached_epoch_ = epoch;
-  }
-  return cached_order_;
-}
-
-void InstructionLoader::normalise() {
-  if (state_.index + global_batch() > dataset_.size()) {
-    ++state_.epoch;
-    state_.index = 0;
-  }
-}
-
-void InstructionLoader::set_state(State s) {
-  LATHE_CHECK(s.epoch >= 0 && s.index >= 0 && s.index <= dataset_.size())
-      << "InstructionLoader::set_state: position {epoch " << s.epoch << ", index " << s.index
-      << "} is invalid for a dataset of " << dataset_.size() << " samples";
-  state_ = s;
-  normalise();
-}
+    : dataset_(std::move(dataset)),
+      cursor_(dataset_.size(), options, "InstructionLoader", "samples",
+              " (" + std::to_string(dataset_.dropped()) + " documents dropped for having no response token within "
+              "seq_len " + std::to_string(dataset_.seq_len()) + ")") {}
 
 LMBatch InstructionLoader::next() {
-  normalise();
-  const std::vector<int64_t>& order = order_for(state_.epoch);
-  const int64_t b = options_.micro_batch;
-  const int64_t first = state_.index + options_.rank * b;
-  std::vector<int64_t> samples(order.begin() + first, order.begin() + first + b);
   LMBatch out;
+  const std::vector<int64_t> samples = cursor_.next(&out.epoch, &out.step);
   fill_batch(dataset_, samples, out);
-  out.epoch = state_.epoch;
-  out.step = state_.index / global_batch();
-  state_.index += global_batch();
-  normalise();
   return out;
 }
 
@@ -154,28 +108,15 @@ LMBatch InstructionLoader::next() {
 
 InstructionEvalLoader::InstructionEvalLoader(InstructionDataset dataset, int64_t micro_batch, int64_t rank,
                                              int64_t world_size)
-    : dataset_(std::move(dataset)), micro_batch_(micro_batch), rank_(rank), world_size_(world_size) {
-  LATHE_CHECK(micro_batch >= 1) << "InstructionEvalLoader: micro_batch must be >= 1, got " << micro_batch;
-  LATHE_CHECK(world_size >= 1 && rank >= 0 && rank < world_size)
-      << "InstructionEvalLoader: rank " << rank << " is outside world_size " << world_size;
-}
-
-int64_t InstructionEvalLoader::num_batches() const {
-  const int64_t g = micro_batch_ * world_size_;
-  return (dataset_.size() + g - 1) / g;
-}
+    : dataset_(std::move(dataset)), cursor_(dataset_.size(), micro_batch, rank, world_size, "InstructionEvalLoader") {}
 
 bool InstructionEvalLoader::next(LMBatch& out) {
-  if (next_ >= num_batches()) return false;
-  const int64_t g = micro_batch_ * world_size_;
-  const int64_t lo = std::min(dataset_.size(), next_ * g + rank_ * micro_batch_);
-  const int64_t hi = std::min(dataset_.size(), lo + micro_batch_);
   std::vector<int64_t> samples;
-  for (int64_t i = lo; i < hi; ++i) samples.push_back(i);
+  int64_t step = 0;
+  if (!cursor_.next(samples, step)) return false;
   fill_batch(dataset_, samples, out);
   out.epoch = 0;
-  out.step = next_;
-  ++next_;
+  out.step = step;
   return true;
 }
 

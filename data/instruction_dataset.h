@@ -66,43 +66,36 @@ class InstructionDataset {
 // Training loader over instruction samples; the contract of LMLoader (see lm_dataset.h).
 class InstructionLoader {
  public:
-  using State = LMLoader::State;
+  using State = LoaderState;
 
   InstructionLoader(InstructionDataset dataset, const LMLoaderOptions& options);
 
   LMBatch next();
-  State state() const { return state_; }
-  void set_state(State s);
+  State state() const { return cursor_.state(); }
+  void set_state(State s) { cursor_.set_state(s); }
 
-  int64_t global_batch() const { return options_.micro_batch * options_.world_size; }
-  int64_t batches_per_epoch() const { return dataset_.size() / global_batch(); }
+  int64_t global_batch() const { return cursor_.global_batch(); }
+  int64_t batches_per_epoch() const { return cursor_.batches_per_epoch(); }
   const InstructionDataset& dataset() const { return dataset_; }
-  const LMLoaderOptions& options() const { return options_; }
-  std::vector<int64_t> epoch_order(int64_t epoch) const;
+  const LMLoaderOptions& options() const { return cursor_.options(); }
+  std::vector<int64_t> epoch_order(int64_t epoch) const { return cursor_.epoch_order(epoch); }
 
  private:
-  void normalise();
-  const std::vector<int64_t>& order_for(int64_t epoch);
-
   InstructionDataset dataset_;
-  LMLoaderOptions options_;
-  State state_;
-  int64_t cached_epoch_ = -1;
-  std::vector<int64_t> cached_order_;
+  TrainCursor cursor_;
 };
 
 // Evaluation loader: every sample once, in order; the contract of LMEvalLoader.
 class InstructionEvalLoader {
  public:
   InstructionEvalLoader(InstructionDataset dataset, int64_t micro_batch, int64_t rank = 0, int64_t world_size = 1);
-  int64_t num_batches() const;
+  int64_t num_batches() const { return cursor_.num_batches(); }
   bool next(LMBatch& out);
-  void reset() { next_ = 0; }
+  void reset() { cursor_.reset(); }
 
  private:
   InstructionDataset dataset_;
-  int64_t micro_batch_, rank_, world_size_;
-  int64_t next_ = 0;
+  EvalCursor cursor_;
 };
 
 }  // namespace lathe::data

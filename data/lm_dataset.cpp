@@ -79,91 +79,29 @@ void fill_batch(const PackedLMDataset& ds, const std::vector<int64_t>& windows, 
 // ---- LMLoader -------------------------------------------------------------------------------
 
 LMLoader::LMLoader(PackedLMDataset dataset, const LMLoaderOptions& options)
-    : dataset_(std::move(dataset)), options_(options) {
-  LATHE_CHECK(options.micro_batch >= 1) << "LMLoader: micro_batch must be >= 1, got " << options.micro_batch;
-  LATHE_CHECK(options.world_size >= 1) << "LMLoader: world_size must be >= 1, got " << options.world_size;
-  LATHE_CHECK(options.rank >= 0 && options.rank < options.world_size)
-      << "LMLoader: rank " << options.rank << " is outside world_size " << options.world_size;
-  LATHE_CHECK(dataset_.size() >= global_batch())
-      << "LMLoader: the dataset has " << dataset_.size() << " windows of " << dataset_.seq_len()
-      << " tokens, fewer than one global batch (micro_batch " << options.micro_batch << " x world_size "
-      << options.world_size << " = " << global_batch() << "); use more data, a shorter seq_len or smaller batches";
-}
-
-std::vector<int64_t> LMLoader::epoch_order(int64_t epoch) const {
-  LATHE_CHECK(epoch >= 0) << "LMLoader: negative epoch " << epoch;
-  const int64_t n = dataset_.size();
-  if (!options_.shuffle) {
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) order[i] = i;
-    return order;
-  }
-  return loader_epoch_order(n, options_.seed, epoch);
-}
-
-const std::vector<int64_t>& LMLoader::order_for(int64_t epoch) {
-  if (epoch != cached_epoch_) {
-    cached_order_ = epoch_order(epoch);
-    cached_epoch_ = epoch;
-  }
-  return cached_order_;
-}
-
-void LMLoader::normalise() {
-  if (state_.index + global_batch() > dataset_.size()) {
-    ++state_.epoch;
-    state_.index = 0;
-  }
-}
-
-void LMLoader::set_state(State s) {
-  LATHE_CHECK(s.epoch >= 0 && s.index >= 0 && s.index <= dataset_.size())
-      << "LMLoader::set_state: position {epoch " << s.epoch << ", index " << s.index
-      << "} is invalid for a dataset of " << dataset_.size() << " windows";
-  state_ = s;
-  normalise();
-}
+    : dataset_(std::move(dataset)),
+      cursor_(dataset_.size(), options, "LMLoader", "windows",
+              " of " + std::to_string(dataset_.seq_len()) + " tokens") {}
 
 LMBatch LMLoader::next() {
-  normalise();
-  const std::vector<int64_t>& order = order_for(state_.epoch);
-  const int64_t b = options_.micro_batch;
-  const int64_t first = state_.index + options_.rank * b;
-  std::vector<int64_t> windows(order.begin() + first, order.begin() + first + b);
   LMBatch out;
+  const std::vector<int64_t> windows = cursor_.next(&out.epoch, &out.step);
   fill_batch(dataset_, windows, out);
-  out.epoch = state_.epoch;
-  out.step = state_.index / global_batch();
-  state_.index += global_batch();
-  normalise();
   return out;
 }
 
 // ---- LMEvalLoader ---------------------------------------------------------------------------
 
 LMEvalLoader::LMEvalLoader(PackedLMDataset dataset, int64_t micro_batch, int64_t rank, int64_t world_size)
-    : dataset_(std::move(dataset)), micro_batch_(micro_batch), rank_(rank), world_size_(world_size) {
-  LATHE_CHECK(micro_batch >= 1) << "LMEvalLoader: micro_batch must be >= 1, got " << micro_batch;
-  LATHE_CHECK(world_size >= 1 && rank >= 0 && rank < world_size)
-      << "LMEvalLoader: rank " << rank << " is outside world_size " << world_size;
-}
-
-int64_t LMEvalLoader::num_batches() const {
-  const int64_t g = micro_batch_ * world_size_;
-  return (dataset_.size() + g - 1) / g;
-}
+    : dataset_(std::move(dataset)), cursor_(dataset_.size(), micro_batch, rank, world_size, "LMEvalLoader") {}
 
 bool LMEvalLoader::next(LMBatch& out) {
-  if (next_ >= num_batches()) return false;
-  const int64_t g = micro_batch_ * world_size_;
-  const int64_t lo = std::min(dataset_.size(), next_ * g + rank_ * micro_batch_);
-  const int64_t hi = std::min(dataset_.size(), lo + micro_batch_);
   std::vector<int64_t> windows;
-  for (int64_t i = lo; i < hi; ++i) windows.push_back(i);
+  int64_t step = 0;
+  if (!cursor_.next(windows, step)) return false;
   fill_batch(dataset_, windows, out);
   out.epoch = 0;
-  out.step = next_;
-  ++next_;
+  out.step = step;
   return true;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/batch_cursor.h"
 
 namespace lathe::data {
 
@@ -59,13 +60,8 @@ struct LMBatch {
   int64_t step = 0;  // index of the global batch within its epoch
 };
 
-struct LMLoaderOptions {
-  int64_t micro_batch = 1;  // rows per rank per batch
-  int64_t rank = 0;
-  int64_t world_size = 1;
-  uint64_t seed = 0;
-  bool shuffle = true;  // false: windows in order every epoch
-};
+// LMLoaderOptions: data/batch_cursor.h.
+
 
 // Training loader. Each epoch visits the windows in a permutation drawn from (seed, epoch):
 // Fisher-Yates driven by the Philox stream of core/rng.h (key = seed ^ a fixed tag, counter
@@ -77,38 +73,27 @@ struct LMLoaderOptions {
 // which windows those are changes every epoch); epochs follow one another automatically.
 class LMLoader {
  public:
-  // Position of the next global batch: epoch and its first entry in that epoch's order. It
-  // counts samples, not steps, so a saved state stays meaningful under another batch size.
-  struct State {
-    int64_t epoch = 0;
-    int64_t index = 0;
-    bool operator==(const State& o) const { return epoch == o.epoch && index == o.index; }
-    bool operator!=(const State& o) const { return !(*this == o); }
-  };
+  // Position of the next global batch (data/batch_cursor.h): epoch and its first entry in
+  // that epoch's order, counted in samples so it survives a change of batch size.
+  using State = LoaderState;
 
   LMLoader(PackedLMDataset dataset, const LMLoaderOptions& options);
 
   LMBatch next();
-  State state() const { return state_; }
+  State state() const { return cursor_.state(); }
   // Validates and normalises (an index with no full global batch left moves to the next epoch).
-  void set_state(State s);
+  void set_state(State s) { cursor_.set_state(s); }
 
-  int64_t global_batch() const { return options_.micro_batch * options_.world_size; }
-  int64_t batches_per_epoch() const { return dataset_.size() / global_batch(); }
+  int64_t global_batch() const { return cursor_.global_batch(); }
+  int64_t batches_per_epoch() const { return cursor_.batches_per_epoch(); }
   const PackedLMDataset& dataset() const { return dataset_; }
-  const LMLoaderOptions& options() const { return options_; }
+  const LMLoaderOptions& options() const { return cursor_.options(); }
   // The window order of an epoch (identity when shuffle is off).
-  std::vector<int64_t> epoch_order(int64_t epoch) const;
+  std::vector<int64_t> epoch_order(int64_t epoch) const { return cursor_.epoch_order(epoch); }
 
  private:
-  void normalise();
-  const std::vector<int64_t>& order_for(int64_t epoch);
-
   PackedLMDataset dataset_;
-  LMLoaderOptions options_;
-  State state_;
-  int64_t cached_epoch_ = -1;
-  std::vector<int64_t> cached_order_;
+  TrainCursor cursor_;
 };
 
 // Evaluation loader: every window once, in order, no shuffling and no wrap-around. Global
@@ -119,15 +104,14 @@ class LMEvalLoader {
  public:
   LMEvalLoader(PackedLMDataset dataset, int64_t micro_batch, int64_t rank = 0, int64_t world_size = 1);
 
-  int64_t num_batches() const;  // the same on every rank
+  int64_t num_batches() const { return cursor_.num_batches(); }  // the same on every rank
   // Fills `out` with the next batch; false (out untouched) when the pass is over.
   bool next(LMBatch& out);
-  void reset() { next_ = 0; }
+  void reset() { cursor_.reset(); }
 
  private:
   PackedLMDataset dataset_;
-  int64_t micro_batch_, rank_, world_size_;
-  int64_t next_ = 0;
+  EvalCursor cursor_;
 };
 
 }  // namespace lathe::data

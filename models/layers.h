@@ -1,85 +1,86 @@
-// Layers of the decoder-only models: Linear, Embedding, LayerNorm, RMSNorm, causal
-// self-attention (RoPE, grouped-query heads), the GELU MLP and the SwiGLU MLP.
-// Each is an autograd::Module whose parameters keep the names listed in models/model.h.
+// Layers of the decoder-only models: Embedding, the norm interface (LayerNorm, RMSNorm),
+// the MLP interface (the GELU MLP, the SwiGLU MLP); Linear is in models/linear.h and
+// causal self-attention in models/attention.h. Each is an autograd::Module whose
+// parameters keep the names listed in models/model.h, and reads its parameters through
+// the registry (autograd::ParamRef) so Module::replace_parameter changes what it computes.
 #pragma once
 
 #include <memory>
 
 #include "autograd/module.h"
-#include "core/rng.h"
 #include "core/tensor.h"
+#include "models/attention.h"
+#include "models/linear.h"
 
 namespace lathe::models {
-
-class Linear : public autograd::Module {
- public:
-  // weight [out, in] (the PyTorch layout), bias [out] when `bias`.
-  Linear(int64_t in, int64_t out, bool bias);
-  Tensor forward(const Tensor& x) const;
-  std::string type_name() const override { return "Linear"; }
-  int64_t in_features() const { return in_; }
-  int64_t out_features() const { return out_; }
-  Tensor weight, bias;
-
- private:
-  int64_t in_, out_;
-};
 
 class Embedding : public autograd::Module {
  public:
   Embedding(int64_t num, int64_t dim);
+  // ids (i64/i32, any shape) -> [*ids.shape, dim]; under Autocast the rows come back in the
+  // compute dtype (gathered in f32 first: casting the whole table would cost V x dim).
   Tensor forward(const Tensor& ids) const;
   std::string type_name() const override { return "Embedding"; }
-  Tensor weight;
+  Tensor weight() const { return weight_.get(); }
+
+ private:
+  autograd::ParamRef weight_;
 };
 
-class LayerNorm : public autograd::Module {
+// A normalisation over the last dim. It computes in its weight's dtype (f32 under
+// Autocast: the statistics need it) and returns x's dtype.
+class Norm : public autograd::Module {
+ public:
+  virtual Tensor forward(const Tensor& x) const = 0;
+};
+
+class LayerNorm : public Norm {
  public:
   LayerNorm(int64_t dim, double eps, bool bias);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) const override;
   std::string type_name() const override { return "LayerNorm"; }
-  Tensor weight, bias;
+  Tensor weight() const { return weight_.get(); }
+  Tensor bias() const { return bias_.get(); }
   double eps;
+
+ private:
+  autograd::ParamRef weight_, bias_;
 };
 
-class RMSNorm : public autograd::Module {
+class RMSNorm : public Norm {
  public:
   RMSNorm(int64_t dim, double eps);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) const override;
   std::string type_name() const override { return "RMSNorm"; }
-  Tensor weight;
+  Tensor weight() const { return weight_.get(); }
   double eps;
+
+ private:
+  autograd::ParamRef weight_;
 };
 
-// Causal self-attention over x [B, T, C]. With rope (cos/sin [T, D/2] defined) the
-// queries and keys are rotated (Llama); n_kv_head < n_head shares each key/value head
-// among n_head / n_kv_head query heads. q/k/v carry a bias when `bias` or `qkv_bias`
-// (Qwen2: q/k/v biased, o_proj not); o_proj only when `bias`.
-class Attention : public autograd::Module {
+// The MLP branch of a block: [..., d_model] -> [..., d_model].
+class FeedForward : public autograd::Module {
  public:
-  Attention(int64_t d_model, int64_t n_head, int64_t n_kv_head, bool bias, bool qkv_bias = false);
-  Tensor forward(const Tensor& x, const Tensor& cos, const Tensor& sin) const;
-  std::string type_name() const override { return "Attention"; }
-  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
-  int64_t n_head, n_kv_head, head_dim;
+  virtual Tensor forward(const Tensor& x) const = 0;
 };
 
 // GPT-2 MLP: proj(gelu_tanh(fc(x))).
-class GeluMLP : public autograd::Module {
+class GeluMLP : public FeedForward {
  public:
   GeluMLP(int64_t d_model, int64_t d_ff, bool bias);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) const override;
   std::string type_name() const override { return "GeluMLP"; }
-  std::shared_ptr<Linear> fc, proj;
+  autograd::Slot<LinearLayer> fc, proj;
 };
 
 // Llama MLP (Shazeer, "GLU Variants Improve Transformer"): down(silu(gate(x)) * up(x)).
-class SwiGLU : public autograd::Module {
+class SwiGLU : public FeedForward {
  public:
   SwiGLU(int64_t d_model, int64_t d_ff, bool bias);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) const override;
   std::string type_name() const override { return "SwiGLU"; }
-  std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+  autograd::Slot<LinearLayer> gate_proj, up_proj, down_proj;
 };
 
 }  // namespace lathe::models

@@ -7,6 +7,8 @@
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "kernels/ops.h"
+#include "models/autocast.h"
+#include "models/block.h"
 #include "models/layers.h"
 
 namespace lathe::models {
@@ -113,105 +115,87 @@ Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_i
 
 namespace {
 
-class Block : public autograd::Module {
- public:
-  Block(const ModelSpec& s) : gpt2_(s.arch == Arch::gpt2), p_(s.dropout) {
-    if (gpt2_) {
-      ln1_ = register_module("attn_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
-    } else {
-      rms1_ = register_module("attn_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
-    }
-    attn = register_module("attn", std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.bias, s.qkv_bias));
-    if (gpt2_) {
-      ln2_ = register_module("mlp_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
-      gelu_ = register_module("mlp", std::make_shared<GeluMLP>(s.d_model, s.ff_dim(), s.bias));
-    } else {
-      rms2_ = register_module("mlp_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
-      swiglu_ = register_module("mlp", std::make_shared<SwiGLU>(s.d_model, s.ff_dim(), s.bias));
-    }
-  }
-  std::string type_name() const override { return "Block"; }
-
-  // Pre-norm residual block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))).
-  Tensor forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen) const {
-    Tensor h = gpt2_ ? ln1_->forward(x) : rms1_->forward(x);
-    Tensor y = ag::add(x, ag::dropout(attn->forward(h, cos, sin), p_, gen, is_training()));
-    h = gpt2_ ? ln2_->forward(y) : rms2_->forward(y);
-    Tensor m = gpt2_ ? gelu_->forward(h) : swiglu_->forward(h);
-    return ag::add(y, ag::dropout(m, p_, gen, is_training()));
-  }
-
-  std::shared_ptr<Attention> attn;
-
- private:
-  bool gpt2_;
-  double p_;
-  std::shared_ptr<LayerNorm> ln1_, ln2_;
-  std::shared_ptr<RMSNorm> rms1_, rms2_;
-  std::shared_ptr<GeluMLP> gelu_;
-  std::shared_ptr<SwiGLU> swiglu_;
-};
-
 class Transformer final : public CausalLM {
  public:
   explicit Transformer(const ModelSpec& s) : spec_(s) {
     s.validate();
-    embed_ = register_module("embed", std::make_shared<Embedding>(s.vocab_size, s.d_model));
-    if (s.arch == Arch::gpt2) pos_ = register_module("pos_embed", std::make_shared<Embedding>(s.max_seq_len, s.d_model));
-    layers_ = register_module("layers", std::make_shared<autograd::Module>());
+    embed_ = register_slot<Embedding>("embed", std::make_shared<Embedding>(s.vocab_size, s.d_model));
+    if (s.arch == Arch::gpt2)
+      pos_ = register_slot<Embedding>("pos_embed", std::make_shared<Embedding>(s.max_seq_len, s.d_model));
+    auto layers = register_module("layers", std::make_shared<autograd::Module>());
     for (int64_t i = 0; i < s.n_layer; ++i)
-      blocks_.push_back(layers_->register_module(std::to_string(i), std::make_shared<Block>(s)));
-    if (s.arch == Arch::gpt2) {
-      final_ln_ = register_module("final_norm", std::make_shared<LayerNorm>(s.d_model, s.norm_eps, s.bias));
-    } else {
-      final_rms_ = register_module("final_norm", std::make_shared<RMSNorm>(s.d_model, s.norm_eps));
-    }
-    if (!s.tie_embeddings) lm_head_ = register_module("lm_head", std::make_shared<Linear>(s.d_model, s.vocab_size, false));
+      blocks_.push_back(layers->register_slot<Block>(std::to_string(i), make_block(s)));
+    final_norm_ = register_slot<Norm>("final_norm", make_norm(s));
+    if (!s.tie_embeddings)
+      lm_head_ = register_slot<LinearLayer>("lm_head", std::make_shared<Linear>(s.d_model, s.vocab_size, false));
   }
 
   const ModelSpec& spec() const override { return spec_; }
   std::string type_name() const override { return arch_name(spec_.arch); }
 
-  Tensor forward(const Tensor& ids) override {
-    LATHE_CHECK(ids.dim() == 2) << "forward: ids must be [batch, time], got " << ids.shape_str();
-    const int64_t T = ids.size(1);
-    LATHE_CHECK(T <= spec_.max_seq_len) << "forward: sequence length " << T << " exceeds model.max_seq_len "
-                                        << spec_.max_seq_len;
-    Tensor x = embed_->forward(ids);
-    Tensor cos, sin;
-    if (spec_.arch == Arch::gpt2) {
-      Tensor pos = Tensor::arange(0, static_cast<double>(T), 1, DType::i64);
-      x = ag::add(x, pos_->forward(pos));  // [B, T, C] + [T, C]
-    } else {
-      rope_for(T, x.dtype(), cos, sin);
-    }
-    x = ag::dropout(x, spec_.dropout, dropout_gen_, is_training());
-    for (const auto& b : blocks_) x = b->forward(x, cos, sin, dropout_gen_);
-    x = final_ln_ ? final_ln_->forward(x) : final_rms_->forward(x);
-    return lm_head_ ? lm_head_->forward(x) : ag::linear(x, embed_->weight);
+  Tensor forward(const Tensor& ids) override { return run(ids, nullptr, false); }
+
+  Tensor forward_cached(const Tensor& ids, DecodeCache& cache, bool last_only) override {
+    if (cache.layers.empty()) cache.layers.resize(static_cast<size_t>(spec_.n_layer));
+    LATHE_CHECK(static_cast<int64_t>(cache.layers.size()) == spec_.n_layer)
+        << "forward_cached: the cache holds " << cache.layers.size() << " layers, the model has " << spec_.n_layer;
+    return run(ids, &cache, last_only);
   }
 
  private:
-  void rope_for(int64_t T, DType dt, Tensor& cos, Tensor& sin) {
-    if (!cos_.defined() || cos_.size(0) < T || cos_.dtype() != dt) {
+  Tensor run(const Tensor& ids, DecodeCache* cache, bool last_only) {
+    LATHE_CHECK(ids.dim() == 2) << "forward: ids must be [batch, time], got " << ids.shape_str();
+    const int64_t T = ids.size(1);
+    const int64_t start = cache ? cache->length() : 0;  // position of ids' first token
+    LATHE_CHECK(start + T <= spec_.max_seq_len)
+        << "forward: sequence length " << start + T << (cache ? " (cached positions + new tokens)" : "")
+        << " exceeds model.max_seq_len " << spec_.max_seq_len;
+    const DType master = embed_->weight().dtype();
+    Tensor x = embed_->forward(ids);
+    Tensor cos, sin;
+    if (spec_.arch == Arch::gpt2) {
+      Tensor pos = Tensor::arange(static_cast<double>(start), static_cast<double>(start + T), 1, DType::i64,
+                                  ids.device());
+      x = ag::add(x, pos_->forward(pos));  // [B, T, C] + [T, C]
+    } else {
+      rope_for(start + T, master, cos, sin);
+      cos = cos.narrow(0, start, T);
+      sin = sin.narrow(0, start, T);
+    }
+    x = ag::dropout(x, spec_.dropout, dropout_gen_, is_training());
+    for (size_t i = 0; i < blocks_.size(); ++i)
+      x = blocks_[i]->forward(x, cos, sin, dropout_gen_, cache ? &cache->layers[i] : nullptr);
+    if (last_only) x = ag::narrow(x, 1, T - 1, 1);
+    x = final_norm_->forward(x);
+    Tensor logits = lm_head_ ? lm_head_->forward(x) : ag::linear(autocast(x), autocast(embed_->weight()));
+    // Under Autocast the head ran in the compute dtype; the loss wants the master dtype.
+    return logits.dtype() == master ? logits : ag::cast(logits, master);
+  }
+
+  // cos/sin tables for positions 0..rows-1 (at least), in the parameters' dtype: the rope
+  // kernel rotates lower-precision activations with them.
+  void rope_for(int64_t rows_needed, DType dt, Tensor& cos, Tensor& sin) {
+    const Device dev = embed_->weight().device();
+    if (!cos_.defined() || cos_.size(0) < rows_needed || cos_.dtype() != dt || cos_.device() != dev) {
       // Tables grow with the longest sequence seen (a power of two, at most max_seq_len), so a
       // model with a 128K context does not build 128K rows to run on 256 tokens.
       int64_t rows = 1;
-      while (rows < T) rows *= 2;
+      while (rows < rows_needed) rows *= 2;
       rows = std::min(rows, spec_.max_seq_len);
       kernels::rope_tables(rows, rope_inv_freq(spec_), 0, dt, cos_, sin_);
+      // Built on the host in double (the angles need it), moved once to the model's device.
+      cos_ = cos_.to(dev);
+      sin_ = sin_.to(dev);
     }
-    cos = cos_.narrow(0, 0, T);
-    sin = sin_.narrow(0, 0, T);
+    cos = cos_;
+    sin = sin_;
   }
 
   ModelSpec spec_;
-  std::shared_ptr<Embedding> embed_, pos_;
-  std::shared_ptr<autograd::Module> layers_;
-  std::vector<std::shared_ptr<Block>> blocks_;
-  std::shared_ptr<LayerNorm> final_ln_;
-  std::shared_ptr<RMSNorm> final_rms_;
-  std::shared_ptr<Linear> lm_head_;
+  autograd::Slot<Embedding> embed_, pos_;
+  std::vector<autograd::Slot<Block>> blocks_;
+  autograd::Slot<Norm> final_norm_;
+  autograd::Slot<LinearLayer> lm_head_;
   Tensor cos_, sin_;
 };
 
@@ -256,12 +240,27 @@ std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& promp
   std::vector<int32_t> out = prompt;
   std::vector<double> probs;
   std::vector<int32_t> order;
+  const Device dev = model.device();
+  // One allocation per layer when the whole run fits in the context.
+  DecodeCache cache(s.n_layer, std::min<int64_t>(s.max_seq_len, static_cast<int64_t>(prompt.size()) + o.max_new_tokens));
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(out.size()) - s.max_seq_len);
-    std::vector<int64_t> ctx(out.begin() + start, out.end());
-    const int64_t T = static_cast<int64_t>(ctx.size());
-    Tensor logits = model.forward(Tensor::from_vector<int64_t>(ctx, {1, T}));
-    std::vector<double> z = logits.select(1, T - 1).select(0, 0).to_vector<double>();
+    const int64_t n = static_cast<int64_t>(out.size());
+    const int64_t start = std::max<int64_t>(0, n - s.max_seq_len);
+    std::vector<double> z;
+    if (o.use_cache) {
+      // Past the context the window slides and every position shifts: rebuild the cache.
+      if (start > 0) cache.reset();
+      const int64_t from = start > 0 ? start : cache.length();
+      std::vector<int64_t> feed(out.begin() + from, out.end());
+      const int64_t T = static_cast<int64_t>(feed.size());
+      Tensor logits = model.forward_cached(Tensor::from_vector<int64_t>(feed, {1, T}).to(dev), cache, true);
+      z = logits.select(1, 0).select(0, 0).to_vector<double>();
+    } else {
+      std::vector<int64_t> ctx(out.begin() + start, out.end());
+      const int64_t T = static_cast<int64_t>(ctx.size());
+      Tensor logits = model.forward(Tensor::from_vector<int64_t>(ctx, {1, T}).to(dev));
+      z = logits.select(1, T - 1).select(0, 0).to_vector<double>();
+    }
     const int64_t V = static_cast<int64_t>(z.size());
     int32_t next;
     if (o.temperature == 0.0) {

@@ -13,6 +13,10 @@
 //   layers.N.mlp.{gate_proj,up_proj,down_proj}.weight   SwiGLU (Llama)
 //   final_norm.{weight,bias}
 //   lm_head.weight                    only when embeddings are not tied
+//
+// The layers (models/linear.h, layers.h, attention.h, block.h) sit in slots of their
+// interface (LinearLayer, Norm, FeedForward, Attention, Block), so replace_module on any of
+// these names rebinds what forward calls, and replace_parameter changes what it reads.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +27,7 @@
 #include "autograd/module.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "models/attention.h"
 
 namespace lathe::models {
 
@@ -85,12 +90,31 @@ int64_t count_parameters(const ModelSpec& spec);
 std::vector<double> rope_inv_freq(const ModelSpec& spec);
 std::vector<double> rope_inv_freq(int64_t head_dim, double theta, const RopeScaling& scaling);
 
+// The key/value caches of every layer, for incremental decoding.
+struct DecodeCache {
+  // reserve: positions each layer allocates at its first append (0: what the first call needs).
+  explicit DecodeCache(int64_t n_layer = 0, int64_t reserve = 0) : layers(static_cast<size_t>(n_layer), KVCache(reserve)) {}
+  std::vector<KVCache> layers;
+  // Positions held (the position of the next token fed).
+  int64_t length() const { return layers.empty() ? 0 : layers.front().length; }
+  void reset() {
+    for (auto& l : layers) l.reset();
+  }
+};
+
 class CausalLM : public autograd::Module {
  public:
   virtual ~CausalLM() = default;
   virtual const ModelSpec& spec() const = 0;
-  // ids [B, T] (i64/i32) -> logits [B, T, V]. T <= max_seq_len.
+  // ids [B, T] (i64/i32) -> logits [B, T, V]. T <= max_seq_len. The logits have the
+  // parameters' dtype (f32 also under models::Autocast, so the loss is taken in f32).
   virtual Tensor forward(const Tensor& ids) = 0;
+  // Incremental forward (inference, under autograd::NoGradGuard): ids [B, T] are the tokens
+  // at positions cache.length() .. cache.length() + T - 1; their keys and values are
+  // appended to the cache (an empty cache is sized to the model's layers). Returns logits
+  // [B, T, V], or [B, 1, V] for the last position only when `last_only` (the lm_head then
+  // runs on one row). cache.length() + T <= max_seq_len.
+  virtual Tensor forward_cached(const Tensor& ids, DecodeCache& cache, bool last_only = true) = 0;
   // Mean cross-entropy of next-token prediction: targets [B, T], ignore_index skipped.
   Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
   // Generator for dropout masks (its state is saved in checkpoints).
@@ -111,9 +135,15 @@ struct SampleOptions {
   double top_p = 1.0;        // 1 = off
   uint64_t seed = 0;
   int32_t stop_token = -1;   // stop early when produced (-1 = never)
+  // Incremental decoding: prefill the prompt once, then feed one token at a time with the
+  // layers' key/value cache. false re-runs the whole context for every token (the
+  // reference the cached path is tested against).
+  bool use_cache = true;
 };
 // Autoregressive sampling (no gradients, eval mode); returns prompt + generated ids.
-// The context is cropped to the last max_seq_len tokens.
+// The context is cropped to the last max_seq_len tokens: once the sequence is longer, the
+// window slides and, as positions shift, every step recomputes the window (the cache is
+// rebuilt from it), which gives the same tokens as the uncached path.
 std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& prompt, const SampleOptions& opts);
 
 }  // namespace lathe::models

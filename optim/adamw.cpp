@@ -4,47 +4,46 @@
 
 namespace lathe::optim {
 
-AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opts) : opts_(opts) {
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opts) : Optimizer(std::move(groups)), opts_(opts) {
   LATHE_CHECK(opts.lr >= 0) << "AdamW: lr must be >= 0, got " << opts.lr;
   LATHE_CHECK(opts.beta1 >= 0 && opts.beta1 < 1) << "AdamW: beta1 must be in [0, 1), got " << opts.beta1;
   LATHE_CHECK(opts.beta2 >= 0 && opts.beta2 < 1) << "AdamW: beta2 must be in [0, 1), got " << opts.beta2;
   LATHE_CHECK(opts.eps > 0) << "AdamW: eps must be > 0, got " << opts.eps;
-  groups_ = std::move(groups);
-  for (auto& g : groups_) {
-    g.lr = opts.lr;
+  for (auto& g : groups_)
     for (auto& [n, p] : g.params)
       LATHE_CHECK(p.dtype() == DType::f32) << "AdamW: parameter '" << n << "' is " << dtype_name(p.dtype())
                                            << "; keep f32 master weights for the optimizer";
-  }
-  lr_factor_.assign(groups_.size(), 1.0);
+  set_lr(opts.lr);
 }
 
-void AdamW::step() {
-  ++step_;
-  for (auto& g : groups_) {
-    for (auto& [n, p] : g.params) {
-      Tensor grad = p.grad();
-      if (!grad.defined()) continue;
-      Tensor& m = state(n, "exp_avg", p.shape(), DType::f32);
-      Tensor& v = state(n, "exp_avg_sq", p.shape(), DType::f32);
-      kernels::adamw_step(p, grad.to(DType::f32), m, v, g.lr, opts_.beta1, opts_.beta2, opts_.eps, g.weight_decay,
-                          step_);
-    }
-  }
+StateMap AdamW::init_state(const std::string&, const Tensor& param, const ParamGroup&) const {
+  return {{"exp_avg", Tensor::zeros(param.shape(), DType::f32, param.device())},
+          {"exp_avg_sq", Tensor::zeros(param.shape(), DType::f32, param.device())}};
 }
 
-std::vector<ParamGroup> decay_groups(const std::vector<std::pair<std::string, Tensor>>& named, double weight_decay) {
-  ParamGroup decay, no_decay;
-  decay.weight_decay = weight_decay;
-  no_decay.weight_decay = 0.0;
-  for (const auto& [n, p] : named) {
-    if (!p.requires_grad()) continue;
-    (p.dim() >= 2 ? decay : no_decay).params.emplace_back(n, p);
+void AdamW::update(const std::string&, const Tensor& param, const Tensor& grad, StateMap& state,
+                   const ParamGroup& group, int64_t step) {
+  kernels::adamw_step(param, grad.to(DType::f32), state.at("exp_avg"), state.at("exp_avg_sq"), group.lr, opts_.beta1,
+                      opts_.beta2, opts_.eps, group.weight_decay, step);
+}
+
+GroupLayout decay_layout(double weight_decay, bool decay_1d) {
+  GroupLayout l;
+  l.fallback.name = "decay";
+  l.fallback.weight_decay = weight_decay;
+  if (!decay_1d) {
+    GroupSpec nd;
+    nd.name = "no_decay";
+    nd.max_dim = 1;
+    nd.weight_decay = 0.0;
+    l.specs.push_back(nd);
   }
-  std::vector<ParamGroup> out;
-  if (!decay.params.empty()) out.push_back(std::move(decay));
-  if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
-  return out;
+  return l;
+}
+
+std::vector<ParamGroup> decay_groups(const NamedParams& named, double weight_decay, bool decay_1d) {
+  GroupLayout l = decay_layout(weight_decay, decay_1d);
+  return assign_groups(named, l.specs, l.fallback);
 }
 
 }  // namespace lathe::optim

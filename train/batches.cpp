@@ -2,8 +2,10 @@
 #include "train/batches.h"
 
 #include <cmath>
+#include <optional>
 
 #include "autograd/autograd.h"
+#include "models/autocast.h"
 
 namespace lathe::train {
 
@@ -26,24 +28,35 @@ int64_t TrainBatches::batches_per_epoch() const { return instr_ ? instr_->batche
 int64_t TrainBatches::global_batch() const { return instr_ ? instr_->global_batch() : lm_->global_batch(); }
 int64_t TrainBatches::size() const { return instr_ ? instr_->dataset().size() : lm_->dataset().size(); }
 
-EvalResult evaluate(models::CausalLM& model, const data::InstructionDataset& ds, int64_t micro_batch,
-                    int64_t max_batches, parallel::Communicator& comm) {
+EvalBatches::EvalBatches(const data::PackedLMDataset& ds, int64_t micro_batch, int64_t rank, int64_t world)
+    : lm_(std::make_unique<data::LMEvalLoader>(ds, micro_batch, rank, world)), size_(ds.size()) {}
+EvalBatches::EvalBatches(const data::InstructionDataset& ds, int64_t micro_batch, int64_t rank, int64_t world)
+    : instr_(std::make_unique<data::InstructionEvalLoader>(ds, micro_batch, rank, world)), size_(ds.size()) {}
+int64_t EvalBatches::num_batches() const { return lm_ ? lm_->num_batches() : instr_->num_batches(); }
+bool EvalBatches::next(data::LMBatch& out) { return lm_ ? lm_->next(out) : instr_->next(out); }
+
+EvalResult evaluate(models::CausalLM& model, EvalBatches& batches, int64_t max_batches, parallel::Communicator& comm,
+                    DType compute) {
   const bool was_training = model.is_training();
   model.eval();
   autograd::NoGradGuard no_grad;
-  data::InstructionEvalLoader loader(ds, micro_batch, comm.rank(), comm.size());
-  int64_t n = loader.num_batches();
+  std::optional<models::Autocast> autocast;
+  if (compute != DType::f32) autocast.emplace(compute);
+  const Device device = model.device();
+  int64_t n = batches.num_batches();
   if (max_batches > 0) n = std::min(n, max_batches);
   double loss_sum = 0, targets = 0;
   data::LMBatch b;
-  for (int64_t i = 0; i < n && loader.next(b); ++i) {
+  for (int64_t i = 0; i < n && batches.next(b); ++i) {
     if (b.ids.size(0) == 0) continue;
+    // Counted on the host, where the loader built the batch.
     int64_t scored = 0;
     for (int64_t t : b.targets.to_vector<int64_t>()) scored += t != data::kIgnoreIndex;
     if (scored == 0) continue;
     // model.loss is the mean over this batch's scored targets; weighting it by their count
-    // gives the mean over every scored target of the pass.
-    loss_sum += model.loss(b.ids, b.targets, data::kIgnoreIndex).item() * static_cast<double>(scored);
+    // gives the mean over every scored target of the pass (a short last batch included).
+    const Tensor loss = model.loss(b.ids.to(device), b.targets.to(device), data::kIgnoreIndex);
+    loss_sum += loss.item() * static_cast<double>(scored);
     targets += static_cast<double>(scored);
   }
   model.train(was_training);
@@ -53,7 +66,8 @@ EvalResult evaluate(models::CausalLM& model, const data::InstructionDataset& ds,
     comm.all_reduce(t, parallel::ReduceOp::sum);
     tot = t.to_vector<double>();
   }
-  LATHE_CHECK(tot[1] > 0) << "evaluate: the instruction dataset has no target to score (" << ds.size() << " samples)";
+  LATHE_CHECK(tot[1] > 0) << "evaluate: the dataset has no target to score (" << batches.size() << " "
+                          << batches.unit() << ")";
   EvalResult res;
   res.loss = tot[0] / tot[1];
   res.perplexity = std::exp(res.loss);
@@ -62,10 +76,26 @@ EvalResult evaluate(models::CausalLM& model, const data::InstructionDataset& ds,
   return res;
 }
 
+EvalResult evaluate(models::CausalLM& model, const data::PackedLMDataset& ds, int64_t micro_batch,
+                    int64_t max_batches, parallel::Communicator& comm) {
+  EvalBatches batches(ds, micro_batch, comm.rank(), comm.size());
+  return evaluate(model, batches, max_batches, comm);
+}
+
+EvalResult evaluate(models::CausalLM& model, const data::InstructionDataset& ds, int64_t micro_batch,
+                    int64_t max_batches, parallel::Communicator& comm) {
+  EvalBatches batches(ds, micro_batch, comm.rank(), comm.size());
+  return evaluate(model, batches, max_batches, comm);
+}
+
 EvalResult evaluate_val(models::CausalLM& model, const RunData& data, int64_t micro_batch, int64_t max_batches,
-                        parallel::Communicator& comm) {
-  if (data.instruction) return evaluate(model, data.val_instr, micro_batch, max_batches, comm);
-  return evaluate(model, data.val, micro_batch, max_batches, comm);
+                        parallel::Communicator& comm, DType compute) {
+  if (data.instruction) {
+    EvalBatches batches(data.val_instr, micro_batch, comm.rank(), comm.size());
+    return evaluate(model, batches, max_batches, comm, compute);
+  }
+  EvalBatches batches(data.val, micro_batch, comm.rank(), comm.size());
+  return evaluate(model, batches, max_batches, comm, compute);
 }
 
 }  // namespace lathe::train

@@ -25,16 +25,6 @@ uint64_t bits_u64(int64_t v) {
   return r;
 }
 
-Tensor i64_scalar(int64_t v) {
-  Tensor t = Tensor::empty({}, DType::i64);
-  *t.data<int64_t>() = v;  // exact (a double round trip would lose bits above 2^53)
-  return t;
-}
-int64_t read_i64(const H5Reader& r, const std::string& name) {
-  Tensor t = r.read_tensor(name, DType::i64, Shape{});
-  return *t.data<int64_t>();
-}
-
 // Runs fn, turning any lathe::Error (HDF5, filesystem) into a CheckpointError with context.
 template <typename F>
 auto as_checkpoint_error(const std::string& context, F&& fn) -> decltype(fn()) {
@@ -47,103 +37,166 @@ auto as_checkpoint_error(const std::string& context, F&& fn) -> decltype(fn()) {
   }
 }
 
+// The file's format attributes; CheckpointError when it is not a checkpoint of this version.
+void check_format(const H5Reader& r) {
+  const std::string& path = r.path();
+  if (!r.has_attr("/", "format") || r.attr_string("/", "format") != "lathe-checkpoint")
+    throw CheckpointError(path + " is not a lathe checkpoint (no format=\"lathe-checkpoint\" attribute)");
+  const int64_t version = r.attr_int("/", "format_version");
+  if (version != kCheckpointFormatVersion)
+    throw CheckpointError(path + " has checkpoint format version " + std::to_string(version) +
+                          "; this build reads version " + std::to_string(kCheckpointFormatVersion));
+}
+
+CheckpointMeta read_meta(const H5Reader& r) {
+  CheckpointMeta m;
+  m.step = read_i64(r, "state/step");
+  m.tokens_seen = read_i64(r, "state/tokens_seen");
+  m.rank = static_cast<int>(r.attr_int("/", "rank"));
+  m.world_size = static_cast<int>(r.attr_int("/", "world_size"));
+  m.config_text = r.read_string("config");
+  return m;
+}
+
+// The scalars of a TrainState (state/...), as one part: the fixed layout of the legacy
+// (model, optimizer, TrainState) functions below.
+class TrainStatePart : public CheckpointPart {
+ public:
+  explicit TrainStatePart(TrainState* st) : st_(st) {}
+  std::string name() const override { return "train state"; }
+  void save(H5Writer& w) const override {
+    write_i64(w, "state/step", st_->step);
+    write_i64(w, "state/tokens_seen", st_->tokens_seen);
+    write_i64(w, "state/loader_epoch", st_->loader.epoch);
+    write_i64(w, "state/loader_index", st_->loader.index);
+    write_i64(w, "state/rng_dropout_seed", u64_bits(st_->dropout_seed));
+    write_i64(w, "state/rng_dropout_offset", u64_bits(st_->dropout_offset));
+    w.write_tensor("state/lr", Tensor::scalar(st_->lr, DType::f64));
+  }
+  void load(const H5Reader& r) override {
+    st_->step = read_i64(r, "state/step");
+    st_->tokens_seen = read_i64(r, "state/tokens_seen");
+    st_->loader.epoch = read_i64(r, "state/loader_epoch");
+    st_->loader.index = read_i64(r, "state/loader_index");
+    st_->dropout_seed = bits_u64(read_i64(r, "state/rng_dropout_seed"));
+    st_->dropout_offset = bits_u64(read_i64(r, "state/rng_dropout_offset"));
+    st_->lr = r.read_tensor("state/lr", DType::f64, Shape{}).item();
+  }
+
+ private:
+  TrainState* st_;
+};
+
+CheckpointMeta meta_of(const TrainState& st) {
+  CheckpointMeta m;
+  m.step = st.step;
+  m.tokens_seen = st.tokens_seen;
+  m.world_size = st.world_size;
+  m.rank = st.rank;
+  m.config_text = st.config_text;
+  return m;
+}
+
 }  // namespace
 
-void write_rank_checkpoint(const std::string& path, const autograd::Module& model, const optim::Optimizer* opt,
-                           const TrainState& st) {
+void write_i64(H5Writer& w, const std::string& name, int64_t v) {
+  Tensor t = Tensor::empty({}, DType::i64);
+  *t.data<int64_t>() = v;
+  w.write_tensor(name, t);
+}
+
+int64_t read_i64(const H5Reader& r, const std::string& name) {
+  Tensor t = r.read_tensor(name, DType::i64, Shape{});
+  return *t.data<int64_t>();
+}
+
+// ---- parts --------------------------------------------------------------------------------
+
+void ModelPart::save(H5Writer& w) const {
+  for (const auto& [name, p] : model_->named_parameters()) w.write_tensor("model/" + name, p);
+}
+
+void ModelPart::load(const H5Reader& r) {
+  const std::string& path = r.path();
+  std::set<std::string> stored;
+  for (const auto& n : r.list_datasets("model")) stored.insert(n);
+  for (const auto& [name, p] : model_->named_parameters()) {
+    if (!stored.count(name))
+      throw CheckpointError(path + " has no tensor model/" + name +
+                            ": the checkpoint was written for a different model (check the model section of the "
+                            "config)");
+    const Shape shape = r.shape("model/" + name);
+    if (shape != p.shape())
+      throw CheckpointError("parameter " + name + ": the checkpoint " + path + " holds shape " + shape_str(shape) +
+                            " but the model has " + p.shape_str() +
+                            " (a different model config; to start over use checkpoint.resume: \"never\" or "
+                            "another run_dir)");
+    const DType dt = r.dtype("model/" + name);
+    if (dt != p.dtype())
+      throw CheckpointError(std::string("parameter ") + name + ": the checkpoint holds " + dtype_name(dt) +
+                            " but the model has " + dtype_name(p.dtype()));
+    r.read_into("model/" + name, p);  // any device: read_into copies host -> device
+    stored.erase(name);
+  }
+  if (!stored.empty())
+    throw CheckpointError(path + " holds model/" + *stored.begin() + " (and " + std::to_string(stored.size() - 1) +
+                          " more) that the model does not have: the checkpoint was written for a different model");
+}
+
+void OptimizerPart::save(H5Writer& w) const {
+  for (const auto& [key, t] : opt_->state_dict()) w.write_tensor("optim/" + key, t);
+  w.set_attr("/", "optimizer", opt_->name());
+}
+
+void OptimizerPart::load(const H5Reader& r) {
+  std::map<std::string, Tensor> sd;
+  for (const auto& n : r.list_datasets("optim")) {
+    Tensor t = r.read_tensor("optim/" + n);
+    // State lives beside its parameter: read on the host, then moved to the run's device.
+    sd[n] = device_.is_cpu() ? t : t.to(device_);
+  }
+  if (sd.empty()) throw CheckpointError(r.path() + " holds no optimizer state (a weights-only file)");
+  opt_->load_state_dict(sd);
+}
+
+// ---- rank files and step directories of parts ---------------------------------------------
+
+void write_rank_checkpoint(const std::string& path, const CheckpointParts& parts, const CheckpointMeta& meta) {
   as_checkpoint_error("writing " + path, [&] {
     const std::string tmp = tmp_path(path);
     {
       H5Writer w(tmp);
-      for (const auto& [name, p] : model.named_parameters()) w.write_tensor("model/" + name, p);
-      if (opt) {
-        for (const auto& [key, t] : opt->state_dict()) w.write_tensor("optim/" + key, t);
-      }
-      w.write_tensor("state/step", i64_scalar(st.step));
-      w.write_tensor("state/tokens_seen", i64_scalar(st.tokens_seen));
-      w.write_tensor("state/loader_epoch", i64_scalar(st.loader.epoch));
-      w.write_tensor("state/loader_index", i64_scalar(st.loader.index));
-      w.write_tensor("state/rng_dropout_seed", i64_scalar(u64_bits(st.dropout_seed)));
-      w.write_tensor("state/rng_dropout_offset", i64_scalar(u64_bits(st.dropout_offset)));
-      w.write_tensor("state/lr", Tensor::scalar(st.lr, DType::f64));
-      w.write_string("config", st.config_text);
+      // Before the parts: a part may replace it (the optimizer writes its name).
+      w.set_attr("/", "optimizer", "none");
+      for (const CheckpointPart* part : parts)
+        as_checkpoint_error("writing " + path + " (" + part->name() + ")", [&] { part->save(w); });
+      w.write_string("config", meta.config_text);
       w.set_attr("/", "format", "lathe-checkpoint");
       w.set_attr("/", "format_version", kCheckpointFormatVersion);
-      w.set_attr("/", "rank", static_cast<int64_t>(st.rank));
-      w.set_attr("/", "world_size", static_cast<int64_t>(st.world_size));
-      w.set_attr("/", "step", st.step);
-      w.set_attr("/", "optimizer", opt ? opt->name() : "none");
-      w.set_attr("/", "config", st.config_text);
+      w.set_attr("/", "rank", static_cast<int64_t>(meta.rank));
+      w.set_attr("/", "world_size", static_cast<int64_t>(meta.world_size));
+      w.set_attr("/", "step", meta.step);
+      w.set_attr("/", "config", meta.config_text);
       w.close();
     }
     commit_file(tmp, path);
   });
 }
 
-TrainState read_train_state(const std::string& path) {
-  return as_checkpoint_error("reading " + path, [&] {
+CheckpointMeta read_rank_checkpoint(const std::string& path, const CheckpointParts& parts) {
+  return as_checkpoint_error("loading " + path, [&] {
     H5Reader r(path);
-    if (!r.has_attr("/", "format") || r.attr_string("/", "format") != "lathe-checkpoint")
-      throw CheckpointError(path + " is not a lathe checkpoint (no format=\"lathe-checkpoint\" attribute)");
-    const int64_t version = r.attr_int("/", "format_version");
-    if (version != kCheckpointFormatVersion)
-      throw CheckpointError(path + " has checkpoint format version " + std::to_string(version) +
-                            "; this build reads version " + std::to_string(kCheckpointFormatVersion));
-    TrainState st;
-    st.step = read_i64(r, "state/step");
-    st.tokens_seen = read_i64(r, "state/tokens_seen");
-    st.loader.epoch = read_i64(r, "state/loader_epoch");
-    st.loader.index = read_i64(r, "state/loader_index");
-    st.dropout_seed = bits_u64(read_i64(r, "state/rng_dropout_seed"));
-    st.dropout_offset = bits_u64(read_i64(r, "state/rng_dropout_offset"));
-    st.lr = r.read_tensor("state/lr", DType::f64, Shape{}).item();
-    st.rank = static_cast<int>(r.attr_int("/", "rank"));
-    st.world_size = static_cast<int>(r.attr_int("/", "world_size"));
-    st.config_text = r.read_string("config");
-    return st;
+    check_format(r);
+    CheckpointMeta meta = read_meta(r);
+    for (CheckpointPart* part : parts)
+      as_checkpoint_error("loading " + path + " (" + part->name() + ")", [&] { part->load(r); });
+    return meta;
   });
 }
 
-TrainState read_rank_checkpoint(const std::string& path, autograd::Module& model, optim::Optimizer* opt) {
-  TrainState st = read_train_state(path);
-  as_checkpoint_error("loading " + path, [&] {
-    H5Reader r(path);
-    std::set<std::string> stored;
-    for (const auto& n : r.list_datasets("model")) stored.insert(n);
-    for (const auto& [name, p] : model.named_parameters()) {
-      if (!stored.count(name))
-        throw CheckpointError(path + " has no tensor model/" + name +
-                              ": the checkpoint was written for a different model (check the model section of the "
-                              "config)");
-      const Shape shape = r.shape("model/" + name);
-      if (shape != p.shape())
-        throw CheckpointError("parameter " + name + ": the checkpoint " + path + " holds shape " + shape_str(shape) +
-                              " but the model has " + p.shape_str() +
-                              " (a different model config; to start over use checkpoint.resume: \"never\" or "
-                              "another run_dir)");
-      const DType dt = r.dtype("model/" + name);
-      if (dt != p.dtype())
-        throw CheckpointError(std::string("parameter ") + name + ": the checkpoint holds " + dtype_name(dt) +
-                              " but the model has " + dtype_name(p.dtype()));
-      r.read_into("model/" + name, p);
-      stored.erase(name);
-    }
-    if (!stored.empty())
-      throw CheckpointError(path + " holds model/" + *stored.begin() + " (and " + std::to_string(stored.size() - 1) +
-                            " more) that the model does not have: the checkpoint was written for a different model");
-    if (opt) {
-      std::map<std::string, Tensor> sd;
-      for (const auto& n : r.list_datasets("optim")) sd[n] = r.read_tensor("optim/" + n);
-      if (sd.empty()) throw CheckpointError(path + " holds no optimizer state (a weights-only file)");
-      opt->load_state_dict(sd);
-    }
-  });
-  return st;
-}
-
-std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module& model, const optim::Optimizer& opt,
-                            const TrainState& st, parallel::Communicator& comm, int keep_last_k) {
-  const std::string dir = step_dir(ckpt_root, st.step);
+std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts& parts, const CheckpointMeta& meta,
+                            parallel::Communicator& comm, int keep_last_k) {
+  const std::string dir = step_dir(ckpt_root, meta.step);
   // A failure on one rank must not leave the others waiting in a barrier forever: every
   // rank reports success or failure, and all of them throw together.
   auto agree = [&](bool ok_here, const std::string& what) {
@@ -155,7 +208,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module
   std::string err;
   if (comm.rank() == 0) {
     try {
-      as_checkpoint_error("preparing " + dir, [&] { prepare_step_dir(ckpt_root, st.step); });
+      as_checkpoint_error("preparing " + dir, [&] { prepare_step_dir(ckpt_root, meta.step); });
     } catch (const CheckpointError& e) {
       err = e.what();
     }
@@ -164,7 +217,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module
   if (!err.empty()) throw CheckpointError(err);
 
   try {
-    write_rank_checkpoint(rank_file(dir, comm.rank()), model, &opt, st);
+    write_rank_checkpoint(rank_file(dir, comm.rank()), parts, meta);
   } catch (const CheckpointError& e) {
     err = e.what();
   }
@@ -174,7 +227,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module
   if (comm.rank() == 0) {
     try {
       as_checkpoint_error("completing " + dir, [&] {
-        mark_complete(dir, {{"step", st.step}, {"world_size", comm.size()}, {"tokens_seen", st.tokens_seen}});
+        mark_complete(dir, {{"step", meta.step}, {"world_size", comm.size()}, {"tokens_seen", meta.tokens_seen}});
         if (keep_last_k > 0) keep_last(ckpt_root, keep_last_k);
       });
     } catch (const CheckpointError& e) {
@@ -186,8 +239,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module
   return dir;
 }
 
-TrainState load_checkpoint(const std::string& dir, autograd::Module& model, optim::Optimizer* opt,
-                           parallel::Communicator& comm) {
+CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& parts, parallel::Communicator& comm) {
   const int64_t saved_world = as_checkpoint_error("reading " + dir, [&] {
     nlohmann::json index = read_complete(dir);
     return index.at("world_size").get<int64_t>();
@@ -196,11 +248,91 @@ TrainState load_checkpoint(const std::string& dir, autograd::Module& model, opti
     throw CheckpointError(dir + " was written by " + std::to_string(saved_world) + " rank(s), this run has " +
                           std::to_string(comm.size()) + ": resume with the same number of ranks (mpirun -np " +
                           std::to_string(saved_world) + ") or start fresh with checkpoint.resume: \"never\"");
-  TrainState st = read_rank_checkpoint(rank_file(dir, comm.rank()), model, opt);
-  if (st.rank != comm.rank() || st.world_size != comm.size())
-    throw CheckpointError(rank_file(dir, comm.rank()) + " says rank " + std::to_string(st.rank) + " of " +
-                          std::to_string(st.world_size) + ", expected rank " + std::to_string(comm.rank()) + " of " +
-                          std::to_string(comm.size()));
+  const std::string file = rank_file(dir, comm.rank());
+  const CheckpointMeta header = as_checkpoint_error("reading " + file, [&] {
+    H5Reader r(file);
+    check_format(r);
+    return read_meta(r);
+  });
+  if (header.rank != comm.rank() || header.world_size != comm.size())
+    throw CheckpointError(file + " says rank " + std::to_string(header.rank) + " of " +
+                          std::to_string(header.world_size) + ", expected rank " + std::to_string(comm.rank()) +
+                          " of " + std::to_string(comm.size()));
+  return read_rank_checkpoint(file, parts);
+}
+
+// ---- the fixed (model, optimizer, TrainState) layout --------------------------------------
+
+void write_rank_checkpoint(const std::string& path, const autograd::Module& model, const optim::Optimizer* opt,
+                           const TrainState& st) {
+  // The parts only read their objects while saving.
+  ModelPart m(const_cast<autograd::Module&>(model));
+  std::unique_ptr<OptimizerPart> o;
+  if (opt) o = std::make_unique<OptimizerPart>(const_cast<optim::Optimizer&>(*opt));
+  TrainState copy = st;
+  TrainStatePart s(&copy);
+  CheckpointParts parts = {&m};
+  if (o) parts.push_back(o.get());
+  parts.push_back(&s);
+  write_rank_checkpoint(path, parts, meta_of(st));
+}
+
+TrainState read_train_state(const std::string& path) {
+  return as_checkpoint_error("reading " + path, [&] {
+    H5Reader r(path);
+    check_format(r);
+    TrainState st;
+    TrainStatePart(&st).load(r);
+    const CheckpointMeta m = read_meta(r);
+    st.rank = m.rank;
+    st.world_size = m.world_size;
+    st.config_text = m.config_text;
+    return st;
+  });
+}
+
+namespace {
+CheckpointParts legacy_parts(autograd::Module& model, optim::Optimizer* opt, std::unique_ptr<ModelPart>& m,
+                             std::unique_ptr<OptimizerPart>& o) {
+  m = std::make_unique<ModelPart>(model);
+  CheckpointParts parts = {m.get()};
+  if (opt) {
+    o = std::make_unique<OptimizerPart>(*opt, model.device());
+    parts.push_back(o.get());
+  }
+  return parts;
+}
+}  // namespace
+
+TrainState read_rank_checkpoint(const std::string& path, autograd::Module& model, optim::Optimizer* opt) {
+  TrainState st = read_train_state(path);
+  std::unique_ptr<ModelPart> m;
+  std::unique_ptr<OptimizerPart> o;
+  read_rank_checkpoint(path, legacy_parts(model, opt, m, o));
+  return st;
+}
+
+std::string save_checkpoint(const std::string& ckpt_root, const autograd::Module& model, const optim::Optimizer& opt,
+                            const TrainState& st, parallel::Communicator& comm, int keep_last_k) {
+  ModelPart m(const_cast<autograd::Module&>(model));
+  OptimizerPart o(const_cast<optim::Optimizer&>(opt));
+  TrainState copy = st;
+  TrainStatePart s(&copy);
+  return save_checkpoint(ckpt_root, {&m, &o, &s}, meta_of(st), comm, keep_last_k);
+}
+
+TrainState load_checkpoint(const std::string& dir, autograd::Module& model, optim::Optimizer* opt,
+                           parallel::Communicator& comm) {
+  std::unique_ptr<ModelPart> m;
+  std::unique_ptr<OptimizerPart> o;
+  CheckpointParts parts = legacy_parts(model, opt, m, o);
+  TrainState st;
+  TrainStatePart s(&st);
+  parts.push_back(&s);
+  const CheckpointMeta meta = load_checkpoint(dir, parts, comm);
+  st.rank = meta.rank;
+  st.world_size = meta.world_size;
+  st.config_text = meta.config_text;
   return st;
 }
 

@@ -16,7 +16,16 @@
 //   config                        the resolved RunConfig, text format (string dataset)
 // and root attributes: format = "lathe-checkpoint", format_version, rank, world_size, step,
 // optimizer (its name), config (the same text as the dataset).
+//
+// A rank file is a header (the config and the root attributes) plus a list of named parts
+// (CheckpointPart): the trainer's are model, optimizer, progress (step, tokens, lr), data
+// position and RNG, each writing the names above. A later layer (adapters, federation state)
+// adds a part instead of editing this file; a part owns its own HDF5 names and must not
+// reuse another's.
 #pragma once
+
+#include <functional>
+#include <memory>
 
 #include <cstdint>
 #include <string>
@@ -27,6 +36,7 @@
 #include "data/lm_dataset.h"
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
+#include "train/hdf5_io.h"
 
 namespace lathe::train {
 
@@ -56,6 +66,96 @@ struct TrainState {
   int rank = 0;
   std::string config_text;  // resolved RunConfig (configs::to_text)
 };
+
+// One named, stateful piece of a run that a checkpoint saves and restores.
+class CheckpointPart {
+ public:
+  virtual ~CheckpointPart() = default;
+  // Names the part in errors ("model", "optimizer", "data position").
+  virtual std::string name() const = 0;
+  // Writes the part's datasets (and attributes, if any) into a rank file.
+  virtual void save(H5Writer& w) const = 0;
+  // Reads them back from r (r.path() names the file in errors); throws CheckpointError (or
+  // lathe::Error, which the caller wraps) when the file does not fit this run.
+  virtual void load(const H5Reader& r) = 0;
+};
+
+// The parameters of a module as model/<name>. load: every parameter must be present with
+// its shape and dtype, and the file may hold no parameter the module lacks.
+class ModelPart : public CheckpointPart {
+ public:
+  explicit ModelPart(autograd::Module& model) : model_(&model) {}
+  std::string name() const override { return "model"; }
+  void save(H5Writer& w) const override;
+  void load(const H5Reader& r) override;
+
+ private:
+  autograd::Module* model_;
+};
+
+// The optimizer's state_dict as optim/<key>, and its name as the root attribute
+// "optimizer". load moves the stored state to `state_device` (the parameters' device)
+// before handing it to the optimizer.
+class OptimizerPart : public CheckpointPart {
+ public:
+  explicit OptimizerPart(optim::Optimizer& opt, Device state_device = Device::cpu())
+      : opt_(&opt), device_(state_device) {}
+  std::string name() const override { return "optimizer"; }
+  void save(H5Writer& w) const override;
+  void load(const H5Reader& r) override;
+
+ private:
+  optim::Optimizer* opt_;
+  Device device_;
+};
+
+// A part made of two functions, for small pieces of state (a step count, an RNG position).
+class FunctionPart : public CheckpointPart {
+ public:
+  FunctionPart(std::string name, std::function<void(H5Writer&)> save, std::function<void(const H5Reader&)> load)
+      : name_(std::move(name)), save_(std::move(save)), load_(std::move(load)) {}
+  std::string name() const override { return name_; }
+  void save(H5Writer& w) const override { save_(w); }
+  void load(const H5Reader& r) override { load_(r); }
+
+ private:
+  std::string name_;
+  std::function<void(H5Writer&)> save_;
+  std::function<void(const H5Reader&)> load_;
+};
+
+// 0-d i64 datasets (exact; a double round trip would lose bits above 2^53), for parts.
+void write_i64(H5Writer& w, const std::string& name, int64_t v);
+int64_t read_i64(const H5Reader& r, const std::string& name);
+
+// What the header of a rank file records besides its parts.
+struct CheckpointMeta {
+  int64_t step = 0;
+  int64_t tokens_seen = 0;  // also recorded in the step's COMPLETE index
+  int world_size = 1;
+  int rank = 0;
+  std::string config_text;
+};
+
+using CheckpointParts = std::vector<CheckpointPart*>;
+
+// Writes one rank file of `parts` atomically (tmp, fsync, rename); CheckpointError naming
+// the path and the part that failed.
+void write_rank_checkpoint(const std::string& path, const CheckpointParts& parts, const CheckpointMeta& meta);
+// Checks that `path` is a lathe checkpoint of this format version and loads `parts` from it
+// in order. Returns its header.
+CheckpointMeta read_rank_checkpoint(const std::string& path, const CheckpointParts& parts);
+// Collective over comm: every rank writes its file of `parts`, then rank 0 marks the step
+// COMPLETE, points `latest` at it and keeps the newest keep_last steps (0 = all). Returns
+// the step directory.
+std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts& parts, const CheckpointMeta& meta,
+                            parallel::Communicator& comm, int keep_last);
+// Collective: each rank loads `parts` from its own file of a complete step directory.
+// Refuses a checkpoint written by another number of ranks (CheckpointError saying both).
+CheckpointMeta load_checkpoint(const std::string& step_dir, const CheckpointParts& parts,
+                               parallel::Communicator& comm);
+
+// ---- the fixed set of parts of a training run (model, optimizer, TrainState) ------------
 
 // Writes one rank's file at `path` atomically (tmp, fsync, rename). opt may be null
 // (weights-only file). Throws CheckpointError naming the path.

@@ -67,6 +67,7 @@ std::string Progress::format(int64_t step, const std::map<std::string, double>& 
   if (get("lr", v)) line += " | lr " + fmt("%.2e", v);
   if (get("grad_norm", v)) line += " | gnorm " + fmt("%.3f", v);
   if (get("tokens_per_s", v)) line += " | " + human_rate(v) + " tok/s";
+  if (get("mfu", v)) line += " | MFU " + fmt("%.1f", v * 100) + "%";
   if (opt_.total_steps > 0) line += " | ETA " + format_duration(eta_s);
   return line;
 }

@@ -22,7 +22,7 @@ struct ProgressOptions {
 class Progress {
  public:
   explicit Progress(ProgressOptions opt = {});
-  // Shows the values of a step; the keys shown are loss, lr, grad_norm and tokens_per_s
+  // Shows the values of a step; the keys shown are loss, lr, grad_norm, tokens_per_s and mfu
   // (others are ignored here: they go to JSONL/TensorBoard).
   void update(int64_t step, const std::map<std::string, double>& values);
   // Same with an explicit clock in seconds (tests).

@@ -75,9 +75,21 @@ std::vector<std::string> unsupported_features(const RunConfig& cfg) {
   if (d.source() == DataConfig::SYNTHETIC && !d.val_path().empty())
     out.push_back("data.val_path: not used with data.source SYNTHETIC (the validation split comes from "
                   "data.val_fraction)");
-  if (cfg.train().precision() != TrainConfig::F32)
+  if (cfg.train().precision() == TrainConfig::BF16) {
+    // bf16 autocast needs the CUDA kernels; the CPU trains in f32. A device that does not
+    // resolve is reported when the run starts (resolve_device names train.device).
+    bool on_cuda = false;
+    try {
+      on_cuda = resolve_device(cfg.train().device()).is_cuda();
+    } catch (const lathe::Error&) {
+    }
+    if (!on_cuda)
+      out.push_back("train.precision: BF16 needs train.device cuda (a GPU); this build's trainer runs F32 on the "
+                    "CPU (supported: F32)");
+  } else if (cfg.train().precision() != TrainConfig::F32) {
     out.push_back("train.precision: " + TrainConfig::Precision_Name(cfg.train().precision()) +
-                  " is not supported by this build's trainer (supported: F32)");
+                  " is not supported by this build's trainer (supported: F32, BF16 on CUDA)");
+  }
   if (cfg.model().dtype() != ModelConfig::F32)
     out.push_back("model.dtype: " + ModelConfig::DType_Name(cfg.model().dtype()) +
                   " is not supported by this build's trainer (supported: F32)");

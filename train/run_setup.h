@@ -1,10 +1,11 @@
 // From a RunConfig to the objects a run needs: the ModelSpec, the tokenizer, the device and
 // the train/validation datasets. Shared by `lathe train`, `finetune`, `eval` and `generate`.
 //
-// This build trains decoder-only LMs in f32 on the CPU from SYNTHETIC, TEXT, HDF5 (prepared
-// shards, plain or instruction) or JSONL data, from random init or model.init_from
-// (train/init_from.h); config features that belong to later work (bf16) are rejected by
-// check_runnable() with a message naming the field.
+// This build trains decoder-only LMs (f32; bf16 autocast with f32 master weights on CUDA)
+// from SYNTHETIC, TEXT, HDF5 (prepared shards, plain or instruction) or JSONL data, from
+// random init or model.init_from (train/init_from.h); config features that belong to later
+// work (model.dtype BF16, bf16 on the CPU) are rejected by check_runnable() with a message
+// naming the field. train/run_plan.h puts these steps together for the trainer.
 //
 // Data sources (load_run_data):
 //   SYNTHETIC / TEXT  tokenized here, packed into windows of train.seq_len, the last

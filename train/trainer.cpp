@@ -5,27 +5,26 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include "autograd/autograd.h"
 #include "core/memory.h"
-#include "optim/adamw.h"
+#include "models/autocast.h"
+#include "optim/registry.h"
 #include "optim/schedule.h"
-#include "parallel/threads.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/grad_sync.h"
 #include "train/init_from.h"
 #include "train/metrics.h"
-#include "train/run_setup.h"
+#include "train/run_plan.h"
 
 namespace fs = std::filesystem;
 
 namespace lathe::train {
-
-using configs::ConfigError;
 
 namespace {
 
@@ -48,43 +47,9 @@ std::vector<double> sum_over_ranks(std::vector<double> v, parallel::Communicator
   return t.to_vector<double>();
 }
 
-optim::Schedule make_schedule(const RunConfig& cfg, int64_t total_steps) {
-  optim::Schedule s;
-  switch (cfg.schedule().kind()) {
-    case ScheduleConfig::CONSTANT: s.kind = optim::ScheduleKind::constant; break;
-    case ScheduleConfig::COSINE: s.kind = optim::ScheduleKind::cosine; break;
-    case ScheduleConfig::LINEAR: s.kind = optim::ScheduleKind::linear; break;
-  }
-  s.base_lr = cfg.optimizer().lr();
-  s.warmup_steps = cfg.schedule().warmup_steps();
-  // decay_steps = 0: decay until the end of training; else over that many steps after warmup
-  // (and the floor lr after them).
-  s.total_steps = cfg.schedule().decay_steps() > 0 ? s.warmup_steps + cfg.schedule().decay_steps() : total_steps;
-  s.min_lr_ratio = cfg.schedule().min_lr_ratio();
-  return s;
-}
-
-std::unique_ptr<optim::AdamW> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
-  const auto& o = cfg.optimizer();
-  std::vector<std::pair<std::string, Tensor>> named;
-  for (const auto& np : model.named_parameters())
-    if (np.second.requires_grad()) named.push_back(np);
-  std::vector<optim::ParamGroup> groups;
-  if (o.decay_1d_params()) {
-    optim::ParamGroup g;
-    g.params = named;
-    g.weight_decay = o.weight_decay();
-    groups.push_back(std::move(g));
-  } else {
-    groups = optim::decay_groups(named, o.weight_decay());
-  }
-  optim::AdamWOptions ao;
-  ao.lr = o.lr();
-  ao.beta1 = o.beta1();
-  ao.beta2 = o.beta2();
-  ao.eps = o.eps();
-  ao.weight_decay = o.weight_decay();
-  return std::make_unique<optim::AdamW>(std::move(groups), ao);
+// The optimizer of optimizer.type (optim/registry.h), over the trainable parameters.
+std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
+  return optim::make_optimizer(cfg.optimizer(), model.named_parameters());
 }
 
 // Lines of a that are not in b (for the "config changed since the checkpoint" note).
@@ -144,35 +109,10 @@ void print_line(std::FILE* out, const std::string& s) {
   std::fflush(out);
 }
 
-}  // namespace
+uint64_t as_u64(int64_t v) { return static_cast<uint64_t>(v); }  // two's complement: bit-exact
+int64_t as_i64(uint64_t v) { return static_cast<int64_t>(v); }
 
-EvalResult evaluate(models::CausalLM& model, const data::PackedLMDataset& ds, int64_t micro_batch,
-                    int64_t max_batches, parallel::Communicator& comm) {
-  const bool was_training = model.is_training();
-  model.eval();
-  autograd::NoGradGuard no_grad;
-  data::LMEvalLoader loader(ds, micro_batch, comm.rank(), comm.size());
-  int64_t n = loader.num_batches();
-  if (max_batches > 0) n = std::min(n, max_batches);
-  double loss_sum = 0, rows = 0;
-  data::LMBatch b;
-  for (int64_t i = 0; i < n && loader.next(b); ++i) {
-    const int64_t r = b.ids.size(0);
-    if (r == 0) continue;
-    // Every row holds seq_len scored tokens, so weighting by rows gives the token mean.
-    loss_sum += model.loss(b.ids, b.targets).item() * static_cast<double>(r);
-    rows += static_cast<double>(r);
-  }
-  model.train(was_training);
-  std::vector<double> tot = sum_over_ranks({loss_sum, rows}, comm);
-  EvalResult res;
-  LATHE_CHECK(tot[1] > 0) << "evaluate: the dataset has no window to score (" << ds.size() << " windows)";
-  res.loss = tot[0] / tot[1];
-  res.perplexity = std::exp(res.loss);
-  res.tokens = static_cast<int64_t>(tot[1]) * ds.seq_len();
-  res.batches = n;
-  return res;
-}
+}  // namespace
 
 std::string sample_text(models::CausalLM& model, const data::Tokenizer& tok, const SampleConfig& s) {
   std::vector<int32_t> prompt = tok.encode(s.prompt().empty() ? std::string("\n") : s.prompt(), false);
@@ -190,319 +130,395 @@ std::string sample_text(models::CausalLM& model, const data::Tokenizer& tok, con
   return tok.decode(std::vector<int32_t>(ids.begin() + static_cast<int64_t>(prompt.size()), ids.end()));
 }
 
-TrainResult train(const RunConfig& input, const TrainOptions& opts) {
-  // ---- config ------------------------------------------------------------------------------
-  RunConfig cfg = input;
-  const InitSource init = apply_init_from(cfg);  // the architecture and tokenizer of model.init_from
-  configs::resolve(cfg);
-  if (auto issues = configs::validate(cfg); !issues.empty()) throw ConfigError("config", issues);
-  check_runnable(cfg);
-  if (!resolve_device(cfg.train().device()).is_cpu())
-    throw ConfigError("config", {"train.device: \"" + cfg.train().device() +
-                                 "\" resolves to a GPU, but this build's trainer runs on the CPU only (use \"cpu\")"});
-  std::shared_ptr<parallel::Communicator> comm = opts.comm ? opts.comm : parallel::world();
-  const int rank = comm->rank(), world = comm->size();
-  comm->set_timeout(cfg.parallel().collective_timeout_s());
-  int threads = 0;
-  if (opts.apply_threads) {
-    threads = parallel::threads_per_rank(cfg.parallel().threads_per_rank());
-    parallel::apply_thread_settings(threads);
-  }
-  std::FILE* out = rank == 0 ? opts.out : nullptr;
+// ---- Trainer ----------------------------------------------------------------------------------
 
-  auto tok = load_run_tokenizer(cfg);
-  apply_tokenizer_vocab(cfg, *tok);
-  if (auto issues = configs::validate(cfg); !issues.empty()) throw ConfigError("config", issues);
-  const models::ModelSpec spec = model_spec(cfg.model());
-  try {
-    spec.validate();
-  } catch (const lathe::Error& e) {
-    throw ConfigError("config", {"model: " + e.message()});
-  }
-  const std::string config_text = configs::to_text(cfg);
-  const auto& tc = cfg.train();
+Trainer::Trainer(const RunConfig& cfg, TrainOptions opts) : input_(cfg), opts_(std::move(opts)) {}
+Trainer::~Trainer() = default;
 
-  // ---- data ----------------------------------------------------------------------------------
-  RunData data = load_run_data(cfg, *tok, comm.get());
-  data::LMLoaderOptions lo;
-  lo.micro_batch = tc.micro_batch();
-  lo.rank = rank;
-  lo.world_size = world;
-  lo.seed = tc.seed();
-  lo.shuffle = cfg.data().shuffle();
-  TrainBatches loader(data, lo);
-  if (loader.batches_per_epoch() == 0)
-    throw ConfigError("config", {"train.micro_batch: the training split has " + std::to_string(data.train_size()) +
-                                 (data.instruction ? " samples" : " windows") +
-                                 ", fewer than one global batch of micro_batch * ranks = " +
-                                 std::to_string(loader.global_batch())});
-  const int64_t total_steps =
-      tc.steps() > 0 ? tc.steps() : tc.epochs() * loader.batches_per_epoch() / tc.grad_accum();
-  if (total_steps <= 0)
-    throw ConfigError("config", {"train.epochs: " + std::to_string(tc.epochs()) + " epoch(s) of " +
-                                 std::to_string(loader.batches_per_epoch()) + " batches is less than one step of " +
-                                 std::to_string(tc.grad_accum()) + " micro-batches (train.grad_accum)"});
-  const int64_t tokens_per_step =
-      static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * world * tc.seq_len();
+const RunPlan& Trainer::plan() const {
+  LATHE_CHECK(plan_) << "Trainer::plan: call setup() first";
+  return *plan_;
+}
+models::CausalLM& Trainer::model() {
+  LATHE_CHECK(model_) << "Trainer::model: call setup() first";
+  return *model_;
+}
+optim::Optimizer& Trainer::optimizer() {
+  LATHE_CHECK(opt_) << "Trainer::optimizer: call setup() first";
+  return *opt_;
+}
 
-  // ---- model, optimizer, schedule ------------------------------------------------------------------
-  std::unique_ptr<models::CausalLM> model = models::build_model(spec, tc.seed());
-  model->train(true);
-  auto opt = make_optimizer(cfg, *model);
-  const optim::Schedule sched = make_schedule(cfg, total_steps);
-  std::vector<Tensor> params;
-  for (const auto& g : opt->groups())
-    for (const auto& np : g.params) params.push_back(np.second);
+void Trainer::add_checkpoint_part(std::shared_ptr<CheckpointPart> part) {
+  LATHE_CHECK(part) << "Trainer::add_checkpoint_part: null part";
+  for (const auto& p : parts_)
+    LATHE_CHECK(p->name() != part->name()) << "Trainer::add_checkpoint_part: a part named \"" << part->name()
+                                           << "\" is already registered";
+  parts_.push_back(std::move(part));
+}
 
-  TrainResult result;
-  result.total_steps = total_steps;
-  result.num_parameters = models::count_parameters(spec);
-  const double fpt = flops_per_token(spec, tc.seq_len());
+void Trainer::message(const std::string& line) {
+  if (metrics_ && out_) metrics_->message(line);
+}
 
-  // ---- run directory, stale checkpoint files, resume ---------------------------------------------
-  const std::string& ckpt_root = cfg.checkpoint().dir();
+// Rank 0 creates the run directory and removes crashed saves; every rank learns whether
+// that failed (the all_reduce doubles as the barrier before anyone reads the checkpoints).
+void Trainer::prepare_run_dir() {
+  const RunPlan& p = *plan_;
   std::string prep_error;
-  if (rank == 0) {
+  if (p.rank == 0) {
     try {
-      fs::create_directories(cfg.run_dir());
-      if (fs::exists(ckpt_root)) remove_crashed_saves(ckpt_root, opts.out);
+      fs::create_directories(p.cfg.run_dir());
+      if (fs::exists(p.ckpt_root)) remove_crashed_saves(p.ckpt_root, opts_.out);
     } catch (const std::exception& e) {
-      prep_error = "cannot prepare " + cfg.run_dir() + ": " + e.what();
+      prep_error = "cannot prepare " + p.cfg.run_dir() + ": " + e.what();
     }
   }
-  // Doubles as the barrier before anyone reads the checkpoint directory; every rank learns
-  // whether rank 0 failed instead of waiting for it.
   Tensor prep_failed = Tensor::scalar(prep_error.empty() ? 0.0 : 1.0, DType::f32);
-  if (world > 1) comm->all_reduce(prep_failed, parallel::ReduceOp::max);
+  if (p.world > 1) p.comm->all_reduce(prep_failed, parallel::ReduceOp::max);
   if (prep_failed.item() != 0.0)
-    throw IoError("run_dir", prep_error.empty() ? "rank 0 could not prepare " + cfg.run_dir() : prep_error);
-  const std::string resume_spec = opts.resume.empty() ? cfg.checkpoint().resume() : opts.resume;
-  const std::string from = resume_dir(resume_spec, ckpt_root);
-  int64_t step = 0, tokens_seen = 0;
-  std::vector<std::string> config_changes;
+    throw IoError("run_dir", prep_error.empty() ? "rank 0 could not prepare " + p.cfg.run_dir() : prep_error);
+}
+
+void Trainer::setup() {
+  if (set_up_) return;
+  plan_ = std::make_unique<RunPlan>(plan_run(input_, opts_.comm, opts_.apply_threads, opts_.resume));
+  const RunPlan& p = *plan_;
+  out_ = p.rank == 0 ? opts_.out : nullptr;
+  result_ = TrainResult();
+  result_.total_steps = p.total_steps;
+  result_.num_parameters = models::count_parameters(p.spec);
+
+  prepare_run_dir();
+  const std::string from = resume_dir(p.resume_spec, p.ckpt_root);
+
+  // Model: built on the CPU from the seed, pretrained weights on a fresh start only (a
+  // resumed run has its own, newer ones), then the subclass's changes, then the device.
+  model_ = models::build_model(p.spec, p.cfg.train().seed());
+  model_->train(true);
+  if (p.init.enabled() && from.empty()) {
+    load_init_weights(p.init, *model_);
+    result_.init_from = p.init.description;
+  }
+  configure_model(*model_);
+  if (!p.device.is_cpu()) model_->to(p.device);
+
+  // Built after the move, so optimizer state is created on the parameters' device.
+  opt_ = make_optimizer(p.cfg, *model_);
+  params_.clear();
+  for (const auto& g : opt_->groups())
+    for (const auto& np : g.params) params_.push_back(np.second);
+  loader_ = std::make_unique<TrainBatches>(p.data, p.loader);
+
   if (!from.empty()) {
-    TrainState st = load_checkpoint(from, *model, opt.get(), *comm);
-    try {
-      loader.set_state(st.loader);
-    } catch (const lathe::Error& e) {
-      throw CheckpointError(from + ": its data position does not fit this run's data (" + e.message() + ")");
-    }
-    model->dropout_generator().set_state(st.dropout_seed, st.dropout_offset);
-    step = st.step;
-    tokens_seen = st.tokens_seen;
-    result.resumed_from = from;
-    config_changes = lines_not_in(config_text, st.config_text);
+    restore(from);
+    result_.resumed_from = from;
   }
-  result.start_step = result.end_step = step;
-  // Pretrained weights only on a fresh start: a resumed run has its own, newer ones.
-  if (init.enabled() && from.empty()) {
-    load_init_weights(init, *model);
-    result.init_from = init.description;
-  }
+  result_.start_step = result_.end_step = step_;
+  last_lr_ = step_ > 0 ? p.schedule.lr_at(step_) : 0.0;
+
   // Data parallelism (train/grad_sync.h): identical replicas to start from (rank 0's weights
   // broadcast, or a checksum check of the ranks' resumed files), then gradients averaged in
   // buckets launched from gradient-ready hooks while backward runs.
-  sync_initial_state(*model, *comm, !from.empty());
+  sync_initial_state(*model_, *p.comm, !from.empty());
   std::vector<std::pair<std::string, Tensor>> trainable;
-  for (const auto& np : model->named_parameters())
+  for (const auto& np : model_->named_parameters())
     if (np.second.requires_grad()) trainable.push_back(np);
-  GradSync grad_sync(trainable, comm, cfg.parallel().bucket_mb());
+  grad_sync_ = std::make_unique<GradSync>(trainable, p.comm, p.cfg.parallel().bucket_mb());
 
-  // ---- banner ---------------------------------------------------------------------------------------
-  if (out) {
-    print_line(out, "lathe train: " + cfg.name() + "\n---- resolved config ----\n" + config_text +
-                        "-------------------------");
-    std::ostringstream s;
-    s << "model: " << models::arch_name(spec.arch) << ", " << spec.n_layer << " layers, d_model " << spec.d_model
-      << ", " << spec.n_head << " heads (" << spec.kv_heads() << " kv), d_ff " << spec.ff_dim() << ", vocab "
-      << spec.vocab_size << ": " << result.num_parameters << " parameters\n";
-    if (init.enabled()) {
-      s << "init: " << (from.empty() ? "weights loaded from " : "resuming, so not loading ") << init.description << "\n";
-      for (const auto& n : init.notes) s << "note: " << n << "\n";
-    }
-    s << "data: " << data.description << " (tokenizer " << cfg.data().tokenizer() << " = " << tok->id() << ")\n";
-    s << "batch: " << tc.micro_batch() << " sequences x " << tc.grad_accum() << " micro-steps x " << world
-      << " rank(s) x " << tc.seq_len() << " tokens = " << tokens_per_step << " tokens/step; " << total_steps
-      << " steps";
-    if (tc.epochs() > 0) s << " (" << tc.epochs() << " epochs of " << loader.batches_per_epoch() << " batches)";
-    s << "\nflops/token = 6N + 6LCT = 6*" << result.num_parameters << " + 6*" << spec.n_layer << "*" << spec.d_model
-      << "*" << tc.seq_len() << " = " << fmt("%.4g", fpt) << " (MFU = tokens/s * flops/token / peak";
-    if (cfg.logging().peak_tflops() > 0)
-      s << ", peak " << cfg.logging().peak_tflops() << " TFLOP/s from logging.peak_tflops)";
-    else
-      s << "; CPU: no peak, achieved GFLOP/s reported)";
-    s << "\ndevice: cpu, " << world << " rank(s)";
-    if (threads > 0) s << ", " << threads << " thread(s) per rank";
-    s << "\n";
-    if (from.empty()) {
-      s << "starting fresh (checkpoint.resume: " << resume_spec << "; checkpoints in " << ckpt_root << ")";
-    } else {
-      s << "resuming from " << from << " at step " << step << " (checkpoint.resume: " << resume_spec << ")";
-      if (!config_changes.empty()) {
-        s << "\nnote: the config differs from the checkpoint's in " << config_changes.size() << " line(s):";
-        for (size_t i = 0; i < config_changes.size() && i < 10; ++i) s << "\n    now: " << config_changes[i];
-      }
-    }
-    print_line(out, s.str());
+  print_banner(from, restored_config_.empty() ? std::vector<std::string>{}
+                                              : lines_not_in(p.config_text, restored_config_));
+  open_metrics(from);
+  set_up_ = true;
+}
+
+std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
+  const RunPlan& p = *plan_;
+  if (builtin_parts_.empty()) {
+    builtin_parts_.push_back(std::make_shared<ModelPart>(*model_));
+    builtin_parts_.push_back(std::make_shared<OptimizerPart>(*opt_, p.device));
+    // Where the run stands: steps, tokens and the lr of the last update (the schedule is a
+    // function of the step; lr records where it stood).
+    builtin_parts_.push_back(std::make_shared<FunctionPart>(
+        "progress",
+        [this](H5Writer& w) {
+          write_i64(w, "state/step", step_);
+          write_i64(w, "state/tokens_seen", tokens_seen_);
+          w.write_tensor("state/lr", Tensor::scalar(last_lr_, DType::f64));
+        },
+        [this](const H5Reader& r) {
+          step_ = read_i64(r, "state/step");
+          tokens_seen_ = read_i64(r, "state/tokens_seen");
+        }));
+    builtin_parts_.push_back(std::make_shared<FunctionPart>(
+        "data position",
+        [this](H5Writer& w) {
+          const data::LoaderState s = loader_->state();
+          write_i64(w, "state/loader_epoch", s.epoch);
+          write_i64(w, "state/loader_index", s.index);
+        },
+        [this](const H5Reader& r) {
+          data::LoaderState s;
+          s.epoch = read_i64(r, "state/loader_epoch");
+          s.index = read_i64(r, "state/loader_index");
+          try {
+            loader_->set_state(s);
+          } catch (const lathe::Error& e) {
+            throw CheckpointError(r.path() + ": its data position does not fit this run's data (" + e.message() +
+                                  ")");
+          }
+        }));
+    // The dropout stream (seed as its int64 bit pattern).
+    builtin_parts_.push_back(std::make_shared<FunctionPart>(
+        "rng",
+        [this](H5Writer& w) {
+          write_i64(w, "state/rng_dropout_seed", as_i64(model_->dropout_generator().seed()));
+          write_i64(w, "state/rng_dropout_offset", as_i64(model_->dropout_generator().offset()));
+        },
+        [this](const H5Reader& r) {
+          model_->dropout_generator().set_state(as_u64(read_i64(r, "state/rng_dropout_seed")),
+                                                as_u64(read_i64(r, "state/rng_dropout_offset")));
+        }));
   }
+  CheckpointParts parts;
+  for (const auto& part : builtin_parts_) parts.push_back(part.get());
+  for (const auto& part : parts_) parts.push_back(part.get());
+  return parts;
+}
 
-  // ---- metrics (rank 0) --------------------------------------------------------------------------------
-  std::unique_ptr<MetricsLogger> metrics;
-  if (rank == 0) {
-    MetricsOptions mo;
-    if (cfg.logging().jsonl()) mo.jsonl_path = cfg.run_dir() + "/metrics.jsonl";
-    if (cfg.logging().tensorboard()) mo.tensorboard_dir = cfg.run_dir() + "/tb";
-    const auto progress = cfg.logging().progress();
-    mo.console = out != nullptr && progress != LoggingConfig::NONE;
-    mo.append = !from.empty();
-    mo.progress.total_steps = total_steps;
-    mo.progress.log_interval = tc.log_interval();
-    mo.progress.out = out ? out : stdout;
-    mo.progress.tty = progress == LoggingConfig::BAR ? 1 : progress == LoggingConfig::LINES ? 0 : -1;
-    try {
-      metrics = std::make_unique<MetricsLogger>(mo, config_text);
-      if (!from.empty()) metrics->log_event({{"event", "resume"}, {"step", step}, {"from", from}});
-    } catch (const lathe::Error& e) {
-      throw IoError("metrics", e.message());
+void Trainer::restore(const std::string& dir) {
+  LATHE_CHECK(model_ && opt_ && loader_) << "Trainer::restore: the model is not built (call setup())";
+  const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm);
+  restored_config_ = meta.config_text;
+  result_.start_step = result_.end_step = step_;
+  last_lr_ = step_ > 0 ? plan_->schedule.lr_at(step_) : 0.0;
+}
+
+std::string Trainer::save() {
+  const RunPlan& p = *plan_;
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.tokens_seen = tokens_seen_;
+  meta.world_size = p.world;
+  meta.rank = p.rank;
+  meta.config_text = p.config_text;
+  result_.last_checkpoint =
+      save_checkpoint(p.ckpt_root, checkpoint_parts(), meta, *p.comm, p.cfg.checkpoint().keep_last());
+  if (metrics_) metrics_->log_event({{"event", "checkpoint"}, {"step", step_}, {"path", result_.last_checkpoint}});
+  message("checkpoint: " + result_.last_checkpoint);
+  return result_.last_checkpoint;
+}
+
+void Trainer::print_banner(const std::string& from, const std::vector<std::string>& config_changes) {
+  if (!out_) return;
+  const RunPlan& p = *plan_;
+  const auto& tc = p.cfg.train();
+  const models::ModelSpec& spec = p.spec;
+  print_line(out_, "lathe train: " + p.cfg.name() + "\n---- resolved config ----\n" + p.config_text +
+                       "-------------------------");
+  std::ostringstream s;
+  s << "model: " << models::arch_name(spec.arch) << ", " << spec.n_layer << " layers, d_model " << spec.d_model
+    << ", " << spec.n_head << " heads (" << spec.kv_heads() << " kv), d_ff " << spec.ff_dim() << ", vocab "
+    << spec.vocab_size << ": " << result_.num_parameters << " parameters\n";
+  if (p.init.enabled()) {
+    s << "init: " << (from.empty() ? "weights loaded from " : "resuming, so not loading ") << p.init.description << "\n";
+    for (const auto& n : p.init.notes) s << "note: " << n << "\n";
+  }
+  s << "data: " << p.data.description << " (tokenizer " << p.cfg.data().tokenizer() << " = " << p.tokenizer->id()
+    << ")\n";
+  s << "batch: " << tc.micro_batch() << " sequences x " << tc.grad_accum() << " micro-steps x " << p.world
+    << " rank(s) x " << tc.seq_len() << " tokens = " << p.tokens_per_step << " tokens/step; " << p.total_steps
+    << " steps";
+  if (tc.epochs() > 0) s << " (" << tc.epochs() << " epochs of " << p.batches_per_epoch << " batches)";
+  s << "\nflops/token = 6N + 6LCT = 6*" << result_.num_parameters << " + 6*" << spec.n_layer << "*" << spec.d_model
+    << "*" << tc.seq_len() << " = " << fmt("%.4g", p.flops_per_token) << " (MFU = tokens/s * flops/token / peak";
+  if (p.peak_tflops > 0)
+    s << ", peak " << p.peak_tflops << " TFLOP/s"
+      << (p.cfg.logging().peak_tflops() > 0 ? " from logging.peak_tflops)" : " per GPU, H100/H200 bf16 dense)");
+  else
+    s << "; CPU: no peak, achieved GFLOP/s reported)";
+  s << "\ndevice: " << describe_device(p.device) << ", precision: " << (p.bf16() ? "bf16" : "f32") << ", "
+    << p.world << " rank(s)";
+  if (p.threads > 0) s << ", " << p.threads << " thread(s) per rank";
+  s << "\n";
+  if (from.empty()) {
+    s << "starting fresh (checkpoint.resume: " << p.resume_spec << "; checkpoints in " << p.ckpt_root << ")";
+  } else {
+    s << "resuming from " << from << " at step " << step_ << " (checkpoint.resume: " << p.resume_spec << ")";
+    if (!config_changes.empty()) {
+      s << "\nnote: the config differs from the checkpoint's in " << config_changes.size() << " line(s):";
+      for (size_t i = 0; i < config_changes.size() && i < 10; ++i) s << "\n    now: " << config_changes[i];
     }
   }
-  auto message = [&](const std::string& line) {
-    if (metrics && out) metrics->message(line);
-  };
+  print_line(out_, s.str());
+}
 
-  // ---- evaluation, sampling, checkpoints -------------------------------------------------------------------
-  auto run_eval = [&](int64_t at) {
-    if (data.val_size() == 0) return;
-    EvalResult ev = evaluate_val(*model, data, tc.micro_batch(), tc.eval_batches(), *comm);
-    result.evals.push_back({at, ev});
-    if (metrics) {
-      metrics->log_event({{"event", "eval"}, {"step", at}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity},
-                          {"val_tokens", ev.tokens}});
-      if (metrics->tensorboard()) {
-        metrics->tensorboard()->add_scalars(at, {{"val_loss", ev.loss}, {"val_perplexity", ev.perplexity}});
-        metrics->tensorboard()->flush();
-      }
-      message("eval @ step " + std::to_string(at) + ": val loss " + fmt("%.4f", ev.loss) + ", perplexity " +
-              fmt("%.3f", ev.perplexity) + " (" + std::to_string(ev.tokens) + " tokens)");
-    }
-    if (rank == 0 && cfg.sample().at_eval()) {
-      std::string text = sample_text(*model, *tok, cfg.sample());
-      result.samples.push_back(text);
-      if (metrics) metrics->log_event({{"event", "sample"}, {"step", at}, {"prompt", cfg.sample().prompt()}, {"text", text}});
-      message("sample @ step " + std::to_string(at) + ": " + cfg.sample().prompt() + text);
-    }
-  };
-  double last_lr = step > 0 ? sched.lr_at(step) : 0.0;
-  auto save = [&] {
-    TrainState st;
-    st.step = step;
-    st.tokens_seen = tokens_seen;
-    st.loader = loader.state();
-    st.dropout_seed = model->dropout_generator().seed();
-    st.dropout_offset = model->dropout_generator().offset();
-    st.lr = last_lr;
-    st.world_size = world;
-    st.rank = rank;
-    st.config_text = config_text;
-    result.last_checkpoint = save_checkpoint(ckpt_root, *model, *opt, st, *comm, cfg.checkpoint().keep_last());
-    if (metrics) metrics->log_event({{"event", "checkpoint"}, {"step", step}, {"path", result.last_checkpoint}});
-    message("checkpoint: " + result.last_checkpoint);
-  };
-
-  if (step >= total_steps) {
-    message("the run is already complete at step " + std::to_string(step) + " of " + std::to_string(total_steps) +
-            "; nothing to do");
-    if (metrics) metrics->finish();
-    result.finished = true;
-    return result;
+void Trainer::open_metrics(const std::string& from) {
+  const RunPlan& p = *plan_;
+  if (p.rank != 0) return;
+  MetricsOptions mo;
+  if (p.cfg.logging().jsonl()) mo.jsonl_path = p.cfg.run_dir() + "/metrics.jsonl";
+  if (p.cfg.logging().tensorboard()) mo.tensorboard_dir = p.cfg.run_dir() + "/tb";
+  const auto progress = p.cfg.logging().progress();
+  mo.console = out_ != nullptr && progress != LoggingConfig::NONE;
+  mo.append = !from.empty();
+  mo.progress.total_steps = p.total_steps;
+  mo.progress.log_interval = p.cfg.train().log_interval();
+  mo.progress.out = out_ ? out_ : stdout;
+  mo.progress.tty = progress == LoggingConfig::BAR ? 1 : progress == LoggingConfig::LINES ? 0 : -1;
+  try {
+    metrics_ = std::make_unique<MetricsLogger>(mo, p.config_text);
+    if (!from.empty()) metrics_->log_event({{"event", "resume"}, {"step", step_}, {"from", from}});
+  } catch (const lathe::Error& e) {
+    throw IoError("metrics", e.message());
   }
+}
 
-  if (opts.stop_after > 0 && step >= opts.stop_after)
-    message("nothing to do: the run is at step " + std::to_string(step) + ", at or past the stop step " +
-            std::to_string(opts.stop_after));
+void Trainer::log_step(const StepRecord& rec, double dt) {
+  if (!metrics_) return;
+  const RunPlan& p = *plan_;
+  const MemoryStats mem = memory_stats();
+  const double tps = dt > 0 ? p.tokens_per_step / dt : 0.0;
+  std::map<std::string, double> v = {{"loss", rec.loss},
+                                     {"lr", rec.lr},
+                                     {"grad_norm", rec.grad_norm},
+                                     {"tokens_per_s", tps},
+                                     {"step_ms", dt * 1e3},
+                                     {"gflops", tps * p.flops_per_token / 1e9},
+                                     {"tokens_seen", static_cast<double>(tokens_seen_)},
+                                     {"epoch", static_cast<double>(loader_->state().epoch)},
+                                     {"mem_mib", mem.total_current / 1048576.0},
+                                     {"mem_peak_mib", mem.total_peak / 1048576.0}};
+  // Model FLOPs utilisation: achieved FLOP/s of all ranks over their combined peak.
+  if (p.peak_tflops > 0) v["mfu"] = tps * p.flops_per_token / (p.world * p.peak_tflops * 1e12);
+  metrics_->log(rec.step, v);
+}
 
-  // ---- the loop ---------------------------------------------------------------------------------------------
-  double train_time = 0;
-  int64_t session_tokens = 0;
-  while (step < total_steps) {
-    if (opts.stop_after > 0 && step >= opts.stop_after) break;
-    test_fault_injection(step + 1, rank);  // test-only env vars (grad_sync.h); no-op otherwise
-    const double t0 = now_s();
-    reset_peak_memory();
-    double loss_sum = 0;
-    for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
-      data::LMBatch b = loader.next();
-      Tensor loss = model->loss(b.ids, b.targets);
-      loss_sum += loss.item();
-      // Mean over micro-batches: each contributes 1/grad_accum of its mean-token gradient.
-      Tensor scaled = tc.grad_accum() > 1 ? autograd::mul(loss, 1.0 / tc.grad_accum()) : loss;
-      grad_sync.before_backward(micro + 1 == tc.grad_accum());  // only the last one communicates
-      scaled.backward();
+StepRecord Trainer::train_step() {
+  setup();
+  const RunPlan& p = *plan_;
+  const auto& tc = p.cfg.train();
+  test_fault_injection(step_ + 1, p.rank);  // test-only env vars (grad_sync.h); no-op otherwise
+  const double t0 = now_s();
+  reset_peak_memory();
+  // The micro-batches' losses stay on the device until the update is queued: one host
+  // sync per step instead of one per micro-batch.
+  std::vector<Tensor> losses;
+  for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
+    data::LMBatch b = loader_->next();
+    Tensor loss;
+    {
+      std::optional<models::Autocast> autocast;
+      if (p.bf16()) autocast.emplace(DType::bf16);
+      loss = model_->loss(b.ids.to(p.device), b.targets.to(p.device));
     }
-    grad_sync.after_backward();
-    const double grad_norm = optim::clip_grad_norm(params, tc.grad_clip());
-    const double lr = sched.lr_at(step + 1);
-    opt->set_lr(lr);
-    opt->step();
-    opt->zero_grad();
-    ++step;
-    last_lr = lr;
-    tokens_seen += tokens_per_step;
-    double loss = loss_sum / tc.grad_accum();
-    if (world > 1) loss = sum_over_ranks({loss}, *comm)[0] / world;
-    if (!std::isfinite(loss))
-      LATHE_FAIL() << "train: the loss became " << loss << " at step " << step
-                   << " (diverged; try a lower optimizer.lr or train.grad_clip)";
-    const double dt = now_s() - t0;
-    train_time += dt;
-    session_tokens += tokens_per_step;
-    result.steps.push_back({step, loss, lr, grad_norm});
-    result.end_step = step;
-    if (metrics) {
-      const MemoryStats mem = memory_stats();
-      const double tps = dt > 0 ? tokens_per_step / dt : 0.0;
-      std::map<std::string, double> v = {{"loss", loss},
-                                         {"lr", lr},
-                                         {"grad_norm", grad_norm},
-                                         {"tokens_per_s", tps},
-                                         {"step_ms", dt * 1e3},
-                                         {"gflops", tps * fpt / 1e9},
-                                         {"tokens_seen", static_cast<double>(tokens_seen)},
-                                         {"epoch", static_cast<double>(loader.state().epoch)},
-                                         {"mem_mib", mem.total_current / 1048576.0},
-                                         {"mem_peak_mib", mem.total_peak / 1048576.0}};
-      if (cfg.logging().peak_tflops() > 0) v["mfu"] = tps * fpt / (world * cfg.logging().peak_tflops() * 1e12);
-      metrics->log(step, v);
+    losses.push_back(loss.detach());
+    // Mean over micro-batches: each contributes 1/grad_accum of its mean-token gradient.
+    Tensor scaled = tc.grad_accum() > 1 ? autograd::mul(loss, 1.0 / tc.grad_accum()) : loss;
+    grad_sync_->before_backward(micro + 1 == tc.grad_accum());  // only the last one communicates
+    scaled.backward();
+  }
+  grad_sync_->after_backward();
+  const double grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
+  const double lr = p.schedule.lr_at(step_ + 1);
+  opt_->set_lr(lr);
+  opt_->step();
+  opt_->zero_grad();
+  ++step_;
+  last_lr_ = lr;
+  tokens_seen_ += p.tokens_per_step;
+  double loss_sum = 0;
+  for (const Tensor& l : losses) loss_sum += l.item();
+  double loss = loss_sum / tc.grad_accum();
+  if (p.world > 1) loss = sum_over_ranks({loss}, *p.comm)[0] / p.world;
+  if (!std::isfinite(loss))
+    LATHE_FAIL() << "train: the loss became " << loss << " at step " << step_
+                 << " (diverged; try a lower optimizer.lr or train.grad_clip)";
+  const double dt = now_s() - t0;
+  train_time_ += dt;
+  session_tokens_ += p.tokens_per_step;
+  const StepRecord rec{step_, loss, lr, grad_norm};
+  result_.steps.push_back(rec);
+  result_.end_step = step_;
+  log_step(rec, dt);
+  return rec;
+}
+
+EvalResult Trainer::evaluate() {
+  setup();
+  const RunPlan& p = *plan_;
+  if (p.data.val_size() == 0) return {};
+  const int64_t at = step_;
+  EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(), *p.comm,
+                               p.compute_dtype);
+  result_.evals.push_back({at, ev});
+  if (metrics_) {
+    metrics_->log_event({{"event", "eval"}, {"step", at}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity},
+                         {"val_tokens", ev.tokens}});
+    if (metrics_->tensorboard()) {
+      metrics_->tensorboard()->add_scalars(at, {{"val_loss", ev.loss}, {"val_perplexity", ev.perplexity}});
+      metrics_->tensorboard()->flush();
     }
+    message("eval @ step " + std::to_string(at) + ": val loss " + fmt("%.4f", ev.loss) + ", perplexity " +
+            fmt("%.3f", ev.perplexity) + " (" + std::to_string(ev.tokens) + " tokens)");
+  }
+  if (p.rank == 0 && p.cfg.sample().at_eval()) {
+    std::string text = sample_text(*model_, *p.tokenizer, p.cfg.sample());
+    result_.samples.push_back(text);
+    if (metrics_)
+      metrics_->log_event({{"event", "sample"}, {"step", at}, {"prompt", p.cfg.sample().prompt()}, {"text", text}});
+    message("sample @ step " + std::to_string(at) + ": " + p.cfg.sample().prompt() + text);
+  }
+  return ev;
+}
 
-    const bool last = step == total_steps;
-    if ((tc.eval_interval() > 0 && step % tc.eval_interval() == 0) || last) run_eval(step);
+TrainResult Trainer::run() {
+  setup();
+  const RunPlan& p = *plan_;
+  const auto& tc = p.cfg.train();
+  if (step_ >= p.total_steps) {
+    message("the run is already complete at step " + std::to_string(step_) + " of " +
+            std::to_string(p.total_steps) + "; nothing to do");
+    if (metrics_) metrics_->finish();
+    result_.finished = true;
+    return result_;
+  }
+  if (opts_.stop_after > 0 && step_ >= opts_.stop_after)
+    message("nothing to do: the run is at step " + std::to_string(step_) + ", at or past the stop step " +
+            std::to_string(opts_.stop_after));
 
-    int signal = opts.stop_flag ? opts.stop_flag->load() : 0;
-    if (world > 1) {  // all ranks stop at the same step when any of them was signalled
+  while (step_ < p.total_steps) {
+    if (opts_.stop_after > 0 && step_ >= opts_.stop_after) break;
+    train_step();
+    const bool last = step_ == p.total_steps;
+    if ((tc.eval_interval() > 0 && step_ % tc.eval_interval() == 0) || last) evaluate();
+
+    int signal = opts_.stop_flag ? opts_.stop_flag->load() : 0;
+    if (p.world > 1) {  // all ranks stop at the same step when any of them was signalled
       Tensor f = Tensor::scalar(static_cast<double>(signal), DType::f64);
-      comm->all_reduce(f, parallel::ReduceOp::max);
+      p.comm->all_reduce(f, parallel::ReduceOp::max);
       signal = static_cast<int>(f.item());
     }
-    const bool stop_here = signal != 0 || (opts.stop_after > 0 && step >= opts.stop_after);
-    const int64_t interval = cfg.checkpoint().interval();
-    if ((interval > 0 && step % interval == 0) || (last && cfg.checkpoint().save_final()) || (stop_here && !last))
+    const bool stop_here = signal != 0 || (opts_.stop_after > 0 && step_ >= opts_.stop_after);
+    const int64_t interval = p.cfg.checkpoint().interval();
+    if ((interval > 0 && step_ % interval == 0) || (last && p.cfg.checkpoint().save_final()) || (stop_here && !last))
       save();
     if (signal != 0 && !last) {
-      result.stop_signal = signal;
-      message("stopped by signal " + std::to_string(signal) + " after step " + std::to_string(step));
+      result_.stop_signal = signal;
+      message("stopped by signal " + std::to_string(signal) + " after step " + std::to_string(step_));
       break;
     }
   }
-  result.finished = step == total_steps;
-  result.tokens_per_s = train_time > 0 ? session_tokens / train_time : 0.0;
-  if (metrics) {
-    message("done: step " + std::to_string(step) + "/" + std::to_string(total_steps) + ", " +
-            fmt("%.0f", result.tokens_per_s) + " tokens/s, " + fmt("%.2f", result.tokens_per_s * fpt / 1e9) +
-            " GFLOP/s");
-    metrics->finish();
+  result_.finished = step_ == p.total_steps;
+  result_.tokens_per_s = train_time_ > 0 ? session_tokens_ / train_time_ : 0.0;
+  if (metrics_) {
+    message("done: step " + std::to_string(step_) + "/" + std::to_string(p.total_steps) + ", " +
+            fmt("%.0f", result_.tokens_per_s) + " tokens/s, " +
+            fmt("%.2f", result_.tokens_per_s * p.flops_per_token / 1e9) + " GFLOP/s");
+    metrics_->finish();
   }
-  return result;
+  return result_;
 }
+
+TrainResult train(const RunConfig& cfg, const TrainOptions& opts) { return Trainer(cfg, opts).run(); }
 
 }  // namespace lathe::train

@@ -2,6 +2,11 @@
 //
 //   lathe::train::TrainResult r = lathe::train::train(lathe::configs::load_config("run.pbtxt"));
 //
+// train() is a thin wrapper over Trainer (below), which layers that need the loop (adapter
+// fine-tuning, federated local rounds, parallel layouts) use piece by piece: setup() resolves
+// the config once into a RunPlan (train/run_plan.h) and builds model, optimizer and data;
+// train_step(), evaluate(), save() and restore() are the loop's parts; run() is the loop.
+//
 // Data: data.source SYNTHETIC/TEXT/HDF5/JSONL, plain text as packed windows or instruction
 // data with the loss on response tokens only (train/run_setup.h, train/batches.h). Weights:
 // random init, or model.init_from (a Hugging Face directory or a lathe checkpoint, loaded on
@@ -9,13 +14,19 @@
 //
 // Each optimizer step: train.grad_accum micro-batches (loss scaled by 1/grad_accum), backward,
 // gradient averaging across data-parallel ranks (train/grad_sync.h), clip_grad_norm
-// (train.grad_clip), the scheduled learning rate, one AdamW step, zero_grad. Then, on rank 0:
+// (train.grad_clip), the scheduled learning rate, one step of the optimizer.type optimizer,
+// zero_grad. Then, on rank 0:
 // metrics (JSONL / TensorBoard / console), periodic evaluation (mean loss and perplexity of
 // the validation split) with an optional sample, and checkpoints (train/checkpoint.h).
 //
 // Ranks: every rank runs this function with its communicator; rank r reads shard r of each
 // global batch (data::LMLoader), writes its own checkpoint file, and only rank 0 prints or
 // writes shared files.
+//
+// Device (train.device): the model moves there before the optimizer is built (so its state
+// is created beside the parameters), each batch's ids and targets are copied there, and a
+// resumed checkpoint's tensors load onto it. train.precision BF16 runs the forward under
+// models::Autocast (bf16 compute, f32 master weights, gradients and optimizer state).
 //
 // Determinism: the same config, seed and world size give bit-identical losses and weights
 // on the CPU (f32), and a run resumed from a checkpoint continues exactly the loss curve of
@@ -32,6 +43,7 @@
 
 #include "configs/config.h"
 #include "data/lm_dataset.h"
+#include "optim/optimizer.h"
 #include "data/tokenizer.h"
 #include "models/model.h"
 #include "parallel/communicator.h"
@@ -96,9 +108,94 @@ struct TrainResult {
   int64_t num_parameters = 0;
 };
 
-// Trains as the config says. cfg may be unresolved (it is resolved, validated and checked
-// for features this build supports: errors are configs::ConfigError; checkpoint problems are
-// CheckpointError, train/checkpoint.h). Collective over opts.comm.
+class CheckpointPart;
+class GradSync;
+class MetricsLogger;
+class TrainBatches;
+struct RunPlan;
+
+// One training run, in parts. Typical use is run(); a layer that reuses the loop calls
+// setup() (or overrides configure_model), then train_step()/evaluate()/save() as it needs.
+// Collective over the plan's communicator: every rank makes the same calls.
+class Trainer {
+ public:
+  // cfg may be unresolved; nothing happens until setup().
+  explicit Trainer(const RunConfig& cfg, TrainOptions opts = {});
+  virtual ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Resolves the config into the plan (ConfigError for any problem with it), builds the
+  // model (pretrained weights on a fresh start), moves it to the plan's device, builds the
+  // optimizer and the loader, prepares the run directory, restores the checkpoint that
+  // TrainOptions::resume / checkpoint.resume names, makes data-parallel replicas identical,
+  // prints the banner and opens the metrics. Idempotent.
+  void setup();
+
+  // One optimizer step: grad_accum micro-batches forward and backward, gradient sync,
+  // clipping, the scheduled lr, the update. Logs the step's metrics (rank 0) and returns its
+  // record (also appended to result().steps).
+  StepRecord train_step();
+  // Loss on the validation split (train.eval_batches batches); records and logs it, and
+  // samples when sample.at_eval. An empty result (batches 0) when there is no split.
+  EvalResult evaluate();
+  // Writes a checkpoint of every part at the current step; returns its step directory.
+  std::string save();
+  // Loads every part from a complete step directory (CheckpointError when it does not fit).
+  void restore(const std::string& step_dir);
+  // The loop: train_step until the run's length, train.eval_interval evaluations,
+  // checkpoint.interval saves, TrainOptions' stop step and stop flag. Calls setup() first.
+  TrainResult run();
+
+  // Adds a stateful part to every checkpoint this trainer saves and restores (an adapter's
+  // weights, federation state). Parts added before setup() are restored by it.
+  void add_checkpoint_part(std::shared_ptr<CheckpointPart> part);
+
+  const RunPlan& plan() const;
+  models::CausalLM& model();
+  optim::Optimizer& optimizer();
+  int64_t step() const { return step_; }
+  const TrainResult& result() const { return result_; }
+
+ protected:
+  // Called by setup() after the model is built and any pretrained weights are loaded, and
+  // before it moves to the device and the optimizer is built: where a subclass injects
+  // adapters or freezes parameters. The checkpoint is restored after it.
+  virtual void configure_model(models::CausalLM& /*model*/) {}
+
+ private:
+  void prepare_run_dir();
+  void print_banner(const std::string& from, const std::vector<std::string>& config_changes);
+  void open_metrics(const std::string& from);
+  void message(const std::string& line);
+  void log_step(const StepRecord& rec, double seconds);
+  // The built-in parts (model, optimizer, progress, data position, rng), then the added ones.
+  std::vector<CheckpointPart*> checkpoint_parts();
+
+  RunConfig input_;
+  TrainOptions opts_;
+  bool set_up_ = false;
+  std::unique_ptr<RunPlan> plan_;
+  std::unique_ptr<models::CausalLM> model_;
+  std::unique_ptr<optim::Optimizer> opt_;
+  std::vector<Tensor> params_;  // the optimizer's, for clipping
+  std::unique_ptr<TrainBatches> loader_;
+  std::unique_ptr<GradSync> grad_sync_;
+  std::unique_ptr<MetricsLogger> metrics_;
+  std::vector<std::shared_ptr<CheckpointPart>> builtin_parts_, parts_;
+  std::string restored_config_;  // the config text of the checkpoint restored, if any
+  std::FILE* out_ = nullptr;  // rank 0's console, else null
+  int64_t step_ = 0, tokens_seen_ = 0;
+  double last_lr_ = 0;
+  double train_time_ = 0;
+  int64_t session_tokens_ = 0;
+  TrainResult result_;
+};
+
+// Trains as the config says: Trainer(cfg, opts).run(). cfg may be unresolved (it is
+// resolved, validated and checked for features this build supports: errors are
+// configs::ConfigError; checkpoint problems are CheckpointError, train/checkpoint.h).
+// Collective over opts.comm.
 TrainResult train(const RunConfig& cfg, const TrainOptions& opts = {});
 
 // Mean next-token loss of `model` over the first max_batches global batches of ds (0 = all),

@@ -162,3 +162,88 @@ TEST(Module, ErrorsAndReplacement) {
   EXPECT_TRUE(nw.requires_grad());
   EXPECT_THROW(m.replace_parameter("layers.0.attn.o_proj.weight", randn64({3}, 1)), Error);
 }
+
+namespace {
+
+// A module interface and two implementations, to test slots without models/.
+struct Op : ag::Module {
+  virtual Tensor apply(const Tensor& x) = 0;
+};
+struct Scale : Op {
+  ag::ParamRef w;
+  explicit Scale(double s) { w = register_param("w", Tensor::full({1}, s, DType::f64)); }
+  Tensor apply(const Tensor& x) override { return ag::mul(x, w.get()); }
+};
+struct Shift : Op {
+  ag::ParamRef b;
+  explicit Shift(double s) { b = register_param("b", Tensor::full({1}, s, DType::f64)); }
+  Tensor apply(const Tensor& x) override { return ag::add(x, b.get()); }
+};
+struct Host : ag::Module {
+  ag::Slot<Op> op;
+  ag::ParamRef gain;
+  Host() {
+    op = register_slot<Op>("op", std::make_shared<Scale>(3.0));
+    gain = register_param("gain", Tensor::full({2}, 1.0, DType::f64));
+  }
+  // sum(op(x) * gain)
+  Tensor forward(const Tensor& x) { return ag::sum(ag::mul(op->apply(x), gain.get())); }
+};
+
+}  // namespace
+
+TEST(Module, SlotFollowsReplaceModule) {
+  Host h;
+  Tensor x = Tensor::from_vector<double>({1.0, 2.0}, {2});
+  std::shared_ptr<Op> old = h.op.shared();
+  EXPECT_DOUBLE_EQ(h.forward(x).item(), 3.0 * (1 + 2));
+  auto shift = std::make_shared<Shift>(10.0);
+  h.replace_module("op", shift);
+  EXPECT_EQ(h.op.get(), shift.get());
+  Tensor y = h.forward(x);
+  EXPECT_DOUBLE_EQ(y.item(), (1 + 10) + (2 + 10));
+  y.backward();
+  // The new module's parameter is on the tape (d/db = sum(gain) = 2); the old one is not.
+  ASSERT_TRUE(shift->b->grad().defined());
+  EXPECT_DOUBLE_EQ(shift->b->grad().item(), 2.0);
+  EXPECT_FALSE(old->parameter("w").grad().defined());
+  EXPECT_EQ(h.named_parameters().back().first, "op.b");
+
+  // A slot only takes its interface; the error names the slot and what it expects.
+  try {
+    h.replace_module("op", std::make_shared<Proj>(1, 1, 1, false));
+    FAIL() << "a Proj went into an Op slot";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'op'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Op"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(h.op.get(), shift.get());
+}
+
+TEST(Module, ParamRefFollowsReplaceParameterIncludingAShard) {
+  Host h;
+  Tensor x = Tensor::from_vector<double>({1.0, 2.0}, {2});
+  Tensor old_gain = h.gain.get();
+  // A tensor of another shape (a shard keeps the number of dims): [1] broadcasts over x.
+  Tensor shard = Tensor::full({1}, 0.5, DType::f64);
+  h.replace_parameter("gain", shard);
+  EXPECT_TRUE(h.gain.get().is_same(shard));
+  EXPECT_TRUE(shard.requires_grad());
+  Tensor y = h.forward(x);
+  EXPECT_DOUBLE_EQ(y.item(), 0.5 * 3.0 * (1 + 2));
+  y.backward();
+  ASSERT_TRUE(shard.grad().defined());
+  EXPECT_DOUBLE_EQ(shard.grad().item(), 3.0 * (1 + 2));
+  EXPECT_FALSE(old_gain.grad().defined());
+  // Another number of dims is refused, naming the parameter.
+  try {
+    h.replace_parameter("gain", Tensor::full({1, 1}, 1.0, DType::f64));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'gain'"), std::string::npos) << e.what();
+  }
+  // A default ParamRef is undefined, not a crash.
+  ag::ParamRef none;
+  EXPECT_FALSE(none.defined());
+  EXPECT_FALSE(none.get().defined());
+}

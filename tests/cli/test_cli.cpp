@@ -9,7 +9,7 @@
 #include "configs/config.h"
 #include "tests/cli/cli_test_util.h"
 #include "tests/cli/example_setup.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint_dir.h"
 #include "train/run_setup.h"
@@ -18,8 +18,8 @@ namespace lathe::cli_test {
 namespace {
 
 namespace fs = std::filesystem;
-using train::test_util::TmpDir;
-using train::test_util::write_all;
+using test::TmpDir;
+using test::write_file;
 
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
@@ -34,7 +34,7 @@ std::string write_tiny(const TmpDir& tmp, int steps, int interval) {
   replace("checkpoint { interval: 4 ", "checkpoint { interval: " + std::to_string(interval) + " ");
   replace("logging { progress: NONE }", "logging { progress: LINES }");
   const std::string path = tmp / "tiny.pbtxt";
-  write_all(path, text);
+  write_file(path, text);
   return path;
 }
 
@@ -44,13 +44,13 @@ TEST(Cli, ValidateReportsOkOrEveryErrorWithExitCode2) {
   EXPECT_EQ(ok.rc, 0) << ok.out;
   EXPECT_EQ(ok.out, "ok\n");
 
-  write_all(tmp / "typo.pbtxt", "name: \"x\"\nmodel {\n  n_layr: 2\n}\n");
+  write_file(tmp / "typo.pbtxt", "name: \"x\"\nmodel {\n  n_layr: 2\n}\n");
   Result typo = run_lathe("validate " + sh_quote(tmp / "typo.pbtxt"));
   EXPECT_EQ(typo.rc, 2) << typo.out;
   EXPECT_TRUE(contains(typo.out, "typo.pbtxt:3:3")) << typo.out;  // file:line:col, 1-based
   EXPECT_TRUE(contains(typo.out, "n_layer")) << typo.out;         // the suggestion
 
-  write_all(tmp / "bad.pbtxt", "train { steps: 10 micro_batch: 0 }\noptimizer { lr: -1 }\n");
+  write_file(tmp / "bad.pbtxt", "train { steps: 10 micro_batch: 0 }\noptimizer { lr: -1 }\n");
   Result bad = run_lathe("validate " + sh_quote(tmp / "bad.pbtxt"));
   EXPECT_EQ(bad.rc, 2) << bad.out;
   EXPECT_TRUE(contains(bad.out, "train.micro_batch: must be > 0 (got 0)")) << bad.out;
@@ -180,7 +180,7 @@ TEST_F(CliResume, KilledWithSigkillResumesExactly) {
   const bool seen = wait_for_file(pid, train::step_dir(run + "/checkpoints", 10) + "/COMPLETE");
   ::kill(pid, SIGKILL);
   const int rc = wait_exit(pid);
-  ASSERT_TRUE(seen) << "the run ended before its step-10 checkpoint was seen:\n" << train::test_util::read_all(*tmp_ / "killed.log");
+  ASSERT_TRUE(seen) << "the run ended before its step-10 checkpoint was seen:\n" << test::read_file(*tmp_ / "killed.log");
   ASSERT_EQ(rc, 128 + SIGKILL) << "the run finished before it could be killed";
   std::optional<int64_t> latest = train::latest_complete_step(run + "/checkpoints");
   ASSERT_TRUE(latest.has_value());
@@ -199,7 +199,7 @@ TEST_F(CliResume, SigtermSavesExits143AndResumes) {
   ::kill(pid, SIGTERM);
   const int rc = wait_exit(pid);
   if (rc == 0) GTEST_SKIP() << "the run finished before SIGTERM arrived";
-  ASSERT_EQ(rc, 143) << train::test_util::read_all(*tmp_ / "term.log");
+  ASSERT_EQ(rc, 143) << test::read_file(*tmp_ / "term.log");
   // It stopped after a whole step and saved exactly there.
   std::map<int64_t, double> logged = metrics_losses(run + "/metrics.jsonl");
   ASSERT_FALSE(logged.empty());
@@ -217,9 +217,9 @@ TEST(Cli, MpirunTwoRanksMatchOneRankWithTheWholeBatch) {
   TmpDir tmp;
   std::string cfg = write_tiny(tmp, 6, 3);
   {
-    std::string text = train::test_util::read_all(cfg);
+    std::string text = test::read_file(cfg);
     text.replace(text.find("dropout: 0.1"), 12, "dropout: 0.0");  // dropout masks depend on the batch shape
-    write_all(cfg, text);
+    write_file(cfg, text);
   }
   const std::string one = tmp / "one", two = tmp / "two";
   Result r1 = run_lathe("train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(one) + " --set train.micro_batch=8");

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "tests/cli/cli_test_util.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
@@ -21,8 +21,8 @@ namespace lathe::cli_test {
 namespace {
 
 namespace fs = std::filesystem;
-using train::test_util::TmpDir;
-using train::test_util::write_all;
+using test::TmpDir;
+using test::write_file;
 
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
@@ -45,7 +45,7 @@ std::string write_dp_config(const TmpDir& tmp, int steps, double dropout, double
   replace("parallel { threads_per_rank: 1 }",
           "parallel { threads_per_rank: 1 bucket_mb: 0.01 collective_timeout_s: " + std::to_string(timeout_s) + " }");
   const std::string path = tmp / "dp.pbtxt";
-  write_all(path, text);
+  write_file(path, text);
   return path;
 }
 

@@ -13,7 +13,7 @@
 #include "models/hf_config.h"
 #include "models/hf_import.h"
 #include "tests/cli/cli_test_util.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
@@ -22,15 +22,15 @@ namespace lathe::cli_test {
 namespace {
 
 namespace fs = std::filesystem;
-using train::test_util::read_all;
-using train::test_util::TmpDir;
-using train::test_util::write_all;
+using test::read_file;
+using test::TmpDir;
+using test::write_file;
 
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
 std::string write_corpus(const TmpDir& tmp) {
   const std::string path = tmp / "corpus.txt";
-  write_all(path, read_all("../shared/data/tinyshakespeare.txt").substr(0, 60000));
+  write_file(path, read_file("../shared/data/tinyshakespeare.txt").substr(0, 60000));
   return path;
 }
 
@@ -39,7 +39,7 @@ std::string write_config(const TmpDir& tmp, const std::string& name, const std::
                          const std::string& model = "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 64",
                          const std::string& extra = "") {
   const std::string path = tmp / (name + ".pbtxt");
-  write_all(path, "name: \"" + name + "\"\nrun_dir: \"" + tmp / name + "\"\nmodel { " + model + " }\n" + data +
+  write_file(path, "name: \"" + name + "\"\nrun_dir: \"" + tmp / name + "\"\nmodel { " + model + " }\n" + data +
                       "\noptimizer { lr: 3e-3 }\ntrain { steps: " + std::to_string(steps) +
                       " micro_batch: 4 seq_len: 64 eval_batches: 2 log_interval: 1 }\n"
                       "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n" + extra);
@@ -65,7 +65,7 @@ TEST(CliData, TokenizerTrainWritesATokenizerThatLoads) {
   data::BpeTrainOptions o;
   o.vocab_size = 400;
   o.special_tokens = {"<|endoftext|>"};
-  EXPECT_EQ(read_all(out), data::train_bpe_json({corpus}, o));
+  EXPECT_EQ(read_file(out), data::train_bpe_json({corpus}, o));
 
   EXPECT_EQ(run_lathe("tokenizer train --input " + sh_quote(corpus) + " --out " + sh_quote(out)).rc, 2);  // no size
   EXPECT_EQ(run_lathe("tokenizer train --input " + sh_quote(corpus) + " --vocab-size 100 --out " + sh_quote(out)).rc, 2);
@@ -88,7 +88,7 @@ TEST(CliData, PrepareThenTrainAndTokenizerMismatchIsExit2) {
   const data::ShardSet val = data::open_shards(prepared, "val", "byte");
   EXPECT_GE(train.files.size(), 2u);  // ~54k tokens in shards of >= 20000
   // Documents are the paragraphs; with the byte tokenizer (no EOS) a document's tokens are its bytes.
-  const std::vector<std::string> docs = data::split_text_documents(read_all(corpus), data::TextSplit::kBlankLines);
+  const std::vector<std::string> docs = data::split_text_documents(read_file(corpus), data::TextSplit::kBlankLines);
   int64_t bytes = 0;
   for (const auto& d : docs) bytes += static_cast<int64_t>(d.size());
   EXPECT_EQ(train.num_documents() + val.num_documents(), static_cast<int64_t>(docs.size()));
@@ -128,7 +128,7 @@ TEST(CliData, ExportImportIsTheIdentity) {
   ASSERT_EQ(t.rc, 0) << t.out;
   Result e = run_lathe("export --checkpoint " + sh_quote(tmp / "run") + " --out " + sh_quote(tmp / "hf"));
   ASSERT_EQ(e.rc, 0) << e.out;
-  EXPECT_EQ(read_all(tmp / "hf/tokenizer.json"), read_all(tmp / "tok.json"));
+  EXPECT_EQ(read_file(tmp / "hf/tokenizer.json"), read_file(tmp / "tok.json"));
   EXPECT_EQ(models::read_hf_config(tmp / "hf").model_type, "qwen2");  // q/k/v biases only
   const std::string ckpt = train::rank_file(train::step_dir(tmp / "run/checkpoints", 3), 0);
   train::H5Reader r(ckpt);
@@ -173,7 +173,7 @@ TEST(CliData, FinetuneFromAnExportedHfDirectory) {
   std::string records;
   for (int i = 0; i < 30; ++i)
     records += "{\"prompt\": \"What is " + std::to_string(i) + " + 1?\", \"response\": \"" + std::to_string(i + 1) + "\"}\n";
-  write_all(tmp / "qa.jsonl", records);
+  write_file(tmp / "qa.jsonl", records);
   const std::string data = "data { source: JSONL path: \"" + tmp / "qa.jsonl" + "\" format: PROMPT_RESPONSE }";
   // Another architecture in the config: ignored with a note.
   const std::string cfg = write_config(tmp, "ft", data, 2, "arch: LLAMA n_layer: 3 dropout: 0.0");

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "tests/common/test_helpers.h"
 #include "data/instruction.h"
 #include "data/jsonl.h"
 #include "data/tokenizer.h"
@@ -18,16 +19,7 @@ namespace {
 const std::string kFixtures = "tests/fixtures/data/";
 const std::string kGpt2 = "../shared/data/gpt2";
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected a lathe::Error";
-}
+using lathe::test::expect_error;
 
 std::vector<Record> read_fixture(const std::string& name) {
   LineReader r(kFixtures + name);

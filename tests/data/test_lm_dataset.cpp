@@ -11,6 +11,7 @@
 #include <set>
 
 #include "data/lm_dataset.h"
+#include "tests/common/test_helpers.h"
 #include "data/text_source.h"
 
 namespace fs = std::filesystem;
@@ -27,16 +28,7 @@ std::shared_ptr<const TokenIds> make_tokens(int64_t n) {
 }
 int64_t position_of(int64_t token) { return (token - 1) / 3; }
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected a lathe::Error";
-}
+using lathe::test::expect_error;
 
 std::vector<int64_t> row(const Tensor& t, int64_t r) { return t.select(0, r).to_vector<int64_t>(); }
 
@@ -284,23 +276,14 @@ TEST(LMEvalLoader, InOrderEveryWindowOnceAcrossRanks) {
 
 class TextSourceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("lathe_text_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_ / "sub");
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { fs::create_directories(dir_ / "sub"); }
   void write(const std::string& rel, const std::string& text) {
     std::ofstream f(dir_ / rel, std::ios::binary);
     f << text;
   }
   std::string p(const std::string& rel) const { return (dir_ / rel).string(); }
-  fs::path dir_;
+  test::TmpDir tmp_{"lathe_text"};
+  fs::path dir_{tmp_.path()};
 };
 
 TEST_F(TextSourceTest, FilesAndSortedDirectories) {

@@ -14,6 +14,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "tests/common/test_helpers.h"
 #include "data/lm_dataset.h"
 #include "data/permutation.h"
 #include "data/prepare.h"
@@ -30,23 +31,9 @@ const std::string kFixtures = "tests/fixtures/data/";
 const std::string kGpt2 = "../shared/data/gpt2";
 const std::string kShakespeare = "../shared/data/tinyshakespeare.txt";
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected a lathe::Error";
-}
+using lathe::test::expect_error;
 
-std::string tmp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("lathe_test_prepare_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string tmp_dir(const std::string& name) { return test::fresh_dir("lathe_test_prepare_" + name); }
 
 void write(const std::string& path, const std::string& text) {
   fs::create_directories(fs::path(path).parent_path());

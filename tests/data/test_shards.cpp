@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "tests/common/test_helpers.h"
 #include "core/rng.h"
 #include "data/shards.h"
 
@@ -18,23 +19,9 @@ using namespace lathe::data;
 
 namespace {
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected a lathe::Error";
-}
+using lathe::test::expect_error;
 
-std::string tmp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("lathe_test_shards_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string tmp_dir(const std::string& name) { return test::fresh_dir("lathe_test_shards_" + name); }
 
 // Random documents: lengths in [0, 40), ids in [0, vocab), mask bits random.
 ShardData random_shard(uint64_t seed, int64_t docs, int32_t vocab, bool with_mask) {

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "tests/common/test_helpers.h"
 #include "data/bpe.h"
 #include "data/byte_tokenizer.h"
 
@@ -15,17 +16,7 @@ using namespace lathe::data;
 
 namespace {
 
-// Runs fn, which must throw lathe::Error whose message contains every part.
-void expect_error_with(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const lathe::Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected a lathe::Error";
-}
+using lathe::test::expect_error;
 
 std::string temp_file(const std::string& name, const std::string& content) {
   const std::string path = testing::TempDir() + std::to_string(::getpid()) + "_" + name;
@@ -50,68 +41,68 @@ TEST(TokByte, RoundTripAnyBytes) {
   EXPECT_EQ(t->token_to_id("A"), 65);
   EXPECT_FALSE(t->token_to_id("AB").has_value());
   EXPECT_FALSE(t->eos_id().has_value());
-  expect_error_with([&] { t->decode({65, 256}); }, {"256", "position 1"});
+  expect_error([&] { t->decode({65, 256}); }, {"256", "position 1"});
 }
 
 TEST(TokErrors, MissingFiles) {
-  expect_error_with([] { load_tokenizer("/nonexistent/dir/tokenizer.json"); }, {"/nonexistent/dir/tokenizer.json"});
-  expect_error_with([] { BpeTokenizer::from_tokenizer_json("/nonexistent/t.json"); }, {"cannot open", "/nonexistent/t.json"});
+  expect_error([] { load_tokenizer("/nonexistent/dir/tokenizer.json"); }, {"/nonexistent/dir/tokenizer.json"});
+  expect_error([] { BpeTokenizer::from_tokenizer_json("/nonexistent/t.json"); }, {"cannot open", "/nonexistent/t.json"});
   // A vocab.json without merges.txt beside it.
   const std::string dir = testing::TempDir() + "tok_err_dir_" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/vocab.json") << R"({"a": 0})";
-  expect_error_with([&] { load_tokenizer(dir + "/vocab.json"); }, {"merges.txt", dir});
-  expect_error_with([&] { load_tokenizer(dir); }, {dir, "neither tokenizer.json nor vocab.json + merges.txt"});
+  expect_error([&] { load_tokenizer(dir + "/vocab.json"); }, {"merges.txt", dir});
+  expect_error([&] { load_tokenizer(dir); }, {dir, "neither tokenizer.json nor vocab.json + merges.txt"});
   std::filesystem::remove_all(dir);
 }
 
 TEST(TokErrors, MalformedJson) {
   const std::string p = temp_file("malformed.json", "{\"model\": {\"type\": \"BPE\", ");
-  expect_error_with([&] { load_tokenizer(p); }, {p, "not valid JSON"});
+  expect_error([&] { load_tokenizer(p); }, {p, "not valid JSON"});
 }
 
 TEST(TokErrors, UnknownModelType) {
   const std::string p = temp_file("wordpiece.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})");
-  expect_error_with([&] { load_tokenizer(p); }, {p, "WordPiece"});
+  expect_error([&] { load_tokenizer(p); }, {p, "WordPiece"});
   const std::string q = temp_file("fallback.json",
                                   R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []}})");
-  expect_error_with([&] { load_tokenizer(q); }, {q, "byte_fallback"});
+  expect_error([&] { load_tokenizer(q); }, {q, "byte_fallback"});
 }
 
 TEST(TokErrors, UnknownPreTokenizer) {
   const std::string p = temp_file("whitespace.json", std::string("{") + kGoodModel +
                                                          R"(, "pre_tokenizer": {"type": "Whitespace"}})");
-  expect_error_with([&] { load_tokenizer(p); }, {p, "Whitespace"});
+  expect_error([&] { load_tokenizer(p); }, {p, "Whitespace"});
   const std::string q = temp_file(
       "regex.json", std::string("{") + kGoodModel +
                         R"(, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
          {"type": "Split", "pattern": {"Regex": "\\w+|\\s+"}, "behavior": "Isolated", "invert": false},
          {"type": "ByteLevel", "use_regex": false}]}})");
-  expect_error_with([&] { load_tokenizer(q); }, {q, "unknown Split regex", "\\w+|\\s+"});
+  expect_error([&] { load_tokenizer(q); }, {q, "unknown Split regex", "\\w+|\\s+"});
   const std::string r = temp_file("nopretok.json", std::string("{") + kGoodModel + "}");
-  expect_error_with([&] { load_tokenizer(r); }, {r, "pre_tokenizer"});
+  expect_error([&] { load_tokenizer(r); }, {r, "pre_tokenizer"});
 }
 
 TEST(TokErrors, BadVocabOrMerges) {
   const std::string p = temp_file(
       "badmerge.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}, )") +
                            kByteLevel + "}");
-  expect_error_with([&] { load_tokenizer(p); }, {p, "merge #0", "'c'"});
+  expect_error([&] { load_tokenizer(p); }, {p, "merge #0", "'c'"});
   const std::string q = temp_file(
       "dupid.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}, )") +
                         kByteLevel + "}");
-  expect_error_with([&] { load_tokenizer(q); }, {q, "id 0"});
+  expect_error([&] { load_tokenizer(q); }, {q, "id 0"});
   const std::string r = temp_file(
       "merge3.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}, )") +
                          kByteLevel + "}");
-  expect_error_with([&] { load_tokenizer(r); }, {r, "merges[0]"});
+  expect_error([&] { load_tokenizer(r); }, {r, "merges[0]"});
   const std::string w = temp_file(
       "wrongtype.json", std::string(R"({"added_tokens": [{"id": 3, "content": "<x>", "special": "yes"}], )") +
                             kGoodModel + ", " + kByteLevel + "}");
-  expect_error_with([&] { load_tokenizer(w); }, {w, "unexpected JSON structure"});
+  expect_error([&] { load_tokenizer(w); }, {w, "unexpected JSON structure"});
   // A good file still loads and decodes only known ids.
   const std::string g = temp_file("good.json", std::string("{") + kGoodModel + ", " + kByteLevel + "}");
   auto t = load_tokenizer(g);
   EXPECT_EQ(t->encode("ab"), (std::vector<int32_t>{2}));
-  expect_error_with([&] { t->decode({2, 7}); }, {"id 7", "position 1", g});
+  expect_error([&] { t->decode({2, 7}); }, {"id 7", "position 1", g});
 }

@@ -19,6 +19,7 @@
 #include "models/hf_export.h"
 #include "models/hf_import.h"
 #include "models/safetensors.h"
+#include "tests/common/test_helpers.h"
 
 namespace fs = std::filesystem;
 using namespace lathe;
@@ -30,23 +31,7 @@ namespace {
 using Mat = std::vector<double>;  // row-major
 using HfTensors = std::map<std::string, Tensor>;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-#define EXPECT_ERROR_HAS(stmt, ...)                                                               \
-  do {                                                                                            \
-    std::string msg_ = error_of([&] { stmt; });                                                   \
-    EXPECT_FALSE(msg_.empty()) << #stmt " did not throw";                                         \
-    for (const std::string& part_ : std::vector<std::string>{__VA_ARGS__})                                               \
-      EXPECT_NE(msg_.find(part_), std::string::npos) << "missing '" << part_ << "' in: " << msg_; \
-  } while (0)
+// EXPECT_ERROR_HAS: tests/common/test_helpers.h.
 
 // ---- fixtures -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "models/hf_config.h"
+#include "tests/common/test_helpers.h"
 
 namespace fs = std::filesystem;
 using namespace lathe;
@@ -17,24 +18,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// The message of the Error thrown by f ("" when nothing is thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-#define EXPECT_ERROR_HAS(stmt, ...)                                                   \
-  do {                                                                                \
-    std::string msg_ = error_of([&] { stmt; });                                       \
-    EXPECT_FALSE(msg_.empty()) << #stmt " did not throw";                             \
-    for (const char* part_ : {__VA_ARGS__})                                           \
-      EXPECT_NE(msg_.find(part_), std::string::npos) << "missing '" << part_ << "' in: " << msg_; \
-  } while (0)
+// EXPECT_ERROR_HAS: tests/common/test_helpers.h.
 
 // openai-community/gpt2 config.json (the fields lathe reads).
 json gpt2_small() {

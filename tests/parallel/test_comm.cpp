@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/test_helpers.h"
 #include "parallel/mpi_communicator.h"
 
 using lathe::DType;
@@ -56,14 +57,7 @@ double expected_reduce(ReduceOp op, int64_t i, DType dt, int size) {
   return acc;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lathe::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using lathe::test::error_of;
 
 const ReduceOp kOps[] = {ReduceOp::sum, ReduceOp::avg, ReduceOp::max, ReduceOp::min};
 const DType kDtypes[] = {DType::f64, DType::f32, DType::bf16, DType::i64, DType::i32, DType::u8};

@@ -3,6 +3,7 @@
 
 #include <chrono>
 
+#include "tests/common/test_helpers.h"
 #include "parallel/single_process_communicator.h"
 
 using lathe::DType;
@@ -12,14 +13,7 @@ using lathe::parallel::SingleProcessCommunicator;
 using lathe::parallel::WorkPtr;
 
 namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lathe::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using lathe::test::error_of;
 Tensor seq(const lathe::Shape& shape, DType dt = DType::f32) {
   return Tensor::arange(0, static_cast<double>(lathe::shape_numel(shape)), 1, DType::f64).view(shape).to(dt) ;
 }

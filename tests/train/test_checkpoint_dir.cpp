@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
 
@@ -13,8 +13,8 @@ namespace fs = std::filesystem;
 namespace lathe::train {
 namespace {
 
-using test_util::error_of;
-using test_util::TmpDir;
+using test::error_of;
+using test::TmpDir;
 
 // What every rank does for one save: write <rank file>.tmp, close, commit.
 void write_rank(const std::string& dir, int rank, int64_t step) {
@@ -36,7 +36,7 @@ void save(const std::string& root, int64_t step, int world) {
 std::string crashed_save(const std::string& root, int64_t step) {
   std::string dir = prepare_step_dir(root, step);
   write_rank(dir, 0, step);
-  test_util::write_all(tmp_path(rank_file(dir, 1)), "half an hdf5 file");
+  test::write_file(tmp_path(rank_file(dir, 1)), "half an hdf5 file");
   return dir;
 }
 
@@ -55,10 +55,10 @@ TEST(CheckpointDir, Names) {
 TEST(CheckpointDir, CommitFileReplacesAtomically) {
   TmpDir tmp;
   std::string final_path = tmp / "f.txt";
-  test_util::write_all(final_path, "old");
-  test_util::write_all(tmp_path(final_path), "new");
+  test::write_file(final_path, "old");
+  test::write_file(tmp_path(final_path), "new");
   commit_file(tmp_path(final_path), final_path);
-  EXPECT_EQ(test_util::read_all(final_path), "new");
+  EXPECT_EQ(test::read_file(final_path), "new");
   EXPECT_FALSE(fs::exists(tmp_path(final_path)));
   std::string msg = error_of([&] { commit_file(tmp / "missing.tmp", tmp / "missing"); });
   EXPECT_NE(msg.find("missing.tmp"), std::string::npos) << msg;
@@ -74,7 +74,7 @@ TEST(CheckpointDir, IncompleteStepIsNeverLatest) {
   EXPECT_FALSE(is_complete(crashed));
   EXPECT_EQ(complete_steps(root), (std::vector<int64_t>{10, 20}));
   EXPECT_EQ(latest_complete_step(root), 20);
-  EXPECT_EQ(test_util::read_all(root + "/latest"), "step_00000020\n");
+  EXPECT_EQ(test::read_file(root + "/latest"), "step_00000020\n");
   EXPECT_EQ(resolve_resume("latest", root), step_dir(root, 20));
 
   nlohmann::json idx = read_complete(step_dir(root, 20));
@@ -101,8 +101,8 @@ TEST(CheckpointDir, CleanupStaleRemovesTmpAndOldIncompleteDirs) {
   std::string stale = crashed_save(root, 15);  // crashed, then an older checkpoint was resumed
   save(root, 20, 2);
   std::string newer = crashed_save(root, 30);  // may still be being written: left alone
-  test_util::write_all(root + "/latest.tmp", "step_000");
-  test_util::write_all(rank_file(step_dir(root, 20), 0) + ".tmp", "leftover");
+  test::write_file(root + "/latest.tmp", "step_000");
+  test::write_file(rank_file(step_dir(root, 20), 0) + ".tmp", "leftover");
 
   std::vector<std::string> removed = cleanup_stale(root);
   EXPECT_EQ(removed.size(), 3u);
@@ -124,7 +124,7 @@ TEST(CheckpointDir, CleanupStaleRemovesTmpAndOldIncompleteDirs) {
   save(root, 30, 2);
   EXPECT_FALSE(fs::exists(tmp_path(rank_file(newer, 1))));
   EXPECT_EQ(latest_complete_step(root), 30);
-  EXPECT_EQ(test_util::read_all(root + "/latest"), "step_00000030\n");
+  EXPECT_EQ(test::read_file(root + "/latest"), "step_00000030\n");
   EXPECT_TRUE(cleanup_stale(root).empty());
 }
 
@@ -155,7 +155,7 @@ TEST(CheckpointDir, ResaveOfACompleteStepUncompletesItFirst) {
   EXPECT_FALSE(is_complete(step_dir(root, 20)));
   EXPECT_TRUE(fs::is_empty(step_dir(root, 20)));
   EXPECT_EQ(latest_complete_step(root), 10);
-  EXPECT_EQ(test_util::read_all(root + "/latest"), "step_00000010\n");
+  EXPECT_EQ(test::read_file(root + "/latest"), "step_00000010\n");
 }
 
 TEST(CheckpointDir, ResolveResume) {
@@ -196,7 +196,7 @@ TEST(CheckpointDir, MarkCompleteValidatesTheIndex) {
   EXPECT_NE(error_of([&] { mark_complete(dir, {{"step", 8}, {"world_size", 1}}); }).find("does not match"),
             std::string::npos);
   mark_complete(dir + "/", {{"step", 7}, {"world_size", 1}, {"config_hash", "abc"}});
-  EXPECT_EQ(test_util::read_all(root + "/latest"), "step_00000007\n");
+  EXPECT_EQ(test::read_file(root + "/latest"), "step_00000007\n");
   EXPECT_FALSE(fs::exists(dir + "/latest"));
   nlohmann::json idx = read_complete(dir);
   EXPECT_EQ(idx["config_hash"], "abc");

@@ -7,14 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/hdf5_io.h"
 
 namespace lathe::train {
 namespace {
 
-using test_util::error_of;
-using test_util::TmpDir;
+using test::error_of;
+using test::TmpDir;
 
 const DType kAll[] = {DType::f64, DType::f32, DType::bf16, DType::f16, DType::i64, DType::i32, DType::u8, DType::i8};
 
@@ -188,7 +188,7 @@ TEST(Hdf5Io, ErrorsNameTheFileAndTheDataset) {
   std::string nofile = error_of([&] { H5Reader bad(tmp / "nope.h5"); });
   EXPECT_NE(nofile.find(tmp / "nope.h5"), std::string::npos) << nofile;
 
-  test_util::write_all(tmp / "text.h5", "this is not hdf5\n");
+  test::write_file(tmp / "text.h5", "this is not hdf5\n");
   std::string nothdf = error_of([&] { H5Reader bad(tmp / "text.h5"); });
   EXPECT_NE(nothdf.find("not an HDF5 file"), std::string::npos) << nothdf;
 
@@ -228,8 +228,8 @@ TEST(Hdf5Io, H5dumpReadsTheFile) {
   }
   std::string out_path = tmp / "dump.txt";
   std::string cmd = "h5dump '" + path + "' > '" + out_path + "' 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << test_util::read_all(out_path);
-  std::string out = test_util::read_all(out_path);
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << test::read_file(out_path);
+  std::string out = test::read_file(out_path);
   EXPECT_NE(out.find("DATASET \"layers.0.attn.q_proj.weight\""), std::string::npos) << out;
   EXPECT_NE(out.find("GROUP \"model\""), std::string::npos) << out;
   EXPECT_NE(out.find("1.5, -2"), std::string::npos) << out;

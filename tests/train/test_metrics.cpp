@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 
@@ -16,10 +16,10 @@ namespace fs = std::filesystem;
 namespace lathe::train {
 namespace {
 
-using test_util::TmpDir;
+using test::TmpDir;
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-  std::istringstream in(test_util::read_all(path));
+  std::istringstream in(test::read_file(path));
   std::vector<nlohmann::json> out;
   std::string line;
   while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/crc32c.h"
 #include "train/tensorboard.h"
 
@@ -15,8 +15,8 @@ namespace fs = std::filesystem;
 namespace lathe::train {
 namespace {
 
-using test_util::error_of;
-using test_util::TmpDir;
+using test::error_of;
+using test::TmpDir;
 
 uint64_t le(const std::string& s, size_t pos, int n) {
   uint64_t v = 0;
@@ -83,7 +83,7 @@ TEST(TensorBoard, WriteAndReadBackScalars) {
   EXPECT_NE(fname.find(host), std::string::npos) << fname;
 
   // Walk the framing by hand: 4 records (version header + 3 scalars), CRCs valid.
-  std::string raw = test_util::read_all(path);
+  std::string raw = test::read_file(path);
   size_t pos = 0, n = 0;
   while (pos < raw.size()) {
     ASSERT_LE(pos + 12, raw.size());
@@ -121,13 +121,13 @@ TEST(TensorBoard, WriteAndReadBackScalars) {
 TEST(TensorBoard, CorruptionIsACrcError) {
   TmpDir tmp;
   std::string path = write_three(tmp / "tb");
-  const std::string good = test_util::read_all(path);
+  const std::string good = test::read_file(path);
   size_t first_len = static_cast<size_t>(le(good, 0, 8));
   size_t second = 16 + first_len;  // start of record 1
 
   std::string bad = good;
   bad[second + 12 + 3] ^= 0x01;  // one byte inside record 1's data
-  test_util::write_all(path, bad);
+  test::write_file(path, bad);
   std::string msg = error_of([&] { read_tb_events(path); });
   EXPECT_NE(msg.find("data CRC mismatch"), std::string::npos) << msg;
   EXPECT_NE(msg.find("record 1"), std::string::npos) << msg;
@@ -135,11 +135,11 @@ TEST(TensorBoard, CorruptionIsACrcError) {
 
   bad = good;
   bad[second + 1] ^= 0x40;  // record 1's length
-  test_util::write_all(path, bad);
+  test::write_file(path, bad);
   msg = error_of([&] { read_tb_events(path); });
   EXPECT_NE(msg.find("length CRC mismatch"), std::string::npos) << msg;
 
-  test_util::write_all(path, good.substr(0, good.size() - 3));
+  test::write_file(path, good.substr(0, good.size() - 3));
   msg = error_of([&] { read_tb_events(path); });
   EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
   EXPECT_NE(msg.find("record 3"), std::string::npos) << msg;

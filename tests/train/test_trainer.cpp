@@ -16,7 +16,7 @@
 #include "data/synthetic.h"
 #include "optim/schedule.h"
 #include "parallel/single_process_communicator.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
@@ -29,7 +29,7 @@ namespace lathe::train {
 namespace {
 
 namespace fs = std::filesystem;
-using test_util::TmpDir;
+using test::TmpDir;
 using test_util::tiny_config;
 
 TrainOptions quiet() {
@@ -240,9 +240,9 @@ TEST(Trainer, HalfWrittenCheckpointIsNeverResumedAndStaleTempsAreCleaned) {
   // A crash while saving step 8: the directory exists with a temp file and a rank file, no
   // COMPLETE; and an old temp file inside the complete step.
   fs::create_directories(step_dir(root, 8));
-  test_util::write_all(tmp_path(rank_file(step_dir(root, 8), 0)), "partial");
-  test_util::write_all(rank_file(step_dir(root, 8), 1), "not a checkpoint");
-  test_util::write_all(step_dir(root, 4) + "/leftover.h5.tmp", "partial");
+  test::write_file(tmp_path(rank_file(step_dir(root, 8), 0)), "partial");
+  test::write_file(rank_file(step_dir(root, 8), 1), "not a checkpoint");
+  test::write_file(step_dir(root, 4) + "/leftover.h5.tmp", "partial");
   EXPECT_EQ(latest_complete_step(root), std::optional<int64_t>(4));
 
   TrainOptions resume = quiet();  // checkpoint.resume "auto": newest complete
@@ -268,7 +268,7 @@ TEST(Trainer, ResumeRefusesAnotherWorldSize) {
   configs::resolve(c);
   c.mutable_model()->set_vocab_size(256);
   auto model = models::build_model(model_spec(c.model()), 1);
-  std::string msg = test_util::error_of([&] { load_checkpoint(step_dir(tmp / "checkpoints", 4), *model, nullptr, two); });
+  std::string msg = test::error_of([&] { load_checkpoint(step_dir(tmp / "checkpoints", 4), *model, nullptr, two); });
   EXPECT_NE(msg.find("written by 1 rank(s), this run has 2"), std::string::npos) << msg;
   EXPECT_NE(msg.find("mpirun -np 1"), std::string::npos) << msg;
 }
@@ -334,7 +334,7 @@ TEST(Trainer, TextSourceWithVocabFromTheTokenizer) {
   TmpDir tmp;
   std::string text;
   for (int i = 0; i < 200; ++i) text += "to be or not to be, that is the question. ";
-  test_util::write_all(tmp / "corpus.txt", text);
+  test::write_file(tmp / "corpus.txt", text);
   RunConfig c = tiny_config(tmp / "run", 3);
   c.mutable_data()->set_source(DataConfig::TEXT);
   c.mutable_data()->set_path(tmp / "corpus.txt");
@@ -356,7 +356,7 @@ TEST(Trainer, VocabSizeZeroTakesTheTokenizersVocabulary) {
   TmpDir tmp;
   std::string text;
   for (int i = 0; i < 300; ++i) text += i % 3 ? "hello the world's cat.\n" : "the cat! 12 hello world.\n";
-  test_util::write_all(tmp / "corpus.txt", text);
+  test::write_file(tmp / "corpus.txt", text);
   RunConfig c = tiny_config(tmp / "run", 2);
   c.mutable_schedule()->set_warmup_steps(0);
   c.mutable_data()->set_source(DataConfig::TEXT);

@@ -16,7 +16,7 @@
 #include "data/synthetic.h"
 #include "models/hf_export.h"
 #include "models/hf_import.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
@@ -29,8 +29,8 @@ namespace lathe::train {
 namespace {
 
 namespace fs = std::filesystem;
-using test_util::TmpDir;
-using test_util::write_all;
+using test::TmpDir;
+using test::write_file;
 
 TrainOptions quiet() {
   TrainOptions o;
@@ -64,12 +64,12 @@ std::string write_instructions(const std::string& path, int n = 40) {
             "\", \"response\": \"" + std::to_string(a) + " + " + std::to_string(b) + " = " + std::to_string(a + b) +
             "\"}\n";
   }
-  write_all(path, text);
+  write_file(path, text);
   return path;
 }
 
 std::string write_text(const std::string& path) {
-  write_all(path, data::synthetic_corpus(3, 24000));
+  write_file(path, data::synthetic_corpus(3, 24000));
   return path;
 }
 
@@ -240,10 +240,10 @@ TEST(TrainerData, JsonlSourceEqualsPreparingItFirst) {
   EXPECT_EQ(rj.evals[0].result.loss, rh.evals[0].result.loss);
 
   // A record of the wrong kind names the file and line.
-  write_all(tmp / "bad.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"text\": \"plain\"}\n");
+  write_file(tmp / "bad.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"text\": \"plain\"}\n");
   RunConfig bad = data_config(tmp / "bad_run",
                               "data { source: JSONL path: \"" + tmp / "bad.jsonl" + "\" format: PROMPT_RESPONSE }", 1);
-  const std::string msg = test_util::error_of([&] { train(bad, quiet()); });
+  const std::string msg = test::error_of([&] { train(bad, quiet()); });
   EXPECT_NE(msg.find("bad.jsonl:2"), std::string::npos) << msg;
 }
 
@@ -252,7 +252,7 @@ TEST(TrainerData, JsonlSourceEqualsPreparingItFirst) {
 TEST(TrainerData, ValPathIsASeparateSet) {
   TmpDir tmp;
   const std::string a = write_instructions(tmp / "a.jsonl", 40);
-  write_all(tmp / "b.jsonl", "{\"prompt\": \"Name a colour\", \"response\": \"blue\"}\n"
+  write_file(tmp / "b.jsonl", "{\"prompt\": \"Name a colour\", \"response\": \"blue\"}\n"
                              "{\"prompt\": \"Say hi\", \"response\": \"hi there\"}\n"
                              "{\"prompt\": \"Count to 3\", \"response\": \"1 2 3\"}\n");
   prepare_to(a, tmp / "train_set", "byte", 0.0);
@@ -293,7 +293,7 @@ TEST(TrainerData, ShardsOfAnotherTokenizerAreAConfigError) {
   }
   // data.format asks for instruction data but the shards are plain.
   RunConfig plain = data_config(tmp / "run2", "data { source: HDF5 path: \"" + tmp / "prepared" + "\" format: ALPACA }");
-  const std::string m = test_util::error_of([&] { train(plain, quiet()); });
+  const std::string m = test::error_of([&] { train(plain, quiet()); });
   EXPECT_NE(m.find("data.format: ALPACA"), std::string::npos) << m;
 }
 
@@ -366,7 +366,7 @@ TEST(TrainerData, InitFromResolvesTheTokenizerAndRejectsBadSources) {
   // No tokenizer in the directory: "auto" cannot be resolved.
   {
     RunConfig c = cfg;
-    const std::string msg = test_util::error_of([&] { apply_init_from(c); });
+    const std::string msg = test::error_of([&] { apply_init_from(c); });
     EXPECT_NE(msg.find("data.tokenizer: \"auto\""), std::string::npos) << msg;
   }
   write_text(tmp / "corpus.txt");
@@ -383,14 +383,14 @@ TEST(TrainerData, InitFromResolvesTheTokenizerAndRejectsBadSources) {
   // train.seq_len longer than the source's context.
   RunConfig longer = cfg;
   longer.mutable_train()->set_seq_len(64);
-  EXPECT_NE(test_util::error_of([&] { apply_init_from(longer); }).find("train.seq_len: 64"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { apply_init_from(longer); }).find("train.seq_len: 64"), std::string::npos);
   // A path that is neither kind.
   RunConfig none = cfg;
   none.mutable_model()->set_init_from(tmp / "nothing");
-  EXPECT_NE(test_util::error_of([&] { apply_init_from(none); }).find("model.init_from"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { apply_init_from(none); }).find("model.init_from"), std::string::npos);
   fs::create_directories(tmp / "empty");
   none.mutable_model()->set_init_from(tmp / "empty");
-  EXPECT_NE(test_util::error_of([&] { apply_init_from(none); }).find("neither a Hugging Face"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { apply_init_from(none); }).find("neither a Hugging Face"), std::string::npos);
 }
 
 }  // namespace

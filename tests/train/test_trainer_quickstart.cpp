@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "configs/config.h"
-#include "tests/train/tmp_dir.h"
+#include "tests/common/test_helpers.h"
 #include "train/inference.h"
 #include "train/trainer.h"
 
@@ -14,7 +14,7 @@ namespace lathe::train {
 namespace {
 
 TEST(Quickstart, LossFallsAndGenerationIsDeterministic) {
-  test_util::TmpDir tmp;
+  test::TmpDir tmp;
   RunConfig cfg = configs::load_config("configs/quickstart.pbtxt",
                                        {"run_dir=" + tmp.path(), "train.steps=40", "train.eval_interval=0",
                                         "checkpoint.interval=0", "parallel.threads_per_rank=1",

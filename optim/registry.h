@@ -1,0 +1,33 @@
+// Optimizers by the config's type (OptimizerConfig.type): the trainer asks for "the optimizer
+// of this config" and gets AdamW, SGD, or whatever a later layer registered.
+//
+//   auto opt = optim::make_optimizer(cfg.optimizer(), model.named_parameters());
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "configs/lathe.pb.h"
+#include "optim/optimizer.h"
+
+namespace lathe::optim {
+
+// Builds an optimizer of one type from the config and the already assigned groups. Problems
+// with the config are configs::ConfigError naming the field ("optimizer.sgd_momentum: ...").
+using OptimizerFactory =
+    std::function<std::unique_ptr<Optimizer>(const lathe::OptimizerConfig&, std::vector<ParamGroup> groups)>;
+
+// Adds or replaces the factory of `type` and returns the one it replaced (empty if none); an
+// empty factory removes the type. AdamW (ADAMW) and SGD (SGD) are built in.
+OptimizerFactory register_optimizer(lathe::OptimizerConfig::Type type, OptimizerFactory factory);
+bool optimizer_registered(lathe::OptimizerConfig::Type type);
+
+// The optimizer of `cfg` over the trainable parameters of `named`. Groups: `specs` first (the
+// first match wins), then "no_decay" for 1-D parameters (unless decay_1d_params), then
+// "decay" with cfg.weight_decay for the rest. A type without a factory is a
+// configs::ConfigError naming optimizer.type.
+std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
+                                          const std::vector<GroupSpec>& specs = {});
+
+}  // namespace lathe::optim
