@@ -219,7 +219,7 @@ stage_train() {
   elif [ "$rc" = 0 ]; then
     row "train-$precision" PASS "$(grep -E 'loss' "$log" | grep -E 'step' | tail -1 | tr -s ' ' | cut -c1-150)"
   else
-    row "train-$precision" "rc=$rc" "$(grep -iE 'error|what' "$log" | head -2 | tr '\n' ' ' | cut -c1-200)"
+    row "train-$precision" "rc=$rc" "$(grep -iE -A2 'error|what' "$log" | head -3 | tr -s ' ' | tr '\n' ' ' | cut -c1-240)"
   fi
 }
 

@@ -168,6 +168,15 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const acc_t<T>* __restr
 //   RMS norm:   dx = rstd * (g - xhat * mean(g * xhat))
 //   dw = sum_rows gy * xhat, db = sum_rows gy.
 
+// g = gy * w rounded on its own: if the compiler fused the product into the later
+// subtraction (g - mean(g)), a row whose terms cancel exactly (C = 1, or constant rows) would
+// keep the product's rounding residual, times rstd (up to 1/sqrt(eps)), where the CPU gives 0.
+template <typename A>
+__device__ __forceinline__ A mul_rn(A a, A b) {
+  if constexpr (std::is_same_v<A, double>) return __dmul_rn(a, b);
+  else return __fmul_rn(a, b);
+}
+
 template <typename T, int V, bool kWarp, bool kCentered>
 __global__ void norm_dx_kernel(const T* __restrict__ gy, const T* __restrict__ x, const acc_t<T>* __restrict__ w,
                                const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
@@ -191,7 +200,7 @@ __global__ void norm_dx_kernel(const T* __restrict__ gy, const T* __restrict__ x
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const A xh = (xv[k] - mu) * rs;
-      const A g = w ? gv[k] * w[j + k] : gv[k];
+      const A g = w ? mul_rn<A>(gv[k], w[j + k]) : gv[k];
       sg += g;
       sgx += g * xh;
     }
@@ -207,7 +216,7 @@ __global__ void norm_dx_kernel(const T* __restrict__ gy, const T* __restrict__ x
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const A xh = (xv[k] - mu) * rs;
-      const A g = w ? gv[k] * w[j + k] : gv[k];
+      const A g = w ? mul_rn<A>(gv[k], w[j + k]) : gv[k];
       xv[k] = rs * (g - a - xh * bc);
     }
     store_pack<T, V>(dr + j, xv);

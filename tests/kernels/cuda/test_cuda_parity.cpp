@@ -1012,6 +1012,31 @@ struct TinyAdamW {
   }
 };
 
+// The key projection's bias adds the same q.b to every score of a query's row, which the
+// softmax ignores: its true gradient is exactly zero, so both devices hold rounding noise
+// (~1e-12 in f32) that no relative comparison can match. Such a gradient is checked to be
+// negligible against the model's gradient scale instead.
+bool zero_true_grad(const std::string& name) {
+  const std::string suf = "k_proj.bias";
+  return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
+}
+double grad_rms(const std::vector<std::pair<std::string, Tensor>>& ps) {
+  double ss = 0;
+  int64_t n = 0;
+  for (const auto& [name, p] : ps) {
+    if (!p.grad().defined()) continue;
+    for (double v : p.grad().to_vector<double>()) ss += v * v;
+    n += p.numel();
+  }
+  return n ? std::sqrt(ss / static_cast<double>(n)) : 0.0;
+}
+void expect_negligible(const Tensor& g, double scale, const std::string& what) {
+  double m = 0;
+  for (double v : g.to_vector<double>()) m = std::max(m, std::abs(v));
+  EXPECT_LT(m, 1e-2 * scale) << what << ": a gradient that is zero in exact arithmetic is " << m
+                             << " against a model gradient rms of " << scale;
+}
+
 void check_tiny_model(models::Arch arch) {
   const models::ModelSpec spec = tiny_spec(arch);
   auto cpu = models::build_model(spec, 7);
@@ -1034,6 +1059,10 @@ void check_tiny_model(models::Arch arch) {
       ASSERT_EQ(pc.size(), pg.size());
       for (size_t i = 0; i < pc.size(); ++i) {
         ASSERT_TRUE(pg[i].second.grad().defined()) << an << " no gradient for " << pg[i].first;
+        if (zero_true_grad(pc[i].first)) {
+          expect_negligible(pg[i].second.grad(), grad_rms(pc), an + " grad " + pc[i].first);
+          continue;
+        }
         EXPECT_CLOSE(pg[i].second.grad(), pc[i].second.grad(), (Tol{1e-3, 1e-4, 1e-4}), an + " grad " + pc[i].first);
       }
     }
@@ -1064,7 +1093,11 @@ TEST_F(Cuda, TinyGpt2Bf16MatchesCpuBf16) {
   for (size_t i = 0; i < pc.size(); ++i) {
     ASSERT_TRUE(pg[i].second.grad().defined()) << pg[i].first;
     // Norm-relative only: individual bf16 gradient elements may differ by a rounding step.
-    EXPECT_CLOSE(pg[i].second.grad(), pc[i].second.grad(), (Tol{1e30, 1e30, 1e-1}), "bf16 grad " + pc[i].first);
+    if (zero_true_grad(pc[i].first)) {
+          expect_negligible(pg[i].second.grad(), grad_rms(pc), "bf16 grad " + pc[i].first);
+          continue;
+        }
+        EXPECT_CLOSE(pg[i].second.grad(), pc[i].second.grad(), (Tol{1e30, 1e30, 1e-1}), "bf16 grad " + pc[i].first);
   }
 }
 
@@ -1102,6 +1135,10 @@ TEST_F(Cuda, TinyGpt2AutocastBf16FollowsCpu) {
       for (size_t i = 0; i < pc.size(); ++i) {
         ASSERT_TRUE(pg[i].second.grad().defined()) << pg[i].first;
         EXPECT_EQ(pg[i].second.grad().dtype(), DType::f32) << "gradients of f32 masters stay f32: " << pg[i].first;
+        if (zero_true_grad(pc[i].first)) {
+          expect_negligible(pg[i].second.grad(), grad_rms(pc), "autocast grad " + pc[i].first);
+          continue;
+        }
         EXPECT_CLOSE(pg[i].second.grad(), pc[i].second.grad(), (Tol{1e30, 1e30, 5e-2}), "autocast grad " + pc[i].first);
       }
     }
