@@ -9,6 +9,7 @@ void synchronize(Device d) {
 }
 
 #ifndef LATHE_HAS_CUDA
+std::string device_description(Device d) { return d.str(); }
 int cuda_device_count() { return 0; }
 size_t cuda_cached_bytes() { return 0; }
 void cuda_empty_cache() {}

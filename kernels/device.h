@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -11,6 +12,8 @@ namespace lathe::kernels {
 
 // Number of CUDA devices usable by this build (0 without the CUDA backend or without a GPU).
 int cuda_device_count();
+// "NVIDIA H200 (sm_90, 132 SMs, 140 GiB)" for a CUDA device, "cpu" for the CPU.
+std::string device_description(Device d);
 // Waits for the work queued on a device (no-op on the CPU).
 void synchronize(Device d);
 // Bytes the CUDA caching allocator holds in its free lists (not in use by any tensor).

@@ -56,9 +56,7 @@ double peak_tflops_for(const RunConfig& cfg, Device device) {
 }
 
 std::string describe_device(Device d) {
-  // The GPU's marketing name needs a kernels/ query (cudaGetDeviceProperties) that the
-  // backend does not expose yet; the index is what a user needs to find it in nvidia-smi.
-  return d.str();
+  return d.is_cpu() ? d.str() : d.str() + " (" + kernels::device_description(d) + ")";
 }
 
 RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator> comm, bool apply_threads,

@@ -26,9 +26,13 @@
 //
 // Kernels, by dtype and head size D:
 //  - bf16/f16, D in {64, 128}, 16-byte aligned: tensor cores (mma.sync m16n8k16, f32
-//    accumulate; ldmatrix from padded shared tiles). 4 warps, each owning 16 rows of the
-//    block's tile; P and dS are rounded to the input dtype to feed the second product, as in
-//    FlashAttention. Both products of a tile are chained in registers.
+//    accumulate; ldmatrix from shared tiles padded by 16 bytes a row, conflict-free). 4 warps,
+//    each owning 16 rows of the block's tile (forward: 64 queries x 64-key tiles; dQ: 64
+//    queries x 64/32-key tiles for D = 64/128; dK/dV: 64 keys x 64/32-query tiles). The
+//    streamed tiles are double-buffered with cp.async, so the next tile's copy overlaps the
+//    current tile's math. The first product's accumulators (S, or dS) become the A operand of
+//    the second without touching shared memory; P and dS are rounded to the input dtype for
+//    it, as in FlashAttention.
 //  - f32 (and bf16/f16 with other D up to 256): SIMT FMA tiles in shared memory as f32,
 //    register micro-tiles (4 keys x TM rows per thread, float4 shared loads), templated on
 //    DMAX in {32, 64, 128, 256} with zero padding up to DMAX.
@@ -325,7 +329,9 @@ __device__ __forceinline__ void fma4(float4& acc, float s, float4 v) {
   acc.z += s * v.z;
   acc.w += s * v.w;
 }
-__device__ __forceinline__ float f4_get(const float4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+__device__ __forceinline__ float f4_get(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 __device__ __forceinline__ float group8_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -741,6 +747,10 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 template <bool kTrans>
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   const uint32_t addr = smem_u32(p);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  (void)addr, (void)r;
+  __trap();  // unreachable: the host takes the tensor-core path on sm_80+ only
+#else
   if constexpr (kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -752,11 +762,16 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
                  : "r"(addr)
                  : "memory");
   }
+#endif
 }
 
 // c += a * b (16x8x16, f32 accumulate).
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  (void)c, (void)a, (void)b0, (void)b1;
+  __trap();
+#else
   if constexpr (std::is_same_v<T, bf16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -770,6 +785,7 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+#endif
 }
 
 // Two floats rounded to T, `lo` in the low half (the lower-indexed element of a fragment).
@@ -825,6 +841,14 @@ __device__ __forceinline__ void load_rows_16b(T* dst, const T* __restrict__ src,
 
 // Asynchronous 16- and 4-byte copies global -> shared (sm_80+). With pred false nothing is
 // read and the destination is zero-filled (src-size 0); src must still be a valid address.
+// (Built for sm_80+; older targets get stubs, never called, see choose_path.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+__device__ __forceinline__ void cp_async16(void*, const void*, bool) { __trap(); }
+__device__ __forceinline__ void cp_async4(void*, const void*, bool) { __trap(); }
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {}
+#else
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(pred ? 16 : 0)
                : "memory");
@@ -839,6 +863,7 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+#endif
 
 // load_rows_16b with cp.async: issues the copies, the caller commits and waits.
 template <int R, int D, int LD, typename T>
@@ -1287,13 +1312,14 @@ Path forced_path() {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// tensor_cores: the device is sm_80 or newer (mma.sync bf16, ldmatrix, cp.async).
 template <typename T>
-Path choose_path(const Dims& d, std::initializer_list<const void*> ptrs) {
+Path choose_path(const Dims& d, bool tensor_cores, std::initializer_list<const void*> ptrs) {
   Path p = Path::kRowwise;
   if constexpr (!std::is_same_v<T, double>) {
     if (d.D >= 1 && d.D <= 256) p = Path::kSimt;
     if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) {
-      bool ok = d.D == 64 || d.D == 128;
+      bool ok = tensor_cores && (d.D == 64 || d.D == 128);
       for (const void* q : ptrs) ok = ok && aligned16(q);
       if (ok) p = Path::kMma;
     }
@@ -1437,7 +1463,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
     a.lse = ptr<acc_t<T>>(out.lse);
     a.scale = static_cast<acc_t<T>>(scale);
     a.sl2 = static_cast<float>(scale * kLog2e);
-    attention_fwd_impl<T>(a, choose_path<T>(d, {a.q, a.k, a.v, a.o}), st);
+    attention_fwd_impl<T>(a, choose_path<T>(d, props(dev).major >= 8, {a.q, a.k, a.v, a.o}), st);
   });
 }
 
@@ -1475,7 +1501,7 @@ void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, co
     a.dv = ptr<T>(grads.dv);
     a.scale = static_cast<A>(scale);
     a.sl2 = static_cast<float>(scale * kLog2e);
-    attention_bwd_impl<T>(a, choose_path<T>(d, {a.go, a.q, a.k, a.v, a.dq, a.dk, a.dv}), st);
+    attention_bwd_impl<T>(a, choose_path<T>(d, props(dev).major >= 8, {a.go, a.q, a.k, a.v, a.dq, a.dk, a.dv}), st);
   });
 }
 

@@ -363,6 +363,15 @@ namespace lathe::kernels {
 
 int cuda_device_count() { return cuda::device_count_cached(); }
 
+std::string device_description(Device d) {
+  if (d.is_cpu()) return "cpu";
+  const cudaDeviceProp& p = cuda::props(d.index);
+  std::ostringstream os;
+  os << p.name << " (sm_" << p.major << p.minor << ", " << p.multiProcessorCount << " SMs, "
+     << (p.totalGlobalMem >> 30) << " GiB)";
+  return os.str();
+}
+
 size_t cuda_cached_bytes() {
   size_t s = 0;
   for (int d = 0; d < cuda::device_count_cached(); ++d) s += cuda::caching_allocator().cached(d);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "kernels/device.h"
 #include "configs/config.h"
 #include "tests/cli/cli_test_util.h"
 #include "tests/cli/example_setup.h"
@@ -63,11 +64,13 @@ TEST(Cli, ValidateReportsOkOrEveryErrorWithExitCode2) {
   Result missing = run_lathe("validate " + sh_quote(tmp / "nope.pbtxt"));
   EXPECT_EQ(missing.rc, 2) << missing.out;
 
-  // Valid, but not trainable by this build: ok, with a note.
+  // Valid; trainable only with a GPU (bf16 on CUDA): without one, ok with a note.
   Result gpu = run_lathe("validate configs/gpt2_124m.pbtxt");
   EXPECT_EQ(gpu.rc, 0) << gpu.out;
   EXPECT_TRUE(contains(gpu.out, "ok\n")) << gpu.out;
-  EXPECT_TRUE(contains(gpu.out, "note: this build cannot train it yet: train.precision: BF16")) << gpu.out;
+  EXPECT_EQ(contains(gpu.out, "note: this build cannot train it yet: train.precision: BF16"),
+            kernels::cuda_device_count() == 0)
+      << gpu.out;
 }
 
 TEST(Cli, UsageErrorsExitWith2AndAHint) {
