@@ -1,6 +1,6 @@
 // CUDA benchmarks of lathe on one GPU (a plain program: no Google Benchmark needed).
 //
-//   bench_cuda [--json PATH] [--sections gemm,attention,bandwidth,train] [--quick]
+//   bench_cuda [--json PATH] [--sections gemm,attention,bandwidth,train,profile] [--quick]
 //
 // (a) GEMM TFLOP/s through kernels::matmul against cublasGemmEx called directly on the same
 //     device buffers (efficiency = lathe / cuBLAS), bf16 and f32, at 4096^3 and the GPT-2
@@ -39,6 +39,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/profiling_backend.h"
 #include "autograd/autograd.h"
 #include "core/memory.h"
 #include "kernels/device.h"
@@ -378,11 +379,76 @@ json bench_train(bool quick) {
   return out;
 }
 
+
+// (e) Where a GPT-2 124M step spends its time: one bf16-autocast step at B = 8 run through a
+// ProfilingBackend that synchronises around every kernel call and times it. The sum over
+// ops against the step's wall time (unprofiled) shows how much is kernel time and how much
+// host and launch overhead.
+json bench_profile(bool quick) {
+  json out = json::object();
+  const models::ModelSpec spec = models::ModelSpec::gpt2_124m();
+  const int64_t T = spec.max_seq_len, B = quick ? 4 : 8;
+  auto model = models::build_model(spec, 1337);
+  model->to(kGpu);
+  DeviceAdamW opt(*model);
+  Generator g(7);
+  std::vector<int64_t> idv(static_cast<size_t>(B * (T + 1)));
+  for (auto& x : idv) x = g.next_u32() % static_cast<uint32_t>(spec.vocab_size);
+  Tensor all = Tensor::from_vector<int64_t>(idv, {B, T + 1}).to(kGpu);
+  Tensor ids = all.narrow(1, 0, T).contiguous(), tg = all.narrow(1, 1, T).contiguous();
+  auto step = [&] {
+    Tensor l;
+    {
+#ifdef LATHE_BENCH_HAS_AUTOCAST
+      models::Autocast ac(DType::bf16);
+#endif
+      l = model->loss(ids, tg);
+    }
+    l.backward();
+    opt.apply(*model, 1e-4);
+    (void)l.item();
+  };
+  const double ms = time_ms(step, 1500.0, 3, 10);
+  kernels::Backend& inner = kernels::backend(kGpu);
+  DeviceOps& inner_ops = device_ops(DeviceType::cuda);
+  bench::ProfilingBackend prof(inner, kGpu);
+  kernels::register_backend(DeviceType::cuda, &prof);
+  register_device_ops(DeviceType::cuda, &prof);
+  double prof_ms = 0;
+  try {
+    const double t0 = now_ms();
+    step();
+    sync();
+    prof_ms = now_ms() - t0;
+  } catch (...) {
+    kernels::register_backend(DeviceType::cuda, &inner);
+    register_device_ops(DeviceType::cuda, &inner_ops);
+    throw;
+  }
+  kernels::register_backend(DeviceType::cuda, &inner);
+  register_device_ops(DeviceType::cuda, &inner_ops);
+  std::vector<std::pair<std::string, bench::ProfilingBackend::Stat>> rows(prof.stats().begin(), prof.stats().end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double total = 0;
+  for (const auto& r : rows) total += r.second.seconds * 1e3;
+  std::printf("\n(e) GPT-2 124M bf16-autocast step at B = %lld: %.1f ms unprofiled; profiled run %.1f ms, of which "
+              "%.1f ms inside kernels (synchronised per call)\n",
+              (long long)B, ms, prof_ms, total);
+  std::printf("%-28s %8s %10s %7s\n", "op", "calls", "ms", "share");
+  json ops = json::array();
+  for (const auto& [name, st] : rows) {
+    const double op_ms = st.seconds * 1e3;
+    if (ops.size() < 25) std::printf("%-28s %8lld %10.2f %6.1f%%\n", name.c_str(), (long long)st.calls, op_ms, 100 * op_ms / total);
+    ops.push_back({{"op", name}, {"calls", st.calls}, {"ms", op_ms}});
+  }
+  out = {{"B", B}, {"T", T}, {"step_ms", ms}, {"profiled_step_ms", prof_ms}, {"kernel_ms", total}, {"ops", ops}};
+  return out;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string json_path;
-  std::set<std::string> sections = {"gemm", "attention", "bandwidth", "train"};
+  std::set<std::string> sections = {"gemm", "attention", "bandwidth", "train", "profile"};
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -396,7 +462,7 @@ int main(int argc, char** argv) {
       quick = true;
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--json PATH] [--sections gemm,attention,bandwidth,train] [--quick]\n"
+                   "usage: %s [--json PATH] [--sections gemm,attention,bandwidth,train,profile] [--quick]\n"
                    "unknown argument: %s\n",
                    argv[0], a.c_str());
       return 2;
@@ -422,7 +488,7 @@ int main(int argc, char** argv) {
   }
   report["quick"] = quick;
   const std::pair<const char*, json (*)(bool)> all[] = {
-      {"gemm", bench_gemm}, {"attention", bench_attention}, {"bandwidth", bench_bandwidth}, {"train", bench_train}};
+      {"gemm", bench_gemm}, {"attention", bench_attention}, {"bandwidth", bench_bandwidth}, {"train", bench_train}, {"profile", bench_profile}};
   for (const auto& [name, fn] : all) {
     if (!sections.count(name)) continue;
     const double t0 = now_ms();
