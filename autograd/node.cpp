@@ -23,6 +23,25 @@ Node::Node(std::string name, std::vector<Edge> next_edges, std::vector<InputMeta
       << " edges";
 }
 
+Node::~Node() {
+  // Take over every child that only this node keeps alive, then strip each such child's
+  // own edges before it dies, so no destructor ever reaches further than one level.
+  // Children shared with a live part of the graph keep their edges (they are not dying).
+  std::vector<std::shared_ptr<Node>> stack;
+  auto take_edges = [&stack](std::vector<Edge>& edges) {
+    for (Edge& e : edges)
+      if (e.node && e.node.use_count() == 1) stack.push_back(std::move(e.node));
+    edges.clear();
+  };
+  take_edges(next_edges_);
+  while (!stack.empty()) {
+    std::shared_ptr<Node> n = std::move(stack.back());
+    stack.pop_back();
+    take_edges(n->next_edges_);
+    // n dies here with no edges; its saved tensors go with it.
+  }
+}
+
 FunctionNode::FunctionNode(std::string name, std::vector<Edge> next_edges, std::vector<InputMeta> input_meta,
                            uint32_t num_outputs, BackwardFn fn)
     : Node(std::move(name), std::move(next_edges), std::move(input_meta), num_outputs), fn_(std::move(fn)) {}

@@ -33,7 +33,9 @@ struct InputMeta {
 class Node : public std::enable_shared_from_this<Node> {
  public:
   Node(std::string name, std::vector<Edge> next_edges, std::vector<InputMeta> input_meta, uint32_t num_outputs);
-  virtual ~Node() = default;
+  // Releases the graph below this node iteratively: a chain of N nodes (a deep model)
+  // would otherwise be destroyed by N nested destructor calls and overflow the stack.
+  virtual ~Node();
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 

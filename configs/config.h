@@ -17,7 +17,9 @@
 namespace lathe::configs {
 
 // One or more problems with a config: what() starts with the origin (file name, or
-// "override") and lists every error on its own line.
+// "override") and lists every error on its own line. The origin "config" (what code past
+// loading, e.g. the trainer, uses) becomes the file of the last successful load_config(),
+// so errors found at train time still name the file to edit.
 class ConfigError : public lathe::Error {
  public:
   ConfigError(std::string origin, std::vector<std::string> errors);
@@ -36,6 +38,9 @@ class ConfigError : public lathe::Error {
 // Throws ConfigError listing every parse error, every bad override, or every semantic
 // problem (each located at the field's line:col in the file when the file set it).
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The path the last successful load_config() read ("" before any).
+std::string loaded_config_file();
 
 // Parses text format (e.g. a config stored in a checkpoint); `origin` names the source in
 // errors. Does not resolve or validate.

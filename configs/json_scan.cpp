@@ -1,5 +1,6 @@
 #include "configs/json_scan.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -14,7 +15,13 @@ struct SyntaxError {
 
 class Scanner {
  public:
-  explicit Scanner(const std::string& s) : s_(s) {}
+  explicit Scanner(const std::string& s) : s_(s) {
+    // Line starts, indexed once: position() is then a binary search, so recording the
+    // position of every key stays linear in the file (a rescan per key was quadratic).
+    line_starts_.push_back(0);
+    for (size_t k = 0; k < s_.size(); ++k)
+      if (s_[k] == '\n') line_starts_.push_back(k + 1);
+  }
 
   void document(std::vector<JsonKey>* keys) {
     keys_ = keys;
@@ -26,14 +33,11 @@ class Scanner {
 
   // 1-based line and byte column of offset `at`.
   void position(size_t at, int* line, int* col) const {
-    *line = 1;
-    size_t line_start = 0;
-    for (size_t k = 0; k < at && k < s_.size(); ++k)
-      if (s_[k] == '\n') {
-        ++*line;
-        line_start = k + 1;
-      }
-    *col = static_cast<int>(at - line_start) + 1;
+    if (at > s_.size()) at = s_.size();
+    // The last line start <= at (a '\n' itself belongs to the line it ends).
+    const auto it = std::upper_bound(line_starts_.begin(), line_starts_.end(), at) - 1;
+    *line = static_cast<int>(it - line_starts_.begin()) + 1;
+    *col = static_cast<int>(at - *it) + 1;
   }
 
  private:
@@ -156,6 +160,7 @@ class Scanner {
   }
 
   const std::string& s_;
+  std::vector<size_t> line_starts_;
   size_t i_ = 0;
   std::vector<std::string> path_;
   std::vector<JsonKey>* keys_ = nullptr;

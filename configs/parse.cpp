@@ -1,10 +1,13 @@
 // Reading configs: text format and JSON parsing with every error located at
 // file:line:col (1-based), load_config() (parse, override, resolve, validate) and to_text().
+#include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <sstream>
 
 #include <google/protobuf/io/tokenizer.h>
@@ -56,8 +59,8 @@ class SourceText {
     return pos;
   }
   void position(size_t offset, int* line, int* col) const {
-    size_t l = 0;
-    while (l + 1 < starts_.size() && starts_[l + 1] <= offset) ++l;
+    // Binary search: a fuzzed file with thousands of errors must not cost lines x errors.
+    const size_t l = static_cast<size_t>(std::upper_bound(starts_.begin(), starts_.end(), offset) - starts_.begin()) - 1;
     *line = static_cast<int>(l) + 1;
     *col = static_cast<int>(offset - starts_[l]) + 1;
   }
@@ -183,6 +186,53 @@ std::string dotted(const std::vector<std::string>& path) {
   return out;
 }
 
+// protobuf's JSON tokenizer reports a syntax or number error (one lathe's scanner lets
+// through, e.g. 1e999 or 9nan) as "message\n<up to 40 bytes around it>\n<spaces>^",
+// without a position. Finds that context in `text`, sets *offset to the caret's byte and
+// cuts *msg down to the message; false when the message has no such context.
+bool snippet_offset(const std::string& text, std::string* msg, size_t* offset) {
+  const size_t first = msg->find('\n'), last = msg->rfind('\n');
+  if (first == std::string::npos || last <= first) return false;
+  const std::string caret = msg->substr(last + 1);
+  if (caret.empty() || caret.back() != '^' || caret.find_first_not_of(' ') != caret.size() - 1) return false;
+  const std::string context = msg->substr(first + 1, last - first - 1);
+  const size_t pos = text.find(context);
+  if (pos == std::string::npos) return false;
+  *offset = pos + caret.size() - 1;
+  *msg = strip_period(msg->substr(0, first));
+  return true;
+}
+
+// Where each key of a JSON config sits, by dotted path: both the proto field names
+// ("train.micro_batch") and the names as written ("train.microBatch"). The first occurrence
+// wins. Built once per file, so locating an error is a lookup, not a pass over every key.
+struct KeyIndex {
+  std::map<std::string, const detail::JsonKey*> by_path;
+  std::map<std::string, const gp::FieldDescriptor*> field;  // the field a proto-name path ends at
+
+  explicit KeyIndex(const std::vector<detail::JsonKey>& keys) {
+    for (const auto& k : keys) {
+      std::vector<std::string> names;
+      const gp::Descriptor* m = RunConfig::descriptor();
+      const gp::FieldDescriptor* f = nullptr;
+      for (const auto& p : k.path) {
+        f = m ? detail::find_field(m, p) : nullptr;
+        names.push_back(f ? f->name() : p);
+        m = f && f->type() == gp::FieldDescriptor::TYPE_MESSAGE ? f->message_type() : nullptr;
+      }
+      const std::string proto_path = dotted(names);
+      by_path.emplace(proto_path, &k);
+      field.emplace(proto_path, f);
+      by_path.emplace(dotted(k.path), &k);
+      field.emplace(dotted(k.path), f);
+    }
+  }
+  const detail::JsonKey* find(const std::string& path) const {
+    auto it = by_path.find(path);
+    return it == by_path.end() ? nullptr : it->second;
+  }
+};
+
 RunConfig parse_json_impl(const std::string& text, const std::string& origin, std::vector<detail::JsonKey>* keys_out) {
   const detail::JsonScan scan = detail::scan_json(text);
   if (!scan.ok) throw ConfigError(origin, {at(origin, scan.line, scan.col) + scan.error});
@@ -217,24 +267,19 @@ RunConfig parse_json_impl(const std::string& text, const std::string& origin, st
         std::string rest = msg.substr(close + 1);
         if (!rest.empty() && rest[0] == ':') rest = rest.substr(1);
         while (!rest.empty() && rest[0] == ' ') rest = rest.substr(1);
-        for (const auto& key : scan.keys) {
-          std::vector<std::string> names;  // the proto names along the key path
-          const gp::Descriptor* m = RunConfig::descriptor();
-          const gp::FieldDescriptor* f = nullptr;
-          for (const auto& p : key.path) {
-            f = m ? detail::find_field(m, p) : nullptr;
-            names.push_back(f ? f->name() : p);
-            m = f && f->type() == gp::FieldDescriptor::TYPE_MESSAGE ? f->message_type() : nullptr;
-          }
-          if (dotted(names) == path || dotted(key.path) == path) {
-            where = at(origin, key.line, key.col);
-            if (f && f->type() == gp::FieldDescriptor::TYPE_ENUM && rest.rfind("invalid value", 0) == 0)
-              rest += detail::enum_hint(f->enum_type(), quoted(rest, 0));
-            break;
-          }
+        const KeyIndex index(scan.keys);
+        if (const detail::JsonKey* key = index.find(path)) {
+          where = at(origin, key->line, key->col);
+          const gp::FieldDescriptor* f = index.field.at(path);
+          if (f && f->type() == gp::FieldDescriptor::TYPE_ENUM && rest.rfind("invalid value", 0) == 0)
+            rest += detail::enum_hint(f->enum_type(), quoted(rest, 0));
         }
         msg = path + ": " + rest;
       }
+    } else if (size_t off = 0; snippet_offset(text, &msg, &off)) {
+      int line = 0, col = 0;
+      SourceText(text).position(off, &line, &col);
+      where = at(origin, line, col);
     }
     throw ConfigError(origin, {where + msg});
   }
@@ -292,8 +337,27 @@ std::vector<std::string> split_path(const std::string& path) {
 
 }  // namespace
 
+namespace {
+std::mutex g_loaded_mu;
+std::string g_loaded_file;  // the file of the last successful load_config()
+
+// Errors found after loading (by the trainer: a data path that does not exist, a vocabulary
+// that does not fit) are raised with the generic origin "config"; they name the file the
+// run's config came from instead, so a user knows which file to edit.
+std::string with_file(std::string origin) {
+  if (origin != "config") return origin;
+  std::lock_guard<std::mutex> lock(g_loaded_mu);
+  return g_loaded_file.empty() ? origin : g_loaded_file;
+}
+}  // namespace
+
+std::string loaded_config_file() {
+  std::lock_guard<std::mutex> lock(g_loaded_mu);
+  return g_loaded_file;
+}
+
 ConfigError::ConfigError(std::string origin, std::vector<std::string> errors)
-    : lathe::Error(origin, join_errors(errors)), origin_(std::move(origin)), errors_(std::move(errors)) {}
+    : lathe::Error(with_file(origin), join_errors(errors)), origin_(with_file(origin)), errors_(std::move(errors)) {}
 
 RunConfig parse_text(const std::string& text, const std::string& origin) {
   return parse_text_impl(text, origin, nullptr);
@@ -320,22 +384,13 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   std::vector<detail::JsonKey> keys;
   if (is_json(path, text)) {
     cfg = parse_json_impl(text, path, &keys);
-    locate = [&](const std::string& field_path, int* line, int* col) {
-      for (const auto& k : keys) {
-        std::vector<std::string> names;
-        const gp::Descriptor* m = RunConfig::descriptor();
-        for (const auto& p : k.path) {
-          const auto* f = m ? detail::find_field(m, p) : nullptr;
-          names.push_back(f ? f->name() : p);
-          m = f && f->type() == gp::FieldDescriptor::TYPE_MESSAGE ? f->message_type() : nullptr;
-        }
-        if (dotted(names) == field_path) {
-          *line = k.line;
-          *col = k.col;
-          return true;
-        }
-      }
-      return false;
+    auto index = std::make_shared<KeyIndex>(keys);
+    locate = [index](const std::string& field_path, int* line, int* col) {
+      const detail::JsonKey* k = index->find(field_path);
+      if (!k) return false;
+      *line = k->line;
+      *col = k->col;
+      return true;
     };
   } else {
     cfg = parse_text_impl(text, path, &tree);
@@ -392,6 +447,10 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     errors.push_back(found ? at(path, line, col) + issue.message : path + ": " + issue.message);
   }
   if (!errors.empty()) throw ConfigError(path, errors);
+  {
+    std::lock_guard<std::mutex> lock(g_loaded_mu);
+    g_loaded_file = path;
+  }
   return cfg;
 }
 

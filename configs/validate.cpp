@@ -4,17 +4,25 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <climits>
+#include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 #include "configs/checks.h"
 #include "configs/config.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 
 namespace lathe::configs {
 
 namespace detail {
 
 namespace {
+
+namespace gp = google::protobuf;
 
 std::string show(double v) {
   // Shortest form that reads back as the same double (3e-4, not 0.00029999999999999997).
@@ -36,15 +44,35 @@ class Checker {
   // For a message that reads better without "path:" in front (it still starts with the path).
   void fail_raw(const std::string& path, const std::string& msg) { issues.push_back({path, msg}); }
 
-  // The negated comparisons also reject NaN.
+  // The negated comparisons also reject NaN; infinity is refused separately (inf > 0).
   template <typename T>
   void positive(const std::string& path, T v) {
-    if (!(v > 0)) fail(path, "must be > 0 (got " + show(v) + ")");
+    if (!(v > 0)) {
+      fail(path, "must be > 0 (got " + show(v) + ")");
+    } else if (!finite(v)) {
+      fail(path, "must be a finite number > 0 (got " + show(v) + ")");
+    }
   }
   template <typename T>
   void non_negative(const std::string& path, T v) {
-    if (!(v >= 0)) fail(path, "must be >= 0 (got " + show(v) + ")");
+    if (!(v >= 0)) {
+      fail(path, "must be >= 0 (got " + show(v) + ")");
+    } else if (!finite(v)) {
+      fail(path, "must be a finite number >= 0 (got " + show(v) + ")");
+    }
   }
+  bool reported(const std::string& path) const {
+    for (const auto& i : issues)
+      if (i.path == path) return true;
+    return false;
+  }
+
+ private:
+  static bool finite(double v) { return std::isfinite(v); }
+  static bool finite(int64_t) { return true; }
+  static bool finite(int32_t) { return true; }
+
+ public:
   // v in [lo, hi) or [lo, hi] (or (lo, hi] with lo_open).
   void in_range(const std::string& path, double v, double lo, double hi, bool lo_open, bool hi_open) {
     const bool ok = (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
@@ -197,6 +225,100 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.bucket_mb", p.bucket_mb());
 }
 
+// Every floating field of the config must be finite, including those no rule above
+// covers (sgd_momentum, rope_theta of a GPT2, ...): nothing in lathe means "infinite".
+void check_finite(const gp::Message& msg, const std::string& prefix, Checker& c) {
+  const gp::Reflection* r = msg.GetReflection();
+  std::vector<const gp::FieldDescriptor*> fields;
+  r->ListFields(msg, &fields);
+  for (const gp::FieldDescriptor* f : fields) {
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    if (f->cpp_type() == gp::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(msg, f); ++i) check_finite(r->GetRepeatedMessage(msg, f, i), path, c);
+      } else {
+        check_finite(r->GetMessage(msg, f), path, c);
+      }
+      continue;
+    }
+    const bool is_double = f->cpp_type() == gp::FieldDescriptor::CPPTYPE_DOUBLE;
+    if (!is_double && f->cpp_type() != gp::FieldDescriptor::CPPTYPE_FLOAT) continue;
+    const int n = f->is_repeated() ? r->FieldSize(msg, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      double v = 0;
+      if (f->is_repeated()) {
+        v = is_double ? r->GetRepeatedDouble(msg, f, i) : r->GetRepeatedFloat(msg, f, i);
+      } else {
+        v = is_double ? r->GetDouble(msg, f) : r->GetFloat(msg, f);
+      }
+      if (!std::isfinite(v) && !c.reported(path)) c.fail(path, "must be a finite number (got " + show(v) + ")");
+    }
+  }
+}
+
+// Bytes of memory on this machine (MemTotal + SwapTotal), 0 if unknown. Totals, not what is
+// free now: the verdict must not depend on what else runs at the moment (parallel tests).
+uint64_t machine_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0, total = 0;
+  bool found = false;
+  while (in >> key >> kb) {
+    if (key == "MemTotal:" || key == "SwapTotal:") {
+      total += kb * 1024;
+      found = true;
+    }
+    in.ignore(256, '\n');
+  }
+  return found ? total : 0;
+}
+
+std::string gib(long double bytes) {
+  std::ostringstream o;
+  o.precision(3);
+  o << static_cast<double>(bytes / (1ull << 30)) << " GiB";
+  return o.str();
+}
+
+// Sizes that cannot work are config errors here, not a bad_alloc (or an int overflow)
+// deep in the loader or the model: the tokens of a micro-batch index int32 ranges, the
+// f32 parameters must fit in host memory (the model is built there first, whatever the
+// device), and on a CPU run so must the largest activation, the logits of a micro-batch.
+// The bounds are what certainly fails, not an estimate of the whole run's footprint.
+void check_sizes(const RunConfig& cfg, Checker& c) {
+  const ModelConfig& m = cfg.model();
+  const TrainConfig& t = cfg.train();
+  const long double seq = t.seq_len() > 0 ? t.seq_len() : m.max_seq_len();
+  const long double tokens = static_cast<long double>(t.micro_batch()) * seq;
+  if (t.micro_batch() > 0 && seq > 0 && tokens > INT32_MAX) {
+    c.fail("train.micro_batch", "micro_batch * seq_len = " + show(t.micro_batch()) + " * " +
+                                    show(static_cast<int64_t>(seq)) + " tokens per micro-step is beyond 2^31-1; lower "
+                                    "train.micro_batch (and raise train.grad_accum for the same batch)");
+    return;
+  }
+  const uint64_t avail = machine_memory();
+  if (avail == 0 || m.n_layer() <= 0 || m.d_model() <= 0) return;
+  const long double d = m.d_model(), vocab = m.vocab_size() > 0 ? m.vocab_size() : 256;
+  const long double ff = m.d_ff() > 0 ? m.d_ff() : 4 * d;
+  const long double params = vocab * d * (m.tie_embeddings() ? 1 : 2) +
+                             static_cast<long double>(m.n_layer()) * (4 * d * d + 3 * d * ff);
+  const long double param_bytes = params * 4;
+  if (param_bytes > avail) {
+    c.fail("model.n_layer", "the model has about " + show(static_cast<double>(params)) + " parameters (n_layer " +
+                                show(m.n_layer()) + ", d_model " + show(m.d_model()) + ", vocab_size " +
+                                show(static_cast<int64_t>(vocab)) + "): " + gib(param_bytes) +
+                                " as f32, more than the " + gib(avail) + " of memory on this machine");
+    return;
+  }
+  if (t.device() != "cpu") return;  // a GPU's memory is the trainer's to check
+  const long double logits_bytes = tokens * vocab * 4;
+  if (logits_bytes > avail)
+    c.fail("train.micro_batch", "the logits of one micro-batch (micro_batch " + show(t.micro_batch()) + " * seq_len " +
+                                    show(static_cast<int64_t>(seq)) + " * vocab " + show(static_cast<int64_t>(vocab)) +
+                                    " floats) need " + gib(logits_bytes) + ", more than the " + gib(avail) +
+                                    " of memory on this machine; lower train.micro_batch and raise train.grad_accum");
+}
+
 }  // namespace
 
 std::vector<Issue> check(const RunConfig& cfg) {
@@ -212,6 +334,8 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_schedule(cfg, c);
   check_train(cfg, c);
   check_rest(cfg, c);
+  check_finite(cfg, "", c);
+  check_sizes(cfg, c);
   return c.issues;
 }
 

@@ -1,4 +1,5 @@
 // Loading BpeTokenizer from Hugging Face tokenizer.json or GPT-2 vocab.json + merges.txt.
+#include <climits>
 #include <fstream>
 #include <sstream>
 
@@ -37,6 +38,41 @@ std::string dir_of(const std::string& path) {
 }
 
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+// A token id from the file: an integer in [0, 2^31) (lathe's ids are int32; a larger value
+// would be narrowed into a different id). `field` names it in errors.
+int32_t token_id(const json& id, const std::string& where, const std::string& field) {
+  LATHE_CHECK(id.is_number_integer()) << where << ": " << field << " is not an integer (got " << id.dump() << ")";
+  const bool fits = id.is_number_unsigned() ? id.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX)
+                                            : id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX;
+  LATHE_CHECK(fits) << where << ": " << field << " has id " << id.dump()
+                    << "; token ids must be between 0 and 2147483647";
+  return static_cast<int32_t>(id.get<int64_t>());
+}
+
+// The tokenizer allocates one slot per id up to the largest, so a corrupt id (10^9 in a
+// 50k vocabulary) would allocate gigabytes: the largest id must be explained by the number
+// of entries the file holds. Real vocabularies are dense (ids 0..n-1, added tokens right
+// after); the bound leaves room for holes up to the number of entries, plus 1024.
+void check_id_space(const BpeSpec& spec, const std::string& where) {
+  int64_t max_id = -1;
+  std::string field;
+  for (const auto& [tok, id] : spec.vocab)
+    if (id > max_id) {
+      max_id = id;
+      field = "vocab['" + tok + "']";
+    }
+  for (const auto& a : spec.added_tokens)
+    if (a.id > max_id) {
+      max_id = a.id;
+      field = "added token '" + a.content + "'";
+    }
+  const int64_t entries = static_cast<int64_t>(spec.vocab.size() + spec.added_tokens.size());
+  const int64_t limit = 2 * entries + 1024;
+  LATHE_CHECK(max_id < limit) << where << ": " << field << " has id " << max_id << ", but the file holds only "
+                              << entries << " tokens (ids above " << limit - 1
+                              << " are refused: the id space would be mostly holes; is the id corrupt?)";
+}
 
 // tokenizer_config.json writes a role token as a string, as {"content": ...}, or null.
 std::string config_token(const json& cfg, const char* key) {
@@ -141,8 +177,7 @@ BpeSpec spec_from_json(const json& j, const std::string& path) {
   LATHE_CHECK(model.contains("vocab") && model["vocab"].is_object())
       << where << ": model.vocab must be an object of token -> id";
   for (const auto& [tok, id] : model["vocab"].items()) {
-    LATHE_CHECK(id.is_number_integer()) << where << ": model.vocab['" << tok << "'] is not an integer";
-    spec.vocab.emplace_back(tok, id.get<int32_t>());
+    spec.vocab.emplace_back(tok, token_id(id, where, "model.vocab['" + tok + "']"));
   }
   LATHE_CHECK(model.contains("merges") && model["merges"].is_array())
       << where << ": model.merges must be an array";
@@ -169,11 +204,14 @@ BpeSpec spec_from_json(const json& j, const std::string& path) {
 
   if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
     LATHE_CHECK(j["added_tokens"].is_array()) << where << ": added_tokens must be an array";
+    size_t k = 0;
     for (const json& a : j["added_tokens"]) {
       LATHE_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
                   a["content"].is_string())
           << where << ": added token " << a.dump() << " needs an integer \"id\" and a string \"content\"";
-      spec.added_tokens.push_back({a["content"].get<std::string>(), a["id"].get<int32_t>(), a.value("special", false)});
+      const int32_t id = token_id(a["id"], where, "added_tokens[" + std::to_string(k++) + "] ('" +
+                                                      a["content"].get<std::string>() + "')");
+      spec.added_tokens.push_back({a["content"].get<std::string>(), id, a.value("special", false)});
     }
   }
 
@@ -183,6 +221,7 @@ BpeSpec spec_from_json(const json& j, const std::string& path) {
                              << "' is not supported (lathe accepts none, or NFC, which it assumes the text already is)";
   }
   parse_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), spec, path);
+  check_id_space(spec, where);
   return spec;
 }
 
@@ -218,8 +257,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const std::string&
   const json vocab = parse_json(read_file(vocab_path, "vocab.json"), vocab_path);
   LATHE_CHECK(vocab.is_object()) << "tokenizer: '" << vocab_path << "' must be a JSON object of token -> id";
   for (const auto& [tok, id] : vocab.items()) {
-    LATHE_CHECK(id.is_number_integer()) << "tokenizer: '" << vocab_path << "': '" << tok << "' has a non-integer id";
-    spec.vocab.emplace_back(tok, id.get<int32_t>());
+    spec.vocab.emplace_back(tok, token_id(id, "tokenizer: '" + vocab_path + "'", "'" + tok + "'"));
   }
   std::istringstream lines(read_file(merges_path, "merges.txt"));
   std::string line;
@@ -236,6 +274,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const std::string&
   for (const auto& [tok, id] : spec.vocab)
     if (tok == "<|endoftext|>") spec.added_tokens.push_back({tok, id, true});
   spec.pattern = PretokPattern::kGpt2;
+  check_id_space(spec, "tokenizer: '" + vocab_path + "'");
   resolve_roles(spec, dir_of(vocab_path));
   return std::make_unique<BpeTokenizer>(spec);
 }

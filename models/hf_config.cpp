@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "models/safetensors.h"
 
 namespace lathe::models {
 
@@ -37,6 +41,12 @@ class Fields {
     LATHE_CHECK(has(k)) << where_ << ": missing field \"" << k << "\"" << type_hint();
     const json& v = j_.at(k);
     LATHE_CHECK(v.is_number_integer()) << where_ << ": field \"" << k << "\" must be an integer, got " << v.dump();
+    // lathe's run config (configs/lathe.proto) holds these sizes in 32-bit fields; a larger
+    // value would be narrowed there into a different model, so it is refused here.
+    LATHE_CHECK(v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX)
+                                       : v.get<int64_t>() >= INT32_MIN && v.get<int64_t>() <= INT32_MAX)
+        << where_ << ": field \"" << k << "\" is " << v.dump()
+        << ", which does not fit lathe's 32-bit config field (at most 2147483647)";
     return v.get<int64_t>();
   }
   int64_t integer(const char* k, int64_t def) const { return has(k) ? integer(k) : def; }
@@ -128,6 +138,10 @@ void parse_rope_scaling(const json& v, const std::string& field, const std::stri
   const json& orig = need("original_max_position_embeddings");
   LATHE_CHECK(orig.is_number_integer()) << where << ": field \"" << field
                                         << ".original_max_position_embeddings\" must be an integer, got " << orig.dump();
+  LATHE_CHECK(orig.is_number_unsigned() ? orig.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX)
+                                        : orig.get<int64_t>() <= INT32_MAX)
+      << where << ": field \"" << field << ".original_max_position_embeddings\" is " << orig.dump()
+      << ", which does not fit lathe's 32-bit config field (at most 2147483647)";
   rs.original_max_position_embeddings = orig.get<int64_t>();
   LATHE_CHECK(rs.factor >= 1) << where << ": field \"" << field << ".factor\" is " << rs.factor << "; it must be >= 1";
   LATHE_CHECK(rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor)
@@ -228,6 +242,90 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
   return c;
 }
 
+namespace {
+
+// Bytes of memory on this machine (MemTotal + SwapTotal), or 0 when unknown. Totals, not what
+// is free now: the verdict must not depend on what else runs at the moment.
+uint64_t machine_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0, total = 0;
+  bool found = false;
+  while (in >> key >> kb) {
+    if (key == "MemTotal:" || key == "SwapTotal:") {
+      total += kb * 1024;
+      found = true;
+    }
+    in.ignore(256, '\n');
+  }
+  return found ? total : 0;
+}
+
+// Parameters of `s`, in floating point so that absurd sizes cannot overflow (an estimate
+// within norms and biases of count_parameters, which is exact but int64).
+long double approx_parameters(const ModelSpec& s) {
+  const long double d = s.d_model, v = s.vocab_size, ff = s.ff_dim(), hd = s.n_head > 0 ? d / s.n_head : d;
+  const long double attn = d * d * 2 + d * (2 * s.kv_heads() * hd);
+  const long double mlp = (s.arch == Arch::gpt2 ? 2 : 3) * d * ff;
+  long double n = v * d + static_cast<long double>(s.n_layer) * (attn + mlp);
+  if (s.arch == Arch::gpt2) n += static_cast<long double>(s.max_seq_len) * d;
+  if (!s.tie_embeddings) n += v * d;
+  return n;
+}
+
+const char* layers_field(const HfConfig& c) { return c.spec.arch == Arch::gpt2 ? "n_layer" : "num_hidden_layers"; }
+const char* width_field(const HfConfig& c) { return c.spec.arch == Arch::gpt2 ? "n_embd" : "hidden_size"; }
+
+}  // namespace
+
+void check_hf_sizes(const HfConfig& c, const std::string& config_file, const std::string& weights) {
+  const ModelSpec& s = c.spec;
+  if (!weights.empty()) {
+    SafetensorsLoader st(weights);
+    const std::string files = st.files().size() == 1 ? st.files()[0] : weights;
+    // Layers: the highest layer index any tensor carries (with or without the prefix).
+    const std::vector<std::string> heads = s.arch == Arch::gpt2 ? std::vector<std::string>{"transformer.h.", "h."}
+                                                                 : std::vector<std::string>{"model.layers.", "layers."};
+    int64_t layers = 0;
+    for (const std::string& name : st.names()) {
+      for (const std::string& h : heads) {
+        if (name.compare(0, h.size(), h) != 0) continue;
+        size_t i = h.size(), j = i;
+        while (j < name.size() && j - i < 10 && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+        if (j > i && j < name.size() && name[j] == '.') layers = std::max<int64_t>(layers, std::stoll(name.substr(i, j - i)) + 1);
+      }
+    }
+    LATHE_CHECK(s.n_layer <= layers) << config_file << ": field \"" << layers_field(c) << "\" is " << s.n_layer
+                                     << ", but the weights in " << files << " hold " << layers
+                                     << " layers; config.json and the weights do not belong together";
+    // Vocabulary and width: the embedding matrix is [vocab_size, width].
+    const std::string tail = s.arch == Arch::gpt2 ? "wte.weight" : "embed_tokens.weight";
+    for (const std::string& name : {hf_default_prefix(s.arch) + tail, tail}) {
+      if (!st.contains(name)) continue;
+      const Shape& sh = st.entry(name).shape;
+      if (sh.size() != 2) break;  // load_hf_weights reports the shape
+      LATHE_CHECK(sh[0] == s.vocab_size) << config_file << ": field \"vocab_size\" is " << s.vocab_size
+                                         << ", but the embedding " << name << " in " << st.file_of(name) << " has "
+                                         << sh[0] << " rows (shape " << shape_str(sh) << ")";
+      LATHE_CHECK(sh[1] == s.d_model) << config_file << ": field \"" << width_field(c) << "\" is " << s.d_model
+                                      << ", but the embedding " << name << " in " << st.file_of(name)
+                                      << " has width " << sh[1] << " (shape " << shape_str(sh) << ")";
+      break;
+    }
+  }
+  // The parameters alone (f32, as build_model makes them) must fit in memory.
+  const uint64_t avail = machine_memory();
+  const long double bytes = approx_parameters(s) * 4;
+  if (avail > 0 && bytes > static_cast<long double>(avail)) {
+    std::ostringstream msg;
+    msg << config_file << ": the model it describes needs about " << static_cast<double>(bytes / (1ull << 30))
+        << " GiB for its f32 parameters alone, more than the " << static_cast<double>(avail) / (1ull << 30)
+        << " GiB of memory on this machine (fields " << layers_field(c) << "=" << s.n_layer << ", " << width_field(c)
+        << "=" << s.d_model << ", vocab_size=" << s.vocab_size << ")";
+    LATHE_FAIL() << msg.str();
+  }
+}
+
 HfConfig read_hf_config(const std::string& path) {
   std::error_code ec;
   std::string file = fs::is_directory(path, ec) ? (fs::path(path) / "config.json").string() : path;
@@ -239,7 +337,16 @@ HfConfig read_hf_config(const std::string& path) {
   } catch (const json::parse_error& e) {
     LATHE_FAIL() << file << ": invalid JSON at byte " << e.byte << ": " << e.what();
   }
-  return parse_hf_config(j, file);
+  HfConfig c = parse_hf_config(j, file);
+  // A model directory: check the sizes against its weights and memory now, before anyone
+  // allocates the model (a corrupt n_layer would otherwise allocate for minutes).
+  if (fs::is_directory(path, ec)) {
+    const fs::path dir(path);
+    std::string weights;
+    if (fs::exists(dir / "model.safetensors.index.json", ec) || fs::exists(dir / "model.safetensors", ec)) weights = path;
+    check_hf_sizes(c, file, weights);
+  }
+  return c;
 }
 
 const char* hf_torch_dtype_name(DType dt) {

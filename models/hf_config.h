@@ -11,7 +11,8 @@
 // high_freq_factor, original_max_position_embeddings} -> spec.rope_scaling; export writes
 // it back as rope_scaling (null when none).
 //
-// What lathe cannot represent is an error naming the file and field, never dropped silently:
+// Every size field must fit lathe's 32-bit config fields (an error naming it, not a
+// narrowing). What lathe cannot represent is an error naming the file and field, never dropped silently:
 // other RoPE types (linear, dynamic, yarn, longrope, ...), hidden_act other than silu,
 // head_dim != hidden/heads, Llama attention_bias != mlp_bias (HF's attention_bias covers
 // o_proj too, which lathe biases only together with the MLP), GPT-2 options that change the
@@ -37,8 +38,14 @@ struct HfConfig {
 
 // config.json contents -> spec. `where` names the file in errors.
 HfConfig parse_hf_config(const nlohmann::json& config, const std::string& where);
-// Reads `path`: a config.json file or a directory holding one.
+// Reads `path`: a config.json file or a directory holding one. For a directory it also runs
+// check_hf_sizes against the weights there (model.safetensors or its index), if any.
 HfConfig read_hf_config(const std::string& path);
+// Checks the sizes of `config` before a model is allocated: against the safetensors
+// checkpoint `weights` (a directory, index or file; "" = none) the number of layers and the
+// embedding's [vocab_size, width], and against the machine's memory (RAM + swap) the f32 parameters.
+// Errors name `config_file` and the field. Reads only the safetensors headers.
+void check_hf_sizes(const HfConfig& config, const std::string& config_file, const std::string& weights);
 
 // "float32", "bfloat16", "float16", "float64" (throws for other dtypes).
 const char* hf_torch_dtype_name(DType dt);

@@ -91,6 +91,12 @@ void load_hf_weights(CausalLM& model, const std::string& path) {
     LATHE_CHECK(e.shape == want) << where << ": tensor " << r.hf_name << " in " << st.file_of(r.hf_name)
                                  << " has shape " << shape_str(e.shape) << ", expected " << shape_str(want)
                                  << " (lathe " << join(r.params) << ")";
+    // A NaN or infinity in a weight (a corrupt file, a diverged run) would only show up as a
+    // NaN loss later; refuse it here, where the tensor can be named.
+    const int64_t bad = st.first_non_finite(r.hf_name);
+    LATHE_CHECK(bad < 0) << where << ": tensor " << r.hf_name << " in " << st.file_of(r.hf_name)
+                         << " holds a non-finite value (NaN or infinity) at element " << bad
+                         << "; the file is corrupt or the weights diverged";
     used.insert(r.hf_name);
     filled.insert(r.params.begin(), r.params.end());
     plan.push_back(std::move(p));

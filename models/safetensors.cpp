@@ -216,18 +216,60 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     entries_.emplace(name, std::move(e));
   }
 
-  // No two tensors may share bytes (empty tensors occupy none).
+  // The format requires the tensors to fill the data buffer exactly: sorted by offset, each
+  // starts where the previous ends, the first at 0 and the last at the end of the file. A
+  // header length that is off by a few bytes shifts every tensor and is caught here (the
+  // JSON itself may still parse, e.g. when only padding spaces were cut off).
   std::vector<const SafetensorsEntry*> by_offset;
-  for (const auto& kv : entries_)
-    if (kv.second.nbytes() > 0) by_offset.push_back(&kv.second);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const SafetensorsEntry* a, const SafetensorsEntry* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const SafetensorsEntry* a = by_offset[i - 1];
-    const SafetensorsEntry* b = by_offset[i];
-    LATHE_CHECK(b->begin >= a->end) << where << ": tensors \"" << a->name << "\" [" << a->begin << ", " << a->end
-                                    << ") and \"" << b->name << "\" [" << b->begin << ", " << b->end
+  for (const auto& kv : entries_) by_offset.push_back(&kv.second);
+  std::sort(by_offset.begin(), by_offset.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t expect = 0;
+  const SafetensorsEntry* prev = nullptr;
+  for (const SafetensorsEntry* b : by_offset) {
+    LATHE_CHECK(b->begin >= expect) << where << ": tensors \"" << prev->name << "\" [" << prev->begin << ", "
+                                    << prev->end << ") and \"" << b->name << "\" [" << b->begin << ", " << b->end
                                     << ") overlap in the data buffer";
+    LATHE_CHECK(b->begin == expect)
+        << where << ": tensor \"" << b->name << "\" starts at byte " << b->begin << " of the data buffer, but "
+        << (prev ? "the previous tensor \"" + prev->name + "\" ends at " + std::to_string(expect)
+                 : std::string("the first tensor must start at 0"))
+        << "; safetensors tensors must fill the buffer without gaps (is the header length at the start of the "
+           "file wrong?)";
+    expect = b->end;
+    prev = b;
+  }
+  LATHE_CHECK(expect == buffer_size)
+      << where << ": the tensors end at byte " << expect << " of the data buffer, but the buffer (file size "
+      << file_size << " - 8 - header length " << n << ") has " << buffer_size
+      << " bytes; safetensors tensors must fill it exactly (a wrong header length or trailing bytes)";
+}
+
+namespace {
+// Index of the first NaN or infinity among `n` elements of a floating dtype at `p`, or -1.
+// Works on the bit patterns (exponent all ones), so no element is converted.
+template <typename Bits>
+int64_t first_all_ones_exponent(const uint8_t* p, uint64_t n, Bits mask) {
+  for (uint64_t i = 0; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, p + i * sizeof(Bits), sizeof(Bits));
+    if ((b & mask) == mask) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+}  // namespace
+
+int64_t SafetensorsFile::first_non_finite(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const uint8_t* p = map_->bytes() + data_start_ + e.begin;
+  const uint64_t n = e.nbytes() / dtype_size(e.dtype);
+  switch (e.dtype) {
+    case DType::f64: return first_all_ones_exponent<uint64_t>(p, n, 0x7ff0000000000000ull);
+    case DType::f32: return first_all_ones_exponent<uint32_t>(p, n, 0x7f800000u);
+    case DType::bf16: return first_all_ones_exponent<uint16_t>(p, n, 0x7f80u);
+    case DType::f16: return first_all_ones_exponent<uint16_t>(p, n, 0x7c00u);
+    default: return -1;  // integers are always finite
   }
 }
 
@@ -350,6 +392,11 @@ const std::string& SafetensorsLoader::file_of(const std::string& name) const {
 const SafetensorsEntry& SafetensorsLoader::entry(const std::string& name) const {
   file_of(name);  // checks presence
   return shards_[where_.at(name)]->entry(name);
+}
+
+int64_t SafetensorsLoader::first_non_finite(const std::string& name) const {
+  file_of(name);
+  return shards_[where_.at(name)]->first_non_finite(name);
 }
 
 Tensor SafetensorsLoader::get(const std::string& name) const {

@@ -8,7 +8,10 @@
 // "__metadata__" string->string map. Tensors are little-endian, C order, packed.
 //
 // Reading validates everything a corrupt or truncated file could get wrong and throws a
-// lathe::Error that names the file (and the tensor) instead of reading out of bounds.
+// lathe::Error that names the file (and the tensor) instead of reading out of bounds;
+// in particular the tensors must fill the data buffer exactly, in offset order, with no
+// gap, overlap or trailing byte (what the format requires), so a wrong header length
+// cannot shift every tensor unnoticed.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +64,9 @@ class SafetensorsFile {
   // Zero-copy CPU view of the tensor's bytes (a copy only when the file places a tensor at
   // an offset that is not a multiple of its element size, which no standard writer does).
   Tensor get(const std::string& name) const;
+  // Element index of the first NaN or infinity of a floating tensor, -1 when all are finite
+  // (and for integer tensors). Reads the mapped bytes without converting them.
+  int64_t first_non_finite(const std::string& name) const;
   // The "__metadata__" map (empty when absent).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // Byte offset of the data buffer in the file (8 + header length).
@@ -89,6 +95,7 @@ class SafetensorsLoader {
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
   const SafetensorsEntry& entry(const std::string& name) const;
   Tensor get(const std::string& name) const;
+  int64_t first_non_finite(const std::string& name) const;  // see SafetensorsFile
   // Shard file paths in the order they were opened.
   std::vector<std::string> files() const;
   // The file that holds `name`.

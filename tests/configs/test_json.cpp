@@ -105,3 +105,20 @@ TEST(ConfigJson, SemanticErrorsPointAtTheKey) {
 
 }  // namespace
 }  // namespace lathe::configs
+
+namespace lathe::configs {
+namespace {
+
+// Errors protobuf's JSON tokenizer finds (a number beyond double, a broken literal) used to
+// come through without a position; they are located at the offending byte.
+TEST(ConfigJson, TokenizerErrorsHaveLineAndColumn) {
+  const std::string big = testing::write_temp("huge.json", "{\n  \"optimizer\": {\n    \"lr\": 1e999\n  }\n}\n");
+  EXPECT_THAT(testing::load_errors(big), ::testing::ElementsAre(big + ":3:11: Number exceeds the range of double"));
+  const std::string bad = testing::write_temp("badnum.json", "{\"train\": {\n\"steps\": 9nan}}");
+  const auto errors = testing::load_errors(bad);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].rfind(bad + ":2:", 0), 0u) << errors[0];
+}
+
+}  // namespace
+}  // namespace lathe::configs

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 
 #include "config_test_util.h"
 
@@ -172,6 +173,88 @@ TEST(ConfigResolve, FillsDerivedValuesAndIsIdempotent) {
   f.mutable_data()->set_tokenizer("tok/tokenizer.json");
   resolve(f);
   EXPECT_EQ(f.model().vocab_size(), 0);
+}
+
+}  // namespace
+}  // namespace lathe::configs
+
+namespace lathe::configs {
+namespace {
+
+// inf is a number to protobuf (text "inf", JSON "Infinity") and passed every "> 0" check.
+TEST(ConfigValidate, NonFiniteNumbersAreRefusedInEveryFloatField) {
+  const double inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    std::function<void(RunConfig&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[&](RunConfig& c) { c.mutable_optimizer()->set_lr(inf); }, "optimizer.lr: must be a finite number > 0 (got inf)"},
+      {[&](RunConfig& c) { c.mutable_optimizer()->set_weight_decay(inf); },
+       "optimizer.weight_decay: must be a finite number >= 0 (got inf)"},
+      {[&](RunConfig& c) { c.mutable_model()->set_norm_eps(inf); },
+       "model.norm_eps: must be a finite number > 0 (got inf)"},
+      {[&](RunConfig& c) { c.mutable_train()->set_grad_clip(inf); },
+       "train.grad_clip: must be a finite number >= 0 (got inf)"},
+      // Fields no other rule covers: the generic pass over every float field.
+      {[&](RunConfig& c) { c.mutable_optimizer()->set_sgd_momentum(-inf); },
+       "optimizer.sgd_momentum: must be a finite number (got -inf)"},
+      {[&](RunConfig& c) { c.mutable_model()->set_rope_theta(std::nan("")); },  // GPT2: rope_theta unchecked
+       "model.rope_theta: must be a finite number (got nan)"},
+      {[&](RunConfig& c) { c.mutable_parallel()->set_collective_timeout_s(inf); },
+       "parallel.collective_timeout_s: must be a finite number > 0 (got inf)"},
+  };
+  for (const auto& k : cases) {
+    RunConfig c = base();
+    k.edit(c);
+    EXPECT_THAT(validate(c), ElementsAre(k.message));
+  }
+  // From a file: text format's "inf" and JSON's "Infinity", located at the key.
+  const std::string txt = write_temp("inf.pbtxt", "name: \"t\"\ntrain { steps: 10 }\noptimizer {\n  lr: inf\n}\n");
+  EXPECT_THAT(load_errors(txt), ElementsAre(txt + ":4:3: optimizer.lr: must be a finite number > 0 (got inf)"));
+  const std::string js = write_temp("inf.json", "{\"train\": {\"steps\": 10},\n \"model\": {\"norm_eps\": \"Infinity\"}}");
+  EXPECT_THAT(load_errors(js), ElementsAre(js + ":2:12: model.norm_eps: must be a finite number > 0 (got inf)"));
+}
+
+TEST(ConfigValidate, SizesThatCannotWorkAreConfigErrors) {
+  RunConfig c = base();
+  c.mutable_train()->set_micro_batch(2147483647);
+  auto errors = validate(c);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("train.micro_batch: micro_batch * seq_len = 2147483647 * 256"));
+  resolve(c);
+  EXPECT_THAT(validate(c), ElementsAre(HasSubstr("train.micro_batch: micro_batch * seq_len")));
+  // A model whose f32 parameters alone exceed any memory: a million layers of width 8192.
+  c = base();
+  c.mutable_model()->set_n_layer(1000000);
+  c.mutable_model()->set_d_model(8192);
+  c.mutable_model()->set_n_head(8);
+  errors = validate(c);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("model.n_layer: the model has about"));
+  EXPECT_THAT(errors[0], HasSubstr("n_layer 1000000, d_model 8192"));
+  EXPECT_THAT(errors[0], HasSubstr("memory on this machine"));
+  // On a CPU run, the logits of a micro-batch too (10^7 sequences of 256 tokens of 256 floats).
+  c = base();
+  c.mutable_train()->set_device("cpu");
+  c.mutable_train()->set_micro_batch(8000000);
+  EXPECT_THAT(validate(c), ElementsAre(HasSubstr("train.micro_batch: the logits of one micro-batch")));
+  c.mutable_train()->set_device("cuda");  // device memory is not checked here
+  EXPECT_TRUE(validate(c).empty());
+  // Through load_config: exit 2 material, located at the key.
+  const std::string p = write_temp("mb.pbtxt", "name: \"t\"\ntrain {\n  steps: 10\n  micro_batch: 2147483647\n}\n");
+  EXPECT_THAT(load_errors(p), ElementsAre(HasSubstr(p + ":4:3: train.micro_batch: micro_batch * seq_len")));
+}
+
+// Errors raised after loading (by the trainer, with origin "config") name the loaded file.
+TEST(ConfigValidate, LaterErrorsNameTheLoadedFile) {
+  const std::string p = write_temp("later.pbtxt", "name: \"t\"\ntrain { steps: 10 }\n");
+  load_config(p);
+  EXPECT_EQ(loaded_config_file(), p);
+  const ConfigError e("config", {"data.path: /nowhere does not exist"});
+  EXPECT_EQ(e.origin(), p);
+  EXPECT_EQ(std::string(e.what()), p + ": invalid config:\n  data.path: /nowhere does not exist");
+  EXPECT_EQ(ConfigError("overrides", {"x"}).origin(), "overrides");  // other origins stay
 }
 
 }  // namespace

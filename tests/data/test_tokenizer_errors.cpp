@@ -106,3 +106,37 @@ TEST(TokErrors, BadVocabOrMerges) {
   EXPECT_EQ(t->encode("ab"), (std::vector<int32_t>{2}));
   expect_error([&] { t->decode({2, 7}); }, {"id 7", "position 1", g});
 }
+
+// A corrupt id must not size the tokenizer: an id of 10^9 used to allocate a billion slots
+// (bad_alloc in every command). Ids are checked against the number of entries and int32.
+TEST(TokErrors, IdsBeyondTheVocabularyAreRefusedBeforeAllocating) {
+  const std::string big = temp_file(
+      "bigid.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 1000000000}, )"
+                                R"("merges": ["a b"]}, )") + kByteLevel + "}");
+  expect_error([&] { load_tokenizer(big); }, {big, "vocab['ab']", "1000000000", "only 3 tokens"});
+  const std::string added = temp_file(
+      "bigadded.json", std::string(R"({"added_tokens": [{"id": 5000, "content": "<x>"}], )") + kGoodModel + ", " +
+                           kByteLevel + "}");
+  expect_error([&] { load_tokenizer(added); }, {added, "added token '<x>'", "5000"});
+  // 2^32 + 2 would narrow to id 2 ("ab"); negative ids; both name the token.
+  const std::string wide = temp_file(
+      "wideid.json", std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 4294967298}, )"
+                                 R"("merges": ["a b"]}, )") + kByteLevel + "}");
+  expect_error([&] { load_tokenizer(wide); }, {wide, "model.vocab['ab']", "4294967298", "2147483647"});
+  const std::string neg = temp_file(
+      "negid.json", std::string(R"({"added_tokens": [{"id": -7, "content": "<y>"}], )") + kGoodModel + ", " +
+                        kByteLevel + "}");
+  expect_error([&] { load_tokenizer(neg); }, {neg, "added_tokens[0]", "<y>", "-7"});
+  // vocab.json + merges.txt are checked the same way.
+  const std::string dir = testing::TempDir() + "tok_bigid_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/vocab.json") << R"({"a": 0, "b": 1, "ab": 999999999})";
+  std::ofstream(dir + "/merges.txt") << "#version: 0.2\na b\n";
+  expect_error([&] { load_tokenizer(dir); }, {dir + "/vocab.json", "'ab'", "999999999"});
+  std::filesystem::remove_all(dir);
+  // Holes are allowed within the bound (an added token after a gap).
+  const std::string gap = temp_file(
+      "gapid.json", std::string(R"({"added_tokens": [{"id": 1000, "content": "<z>", "special": true}], )") +
+                        kGoodModel + ", " + kByteLevel + "}");
+  EXPECT_EQ(load_tokenizer(gap)->token_to_id("<z>"), 1000);
+}

@@ -9,6 +9,9 @@
 #include <set>
 
 #include "models/hf_config.h"
+#include "models/hf_export.h"
+#include "models/hf_import.h"
+#include "models/safetensors.h"
 #include "tests/common/test_helpers.h"
 
 namespace fs = std::filesystem;
@@ -382,4 +385,113 @@ TEST(HfConfig, LayoutNamesEveryParameterOnce) {
   HfTensorRule r{"c_attn", HfTensorRule::Kind::conv1d, {"q", "k", "v"}};
   EXPECT_EQ(hf_tensor_shape(r, {{4, 6}, {4, 6}, {4, 6}}), (Shape{6, 12}));
   EXPECT_EQ(hf_tensor_shape(r, {{4}, {4}, {4}}), (Shape{12}));
+}
+
+// 64-bit sizes must not be narrowed into lathe's 32-bit config fields (issue 8): they are
+// refused at parse time, naming the file and the field.
+TEST(HfConfig, SizesBeyond32BitsAreRefusedNotNarrowed) {
+  json g = gpt2_small();
+  g["n_layer"] = 4294967297LL;  // 2^32 + 1: would narrow to n_layer 1
+  EXPECT_ERROR_HAS(parse_hf_config(g, "big/config.json"), "big/config.json", "\"n_layer\"", "4294967297",
+                   "32-bit");
+  json l = llama_1b();
+  l["vocab_size"] = (1LL << 32) + 300;  // would narrow to 300
+  EXPECT_ERROR_HAS(parse_hf_config(l, "l.json"), "l.json", "\"vocab_size\"", "4294967596");
+  l = llama_1b();
+  l["num_key_value_heads"] = -4294967288LL;
+  EXPECT_ERROR_HAS(parse_hf_config(l, "l.json"), "l.json", "num_key_value_heads");
+  l = llama_1b();
+  l["rope_scaling"]["original_max_position_embeddings"] = 1LL << 40;
+  EXPECT_ERROR_HAS(parse_hf_config(l, "l.json"), "l.json", "original_max_position_embeddings", "32-bit");
+  l = llama_1b();
+  l["vocab_size"] = 2147483647;  // the largest that fits is still accepted
+  EXPECT_EQ(parse_hf_config(l, "l.json").spec.vocab_size, 2147483647);
+}
+
+namespace {
+// A tiny GPT-2 or Llama saved as a Hugging Face directory, with config.json then edited.
+class HfSizes : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("lathe_hfsizes_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string save(const ModelSpec& s, const std::string& sub) {
+    auto m = build_model(s, 1);
+    const std::string d = (dir_ / sub).string();
+    save_hf_model(*m, d);
+    return d;
+  }
+  static json read_json(const std::string& f) {
+    std::ifstream in(f);
+    return json::parse(in);
+  }
+  static void write_json(const std::string& f, const json& j) { std::ofstream(f) << j.dump(); }
+  static ModelSpec tiny(Arch a) {
+    ModelSpec s;
+    s.arch = a;
+    s.vocab_size = 40;
+    s.n_layer = 2;
+    s.n_head = 2;
+    s.d_model = 8;
+    s.d_ff = 16;
+    s.max_seq_len = 16;
+    s.bias = a == Arch::gpt2;
+    return s;
+  }
+  fs::path dir_;
+};
+}  // namespace
+
+TEST_F(HfSizes, ConfigSizesAreCheckedAgainstTheWeightsBeforeAllocating) {
+  for (Arch a : {Arch::gpt2, Arch::llama}) {
+    const std::string d = save(tiny(a), a == Arch::gpt2 ? "g" : "l");
+    const std::string cfg = d + "/config.json";
+    const char* layers = a == Arch::gpt2 ? "n_layer" : "num_hidden_layers";
+    const char* width = a == Arch::gpt2 ? "n_embd" : "hidden_size";
+    EXPECT_EQ(read_hf_config(d).spec.n_layer, 2);
+    json j = read_json(cfg);
+    json orig = j;
+    j[layers] = 1000000;  // used to build a million layers before noticing
+    write_json(cfg, j);
+    EXPECT_ERROR_HAS(read_hf_config(d), cfg, layers, "1000000", "hold 2 layers");
+    EXPECT_ERROR_HAS(load_hf_model(d), cfg, layers, "1000000");
+    j = orig;
+    j["vocab_size"] = 41;
+    write_json(cfg, j);
+    EXPECT_ERROR_HAS(load_hf_model(d), cfg, "vocab_size", "41", "40 rows");
+    j = orig;
+    j[width] = 16;
+    j[a == Arch::gpt2 ? "n_inner" : "intermediate_size"] = 16;
+    j.erase("head_dim");  // Llama writes it; it would no longer match the width
+    write_json(cfg, j);
+    EXPECT_ERROR_HAS(read_hf_config(d), cfg, width, "16", "width 8");
+    write_json(cfg, orig);
+    EXPECT_EQ(load_hf_model(d)->spec().n_layer, 2);
+  }
+}
+
+TEST_F(HfSizes, AModelLargerThanMemoryIsRefusedNamingTheFields) {
+  fs::create_directories(dir_);
+  ModelSpec s = ModelSpec::llama_1b();
+  s.n_layer = 2000000000;  // fits 32 bits; ~1e17 parameters
+  write_hf_config(s, (dir_ / "config.json").string());
+  EXPECT_ERROR_HAS(read_hf_config(dir_.string()), (dir_ / "config.json").string(), "memory",
+                   "num_hidden_layers=2000000000", "hidden_size=2048");
+  // The check on its own, without weights: a small model passes.
+  EXPECT_NO_THROW(check_hf_sizes(parse_hf_config(json::parse(hf_config_json(tiny(Arch::llama)).dump()), "t.json"), "t.json", ""));
+}
+
+TEST_F(HfSizes, NonFiniteWeightsAreRefusedNamingTheTensor) {
+  const std::string d = save(tiny(Arch::llama), "l");
+  auto m = build_model(tiny(Arch::llama), 1);
+  NamedTensors t = hf_state_dict(*m);
+  for (auto& [name, v] : t)
+    if (name == "model.layers.1.mlp.up_proj.weight") v.data<float>()[5] = std::nanf("");
+  save_safetensors(d + "/model.safetensors", t);
+  EXPECT_ERROR_HAS(load_hf_model(d), "model.layers.1.mlp.up_proj.weight", d + "/model.safetensors", "non-finite",
+                   "element 5");
 }

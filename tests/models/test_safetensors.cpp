@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -184,7 +185,7 @@ TEST_F(SafetensorsTest, HandBuiltFileParses) {
   put({0x80, 0x3F});                                                  // [16,18) BF16 []: 1.0
   put({0x01, 0x00, 0x01});                                            // [18,21) BOOL [3]: 1 0 1
   put({0x00, 0x3C});                                                  // [21,23) F16 [1]: 1.0 (misaligned)
-  put({0x00});                                                        // [23,24) hole
+  put({0x00});                                                        // [23,24) U8 [1]: padding, no hole
   put({0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00});              // [24,32) I64 []: 2^40 + 3
   put({0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xD0, 0xBF});              // [32,40) F64 [1,1]: -0.25
   put({0x80, 0x7F});                                                  // [40,42) I8 [2]: -128, 127
@@ -196,6 +197,7 @@ TEST_F(SafetensorsTest, HandBuiltFileParses) {
       R"("s":{"dtype":"BF16","shape":[],"data_offsets":[16,18]},)"
       R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[18,21]},)"
       R"("h":{"dtype":"F16","shape":[1],"data_offsets":[21,23]},)"
+      R"("pad":{"dtype":"U8","shape":[1],"data_offsets":[23,24]},)"
       R"("big":{"dtype":"I64","shape":[],"data_offsets":[24,32]},)"
       R"("d":{"dtype":"F64","shape":[1,1],"data_offsets":[32,40]},)"
       R"("c":{"dtype":"I8","shape":[2],"data_offsets":[40,42]},)"
@@ -206,7 +208,7 @@ TEST_F(SafetensorsTest, HandBuiltFileParses) {
   write_bytes(file, st_file(header, buf));
 
   SafetensorsFile f(file);
-  EXPECT_EQ(f.names(), (std::vector<std::string>{"big", "c", "d", "h", "ids", "mask", "none", "s", "u", "w"}));
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"big", "c", "d", "h", "ids", "mask", "none", "pad", "s", "u", "w"}));
   EXPECT_EQ(f.metadata().at("source"), "hand");
   EXPECT_EQ(f.get("w").to_vector<float>(), (std::vector<float>{1.5f, -2.0f}));
   EXPECT_EQ(f.get("ids").to_vector<int32_t>(), (std::vector<int32_t>{7, -1}));
@@ -227,7 +229,7 @@ TEST_F(SafetensorsTest, HandBuiltFileParses) {
 
   // The loader takes a single file too.
   SafetensorsLoader l(file);
-  EXPECT_EQ(l.size(), 10u);
+  EXPECT_EQ(l.size(), 11u);
   EXPECT_EQ(l.get("w").to_vector<float>(), (std::vector<float>{1.5f, -2.0f}));
   EXPECT_EQ(l.metadata().at("format"), "pt");
 }
@@ -383,4 +385,65 @@ TEST_F(SafetensorsTest, LoaderAndWriterErrors) {
                {"cannot create"});
   // The failed saves left the earlier file intact.
   EXPECT_EQ(SafetensorsFile(file).get("a").to_vector<float>(), (std::vector<float>{1, 1}));
+}
+
+// A header length off by one shifts every tensor by a byte. Cutting one padding space off
+// the header still leaves valid JSON, so only the layout check can notice: the tensors no
+// longer fill the data buffer exactly.
+TEST_F(SafetensorsTest, TensorsMustFillTheDataBufferExactly) {
+  const std::string good = path("good.safetensors");
+  models::save_safetensors(good, {{"a", Tensor::ones({4}, DType::f32)}, {"b", Tensor::ones({3}, DType::f32)}});
+  std::ifstream in(good, std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t n = 0;
+  std::memcpy(&n, all.data(), 8);
+  ASSERT_EQ(all[8 + n - 1], ' ') << "the writer pads the header with spaces";  // so n-1 still parses
+
+  std::string shifted = all;
+  const uint64_t m = n - 1;
+  std::memcpy(&shifted[0], &m, 8);
+  const std::string off = path("off_by_one.safetensors");
+  write_bytes(off, shifted);
+  expect_error([&] { SafetensorsFile f(off); }, {off, "fill", "header length"});
+
+  // Trailing bytes after the last tensor.
+  const std::string trail = path("trailing.safetensors");
+  write_bytes(trail, all + "xx");
+  expect_error([&] { SafetensorsFile f(trail); }, {trail, "tensors end at byte 28", "has 30 bytes"});
+
+  // A gap between tensors, and a first tensor that does not start at 0.
+  const std::string gap = path("gap.safetensors");
+  write_bytes(gap, st_file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                           R"("b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}})",
+                           "xyz"));
+  expect_error([&] { SafetensorsFile f(gap); }, {gap, "\"b\"", "starts at byte 2", "\"a\" ends at 1"});
+  const std::string late = path("late.safetensors");
+  write_bytes(late, st_file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "xy"));
+  expect_error([&] { SafetensorsFile f(late); }, {late, "\"a\"", "must start at 0"});
+  // Empty tensors sit anywhere along the chain; a file with only those has an empty buffer.
+  const std::string empties = path("empties.safetensors");
+  write_bytes(empties, st_file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                               R"("e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
+                               R"("b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+                               "xy"));
+  EXPECT_EQ(SafetensorsFile(empties).size(), 3u);
+}
+
+TEST_F(SafetensorsTest, FirstNonFiniteFindsNanAndInfinityInEveryFloatDtype) {
+  const std::string file = path("nf.safetensors");
+  Tensor f32 = Tensor::from_vector(std::vector<float>{1.f, -2.f, 3.f, 4.f}, {4});
+  Tensor f64 = Tensor::from_vector(std::vector<double>{1.0, 2.0, -INFINITY}, {3});
+  Tensor bf = Tensor::from_vector(std::vector<float>{0.5f, NAN}, {2}).to(DType::bf16);
+  Tensor h = Tensor::from_vector(std::vector<float>{65504.f, 1.f, 0.f}, {3}).to(DType::f16);  // f16 max is finite
+  Tensor i = Tensor::from_vector(std::vector<int32_t>{-1, 0x7f800000}, {2});  // inf's bits as an int: finite
+  models::save_safetensors(file, {{"f32", f32}, {"f64", f64}, {"bf", bf}, {"h", h}, {"i", i}});
+  SafetensorsFile f(file);
+  EXPECT_EQ(f.first_non_finite("f32"), -1);
+  EXPECT_EQ(f.first_non_finite("f64"), 2);
+  EXPECT_EQ(f.first_non_finite("bf"), 1);
+  EXPECT_EQ(f.first_non_finite("h"), -1);
+  EXPECT_EQ(f.first_non_finite("i"), -1);
+  f32.data<float>()[3] = INFINITY;
+  models::save_safetensors(file, {{"f32", f32}});
+  EXPECT_EQ(SafetensorsLoader(file).first_non_finite("f32"), 3);
 }
