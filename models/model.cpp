@@ -154,9 +154,7 @@ class Transformer final : public CausalLM {
     Tensor x = embed_->forward(ids);
     Tensor cos, sin;
     if (spec_.arch == Arch::gpt2) {
-      Tensor pos = Tensor::arange(static_cast<double>(start), static_cast<double>(start + T), 1, DType::i64,
-                                  ids.device());
-      x = ag::add(x, pos_->forward(pos));  // [B, T, C] + [T, C]
+      x = ag::add(x, pos_->forward(positions(start, T)));  // [B, T, C] + [T, C]
     } else {
       rope_for(start + T, master, cos, sin);
       cos = cos.narrow(0, start, T);
@@ -170,6 +168,21 @@ class Transformer final : public CausalLM {
     Tensor logits = lm_head_ ? lm_head_->forward(x) : ag::linear(autocast(x), autocast(embed_->weight()));
     // Under Autocast the head ran in the compute dtype; the loss wants the master dtype.
     return logits.dtype() == master ? logits : ag::cast(logits, master);
+  }
+
+  // Position ids start..start+T-1 as a view of a cached arange on the model's device: filled
+  // once on the host and moved there when it grows (like the RoPE tables), so a training step
+  // makes no host->device copy for them.
+  Tensor positions(int64_t start, int64_t T) {
+    const Device dev = embed_->weight().device();
+    const int64_t rows_needed = start + T;
+    if (!pos_ids_.defined() || pos_ids_.size(0) < rows_needed || pos_ids_.device() != dev) {
+      int64_t rows = 1;
+      while (rows < rows_needed) rows *= 2;
+      rows = std::min(rows, spec_.max_seq_len);
+      pos_ids_ = Tensor::arange(0.0, static_cast<double>(rows), 1, DType::i64, dev);
+    }
+    return pos_ids_.narrow(0, start, T);
   }
 
   // cos/sin tables for positions 0..rows-1 (at least), in the parameters' dtype: the rope
@@ -197,6 +210,7 @@ class Transformer final : public CausalLM {
   autograd::Slot<Norm> final_norm_;
   autograd::Slot<LinearLayer> lm_head_;
   Tensor cos_, sin_;
+  Tensor pos_ids_;  // i64 [rows] = 0..rows-1 on the model's device (GPT-2)
 };
 
 bool ends_with(const std::string& s, const std::string& suf) {

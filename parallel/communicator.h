@@ -20,7 +20,12 @@
 // - Waits are bounded by timeout() seconds (from when wait() starts). On expiry the
 //   job ends: the MPI backend prints
 //     lathe: rank R: <op> #<seq> did not complete within T s (a peer rank may have died)
-//   and calls MPI_Abort (or throws, with TimeoutAction::throw_error).
+//   followed, for a collective, by what a short probe of the peers found (a waiting rank
+//   answers it; a hung or dead one cannot):
+//     ; rank(s) not answering: 1, 3
+//     ; rank(s) answering but not yet at collective #<seq>: 2 (last entered #<n>)
+//   and calls MPI_Abort with exit code 70 (kCommTimeoutExitCode: `mpirun` exits 70), or
+//   throws, with TimeoutAction::throw_error.
 #pragma once
 
 #include <atomic>

@@ -1,11 +1,13 @@
 #include "parallel/mpi_communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <sstream>
 #include <thread>
 
 #include "parallel/single_process_communicator.h"
@@ -107,8 +109,10 @@ enum OpCode { kAllReduce = 1, kReduceScatter, kAllGather, kAllToAll, kBroadcast,
 
 class MpiWork final : public Work {
  public:
+  // A collective's Work is made right after next_collective numbered it (one issuing thread
+  // per communicator), so coll_seq_ is its number.
   MpiWork(MpiCommunicator* comm, std::string what, bool p2p, bool is_recv = false)
-      : comm_(comm), what_(std::move(what)), p2p_(p2p), is_recv_(is_recv) {}
+      : comm_(comm), what_(std::move(what)), p2p_(p2p), is_recv_(is_recv), seq_(p2p ? 0 : comm->coll_seq_.load()) {}
 
   ~MpiWork() override {
     if (done_ || !mpi_active()) return;
@@ -151,10 +155,17 @@ class MpiWork final : public Work {
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     const double limit = comm_->timeout();
+    double served = 0;
     for (;;) {
       if (test()) return;
       const double waited = std::chrono::duration<double>(clock::now() - start).count();
       if (waited > limit) comm_->on_timeout(*this);
+      // A rank that waits is alive: it answers peers' "who is here?" probes (sent when their
+      // own wait times out) every few milliseconds; a hung or dead rank stays silent.
+      if (waited - served > 0.01) {
+        MpiCommunicator::serve_all_probes();
+        served = waited;
+      }
       // Spin briefly (a collective among live peers usually finishes within
       // milliseconds), then poll gently so a long wait does not eat a shared core.
       if (waited < 0.005) {
@@ -166,6 +177,8 @@ class MpiWork final : public Work {
   }
 
   std::string describe() const override { return what_; }
+  // The collective's number on its communicator (0 for send/recv).
+  int64_t seq() const { return seq_; }
 
   // After a timeout in throw mode: cancel a receive (reliable in MPI), otherwise hand
   // the request and its buffers to the communicator, which never reuses them.
@@ -210,6 +223,7 @@ class MpiWork final : public Work {
   std::string what_;
   bool p2p_;
   bool is_recv_;
+  int64_t seq_;
   bool done_ = false;
   std::exception_ptr error_;
 };
@@ -222,28 +236,227 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, bool dup) {
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   if (level < MPI_THREAD_MULTIPLE) g_serialize.store(true);
-  MpiLock lock;
-  if (dup) {
-    int rc = MPI_Comm_dup(comm, &comm_);
-    LATHE_CHECK(rc == MPI_SUCCESS) << "MpiCommunicator: MPI_Comm_dup failed (code " << rc << ")";
-  } else {
-    comm_ = comm;
+  {
+    MpiLock lock;
+    if (dup) {
+      int rc = MPI_Comm_dup(comm, &comm_);
+      LATHE_CHECK(rc == MPI_SUCCESS) << "MpiCommunicator: MPI_Comm_dup failed (code " << rc << ")";
+    } else {
+      comm_ = comm;
+    }
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    int* ub = nullptr;
+    int found = 0;
+    MPI_Comm_get_attr(comm_, MPI_TAG_UB, &ub, &found);
+    if (found && ub) tag_ub_ = *ub;
+    // The side channel of the timeout probes: its own context, so a probe never matches a
+    // user's send/recv (collective over comm_, like the dup above).
+    int rc = MPI_Comm_dup(comm_, &probe_comm_);
+    LATHE_CHECK(rc == MPI_SUCCESS) << "MpiCommunicator: MPI_Comm_dup of the probe channel failed (code " << rc << ")";
+    MPI_Comm_set_errhandler(probe_comm_, MPI_ERRORS_RETURN);
   }
-  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
-  int* ub = nullptr;
-  int found = 0;
-  MPI_Comm_get_attr(comm_, MPI_TAG_UB, &ub, &found);
-  if (found && ub) tag_ub_ = *ub;
+  // Registered outside the MPI lock: serve_all_probes takes the registry first, then MPI.
+  std::lock_guard<std::mutex> g(probe_registry_mu());
+  probe_registry().push_back(this);
 }
 
 MpiCommunicator::~MpiCommunicator() {
-  // After MPI_Finalize nothing may be called; an abandoned request also pins comm_.
-  if (comm_ != MPI_COMM_NULL && mpi_active() && abandoned_.empty()) {
-    MpiLock lock;
-    MPI_Comm_free(&comm_);
+  {
+    std::lock_guard<std::mutex> g(probe_registry_mu());
+    auto& reg = probe_registry();
+    reg.erase(std::remove(reg.begin(), reg.end(), this), reg.end());
   }
+  if (!mpi_active()) return;  // after MPI_Finalize nothing may be called
+  std::lock_guard<std::mutex> own(probe_mu_);
+  bool replies_done = true;
+  for (auto& [req, buf] : probe_replies_) {
+    int flag = 0;
+    MpiLock lock;
+    if (MPI_Test(&req, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag) replies_done = false;
+  }
+  // An abandoned request (or a probe reply still in flight) pins the communicators, and the
+  // replies' buffers, for the rest of the process.
+  if (!replies_done) {
+    static auto* pinned = new std::vector<std::pair<MPI_Request, Tensor>>();
+    pinned->insert(pinned->end(), probe_replies_.begin(), probe_replies_.end());
+  }
+  if (!abandoned_.empty() || !replies_done) return;
+  MpiLock lock;
+  if (probe_comm_ != MPI_COMM_NULL) MPI_Comm_free(&probe_comm_);
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+// ---- timeout probes -----------------------------------------------------------------------
+//
+// When rank R's wait on collective #k expires, R sends every peer a query (#k) on the probe
+// channel and listens for a grace period. A rank that is waiting (in any MpiWork::wait, on
+// any communicator: serve_all_probes) or probing itself replies with the last collective
+// number it entered on this communicator; a rank that hangs outside MPI, or died, never
+// does. R names the silent ranks and those that answered but have not reached #k.
+
+namespace {
+constexpr int kProbeQueryTag = 1;
+constexpr int kProbeReplyTag = 2;
+}  // namespace
+
+std::mutex& MpiCommunicator::probe_registry_mu() {
+  static std::mutex mu;
+  return mu;
+}
+
+std::vector<MpiCommunicator*>& MpiCommunicator::probe_registry() {
+  static std::vector<MpiCommunicator*> reg;
+  return reg;
+}
+
+void MpiCommunicator::serve_all_probes() {
+  std::unique_lock<std::mutex> g(probe_registry_mu(), std::try_to_lock);
+  if (!g.owns_lock()) return;  // another thread is serving (or a communicator is coming or going)
+  for (MpiCommunicator* c : probe_registry()) {
+    std::unique_lock<std::mutex> own(c->probe_mu_, std::try_to_lock);
+    if (own.owns_lock()) c->serve_probes_locked();
+  }
+}
+
+void MpiCommunicator::serve_probes_locked() {
+  if (probe_comm_ == MPI_COMM_NULL) return;
+  // Replies sent earlier: drop the ones that completed.
+  for (size_t i = 0; i < probe_replies_.size();) {
+    int flag = 0;
+    int rc;
+    {
+      MpiLock lock;
+      rc = MPI_Test(&probe_replies_[i].first, &flag, MPI_STATUS_IGNORE);
+    }
+    if (rc == MPI_SUCCESS && flag) {
+      probe_replies_.erase(probe_replies_.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      ++i;
+    }
+  }
+  for (int answered = 0; answered < size_; ++answered) {
+    int flag = 0;
+    MPI_Status st;
+    int64_t query = 0;
+    {
+      MpiLock lock;
+      if (MPI_Iprobe(MPI_ANY_SOURCE, kProbeQueryTag, probe_comm_, &flag, &st) != MPI_SUCCESS || !flag) return;
+      // Only this function (under probe_mu_) receives queries, so the probed one is next.
+      if (MPI_Recv(&query, 1, MPI_INT64_T, st.MPI_SOURCE, kProbeQueryTag, probe_comm_, MPI_STATUS_IGNORE) !=
+          MPI_SUCCESS)
+        return;
+    }
+    Tensor reply = Tensor::from_vector<int64_t>({query, coll_seq_.load()}, {2});
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc;
+    {
+      MpiLock lock;
+      rc = MPI_Isend(reply.raw_data(), 2, MPI_INT64_T, st.MPI_SOURCE, kProbeReplyTag, probe_comm_, &req);
+    }
+    if (rc == MPI_SUCCESS) probe_replies_.emplace_back(req, reply);
+  }
+}
+
+std::string MpiCommunicator::probe_peers(int64_t seq) {
+  if (size_ <= 1 || probe_comm_ == MPI_COMM_NULL) return "";
+  // Two threads probing one communicator would take each other's replies.
+  static std::mutex one_probe_at_a_time;
+  std::lock_guard<std::mutex> one(one_probe_at_a_time);
+  // Live peers answer within milliseconds; the grace only bounds the wait for silent ones.
+  const double grace = std::min(2.0, std::max(0.2, 0.1 * timeout()));
+  struct Peer {
+    int rank;
+    Tensor query, reply;
+    MPI_Request send = MPI_REQUEST_NULL, recv = MPI_REQUEST_NULL;
+    int64_t last = -1;  // the peer's last entered collective; -1: no answer
+  };
+  std::vector<Peer> peers;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    Peer p;
+    p.rank = r;
+    p.query = Tensor::from_vector<int64_t>({seq}, {1});
+    p.reply = Tensor::zeros({2}, DType::i64);
+    MpiLock lock;
+    if (MPI_Irecv(p.reply.raw_data(), 2, MPI_INT64_T, r, kProbeReplyTag, probe_comm_, &p.recv) != MPI_SUCCESS)
+      p.recv = MPI_REQUEST_NULL;
+    if (MPI_Isend(p.query.raw_data(), 1, MPI_INT64_T, r, kProbeQueryTag, probe_comm_, &p.send) != MPI_SUCCESS)
+      p.send = MPI_REQUEST_NULL;
+    peers.push_back(std::move(p));
+  }
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::duration<double>(grace);
+  for (;;) {
+    serve_all_probes();  // peers probing at the same time need this rank's answer too
+    {
+      std::lock_guard<std::mutex> own(probe_mu_);
+      serve_probes_locked();  // in case serve_all_probes found the registry busy
+    }
+    bool pending = false;
+    for (Peer& p : peers) {
+      if (p.recv == MPI_REQUEST_NULL) continue;
+      int flag = 0;
+      MpiLock lock;
+      if (MPI_Test(&p.recv, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        p.recv = MPI_REQUEST_NULL;
+        continue;
+      }
+      if (!flag) {
+        pending = true;
+        continue;
+      }
+      const int64_t* b = p.reply.data<int64_t>();
+      if (b[0] == seq) {
+        p.last = b[1];
+      } else if (MPI_Irecv(p.reply.raw_data(), 2, MPI_INT64_T, p.rank, kProbeReplyTag, probe_comm_, &p.recv) ==
+                 MPI_SUCCESS) {
+        pending = true;  // the answer to an earlier probe: listen again
+      } else {
+        p.recv = MPI_REQUEST_NULL;
+      }
+    }
+    if (!pending || clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // Cancel what never came (reliable for receives); a query still in flight is kept, with
+  // its buffer, like an abandoned collective.
+  for (Peer& p : peers) {
+    MpiLock lock;
+    if (p.recv != MPI_REQUEST_NULL) {
+      MPI_Cancel(&p.recv);
+      MPI_Wait(&p.recv, MPI_STATUS_IGNORE);
+    }
+    int flag = 0;
+    if (p.send != MPI_REQUEST_NULL && MPI_Test(&p.send, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && !flag) {
+      std::lock_guard<std::mutex> g(mu_);
+      abandoned_.emplace_back(p.send, std::vector<Tensor>{p.query});
+    }
+  }
+  std::vector<int> silent;
+  std::vector<std::pair<int, int64_t>> behind;
+  for (const Peer& p : peers) {
+    if (p.last < 0) {
+      silent.push_back(p.rank);
+    } else if (p.last < seq) {
+      behind.emplace_back(p.rank, p.last);
+    }
+  }
+  std::ostringstream os;
+  if (!silent.empty()) {
+    os << "; rank(s) not answering: ";
+    for (size_t i = 0; i < silent.size(); ++i) os << (i ? ", " : "") << silent[i];
+  }
+  if (!behind.empty()) {
+    os << "; rank(s) answering but not yet at collective #" << seq << ": ";
+    for (size_t i = 0; i < behind.size(); ++i)
+      os << (i ? ", " : "") << behind[i].first << " (last entered #" << behind[i].second << ")";
+  }
+  if (silent.empty() && behind.empty())
+    os << "; every rank answered and has entered collective #" << seq
+       << " (do all ranks issue the same collectives in the same order? LATHE_COMM_DEBUG=1 checks)";
+  return os.str();
 }
 
 std::string MpiCommunicator::next_collective(const char* op) {
@@ -276,7 +489,8 @@ void MpiCommunicator::check_rc(int rc, const std::string& what) const {
 }
 
 void MpiCommunicator::on_timeout(MpiWork& w) {
-  const std::string msg = detail::timeout_message(rank_, w.describe(), timeout());
+  // Collectives: which peers never arrived (send/recv already name their peer).
+  const std::string msg = detail::timeout_message(rank_, w.describe(), timeout()) + (w.seq() > 0 ? probe_peers(w.seq()) : "");
   if (timeout_action() == TimeoutAction::abort) {
     std::fprintf(stderr, "%s\n", msg.c_str());
     std::fflush(stderr);

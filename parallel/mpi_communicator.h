@@ -26,7 +26,8 @@
 
 namespace lathe::parallel {
 
-// Exit code of a job ended by a collective timeout (MPI_Abort's errorcode).
+// Exit code of a job ended by a collective timeout (MPI_Abort's errorcode; mpirun passes
+// it on, so `mpirun ... lathe train` exits 70 when a rank hung). Documented in README.md.
 constexpr int kCommTimeoutExitCode = 70;
 
 class MpiWork;
@@ -67,6 +68,15 @@ class MpiCommunicator : public Communicator {
   std::string error_message(int rc, const std::string& what) const;
   // Called by a wait whose deadline passed: aborts the job or throws (timeout_action()).
   [[noreturn]] void on_timeout(MpiWork& w);
+  // Timeout probes (see mpi_communicator.cpp): "; rank(s) not answering: 1" and the like,
+  // after asking every peer on the probe channel which collective it last entered.
+  std::string probe_peers(int64_t seq);
+  // Answers the probe queries that arrived (probe_mu_ held).
+  void serve_probes_locked();
+  // Every live communicator's queries; called by waits (a waiting rank is alive).
+  static void serve_all_probes();
+  static std::mutex& probe_registry_mu();
+  static std::vector<MpiCommunicator*>& probe_registry();
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
@@ -78,6 +88,9 @@ class MpiCommunicator : public Communicator {
   std::string broken_;  // the collective abandoned after a timeout, if any
   // Requests abandoned after a timeout, with the buffers they may still write to.
   std::vector<std::pair<MPI_Request, std::vector<Tensor>>> abandoned_;
+  MPI_Comm probe_comm_ = MPI_COMM_NULL;  // side channel of the timeout probes
+  std::mutex probe_mu_;                  // serializes answering (and probe_replies_)
+  std::vector<std::pair<MPI_Request, Tensor>> probe_replies_;  // answers in flight
 };
 
 // Initializes MPI (MPI_Init_thread asking for MPI_THREAD_MULTIPLE) unless it already is,

@@ -102,6 +102,60 @@ void sync_gradients(const std::vector<Tensor>& params, parallel::Communicator& c
   }
 }
 
+int64_t count_targets(const Tensor& targets, int64_t ignore_index) {
+  LATHE_CHECK(targets.device().is_cpu()) << "count_targets: the targets are on " << targets.device().str()
+                                         << "; count the loader's host batch before moving it";
+  const Tensor t = targets.dtype() == DType::i64 ? targets.contiguous() : targets.to(DType::i64).contiguous();
+  const int64_t* d = t.data<int64_t>();
+  int64_t n = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) n += d[i] != ignore_index;
+  return n;
+}
+
+TokenWeights token_weights(std::vector<int64_t> local_tokens, parallel::Communicator& comm) {
+  TokenWeights w;
+  w.world = comm.size();
+  w.local_tokens = std::move(local_tokens);
+  int64_t local = 0;
+  for (int64_t n : w.local_tokens) local += n;
+  w.global_tokens = local;
+  if (w.world > 1) {
+    Tensor t = Tensor::from_vector<int64_t>({local}, {1});
+    comm.all_reduce(t, parallel::ReduceOp::sum);
+    w.global_tokens = t.to_vector<int64_t>()[0];
+  }
+  // n * N is an exact integer in a double, so with equal counts n * N / G rounds to exactly
+  // what 1.0 / micro-batches does: packed-data runs keep their bits.
+  for (int64_t n : w.local_tokens)
+    w.loss_scale.push_back(w.global_tokens > 0 ? static_cast<double>(n * w.world) / static_cast<double>(w.global_tokens)
+                                               : 0.0);
+  return w;
+}
+
+double TokenWeights::global_mean_loss(const std::vector<double>& micro_losses, parallel::Communicator& comm) const {
+  LATHE_CHECK(micro_losses.size() == local_tokens.size())
+      << "TokenWeights::global_mean_loss: " << micro_losses.size() << " losses for " << local_tokens.size()
+      << " micro-batches";
+  // A micro-batch's mean times its count is its token sum (exact for an f32 loss and any
+  // realistic count); a micro-batch without tokens adds nothing.
+  double sum = 0;
+  for (size_t m = 0; m < micro_losses.size(); ++m)
+    if (local_tokens[m] > 0) sum += micro_losses[m] * static_cast<double>(local_tokens[m]);
+  if (world > 1) {
+    Tensor t = Tensor::from_vector<double>({sum}, {1});
+    comm.all_reduce(t, parallel::ReduceOp::sum);
+    sum = t.to_vector<double>()[0];
+  }
+  return global_tokens > 0 ? sum / static_cast<double>(global_tokens) : 0.0;
+}
+
+uint64_t rank_dropout_seed(uint64_t seed, int rank) {
+  LATHE_CHECK(rank >= 0) << "rank_dropout_seed: rank must be >= 0, got " << rank;
+  // Multiplication by an odd constant is a bijection of 64-bit integers: distinct ranks,
+  // distinct keys.
+  return seed ^ (static_cast<uint64_t>(rank) * 0xD1B54A32D192ED03ull);
+}
+
 void test_fault_injection(int64_t step, int rank) {
   static const int64_t die_at = env_int("LATHE_TEST_DIE_AT_STEP");
   static const int64_t hang_at = env_int("LATHE_TEST_HANG_AT_STEP");

@@ -2,20 +2,26 @@
 // averaged over ranks by parallel::BucketReducer (bucketed all-reduces launched from
 // gradient-ready hooks while backward runs; parallel/data_parallel.h).
 //
-// Per optimizer step the trainer calls, for each micro-batch m of grad_accum:
-//   loss_m = model.loss(...);  sync.before_backward(m == grad_accum - 1);  backward(loss_m / grad_accum);
+// Per optimizer step the trainer draws its grad_accum micro-batches, w = token_weights(their
+// counted targets), and for each micro-batch m:
+//   loss_m = model.loss(...);  sync.before_backward(m == grad_accum - 1);  backward(loss_m * w.loss_scale[m]);
 // and then sync.after_backward() before clipping and the optimizer step.
 //
-// Loss normalisation: each rank's loss is the mean over its own valid (non-ignored) target
-// tokens, and gradients are averaged over ranks (and micro-batches), so the step follows the
-// mean over ranks of per-rank token means. For packed LM data every row has exactly T
-// targets, so that IS the token mean of the whole global batch and N ranks x micro-batch b
-// equal one process with micro-batch N*b (tested). With prompt-masked instruction data the
-// ranks may hold different numbers of valid targets; lathe then weighs every rank's rows
-// equally per micro-batch (like PyTorch DDP and gradient accumulation in most trainers),
-// which differs from the global token mean by the ratio of per-rank token counts. A
-// token-weighted variant would scale each rank's loss by local_tokens * N / global_tokens
-// (one extra scalar all-reduce per micro-batch); it is not implemented.
+// Loss normalisation (token-weighted): the step minimises the mean over every counted
+// (non-ignored) target token of the global batch, all ranks and micro-batches together. Each
+// rank's micro-batch loss is the mean over its own n_m counted tokens, so before its backward
+// it is scaled by n_m * N / G (token_weights(): N ranks, G counted tokens of the whole global
+// batch, found with one small all-reduce per optimizer step); the bucketed mean over ranks then
+// gives the gradient of the global token mean, and the reported loss is that mean too. For
+// packed LM data every row has exactly T targets, the factor is 1 / grad_accum, and N ranks x
+// micro-batch b equal one process with micro-batch N*b bit for bit in the scaling (tested). With
+// prompt-masked instruction data the ranks and micro-batches hold different token counts; a
+// rank-equal average (PyTorch DDP's) would weigh a rank's few response tokens as much as
+// another's many, which is not the one-process result.
+//
+// Dropout: every rank draws its masks from its own Philox stream, keyed by (seed, rank)
+// (rank_dropout_seed), so replicas do not drop the same units; the stream is saved in the
+// rank's own checkpoint file, so resume is exact.
 #pragma once
 
 #include <cstdint>
@@ -72,6 +78,31 @@ void sync_initial_state(const autograd::Module& model, parallel::Communicator& c
 // backward (a parameter without a gradient contributes zeros and gets one). For callers
 // that drive their own backward; the trainer uses GradSync.
 void sync_gradients(const std::vector<Tensor>& params, parallel::Communicator& comm);
+
+// Counted targets of a host batch (entries != ignore_index). The loader's batches are host
+// tensors, so the count needs no device sync and is known before the forward runs.
+int64_t count_targets(const Tensor& targets, int64_t ignore_index = -100);
+
+// The per-micro-batch loss factors of one optimizer step (see "Loss normalisation" above).
+struct TokenWeights {
+  std::vector<double> loss_scale;  // multiply micro-batch m's mean-token loss by loss_scale[m]
+  std::vector<int64_t> local_tokens;  // this rank's counted tokens per micro-batch
+  int64_t global_tokens = 0;          // counted tokens of the global batch (every rank)
+  int world = 1;
+  // The global token mean from this rank's micro-batch mean losses: collective when
+  // world > 1 (one all-reduce of one f64); 0 when the global batch counts no token (the
+  // cross-entropy convention for an empty mean).
+  double global_mean_loss(const std::vector<double>& micro_losses, parallel::Communicator& comm) const;
+};
+// local_tokens: this rank's count per micro-batch. Collective when comm.size() > 1 (one
+// all-reduce of one i64). loss_scale[m] = local_tokens[m] * world / global_tokens (0 when
+// global_tokens is 0); with equal counts it is exactly 1 / micro-batches.
+TokenWeights token_weights(std::vector<int64_t> local_tokens, parallel::Communicator& comm);
+
+// The dropout seed of data-parallel rank `rank` for a run whose model's dropout generator
+// was seeded with `seed`: rank 0 keeps it (one-rank runs are unchanged), rank r > 0 gets
+// seed ^ (r * an odd constant), a different Philox key for every rank.
+uint64_t rank_dropout_seed(uint64_t seed, int rank);
 
 // TEST-ONLY fault injection for the lost-rank tests of the real binary; never set these in
 // a real run. At the start of optimizer step `step` (1-based), on rank

@@ -39,14 +39,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// Sum of a few doubles over ranks (one all_reduce of an f64 vector).
-std::vector<double> sum_over_ranks(std::vector<double> v, parallel::Communicator& comm) {
-  if (comm.size() <= 1) return v;
-  Tensor t = Tensor::from_vector<double>(v, {static_cast<int64_t>(v.size())});
-  comm.all_reduce(t, parallel::ReduceOp::sum);
-  return t.to_vector<double>();
-}
-
 // The optimizer of optimizer.type (optim/registry.h), over the trainable parameters.
 std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
   return optim::make_optimizer(cfg.optimizer(), model.named_parameters());
@@ -199,6 +191,9 @@ void Trainer::setup() {
     load_init_weights(p.init, *model_);
     result_.init_from = p.init.description;
   }
+  // Each data-parallel rank its own dropout stream (rank 0 keeps the model's).
+  Generator& dropout = model_->dropout_generator();
+  dropout.set_state(rank_dropout_seed(dropout.seed(), p.rank), dropout.offset());
   configure_model(*model_);
   if (!p.device.is_cpu()) model_->to(p.device);
 
@@ -400,11 +395,21 @@ StepRecord Trainer::train_step() {
   test_fault_injection(step_ + 1, p.rank);  // test-only env vars (grad_sync.h); no-op otherwise
   const double t0 = now_s();
   reset_peak_memory();
+  // The step's micro-batches come first: their counted target tokens (host batches, no
+  // device sync) give each micro-batch's share of the global token mean (grad_sync.h), with
+  // one small all-reduce per step when there are several ranks.
+  std::vector<data::LMBatch> batches;
+  std::vector<int64_t> counts;
+  for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
+    batches.push_back(loader_->next());
+    counts.push_back(count_targets(batches.back().targets));
+  }
+  const TokenWeights weights = token_weights(std::move(counts), *p.comm);
   // The micro-batches' losses stay on the device until the update is queued: one host
   // sync per step instead of one per micro-batch.
   std::vector<Tensor> losses;
   for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
-    data::LMBatch b = loader_->next();
+    const data::LMBatch& b = batches[static_cast<size_t>(micro)];
     Tensor loss;
     {
       std::optional<models::Autocast> autocast;
@@ -412,8 +417,10 @@ StepRecord Trainer::train_step() {
       loss = model_->loss(b.ids.to(p.device), b.targets.to(p.device));
     }
     losses.push_back(loss.detach());
-    // Mean over micro-batches: each contributes 1/grad_accum of its mean-token gradient.
-    Tensor scaled = tc.grad_accum() > 1 ? autograd::mul(loss, 1.0 / tc.grad_accum()) : loss;
+    // This micro-batch's tokens' share of the global token mean, times the ranks the
+    // gradient average divides by (1 / grad_accum when every row counts T tokens).
+    const double scale = weights.loss_scale[static_cast<size_t>(micro)];
+    Tensor scaled = scale == 1.0 ? loss : autograd::mul(loss, scale);
     grad_sync_->before_backward(micro + 1 == tc.grad_accum());  // only the last one communicates
     scaled.backward();
   }
@@ -426,10 +433,9 @@ StepRecord Trainer::train_step() {
   ++step_;
   last_lr_ = lr;
   tokens_seen_ += p.tokens_per_step;
-  double loss_sum = 0;
-  for (const Tensor& l : losses) loss_sum += l.item();
-  double loss = loss_sum / tc.grad_accum();
-  if (p.world > 1) loss = sum_over_ranks({loss}, *p.comm)[0] / p.world;
+  std::vector<double> micro_losses;
+  for (const Tensor& l : losses) micro_losses.push_back(l.item());
+  const double loss = weights.global_mean_loss(micro_losses, *p.comm);
   if (!std::isfinite(loss))
     LATHE_FAIL() << "train: the loss became " << loss << " at step " << step_
                  << " (diverged; try a lower optimizer.lr or train.grad_clip)";

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs a command that must fail: exit non-zero, within a time limit, printing a line
 # that matches an extended regex.   usage: expect_fail.sh SECONDS REGEX COMMAND...
+# With EXPECT_RC set in the environment, the exit code must be that number.
 max=$1
 re=$2
 shift 2
@@ -11,6 +12,10 @@ took=$(( $(date +%s) - start ))
 printf '%s\n' "$out"
 if [ "$rc" -eq 0 ]; then
   echo "expect_fail: the command exited 0; it should have failed"
+  exit 1
+fi
+if [ -n "$EXPECT_RC" ] && [ "$rc" -ne "$EXPECT_RC" ]; then
+  echo "expect_fail: exit code $rc; expected $EXPECT_RC"
   exit 1
 fi
 if ! printf '%s\n' "$out" | grep -Eq "$re"; then

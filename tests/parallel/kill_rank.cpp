@@ -3,6 +3,8 @@
 //   hang: rank 1 never arrives at the all_reduce (sleeps far past the timeout).
 // Rank 0 enters all_reduce with a 5 s timeout. Either way the job must end non-zero
 // with a message (Open MPI's for the dead rank, lathe's timeout message for the hang).
+// Ranks above 1 (with -np 3) wait in the all_reduce with a 20 s timeout, so rank 0 times
+// out first and its probe finds them answering: the message names rank 1 alone.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -14,7 +16,7 @@
 int main(int argc, char** argv) {
   auto comm = lathe::parallel::init_mpi(&argc, &argv);
   const bool hang = argc > 1 && std::strcmp(argv[1], "hang") == 0;
-  comm->set_timeout(5);
+  comm->set_timeout(comm->rank() <= 1 ? 5 : 20);
   comm->barrier();  // both ranks are up
   if (comm->rank() == 1) {
     if (hang) {

@@ -358,6 +358,66 @@ TEST(Comm, CollectiveTimeoutInThrowModeRetiresTheCommunicator) {
   c->barrier();  // the world communicator is unaffected
 }
 
+// The timeout probe: rank 0's collective on a sacrificial communicator times out while every
+// other rank waits in a receive on the world communicator. Waiting ranks are alive and answer
+// the probe with the last collective they entered on that communicator (none: #0), so the
+// message says they have not reached it, and names no rank as silent.
+TEST(Comm, TimeoutProbeFindsRanksWaitingElsewhere) {
+  auto c = comm();
+  if (c->size() < 2) GTEST_SKIP() << "needs two ranks";
+  auto sub = c->split(0, 0);
+  Tensor t = Tensor::ones({3});
+  Tensor token = Tensor::zeros({1});
+  if (c->rank() == 0) {
+    sub->set_timeout(0.5);
+    sub->set_timeout_action(lathe::parallel::TimeoutAction::throw_error);
+    std::string e = error_of([&] { sub->all_reduce(t); });
+    std::string behind = "; rank(s) answering but not yet at collective #1: 1 (last entered #0)";
+    for (int r = 2; r < c->size(); ++r) behind += ", " + std::to_string(r) + " (last entered #0)";
+    EXPECT_NE(e.find("lathe: rank 0: all_reduce #1 did not complete within 0.5 s (a peer rank may have died)" + behind),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find("not answering"), std::string::npos) << e;
+    for (int r = 1; r < c->size(); ++r) c->send(token, r, 5);
+  } else {
+    c->recv(token, 0, 5);  // waits (answering probes) until rank 0 has given up
+    sub->all_reduce(t);    // completes: rank 0's contribution was posted before it gave up
+    EXPECT_EQ(t.at({0}), c->size());
+  }
+  c->barrier();
+}
+
+// Rank 1 is busy outside MPI (a hang) while rank 0's collective times out: the probe gets no
+// answer from it and names it; any other rank waits in a world receive and answers.
+TEST(Comm, TimeoutProbeNamesTheSilentRank) {
+  auto c = comm();
+  if (c->size() < 2) GTEST_SKIP() << "needs two ranks";
+  auto sub = c->split(0, 0);
+  Tensor t = Tensor::ones({3});
+  Tensor token = Tensor::zeros({1});
+  if (c->rank() == 0) {
+    sub->set_timeout(0.3);
+    sub->set_timeout_action(lathe::parallel::TimeoutAction::throw_error);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string e = error_of([&] { sub->all_reduce(t); });
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::string want = "all_reduce #1 did not complete within 0.3 s (a peer rank may have died); rank(s) not answering: 1";
+    if (c->size() > 2) {
+      want += "; rank(s) answering but not yet at collective #1: 2 (last entered #0)";
+    }
+    EXPECT_NE(e.find(want), std::string::npos) << e;
+    EXPECT_LT(took, 1.5) << "the probe's grace period is bounded";
+    for (int r = 2; r < c->size(); ++r) c->send(token, r, 6);
+  } else if (c->rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    sub->all_reduce(t);
+  } else {
+    c->recv(token, 0, 6);
+    sub->all_reduce(t);
+  }
+  c->barrier();
+}
+
 TEST(Comm, BarrierWaitsForTheLastRank) {
   auto c = comm();
   if (c->size() < 2) GTEST_SKIP() << "needs two ranks";
