@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/memory.h"
 #include "configs/checks.h"
 #include "configs/config.h"
 
@@ -256,22 +257,7 @@ void check_finite(const gp::Message& msg, const std::string& prefix, Checker& c)
   }
 }
 
-// Bytes of memory on this machine (MemTotal + SwapTotal), 0 if unknown. Totals, not what is
-// free now: the verdict must not depend on what else runs at the moment (parallel tests).
-uint64_t machine_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0, total = 0;
-  bool found = false;
-  while (in >> key >> kb) {
-    if (key == "MemTotal:" || key == "SwapTotal:") {
-      total += kb * 1024;
-      found = true;
-    }
-    in.ignore(256, '\n');
-  }
-  return found ? total : 0;
-}
+uint64_t machine_memory() { return lathe::machine_memory_bytes(); }
 
 std::string gib(long double bytes) {
   std::ostringstream o;

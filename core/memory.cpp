@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <list>
 #include <mutex>
 #include <unordered_map>
@@ -265,5 +266,20 @@ Allocator& allocator_for(DeviceType d) {
 size_t cpu_allocator_cached_bytes() { return builtin_cpu().cached_bytes(); }
 void release_cached_memory() { builtin_cpu().trim(0); }
 size_t set_cpu_allocator_cache_limit(size_t bytes) { return builtin_cpu().set_limit(bytes); }
+
+uint64_t machine_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0, total = 0;
+  bool found = false;
+  while (in >> key >> kb) {
+    if (key == "MemTotal:" || key == "SwapTotal:") {
+      total += kb * 1024;
+      found = true;
+    }
+    in.ignore(256, '\n');
+  }
+  return found ? total : 0;
+}
 
 }  // namespace lathe

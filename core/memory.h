@@ -66,6 +66,11 @@ void register_allocator(DeviceType d, Allocator* a);
 Allocator& allocator_for(DeviceType d);
 bool has_allocator(DeviceType d);
 
+// Bytes of memory on this machine (MemTotal + SwapTotal from /proc/meminfo), 0 when unknown.
+// Totals, not what is free now: size checks against it must not depend on what else runs at
+// the moment (parallel tests). Used to refuse configs and files that cannot fit at all.
+uint64_t machine_memory_bytes();
+
 // The built-in CPU allocator keeps freed blocks of 1 MiB and more in a bounded cache and
 // reuses them for later requests of the same size class (fresh large blocks cost a page
 // fault per page on first touch). Cached blocks are not counted by memory_stats(), which

@@ -1,5 +1,6 @@
 #include "models/hf_config.h"
 
+#include "core/memory.h"
 #include "core/fs.h"
 
 #include <fcntl.h>
@@ -244,22 +245,7 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
 
 namespace {
 
-// Bytes of memory on this machine (MemTotal + SwapTotal), or 0 when unknown. Totals, not what
-// is free now: the verdict must not depend on what else runs at the moment.
-uint64_t machine_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0, total = 0;
-  bool found = false;
-  while (in >> key >> kb) {
-    if (key == "MemTotal:" || key == "SwapTotal:") {
-      total += kb * 1024;
-      found = true;
-    }
-    in.ignore(256, '\n');
-  }
-  return found ? total : 0;
-}
+uint64_t machine_memory() { return lathe::machine_memory_bytes(); }
 
 // Parameters of `s`, in floating point so that absurd sizes cannot overflow (an estimate
 // within norms and biases of count_parameters, which is exact but int64).

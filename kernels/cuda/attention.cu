@@ -1310,7 +1310,6 @@ Path forced_path() {
   return p;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // tensor_cores: the device is sm_80 or newer (mma.sync bf16, ldmatrix, cp.async).
 template <typename T>

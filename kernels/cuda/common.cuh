@@ -142,6 +142,83 @@ inline T* ptr(const Tensor& t) {
   return static_cast<T*>(t.raw_data());
 }
 
+
+// ---- compute types and 16-byte packs -------------------------------------------------------
+// Compute type as the CPU's detail::comp_t: f64 computes in double, f32/bf16/f16 in float,
+// integers in themselves (ld()/acc_t map everything non-double to float, which is what the
+// float kernels want but wrong for integer ops).
+// f64 computes in double, f32/bf16/f16 in float, integers in themselves (common.cuh's ld()
+// maps everything non-double to float, which would be wrong for integer ops).
+template <typename T> struct Comp { using type = T; };
+template <> struct Comp<bf16> { using type = float; };
+template <> struct Comp<f16> { using type = float; };
+template <typename T> using comp_t = typename Comp<T>::type;
+
+template <typename T> constexpr bool is_half_v = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
+template <typename T> constexpr bool is_float_v = is_half_v<T> || std::is_floating_point_v<T>;
+
+template <typename T>
+__device__ __forceinline__ comp_t<T> ldc(T v) {
+  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, f16>) return __half2float(v);
+  else return v;
+}
+template <typename T>
+__device__ __forceinline__ T stc(comp_t<T> v) {
+  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, f16>) return __float2half_rn(v);
+  else return v;
+}
+
+template <typename C>
+__device__ __forceinline__ bool is_nan(C v) {
+  if constexpr (std::is_floating_point_v<C>) return isnan(v);
+  else return false;
+}
+
+// V consecutive elements as one 16-byte access (V * sizeof(T) == 16), or one element.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <typename T, int V>
+__device__ __forceinline__ void load_pack(const T* p, acc_t<T> (&o)[V]) {
+  if constexpr (V == 1) {
+    o[0] = ld(p[0]);
+  } else {
+    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+    for (int k = 0; k < V; ++k) o[k] = ld(pk.v[k]);
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* p, const acc_t<T> (&o)[V]) {
+  if constexpr (V == 1) {
+    p[0] = st<T>(o[0]);
+  } else {
+    Pack<T, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pk.v[k] = st<T>(o[k]);
+    *reinterpret_cast<Pack<T, V>*>(p) = pk;
+  }
+}
+
+// Which row this thread works on and its place in the row's group of threads.
+template <bool kWarp>
+__device__ __forceinline__ void row_slot(int64_t& row, int& t, int& nt) {
+  if constexpr (kWarp) {
+    row = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    t = threadIdx.x & 31;
+    nt = 32;
+  } else {
+    row = blockIdx.x;
+    t = threadIdx.x;
+    nt = blockDim.x;
+  }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // ---- block reductions ----------------------------------------------------------------
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {

@@ -19,35 +19,6 @@ namespace lathe::kernels::cuda {
 
 namespace {
 
-// ---- compute types (as the CPU's detail::comp_t) -------------------------------------------
-// f64 computes in double, f32/bf16/f16 in float, integers in themselves (common.cuh's ld()
-// maps everything non-double to float, which would be wrong for integer ops).
-template <typename T> struct Comp { using type = T; };
-template <> struct Comp<bf16> { using type = float; };
-template <> struct Comp<f16> { using type = float; };
-template <typename T> using comp_t = typename Comp<T>::type;
-
-template <typename T> constexpr bool is_half_v = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
-template <typename T> constexpr bool is_float_v = is_half_v<T> || std::is_floating_point_v<T>;
-
-template <typename T>
-__device__ __forceinline__ comp_t<T> ldc(T v) {
-  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(v);
-  else if constexpr (std::is_same_v<T, f16>) return __half2float(v);
-  else return v;
-}
-template <typename T>
-__device__ __forceinline__ T stc(comp_t<T> v) {
-  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(v);
-  else if constexpr (std::is_same_v<T, f16>) return __float2half_rn(v);
-  else return v;
-}
-
-template <typename C>
-__device__ __forceinline__ bool is_nan(C v) {
-  if constexpr (std::is_floating_point_v<C>) return isnan(v);
-  else return false;
-}
 
 // Math in the compute precision (float functions for float, double for double).
 __device__ __forceinline__ float m_exp(float v) { return expf(v); }

@@ -22,46 +22,7 @@ namespace {
 
 // ---- device helpers ----------------------------------------------------------------------
 
-// V consecutive elements as one 16-byte access (V * sizeof(T) == 16), or one element.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <typename T, int V>
-__device__ __forceinline__ void load_pack(const T* p, acc_t<T> (&o)[V]) {
-  if constexpr (V == 1) {
-    o[0] = ld(p[0]);
-  } else {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-    for (int k = 0; k < V; ++k) o[k] = ld(pk.v[k]);
-  }
-}
-template <typename T, int V>
-__device__ __forceinline__ void store_pack(T* p, const acc_t<T> (&o)[V]) {
-  if constexpr (V == 1) {
-    p[0] = st<T>(o[0]);
-  } else {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int k = 0; k < V; ++k) pk.v[k] = st<T>(o[k]);
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
-  }
-}
 
-// Which row this thread works on and its place in the row's group of threads.
-template <bool kWarp>
-__device__ __forceinline__ void row_slot(int64_t& row, int& t, int& nt) {
-  if constexpr (kWarp) {
-    row = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    t = threadIdx.x & 31;
-    nt = 32;
-  } else {
-    row = blockIdx.x;
-    t = threadIdx.x;
-    nt = blockDim.x;
-  }
-}
 // Sum over the row's group of threads; every thread gets it.
 template <bool kWarp, typename S>
 __device__ __forceinline__ S group_sum(S v, S* scratch) {
@@ -277,7 +238,6 @@ __global__ void sum_chunks_kernel(const A* __restrict__ part, A* __restrict__ ou
 
 // ---- host side -----------------------------------------------------------------------------
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // A warp per row up to C = 1024, else a block of 128..1024 threads sized for about four
 // packs per thread.

@@ -30,33 +30,6 @@ namespace lathe::kernels::cuda {
 
 namespace {
 
-// ---- compute types (as the CPU's detail::comp_t) -------------------------------------------
-template <typename T> struct Comp { using type = T; };
-template <> struct Comp<bf16> { using type = float; };
-template <> struct Comp<f16> { using type = float; };
-template <typename T> using comp_t = typename Comp<T>::type;
-
-template <typename T> constexpr bool is_half_v = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
-template <typename T> constexpr bool is_float_v = is_half_v<T> || std::is_floating_point_v<T>;
-
-template <typename T>
-__device__ __forceinline__ comp_t<T> ldc(T v) {
-  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(v);
-  else if constexpr (std::is_same_v<T, f16>) return __half2float(v);
-  else return v;
-}
-template <typename T>
-__device__ __forceinline__ T stc(comp_t<T> v) {
-  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(v);
-  else if constexpr (std::is_same_v<T, f16>) return __float2half_rn(v);
-  else return v;
-}
-
-template <typename C>
-__device__ __forceinline__ bool is_nan(C v) {
-  if constexpr (std::is_floating_point_v<C>) return isnan(v);
-  else return false;
-}
 
 // ---- reducers (States are plain aggregates so they can live in __shared__) -----------------
 

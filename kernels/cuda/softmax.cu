@@ -41,32 +41,6 @@ __device__ __forceinline__ A dmax(A a, A b) {  // ignores a NaN operand, like th
   else return fmaxf(a, b);
 }
 
-// V consecutive elements as one 16-byte access (V * sizeof(T) == 16), or one element.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <typename T, int V>
-__device__ __forceinline__ void load_pack(const T* p, acc_t<T> (&o)[V]) {
-  if constexpr (V == 1) {
-    o[0] = ld(p[0]);
-  } else {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-    for (int k = 0; k < V; ++k) o[k] = ld(pk.v[k]);
-  }
-}
-template <typename T, int V>
-__device__ __forceinline__ void store_pack(T* p, const acc_t<T> (&o)[V]) {
-  if constexpr (V == 1) {
-    p[0] = st<T>(o[0]);
-  } else {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int k = 0; k < V; ++k) pk.v[k] = st<T>(o[k]);
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
-  }
-}
 
 // Running (max, sum of exp(x - max)) of part of a row.
 template <typename A>
@@ -130,19 +104,6 @@ __device__ __forceinline__ MaxSum<A> block_merge(MaxSum<A> v, A* sm, A* ss) {
   return r;
 }
 
-// Which row this thread works on and its place in the row's group of threads.
-template <bool kWarp>
-__device__ __forceinline__ void row_slot(int64_t& row, int& t, int& nt) {
-  if constexpr (kWarp) {
-    row = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    t = threadIdx.x & 31;
-    nt = 32;
-  } else {
-    row = blockIdx.x;
-    t = threadIdx.x;
-    nt = blockDim.x;
-  }
-}
 
 // Final (max, sum) -> what the outputs need, with the CPU's conventions.
 template <typename A>
@@ -290,7 +251,6 @@ Lanes lanes_of(const Shape& s, int64_t axis) {
   return l;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Row kernels: a warp per row up to 1024 elements, else a block of 128..1024 threads
 // sized for about four packs per thread.
