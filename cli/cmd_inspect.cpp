@@ -12,14 +12,16 @@ namespace lathe::cli {
 namespace {
 
 const char* const kHelp =
-    "usage: lathe inspect PATH [--config]\n"
+    "usage: lathe inspect PATH [--config] [--verify]\n"
     "\n"
     "Describes a checkpoint: PATH is a rank file (rank_00000.h5), a step directory, a checkpoint\n"
-    "directory or a run directory (their newest complete step). Prints the step, whether it is\n"
-    "complete, a config summary, and every tensor's name, shape, dtype and bytes, with totals.\n"
+    "directory, a run directory (their newest complete step) or a checkpoint directory's `latest`\n"
+    "pointer. Prints the step, whether it is complete, a config summary, and every tensor's name,\n"
+    "shape, dtype and bytes, with totals.\n"
     "\n"
     "options:\n"
-    "  --config   print the full stored config\n";
+    "  --config   print the full stored config\n"
+    "  --verify   read every tensor and check its checksum (exit 3 naming a corrupt tensor)\n";
 
 
 std::string human_bytes(double b) {
@@ -33,9 +35,9 @@ std::string human_bytes(double b) {
 
 
 int run(const std::vector<std::string>& args) {
-  ParsedArgs a = parse_args("inspect", args, {{"--config", ArgKind::flag}});
+  ParsedArgs a = parse_args("inspect", args, {{"--config", ArgKind::flag}, {"--verify", ArgKind::flag}});
   if (a.positional.size() != 1) throw UsageError("lathe inspect: expected one PATH");
-  train::CheckpointInfo info = train::inspect_checkpoint(a.positional[0]);
+  train::CheckpointInfo info = train::inspect_checkpoint(a.positional[0], a.has("--verify"));
   const auto& st = info.state;
   std::printf("checkpoint: %s\n", info.file.c_str());
   std::printf("complete:   %s\n", info.complete ? "yes" : "NO (no COMPLETE marker: never used for resume)");
@@ -70,6 +72,12 @@ int run(const std::vector<std::string>& args) {
   }
   std::printf("\n%zu tensors, %s; model: %lld parameters (%s)\n", info.tensors.size(), human_bytes(total).c_str(),
               static_cast<long long>(model_params), human_bytes(model_bytes).c_str());
+  if (info.verified)
+    std::printf("checksums:  %lld of %zu tensors verified (crc32c)%s\n", static_cast<long long>(info.checksummed),
+                info.tensors.size(),
+                info.checksummed < static_cast<int64_t>(info.tensors.size())
+                    ? "; the others have none (written before checksums) and were only read"
+                    : "");
   return kExitOk;
 }
 

@@ -6,7 +6,17 @@
 #include <functional>
 #include <string>
 
+#include "core/error.h"
+
 namespace lathe {
+
+// A file that cannot be created, written, synced or renamed (a full disk, a missing or
+// read-only folder). Every function below throws it; the CLI maps it to exit code 3.
+// train::IoError and train::CheckpointError are this type and a subclass of it.
+class IoError : public Error {
+ public:
+  IoError(const std::string& where, const std::string& msg) : Error(where, msg) {}
+};
 
 // "<path>.tmp.<pid>": a temporary name beside `path` that no other process writes.
 std::string temp_path_for(const std::string& path);

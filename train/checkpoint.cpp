@@ -1,6 +1,8 @@
 // Full training-state checkpoints in HDF5; see checkpoint.h for the layout.
 #include "train/checkpoint.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -34,7 +36,25 @@ auto as_checkpoint_error(const std::string& context, F&& fn) -> decltype(fn()) {
     throw;
   } catch (const lathe::Error& e) {
     throw CheckpointError(context + ": " + e.message());
+  } catch (const nlohmann::json::exception& e) {  // a damaged COMPLETE index
+    throw CheckpointError(context + ": " + e.what());
   }
+}
+
+// The "world_size" of a step directory's COMPLETE index, validated: a marker damaged or
+// written by hand must be a checkpoint error naming the file, not a JSON exception.
+int64_t index_world_size(const std::string& dir) {
+  const nlohmann::json index = read_complete(dir);
+  const std::string marker = (fs::path(dir) / "COMPLETE").string();
+  if (!index.is_object())
+    throw CheckpointError(marker + ": the index is not a JSON object; the checkpoint marker is damaged");
+  if (!index.contains("world_size"))
+    throw CheckpointError(marker + ": the index has no \"world_size\" field; the checkpoint marker is damaged "
+                          "(rewrite it, or resume from another step)");
+  const nlohmann::json& ws = index["world_size"];
+  if (!ws.is_number_integer() || ws.get<int64_t>() < 1)
+    throw CheckpointError(marker + ": \"world_size\" must be an integer >= 1, found " + ws.dump());
+  return ws.get<int64_t>();
 }
 
 // The file's format attributes; CheckpointError when it is not a checkpoint of this version.
@@ -161,9 +181,9 @@ void OptimizerPart::load(const H5Reader& r) {
 
 // ---- rank files and step directories of parts ---------------------------------------------
 
-void write_rank_checkpoint(const std::string& path, const CheckpointParts& parts, const CheckpointMeta& meta) {
+static void write_rank_checkpoint_to(const std::string& path, const std::string& tmp, const CheckpointParts& parts,
+                                     const CheckpointMeta& meta) {
   as_checkpoint_error("writing " + path, [&] {
-    const std::string tmp = tmp_path(path);
     {
       H5Writer w(tmp);
       // Before the parts: a part may replace it (the optimizer writes its name).
@@ -181,6 +201,17 @@ void write_rank_checkpoint(const std::string& path, const CheckpointParts& parts
     }
     commit_file(tmp, path);
   });
+}
+
+void write_rank_checkpoint(const std::string& path, const CheckpointParts& parts, const CheckpointMeta& meta) {
+  const std::string tmp = tmp_path(path);
+  try {
+    write_rank_checkpoint_to(path, tmp, parts, meta);
+  } catch (...) {
+    // Whatever failed (a full disk, a part), the temporary file is useless: remove it.
+    ::unlink(tmp.c_str());
+    throw;
+  }
 }
 
 CheckpointMeta read_rank_checkpoint(const std::string& path, const CheckpointParts& parts) {
@@ -210,7 +241,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
     try {
       as_checkpoint_error("preparing " + dir, [&] { prepare_step_dir(ckpt_root, meta.step); });
     } catch (const CheckpointError& e) {
-      err = e.what();
+      err = e.message();
     }
   }
   agree(err.empty(), "preparing the step directory");
@@ -219,7 +250,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
   try {
     write_rank_checkpoint(rank_file(dir, comm.rank()), parts, meta);
   } catch (const CheckpointError& e) {
-    err = e.what();
+    err = e.message();
   }
   agree(err.empty(), "writing its rank file");
   if (!err.empty()) throw CheckpointError(err);
@@ -231,7 +262,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
         if (keep_last_k > 0) keep_last(ckpt_root, keep_last_k);
       });
     } catch (const CheckpointError& e) {
-      err = e.what();
+      err = e.message();
     }
   }
   agree(err.empty(), "marking the step complete");
@@ -240,10 +271,7 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
 }
 
 CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& parts, parallel::Communicator& comm) {
-  const int64_t saved_world = as_checkpoint_error("reading " + dir, [&] {
-    nlohmann::json index = read_complete(dir);
-    return index.at("world_size").get<int64_t>();
-  });
+  const int64_t saved_world = as_checkpoint_error("reading " + dir, [&] { return index_world_size(dir); });
   if (saved_world != comm.size())
     throw CheckpointError(dir + " was written by " + std::to_string(saved_world) + " rank(s), this run has " +
                           std::to_string(comm.size()) + ": resume with the same number of ranks (mpirun -np " +
@@ -339,6 +367,8 @@ TrainState load_checkpoint(const std::string& dir, autograd::Module& model, opti
 std::string find_checkpoint_file(const std::string& path, const std::string& ckpt_root) {
   return as_checkpoint_error("finding a checkpoint in " + path, [&] {
     std::error_code ec;
+    // runs/<name>/checkpoints/latest is a pointer file naming a step directory.
+    if (path != "latest" && follow_latest(path)) return rank_file(resolve_resume(path), 0);
     if (path != "latest" && fs::is_regular_file(path, ec)) return path;
     if (path != "latest" && fs::is_directory(fs::path(path) / "checkpoints", ec))
       return rank_file(resolve_resume(path + "/checkpoints"), 0);
@@ -346,7 +376,7 @@ std::string find_checkpoint_file(const std::string& path, const std::string& ckp
   });
 }
 
-CheckpointInfo inspect_checkpoint(const std::string& path) {
+CheckpointInfo inspect_checkpoint(const std::string& path, bool verify) {
   CheckpointInfo info;
   info.file = find_checkpoint_file(path);
   info.step_dir = fs::path(info.file).parent_path().string();
@@ -362,7 +392,13 @@ CheckpointInfo inspect_checkpoint(const std::string& path) {
       e.dtype = r.dtype(name);
       e.bytes = shape_numel(e.shape) * static_cast<int64_t>(dtype_size(e.dtype));
       info.tensors.push_back(e);
+      if (verify) {
+        r.read_tensor(name);  // checks the checksum
+        if (r.has_checksum(name)) ++info.checksummed;
+      }
     }
+    if (verify) r.read_string("config");
+    info.verified = verify;
   });
   return info;
 }

@@ -33,6 +33,7 @@
 
 #include "autograd/module.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "data/lm_dataset.h"
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
@@ -40,12 +41,9 @@
 
 namespace lathe::train {
 
-// A file the run needs that cannot be written or read (run directory, metrics): exit code 3
-// in the CLI.
-class IoError : public lathe::Error {
- public:
-  IoError(const std::string& where, const std::string& msg) : lathe::Error(where, msg) {}
-};
+// A file the run needs that cannot be written or read (run directory, metrics, a full
+// disk): exit code 3 in the CLI. It lives in core/fs.h, whose writers throw it.
+using IoError = lathe::IoError;
 // A checkpoint that cannot be written, read, or used for this run (also exit code 3).
 class CheckpointError : public IoError {
  public:
@@ -194,10 +192,14 @@ struct CheckpointInfo {
   bool complete = false;   // COMPLETE marker present
   TrainState state;
   std::vector<TensorEntry> tensors;  // every tensor dataset, sorted by name
+  bool verified = false;             // verify: every tensor was read and checked
+  int64_t checksummed = 0;           // verify: how many of them carry a checksum (older files: none)
 };
 // Describes a checkpoint given as a rank file, a step directory (its rank 0 file), a
-// checkpoint root or a run directory (their newest complete step).
-CheckpointInfo inspect_checkpoint(const std::string& path);
+// checkpoint root, a run directory (their newest complete step) or a `latest` pointer file.
+// verify: also reads every tensor, checking its checksum (CheckpointError naming the tensor
+// and the file on a mismatch).
+CheckpointInfo inspect_checkpoint(const std::string& path, bool verify = false);
 
 // The rank-0 file of a checkpoint given as a rank file, step directory, checkpoint root,
 // run directory (<dir>/checkpoints) or "latest" of ckpt_root; throws CheckpointError.

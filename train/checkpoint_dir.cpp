@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -216,6 +217,51 @@ std::optional<int64_t> latest_complete_step(const std::string& ckpt_root) {
   return s.back();
 }
 
+bool repair_latest(const std::string& ckpt_root) {
+  std::error_code ec;
+  if (!fs::is_directory(ckpt_root, ec)) return false;
+  const std::optional<int64_t> s = latest_complete_step(ckpt_root);
+  const fs::path latest = fs::path(ckpt_root) / kLatest;
+  std::string current;
+  bool have = false;
+  if (fs::is_regular_file(latest, ec)) {
+    std::ifstream f(latest, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    current = ss.str();
+    have = true;
+  } else if (fs::is_symlink(latest, ec)) {
+    have = true;  // a dangling or foreign symlink: replaced by the pointer file
+    remove_path(latest.string());
+  } else if (fs::exists(latest, ec)) {
+    return false;  // a folder of that name is not ours to replace
+  }
+  if (!s) {
+    if (have) refresh_latest(ckpt_root);
+    return have;
+  }
+  const std::string want = fs::path(step_dir(ckpt_root, *s)).filename().string() + "\n";
+  if (have && current == want) return false;
+  write_latest(ckpt_root, *s);
+  return true;
+}
+
+std::optional<std::string> follow_latest(const std::string& path) {
+  std::error_code ec;
+  fs::path p(path);
+  if (p.filename() != kLatest || !fs::is_regular_file(p, ec)) return std::nullopt;
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string name = ss.str();
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  LATHE_REQUIRE(f.good() || f.eof()) << "checkpoint: cannot read '" << path << "'";
+  LATHE_REQUIRE(name.find('/') == std::string::npos && parse_step_dir(name))
+      << "checkpoint: '" << path << "' should name a step directory (like step_00001000), found \"" << name.substr(0, 80)
+      << "\"";
+  return (fs::path(parent_of(path)) / name).string();
+}
+
 void write_latest(const std::string& ckpt_root, int64_t step) {
   std::string name = fs::path(step_dir(ckpt_root, step)).filename().string();
   write_file_atomic((fs::path(ckpt_root) / kLatest).string(), name + "\n");
@@ -239,6 +285,7 @@ std::vector<std::string> cleanup_stale(const std::string& ckpt_root, std::option
     // written by someone; prepare_step_dir empties it when that step is saved again.
   }
   if (!removed.empty()) fsync_dir(ckpt_root);
+  repair_latest(ckpt_root);
   return removed;
 }
 
@@ -277,6 +324,12 @@ std::string resolve_resume(const std::string& spec, const std::string& ckpt_root
     p = fs::path(ckpt_root) / p;
   LATHE_REQUIRE(fs::exists(p, ec)) << "resume: " << p.string() << " does not exist";
   p = p.lexically_normal();
+  if (std::optional<std::string> named = follow_latest(p.string())) {
+    LATHE_REQUIRE(is_complete(*named)) << p.string() << " names " << *named
+                                       << ", which is not a complete checkpoint (no COMPLETE marker); resume from "
+                                          "the checkpoint directory to use its newest complete step";
+    return *named;
+  }
   if (fs::is_regular_file(p, ec)) {
     std::string dir = parent_of(p.string());
     LATHE_REQUIRE(is_complete(dir)) << p.string() << " is not a complete checkpoint (no COMPLETE marker in " << dir

@@ -67,9 +67,18 @@ std::optional<int64_t> latest_complete_step(const std::string& ckpt_root);
 // Atomically replaces <root>/latest with "step_%08d\n".
 void write_latest(const std::string& ckpt_root, int64_t step);
 
+// Points <root>/latest at the newest complete step (or removes it when there is none) if it
+// names anything else or is missing: a kill between writing COMPLETE and updating latest
+// leaves it naming the previous step. Returns true when it changed latest.
+bool repair_latest(const std::string& ckpt_root);
+// The step directory that a `latest` pointer file names ("<its folder>/step_00001000"), or
+// nullopt when `path` is not a regular file named "latest". Throws naming the file when its
+// text is not a step directory name.
+std::optional<std::string> follow_latest(const std::string& path);
+
 // Removes *.tmp files under root (except inside `in_progress`'s directory) and step
 // directories without COMPLETE whose step is below the latest complete one (never the
-// `in_progress` step). Returns the removed paths.
+// `in_progress` step), then repairs `latest` (repair_latest). Returns the removed paths.
 std::vector<std::string> cleanup_stale(const std::string& ckpt_root,
                                        std::optional<int64_t> in_progress = std::nullopt);
 // Deletes all but the newest k complete step directories (k >= 1). The COMPLETE marker
@@ -81,6 +90,7 @@ std::vector<std::string> keep_last(const std::string& ckpt_root, int k);
 //   "latest"                -> newest complete step under ckpt_root
 //   "1000"                  -> step_dir(ckpt_root, 1000)
 //   a complete step dir     -> itself
+//   <root>/latest (the pointer file) -> the step it names (which must be complete)
 //   a file inside one       -> its directory
 //   a checkpoint root       -> its newest complete step
 // Throws "no complete checkpoint in <dir>" or "<path> is not a complete checkpoint

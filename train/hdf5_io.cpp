@@ -2,8 +2,15 @@
 #include "train/hdf5_io.h"
 
 #include <hdf5.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstring>
+
+#include "core/fs.h"
+#include "train/crc32c.h"
 
 namespace lathe::train {
 namespace {
@@ -31,6 +38,15 @@ std::string h5_detail() {
   std::string msg;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, &msg);
   H5Eclear2(H5E_DEFAULT);
+  // The POSIX driver's message is "file write failed: time = <ctime with a newline>,
+  // filename = ..., errno = 28, error message = 'No space left on device', buf = ...":
+  // keep what failed and the system's reason.
+  const size_t t = msg.find(": time = ");
+  const size_t em = msg.find("error message = '");
+  if (t != std::string::npos && em != std::string::npos) {
+    const size_t from = em + 17, to = msg.find('\'', from);
+    msg = msg.substr(0, t) + ": " + msg.substr(from, to == std::string::npos ? std::string::npos : to - from);
+  }
   return msg.empty() ? std::string() : " (hdf5: " + msg + ")";
 }
 
@@ -74,9 +90,15 @@ H5Handle mem_type(DType dt) {
   return H5Handle(H5Tcopy(base));
 }
 
-H5Handle vlen_string_type() {
+// Strings are written fixed-length (NUL-terminated UTF-8 of exactly their size): a
+// variable-length string lives in HDF5's global heap, which has no checksum, and a damaged
+// heap makes H5Aread/H5Dread crash. Fixed-length bytes sit in the (checksummed) object
+// header or in the dataset's data (checked by crc32c). Older files' variable-length strings
+// are still read.
+H5Handle string_type(const std::string& value) {
   H5Handle t(H5Tcopy(H5T_C_S1));
-  H5Tset_size(t.get(), H5T_VARIABLE);
+  H5Tset_size(t.get(), value.size() + 1);
+  H5Tset_strpad(t.get(), H5T_STR_NULLTERM);
   H5Tset_cset(t.get(), H5T_CSET_UTF8);
   return t;
 }
@@ -141,6 +163,8 @@ std::string read_string_value(hid_t obj, bool is_attr, const std::string& file, 
     return out;
   }
   size_t n = H5Tget_size(type.get());
+  LATHE_REQUIRE(n > 0 && n <= (size_t{1} << 30))
+      << where(file, name) << ": implausible string size " << n << " (corrupt file?)";
   H5Handle mt(H5Tcopy(H5T_C_S1));
   H5Tset_size(mt.get(), n);
   H5Tset_cset(mt.get(), H5Tget_cset(type.get()));
@@ -181,33 +205,123 @@ void H5Handle::reset() {
 
 // ---- H5Writer ----------------------------------------------------------------
 
+namespace {
+
+uint32_t crc_of(const void* data, size_t n) { return n == 0 ? 0u : crc32c(data, n); }
+
+// Property lists of a new file: the sec2 (POSIX) driver, whose descriptor abandon() swaps,
+// and the 1.8 object format, whose headers and superblock carry metadata checksums.
+H5Handle writer_fapl() {
+  H5Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+  if (fapl.valid()) {
+    H5Pset_fapl_sec2(fapl.get());
+    H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18);
+  }
+  return fapl;
+}
+
+}  // namespace
+
+namespace {
+std::atomic<bool> g_full_disk_for_testing{false};
+}  // namespace
+
+void h5writer_full_disk_for_testing(bool on) { g_full_disk_for_testing = on; }
+
 H5Writer::H5Writer(const std::string& path) : path_(path) {
   quiet_hdf5();
-  file_ = H5Handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-  LATHE_REQUIRE(file_.valid()) << "cannot create HDF5 file '" << path << "'" << h5_detail();
+  H5Handle fapl = writer_fapl();
+  file_ = H5Handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.valid() ? fapl.get() : H5P_DEFAULT));
+  if (!file_.valid()) {
+    const std::string detail = h5_detail();
+    throw IoError("hdf5", "cannot create HDF5 file '" + path + "'" + detail);
+  }
+  if (g_full_disk_for_testing) {
+    void* handle = nullptr;
+    int full = ::open("/dev/full", O_WRONLY | O_CLOEXEC);
+    if (full >= 0 && H5Fget_vfd_handle(file_.get(), H5P_DEFAULT, &handle) >= 0 && handle)
+      ::dup2(full, *static_cast<int*>(handle));
+    if (full >= 0) ::close(full);
+  }
 }
 
 H5Writer::~H5Writer() {
-  try {
-    file_.reset();
-  } catch (...) {
+  if (!file_.valid()) return;
+  quiet_hdf5();
+  // Never H5Fclose a file whose flush fails: flush first, abandon on failure.
+  if (!failed_ && H5Fflush(file_.get(), H5F_SCOPE_LOCAL) < 0) abandon();
+  H5Eclear2(H5E_DEFAULT);
+  if (failed_) {
+    close_abandoned();
+  } else {
+    H5Fclose(static_cast<hid_t>(file_.release()));
+    H5Eclear2(H5E_DEFAULT);
   }
+}
+
+void H5Writer::abandon() {
+  if (failed_) return;
+  failed_ = true;
+  if (!file_.valid()) return;
+  void* handle = nullptr;
+  int fd = -1;
+  if (H5Fget_vfd_handle(file_.get(), H5P_DEFAULT, &handle) >= 0 && handle) fd = *static_cast<int*>(handle);
+  H5Eclear2(H5E_DEFAULT);
+  // The rest of HDF5's writes (metadata flushed by the closes) land in this scratch file,
+  // sparse and in memory, and succeed whatever the state of the disk.
+  int scratch = ::memfd_create("lathe-abandoned-h5", MFD_CLOEXEC);
+  if (fd >= 0 && scratch >= 0 && ::dup2(scratch, fd) >= 0) {
+    ::close(scratch);
+    return;
+  }
+  if (scratch >= 0) ::close(scratch);
+  // No memfd: free the file's blocks instead, so that the closing metadata writes fit on a
+  // full disk.
+  if (::truncate(path_.c_str(), 0) != 0) {
+  }
+}
+
+void H5Writer::close_abandoned() {
+  if (file_.valid()) H5Fclose(static_cast<hid_t>(file_.release()));
+  H5Eclear2(H5E_DEFAULT);
+  ::unlink(path_.c_str());
+}
+
+void H5Writer::fail(const std::string& what) {
+  const std::string detail = h5_detail();  // before abandon() clears the stack
+  abandon();
+  throw IoError("hdf5", what + detail);
+}
+
+void H5Writer::check_open(const std::string& name) const {
+  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  if (failed_)
+    throw IoError("hdf5", where(path_, name) + ": an earlier write to this file failed; the file is being discarded");
 }
 
 void H5Writer::close() {
   quiet_hdf5();
   if (!file_.valid()) return;
-  hid_t id = static_cast<hid_t>(file_.release());
-  herr_t fl = H5Fflush(id, H5F_SCOPE_LOCAL);
-  std::string detail = h5_detail();
-  herr_t cl = H5Fclose(id);
-  if (detail.empty()) detail = h5_detail();
-  LATHE_REQUIRE(fl >= 0 && cl >= 0) << "cannot flush and close HDF5 file '" << path_ << "'" << detail;
+  if (failed_) {
+    close_abandoned();
+    throw IoError("hdf5", "HDF5 file '" + path_ + "': an earlier write failed; the incomplete file was removed");
+  }
+  if (H5Fflush(file_.get(), H5F_SCOPE_LOCAL) < 0) {
+    const std::string detail = h5_detail();
+    abandon();
+    close_abandoned();
+    throw IoError("hdf5", "cannot flush HDF5 file '" + path_ + "'" + detail + "; the incomplete file was removed");
+  }
+  if (H5Fclose(static_cast<hid_t>(file_.release())) < 0) {
+    const std::string detail = h5_detail();
+    ::unlink(path_.c_str());
+    throw IoError("hdf5", "cannot close HDF5 file '" + path_ + "'" + detail + "; the incomplete file was removed");
+  }
 }
 
 void H5Writer::create_group(const std::string& name) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  check_open(name);
   std::string r = rel(name);
   if (r.empty()) return;
   H5I_type_t t = object_type(file_.get(), r);
@@ -216,12 +330,13 @@ void H5Writer::create_group(const std::string& name) {
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle g(H5Gcreate2(file_.get(), r.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  LATHE_REQUIRE(g.valid()) << where(path_, name) << ": cannot create the group" << h5_detail();
+  if (!g.valid()) fail(where(path_, name) + ": cannot create the group");
+  if (H5Gclose(static_cast<hid_t>(g.release())) < 0) fail(where(path_, name) + ": cannot write the group");
 }
 
 void H5Writer::write_tensor(const std::string& name, const Tensor& t) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  check_open(name);
   LATHE_REQUIRE(t.defined()) << where(path_, name) << ": cannot write an undefined tensor";
   std::string r = rel(name);
   LATHE_REQUIRE(!r.empty() && r.back() != '/') << where(path_, name) << ": a dataset needs a name";
@@ -231,80 +346,91 @@ void H5Writer::write_tensor(const std::string& name, const Tensor& t) {
   std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
   H5Handle space(c.dim() == 0 ? H5Screate(H5S_SCALAR)
                               : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-  LATHE_REQUIRE(space.valid()) << where(path_, name) << ": cannot make a dataspace for shape " << c.shape_str()
-                             << h5_detail();
+  if (!space.valid()) fail(where(path_, name) + ": cannot make a dataspace for shape " + c.shape_str());
   H5Handle type = mem_type(c.dtype());
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  LATHE_REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the dataset (" << dtype_name(c.dtype())
-                            << " " << c.shape_str() << ")" << h5_detail();
-  if (c.numel() > 0) {
-    herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data());
-    LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot write " << c.nbytes() << " bytes" << h5_detail();
+  if (!dset.valid())
+    fail(where(path_, name) + ": cannot create the dataset (" + dtype_name(c.dtype()) + " " + c.shape_str() + ")");
+  if (c.numel() > 0 && H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data()) < 0)
+    fail(where(path_, name) + ": cannot write " + std::to_string(c.nbytes()) + " bytes");
+  // The bytes as they lie in memory are the little-endian element bytes on every platform
+  // lathe builds for (x86-64, aarch64).
+  const int64_t crc = crc_of(c.raw_data(), c.nbytes());
+  write_attr(dset.get(), r, "crc32c", H5T_NATIVE_INT64, &crc);
+  if (c.dtype() == DType::bf16) {
+    H5Handle st = string_type("bf16");
+    write_attr(dset.get(), r, "dtype", st.get(), "bf16");
   }
-  dset.reset();
-  if (c.dtype() == DType::bf16) set_attr(r, "dtype", std::string("bf16"));
+  // Closing writes what HDF5 still buffers: a full disk often shows only here.
+  if (H5Dclose(static_cast<hid_t>(dset.release())) < 0)
+    fail(where(path_, name) + ": cannot write " + std::to_string(c.nbytes()) + " bytes");
 }
 
 void H5Writer::write_string(const std::string& name, const std::string& value) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, name) << ": the writer is closed";
+  check_open(name);
   std::string r = rel(name);
   LATHE_REQUIRE(!r.empty()) << where(path_, name) << ": a dataset needs a name";
   LATHE_REQUIRE(!path_exists(file_.get(), r)) << where(path_, name) << ": already exists";
   LATHE_REQUIRE(value.find('\0') == std::string::npos)
       << where(path_, name) << ": strings with NUL bytes are not supported";
-  H5Handle type = vlen_string_type();
+  H5Handle type = string_type(value);
   H5Handle space(H5Screate(H5S_SCALAR));
   H5Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   H5Handle dset(H5Dcreate2(file_.get(), r.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  LATHE_REQUIRE(dset.valid()) << where(path_, name) << ": cannot create the string dataset" << h5_detail();
-  const char* p = value.c_str();
-  herr_t st = H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &p);
-  LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot write the string" << h5_detail();
+  if (!dset.valid()) fail(where(path_, name) + ": cannot create the string dataset");
+  if (H5Dwrite(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.c_str()) < 0)
+    fail(where(path_, name) + ": cannot write the string");
+  const int64_t crc = crc_of(value.data(), value.size());
+  write_attr(dset.get(), r, "crc32c", H5T_NATIVE_INT64, &crc);
+  if (H5Dclose(static_cast<hid_t>(dset.release())) < 0) fail(where(path_, name) + ": cannot write the string");
 }
 
-namespace {
-
-// Creates (replacing) a scalar attribute and writes `buf` with `type`.
-void write_attr(hid_t file, const std::string& fpath, const std::string& object, const std::string& key, hid_t type,
-                const void* buf) {
-  std::string r = rel(object);
-  LATHE_REQUIRE(path_exists(file, r)) << where(fpath, object) << ": cannot set attribute '" << key
-                                    << "': no such object";
-  const char* obj = loc_name(r);
-  if (H5Aexists_by_name(file, obj, key.c_str(), H5P_DEFAULT) > 0) H5Adelete_by_name(file, obj, key.c_str(), H5P_DEFAULT);
+void H5Writer::write_attr(int64_t obj_id, const std::string& object, const std::string& key, int64_t type_id,
+                          const void* buf) {
+  const hid_t obj = static_cast<hid_t>(obj_id);
+  const hid_t type = static_cast<hid_t>(type_id);
+  htri_t exists = H5Aexists(obj, key.c_str());
+  if (exists < 0) fail(where(path_, object) + ": cannot look up attribute '" + key + "'");
+  if (exists > 0 && H5Adelete(obj, key.c_str()) < 0)
+    fail(where(path_, object) + ": cannot replace attribute '" + key + "'");
   H5Handle space(H5Screate(H5S_SCALAR));
-  H5Handle a(H5Acreate_by_name(file, obj, key.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-  LATHE_REQUIRE(a.valid()) << where(fpath, object) << ": cannot create attribute '" << key << "'" << h5_detail();
-  LATHE_REQUIRE(H5Awrite(a.get(), type, buf) >= 0)
-      << where(fpath, object) << ": cannot write attribute '" << key << "'" << h5_detail();
+  H5Handle a(H5Acreate2(obj, key.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!a.valid()) fail(where(path_, object) + ": cannot create attribute '" + key + "'");
+  if (H5Awrite(a.get(), type, buf) < 0) fail(where(path_, object) + ": cannot write attribute '" + key + "'");
+  if (H5Aclose(static_cast<hid_t>(a.release())) < 0)
+    fail(where(path_, object) + ": cannot write attribute '" + key + "'");
 }
 
-}  // namespace
+void H5Writer::set_attr_by_name(const std::string& object, const std::string& key, int64_t type, const void* buf) {
+  check_open(object);
+  std::string r = rel(object);
+  LATHE_REQUIRE(path_exists(file_.get(), r)) << where(path_, object) << ": cannot set attribute '" << key
+                                             << "': no such object";
+  H5Handle o(H5Oopen(file_.get(), loc_name(r), H5P_DEFAULT));
+  if (!o.valid()) fail(where(path_, object) + ": cannot open it to set attribute '" + key + "'");
+  write_attr(o.get(), object, key, type, buf);
+}
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, const std::string& value) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
   LATHE_REQUIRE(value.find('\0') == std::string::npos)
       << where(path_, object) << ": attribute '" << key << "': strings with NUL bytes are not supported";
-  H5Handle type = vlen_string_type();
-  const char* p = value.c_str();
-  write_attr(file_.get(), path_, object, key, type.get(), &p);
+  H5Handle type = string_type(value);
+  set_attr_by_name(object, key, type.get(), value.c_str());
 }
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, int64_t value) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
-  write_attr(file_.get(), path_, object, key, H5T_NATIVE_INT64, &value);
+  set_attr_by_name(object, key, H5T_NATIVE_INT64, &value);
 }
 
 void H5Writer::set_attr(const std::string& object, const std::string& key, double value) {
   quiet_hdf5();
-  LATHE_REQUIRE(file_.valid()) << where(path_, object) << ": the writer is closed";
-  write_attr(file_.get(), path_, object, key, H5T_NATIVE_DOUBLE, &value);
+  set_attr_by_name(object, key, H5T_NATIVE_DOUBLE, &value);
 }
 
 // ---- H5Reader ----------------------------------------------------------------
@@ -442,7 +568,35 @@ Shape dataset_shape(hid_t dset, const std::string& fpath, const std::string& nam
   return Shape(dims.begin(), dims.end());
 }
 
+// Compares the CRC-32C of `n` bytes read from a dataset with its crc32c attribute; a
+// dataset without one (an older file) is not checked.
+void verify_checksum(hid_t dset, const std::string& fpath, const std::string& name, const void* data, size_t n) {
+  htri_t has = H5Aexists(dset, "crc32c");
+  H5Eclear2(H5E_DEFAULT);
+  if (has <= 0) return;
+  H5Handle a(H5Aopen(dset, "crc32c", H5P_DEFAULT));
+  int64_t stored = -1;
+  LATHE_REQUIRE(a.valid() && H5Aread(a.get(), H5T_NATIVE_INT64, &stored) >= 0)
+      << where(fpath, name) << ": cannot read its checksum attribute crc32c (corrupt file?)" << h5_detail();
+  const uint32_t got = n == 0 ? 0u : crc32c(data, n);
+  if (stored != static_cast<int64_t>(got)) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "stored crc32c 0x%08llx, computed 0x%08x", static_cast<unsigned long long>(stored),
+                  got);
+    LATHE_FAIL() << where(fpath, name) << ": checksum mismatch (" << buf
+                 << "): the data is corrupt (a damaged disk or copy); use another checkpoint or a good copy";
+  }
+}
+
 }  // namespace
+
+bool H5Reader::has_checksum(const std::string& name) const {
+  quiet_hdf5();
+  H5Handle d = open_dataset(file_.get(), path_, name);
+  htri_t has = H5Aexists(d.get(), "crc32c");
+  H5Eclear2(H5E_DEFAULT);
+  return has > 0;
+}
 
 DType H5Reader::dtype(const std::string& name) const {
   quiet_hdf5();
@@ -473,6 +627,7 @@ Tensor H5Reader::read_tensor(const std::string& name, std::optional<DType> expec
     LATHE_REQUIRE(st >= 0) << where(path_, name) << ": cannot read " << dtype_name(dt) << " " << shape_str(shape)
                          << " (corrupt or truncated file?)" << h5_detail();
   }
+  verify_checksum(d.get(), path_, name, out.raw_data(), out.nbytes());
   return out;
 }
 
@@ -485,7 +640,9 @@ void H5Reader::read_into(const std::string& name, const Tensor& dst) const {
 std::string H5Reader::read_string(const std::string& name) const {
   quiet_hdf5();
   H5Handle d = open_dataset(file_.get(), path_, name);
-  return read_string_value(d.get(), false, path_, name);
+  std::string v = read_string_value(d.get(), false, path_, name);
+  verify_checksum(d.get(), path_, name, v.data(), v.size());
+  return v;
 }
 
 namespace {

@@ -10,8 +10,17 @@
 // round-trips bit-exactly. 0-d tensors use a scalar dataspace, empty tensors a
 // zero-sized one.
 //
+// Checksums: every dataset the writer makes carries the attribute crc32c (an int64 holding
+// the CRC-32C of its little-endian element bytes, or of a string's UTF-8 bytes), checked by
+// every read; a mismatch is an error naming the file and the dataset. Datasets without the
+// attribute (files written before it existed, or by other tools) read unverified.
+// Files use the HDF5 1.8 object format (readable by HDF5 >= 1.8, h5py, h5dump), whose
+// object headers and superblock carry HDF5's own metadata checksums.
+//
 // Every failure throws lathe::Error naming the file and the object path; HDF5's own
 // error stack printing is switched off and its innermost message is appended instead.
+// A failed write (a full disk) throws lathe::IoError; the writer then closes every HDF5 id
+// and deletes its file, because HDF5 cannot close a file whose flush failed (see abandon()).
 #pragma once
 
 #include <cstdint>
@@ -50,7 +59,9 @@ class H5Writer {
  public:
   // Creates (or truncates) the file at `path`.
   explicit H5Writer(const std::string& path);
-  ~H5Writer();  // closes; errors on this path are swallowed, call close() to see them
+  // Closes the file if close() was not called; errors on this path are swallowed (call
+  // close() to see them). A file whose writes or final flush failed is deleted.
+  ~H5Writer();
   H5Writer(const H5Writer&) = delete;
   H5Writer& operator=(const H5Writer&) = delete;
 
@@ -70,14 +81,35 @@ class H5Writer {
   void set_attr(const std::string& object, const std::string& key, int64_t value);
   void set_attr(const std::string& object, const std::string& key, double value);
 
-  // Flushes and closes the file; later calls are errors. Idempotent.
+  // Flushes and closes the file; later calls are errors. Idempotent. When a write failed
+  // earlier or the flush fails, the file is deleted and an IoError thrown.
   void close();
   const std::string& path() const { return path_; }
+  // True once an HDF5 write has failed: the file is garbage and is deleted on close.
+  bool failed() const { return failed_; }
 
  private:
+  void check_open(const std::string& name) const;
+  // Throws IoError(what + HDF5's message) after abandoning the file.
+  [[noreturn]] void fail(const std::string& what);
+  // After a failed write: points HDF5's descriptor at an in-memory scratch file, so that the
+  // closes that follow cannot fail (a failed H5Fclose leaves a half-destroyed id that
+  // crashes HDF5's exit-time cleanup).
+  void abandon();
+  // Closes an abandoned file and deletes it from disk.
+  void close_abandoned();
+  // Creates (replacing) a scalar attribute on an open object.
+  void write_attr(int64_t obj, const std::string& object, const std::string& key, int64_t type, const void* buf);
+  void set_attr_by_name(const std::string& object, const std::string& key, int64_t type, const void* buf);
+
   std::string path_;
   H5Handle file_;
+  bool failed_ = false;
 };
+
+// Test hook: while on, every new H5Writer's descriptor is pointed at /dev/full right after
+// the file is created, so its later writes fail with ENOSPC as on a disk that just filled.
+void h5writer_full_disk_for_testing(bool on);
 
 class H5Reader {
  public:
@@ -105,6 +137,8 @@ class H5Reader {
   // stored dtype and shape.
   void read_into(const std::string& name, const Tensor& dst) const;
   std::string read_string(const std::string& name) const;
+  // Whether a dataset carries a crc32c attribute (reads of it are verified).
+  bool has_checksum(const std::string& name) const;
 
   bool has_attr(const std::string& object, const std::string& key) const;
   std::string attr_string(const std::string& object, const std::string& key) const;

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -21,6 +22,9 @@ double unix_seconds() {
 
 nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+// A file that cannot be written (a full disk) is an I/O error: exit code 3 in the CLI.
+[[noreturn]] void io_fail(const std::string& msg) { throw IoError("metrics", msg); }
+
 }  // namespace
 
 JsonlWriter::JsonlWriter(const std::string& path, bool append) : path_(path) {
@@ -28,10 +32,10 @@ JsonlWriter::JsonlWriter(const std::string& path, bool append) : path_(path) {
   if (!parent.empty()) {
     std::error_code ec;
     fs::create_directories(parent, ec);
-    LATHE_REQUIRE(!ec) << "metrics: cannot create directory '" << parent.string() << "': " << ec.message();
+    if (ec) io_fail("cannot create directory '" + parent.string() + "': " + ec.message());
   }
   f_ = std::fopen(path.c_str(), append ? "ab" : "wb");
-  LATHE_REQUIRE(f_) << "metrics: cannot open '" << path << "': " << std::strerror(errno);
+  if (!f_) io_fail("cannot open '" + path + "': " + std::strerror(errno));
 }
 
 JsonlWriter::~JsonlWriter() {
@@ -42,15 +46,15 @@ void JsonlWriter::write(const nlohmann::json& record) {
   LATHE_REQUIRE(f_) << "metrics: writing to closed file '" << path_ << "'";
   // dump() escapes newlines inside strings, so a record is always exactly one line.
   std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  LATHE_REQUIRE(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0)
-      << "metrics: cannot write to '" << path_ << "': " << std::strerror(errno);
+  if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0)
+    io_fail("cannot write to '" + path_ + "': " + std::strerror(errno));
 }
 
 void JsonlWriter::close() {
   if (!f_) return;
   std::FILE* f = f_;
   f_ = nullptr;
-  LATHE_REQUIRE(std::fclose(f) == 0) << "metrics: cannot close '" << path_ << "': " << std::strerror(errno);
+  if (std::fclose(f) != 0) io_fail("cannot close '" + path_ + "': " + std::strerror(errno));
 }
 
 MetricsLogger::MetricsLogger(MetricsOptions opt, const nlohmann::json& config) : opt_(std::move(opt)) {

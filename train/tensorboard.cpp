@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "train/crc32c.h"
 
 namespace fs = std::filesystem;
@@ -223,10 +224,15 @@ std::vector<TbEvent> read_tb_events(const std::string& path) {
 
 // ---- writer ----------------------------------------------------------------------
 
+namespace {
+// A failed write (a full disk) is an I/O error: exit code 3 in the CLI, not a crash of the run.
+[[noreturn]] void io_fail(const std::string& msg) { throw IoError("tensorboard", msg); }
+}  // namespace
+
 TensorBoardWriter::TensorBoardWriter(const std::string& logdir) {
   std::error_code ec;
   fs::create_directories(logdir, ec);
-  LATHE_REQUIRE(!ec) << "tensorboard: cannot create log directory '" << logdir << "': " << ec.message();
+  if (ec) io_fail("cannot create log directory '" + logdir + "': " + ec.message());
   char host[256] = {0};
   if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "localhost");
   std::string base = (fs::path(logdir) / ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now_seconds())) +
@@ -237,7 +243,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& logdir) {
     f_ = std::fopen(path_.c_str(), "wbx");  // x: never reuse another writer's file
     if (!f_ && errno != EEXIST) break;
   }
-  LATHE_REQUIRE(f_) << "tensorboard: cannot create event file '" << path_ << "': " << std::strerror(errno);
+  if (!f_) io_fail("cannot create event file '" + path_ + "': " + std::strerror(errno));
   write_record(encode_tb_event(now_seconds(), 0, "brain.Event:2", {}));
   flush();
 }
@@ -249,8 +255,8 @@ TensorBoardWriter::~TensorBoardWriter() {
 void TensorBoardWriter::write_record(const std::string& data) {
   LATHE_REQUIRE(f_) << "tensorboard: writing to closed event file '" << path_ << "'";
   std::string rec = encode_tfrecord(data);
-  LATHE_REQUIRE(std::fwrite(rec.data(), 1, rec.size(), f_) == rec.size())
-      << "tensorboard: cannot write to '" << path_ << "': " << std::strerror(errno);
+  if (std::fwrite(rec.data(), 1, rec.size(), f_) != rec.size())
+    io_fail("cannot write to '" + path_ + "': " + std::strerror(errno));
 }
 
 void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double value, double wall_time) {
@@ -267,14 +273,14 @@ void TensorBoardWriter::add_scalars(int64_t step, const std::map<std::string, do
 
 void TensorBoardWriter::flush() {
   if (!f_) return;
-  LATHE_REQUIRE(std::fflush(f_) == 0) << "tensorboard: cannot flush '" << path_ << "': " << std::strerror(errno);
+  if (std::fflush(f_) != 0) io_fail("cannot flush '" + path_ + "': " + std::strerror(errno));
 }
 
 void TensorBoardWriter::close() {
   if (!f_) return;
   std::FILE* f = f_;
   f_ = nullptr;
-  LATHE_REQUIRE(std::fclose(f) == 0) << "tensorboard: cannot close '" << path_ << "': " << std::strerror(errno);
+  if (std::fclose(f) != 0) io_fail("cannot close '" + path_ + "': " + std::strerror(errno));
 }
 
 }  // namespace lathe::train

@@ -187,6 +187,53 @@ TEST(CheckpointDir, ResolveResume) {
   EXPECT_NE(empty_root.find("no complete checkpoint in"), std::string::npos) << empty_root;
 }
 
+// A kill between writing COMPLETE and updating `latest` leaves latest naming the previous
+// step; startup (cleanup_stale, which the trainer runs) points it at the newest complete one.
+TEST(CheckpointDir, StartupRepairsAStaleLatest) {
+  TmpDir tmp;
+  std::string root = tmp / "checkpoints";
+  save(root, 10, 1);
+  save(root, 20, 1);
+  const std::string latest = root + "/latest";
+  EXPECT_EQ(test::read_file(latest), "step_00000020\n");
+  test::write_file(latest, "step_00000010\n");  // the state the kill left
+  EXPECT_FALSE(cleanup_stale(root).size());
+  EXPECT_EQ(test::read_file(latest), "step_00000020\n");
+  EXPECT_FALSE(repair_latest(root));  // already right: untouched
+
+  fs::remove(latest);  // killed before the first latest was written
+  EXPECT_TRUE(repair_latest(root));
+  EXPECT_EQ(test::read_file(latest), "step_00000020\n");
+  test::write_file(latest, "garbage");
+  EXPECT_TRUE(repair_latest(root));
+  EXPECT_EQ(test::read_file(latest), "step_00000020\n");
+  // A newer incomplete step is never what latest names.
+  crashed_save(root, 30);
+  EXPECT_FALSE(repair_latest(root));
+  EXPECT_EQ(test::read_file(latest), "step_00000020\n");
+}
+
+TEST(CheckpointDir, LatestPointerFileResolvesToItsStep) {
+  TmpDir tmp;
+  std::string root = tmp / "checkpoints";
+  save(root, 10, 1);
+  save(root, 20, 1);
+  const std::string latest = root + "/latest";
+  EXPECT_EQ(follow_latest(latest), step_dir(root, 20));
+  EXPECT_EQ(follow_latest(rank_file(step_dir(root, 20), 0)), std::nullopt);  // not a pointer
+  EXPECT_EQ(resolve_resume(latest), step_dir(root, 20));
+  test::write_file(latest, "step_00000010\n");
+  EXPECT_EQ(resolve_resume(latest), step_dir(root, 10));  // it follows the pointer, whatever it names
+  test::write_file(latest, "../../etc\n");
+  std::string bad = error_of([&] { resolve_resume(latest); });
+  EXPECT_NE(bad.find(latest), std::string::npos) << bad;
+  EXPECT_NE(bad.find("should name a step directory"), std::string::npos) << bad;
+  std::string dir = crashed_save(root, 30);
+  test::write_file(latest, "step_00000030\n");
+  std::string inc = error_of([&] { resolve_resume(latest); });
+  EXPECT_NE(inc.find("not a complete checkpoint"), std::string::npos) << inc;
+}
+
 TEST(CheckpointDir, MarkCompleteValidatesTheIndex) {
   TmpDir tmp;
   std::string root = tmp / "checkpoints";
