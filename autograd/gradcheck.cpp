@@ -6,6 +6,7 @@
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
 #include "core/storage.h"
+#include "kernels/ops.h"
 
 namespace lathe::autograd {
 
@@ -26,15 +27,27 @@ std::string index_str(int64_t flat, const Shape& shape) {
   return os.str();
 }
 
-// A fresh tensor laid out like `layout` (same strides and offset, own storage) holding
-// `values` in row-major order, so f sees the caller's non-contiguous layouts.
-Tensor with_layout(const Vec& values, const Tensor& layout) {
-  auto st = std::make_shared<Storage>(layout.storage()->nbytes(), layout.device());
+// A fresh tensor laid out like `src` (same strides and offset, own zeroed storage on src's
+// device) holding src's values, so f sees the caller's non-contiguous layouts. Everything
+// stays on the device: no values pass through the host.
+Tensor copy_with_layout(const Tensor& src) {
+  auto st = std::make_shared<Storage>(src.storage()->nbytes(), src.device());
   Tensor whole = Tensor::from_storage(st, {static_cast<int64_t>(st->nbytes() / sizeof(double))}, DType::f64);
   whole.zero_();
-  Tensor t = Tensor::from_storage(st, layout.shape(), DType::f64, layout.strides(), layout.offset());
-  t.copy_(Tensor::from_vector(values, layout.shape()));
+  Tensor t = Tensor::from_storage(st, src.shape(), DType::f64, src.strides(), src.offset());
+  t.copy_(src);
   return t;
+}
+
+// The one-element view of t at row-major position `flat` (a narrow in every dim).
+Tensor element_view(const Tensor& t, int64_t flat) {
+  Tensor e = t;
+  for (int64_t d = t.dim() - 1; d >= 0; --d) {
+    const int64_t n = t.size(d);
+    e = e.narrow(d, n > 0 ? flat % n : 0, 1);
+    flat = n > 0 ? flat / n : 0;
+  }
+  return e;
 }
 
 Vec normals(Generator& gen, int64_t n) {
@@ -61,29 +74,33 @@ class Checker {
       LATHE_CHECK(t.defined()) << "gradcheck: input " << i << " is undefined";
       bool d = is_floating(t.dtype()) && (opts_.check_input.empty() || opts_.check_input[i]);
       diff_.push_back(d);
-      base_.push_back(d ? t.to_vector<double>() : Vec());
-      if (!d) continue;
+      if (!d) {
+        base_.emplace_back();
+        continue;
+      }
       LATHE_CHECK(t.dtype() == DType::f64) << "gradcheck: input " << i << " has dtype " << dtype_name(t.dtype())
                                            << "; gradcheck needs f64 inputs (finite differences in f32 are noise)";
       for (int64_t k = 0; k < t.dim(); ++k)
         LATHE_CHECK(t.size(k) <= 1 || t.stride(k) != 0)
             << "gradcheck: input " << i << " (shape " << t.shape_str() << ") is an expanded view with stride 0 in dim "
             << k << "; pass the unexpanded tensor and expand inside f";
+      base_.push_back(copy_with_layout(t));  // a private copy: the caller may change t later
     }
   }
 
-  // Inputs for one evaluation: input `which` moved by s * delta (which < 0: none moved).
-  std::vector<Tensor> make_inputs(int64_t which, const Vec& delta, double s, bool requires_grad) const {
+  // Inputs for one evaluation: input `which` moved by s * dir (which < 0: none moved).
+  // `dir` has the input's shape, or is a 0-d one with `element` >= 0 to move that single
+  // element (row-major position). The move is an in-place add on the input's device.
+  std::vector<Tensor> make_inputs(int64_t which, const Tensor& dir, int64_t element, double s,
+                                  bool requires_grad) const {
     std::vector<Tensor> xs;
     for (size_t i = 0; i < inputs_.size(); ++i) {
       if (!diff_[i]) {
         xs.push_back(inputs_[i]);
         continue;
       }
-      Vec v = base_[i];
-      if (static_cast<int64_t>(i) == which)
-        for (size_t k = 0; k < v.size(); ++k) v[k] += s * delta[k];
-      Tensor t = with_layout(v, inputs_[i]);
+      Tensor t = copy_with_layout(base_[i]);
+      if (static_cast<int64_t>(i) == which) kernels::add_(element >= 0 ? element_view(t, element) : t, dir, s);
       if (requires_grad) t.set_requires_grad(true);
       xs.push_back(t);
     }
@@ -107,7 +124,7 @@ class Checker {
   // Gradients of <u, f(x)> with respect to every checked input (zeros where none flowed).
   std::vector<Vec> vjp(const Vec& u) {
     EnableGradGuard eg;
-    std::vector<Tensor> xs = make_inputs(-1, {}, 0.0, true);
+    std::vector<Tensor> xs = make_inputs(-1, Tensor(), -1, 0.0, true);
     Tensor y = f_(xs);
     LATHE_CHECK(y.shape() == out_shape_) << "gradcheck: f returned shape " << y.shape_str() << " after returning "
                                          << lathe::shape_str(out_shape_);
@@ -116,7 +133,7 @@ class Checker {
     for (size_t i = 0; i < inputs_.size(); ++i) {
       if (!diff_[i]) continue;
       Tensor g = xs[i].grad();
-      gs[i] = g.defined() ? g.to_vector<double>() : Vec(base_[i].size(), 0.0);
+      gs[i] = g.defined() ? g.to_vector<double>() : Vec(static_cast<size_t>(inputs_[i].numel()), 0.0);
     }
     return gs;
   }
@@ -138,11 +155,11 @@ class Checker {
   }
 
   GradcheckResult run() {
-    Vec y0 = eval(make_inputs(-1, {}, 0.0, false));
+    Vec y0 = eval(make_inputs(-1, Tensor(), -1, 0.0, false));
     int64_t out_n = static_cast<int64_t>(y0.size());
     int64_t in_n = 0;
     for (size_t i = 0; i < inputs_.size(); ++i)
-      if (diff_[i]) in_n += static_cast<int64_t>(base_[i].size());
+      if (diff_[i]) in_n += inputs_[i].numel();
     bool full = opts_.full_jacobian || out_n * in_n <= opts_.auto_full_max_entries;
     if (full) {
       full_jacobian(out_n);
@@ -159,9 +176,10 @@ class Checker {
   }
 
  private:
-  Vec central(int64_t i, const Vec& dir) {
-    Vec yp = eval(make_inputs(i, dir, opts_.eps, false));
-    Vec ym = eval(make_inputs(i, dir, -opts_.eps, false));
+  // (f(x + eps dir) - f(x - eps dir)) / (2 eps) for input i (see make_inputs for dir/element).
+  Vec central(int64_t i, const Tensor& dir, int64_t element) {
+    Vec yp = eval(make_inputs(i, dir, element, opts_.eps, false));
+    Vec ym = eval(make_inputs(i, dir, element, -opts_.eps, false));
     Vec d(yp.size());
     for (size_t k = 0; k < yp.size(); ++k) d[k] = (yp[k] - ym[k]) / (2.0 * opts_.eps);
     return d;
@@ -175,8 +193,9 @@ class Checker {
       std::vector<Vec> gs = vjp(u);
       for (size_t i = 0; i < inputs_.size(); ++i) {
         if (!diff_[i]) continue;
-        Vec v = normals(gen, static_cast<int64_t>(base_[i].size()));
-        double numeric = dot(u, central(static_cast<int64_t>(i), v));
+        Vec v = normals(gen, inputs_[i].numel());
+        Tensor dir = Tensor::from_vector(v, inputs_[i].shape(), inputs_[i].device());
+        double numeric = dot(u, central(static_cast<int64_t>(i), dir, -1));
         double analytic = dot(gs[i], v);
         std::ostringstream where;
         where << "input " << i << " (shape " << inputs_[i].shape_str() << "), trial " << trial
@@ -196,11 +215,10 @@ class Checker {
     }
     for (size_t i = 0; i < inputs_.size(); ++i) {
       if (!diff_[i]) continue;
-      int64_t n = static_cast<int64_t>(base_[i].size());
+      const int64_t n = inputs_[i].numel();
+      const Tensor one = Tensor::scalar(1.0, DType::f64, inputs_[i].device());
       for (int64_t j = 0; j < n; ++j) {
-        Vec e(static_cast<size_t>(n), 0.0);
-        e[j] = 1.0;
-        Vec col = central(static_cast<int64_t>(i), e);
+        Vec col = central(static_cast<int64_t>(i), one, j);
         for (int64_t k = 0; k < out_n; ++k) {
           std::ostringstream where;
           where << "input " << i << " (shape " << inputs_[i].shape_str() << ") element "
@@ -215,7 +233,7 @@ class Checker {
   std::vector<Tensor> inputs_;
   GradcheckOptions opts_;
   std::vector<bool> diff_;
-  std::vector<Vec> base_;
+  std::vector<Tensor> base_;  // private device copies of the checked inputs
   Shape out_shape_;
   bool out_shape_set_ = false;
   GradcheckResult res_;

@@ -40,6 +40,9 @@ struct GradcheckResult {
 // Floating inputs must be f64 and must not have overlapping memory (no stride-0 expanded
 // views; expand inside f instead). Non-contiguous layouts are kept: f sees inputs with
 // the same strides as given. f must be deterministic (same output for the same inputs).
+// Inputs may live on any device: each evaluation gets device copies of them, moved by an
+// in-place add on that device (a whole random direction, or one element through a narrow
+// view); only f's outputs and the gradients come back to the host to be compared.
 GradcheckResult gradcheck(std::function<Tensor(const std::vector<Tensor>&)> f, std::vector<Tensor> inputs,
                           GradcheckOptions opts = {});
 

@@ -299,8 +299,8 @@ run() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null || true
 
   stage_parity
-  stage_gtest kernels-cuda test_kernels '*cuda*:*Cuda*:*CUDA*' 90
-  stage_gtest autograd-cuda test_autograd '*cuda*:*Cuda*:*CUDA*' 60
+  stage_gtest kernels-cuda test_kernels '*/cuda' 120
+  stage_gtest autograd-cuda test_autograd '*/cuda:Gradcheck.RunsOnCudaF64Inputs' 90
   stage_gtest nccl test_parallel_single 'Nccl*' 60
   stage_sanitizer memcheck "$MEMCHECK_FILTER" 120
   stage_sanitizer racecheck "$RACECHECK_FILTER" 90

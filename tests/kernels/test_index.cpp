@@ -1,6 +1,7 @@
-// Indexing ops against reference loops (gather, scatter_add, index_select, index_add,
-// with duplicates, strided inputs and i64/i32 indices), out-of-range indices, and the
-// copying shape ops concat / stack / split.
+// Indexing ops on every available device against the reference loops of reference.h
+// (gather, scatter_add, index_select, index_add, with duplicates, strided inputs and
+// i64/i32 indices) and the copying shape ops concat / stack / split; out-of-range indices
+// and other errors on the CPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "core/tensor.h"
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/reference.h"
 
 using namespace lathe;
 using namespace lathe::kernels;
@@ -34,7 +36,13 @@ void expect_equal(const Tensor& got, const Tensor& want, double tol, const std::
 
 }  // namespace
 
-TEST(Gather, MatchesReference) {
+LATHE_DEVICE_TEST_SUITE(Gather);
+LATHE_DEVICE_TEST_SUITE(ScatterAdd);
+LATHE_DEVICE_TEST_SUITE(IndexSelect);
+LATHE_DEVICE_TEST_SUITE(IndexAdd);
+LATHE_DEVICE_TEST_SUITE(ConcatStackSplit);
+
+TEST_P(Gather, MatchesReference) {
   for (DType dt : {DType::f64, DType::f32, DType::i64})
     for (DType it : {DType::i64, DType::i32})
       for (int64_t axis : {0, 1, 2, -1}) {
@@ -43,22 +51,16 @@ TEST(Gather, MatchesReference) {
         int64_t ax = axis < 0 ? axis + 3 : axis;
         Shape is{4, 3, 5};  // fits inside x off the axis
         Tensor index = rand_index(is, x.size(ax), 7 + ax, it);
-        Tensor y = gather(x, axis, index);
-        Tensor want = Tensor::empty(is, DType::f64);
-        for_each_index(is, [&](const auto& i) {
-          std::vector<int64_t> src = i;
-          src[ax] = static_cast<int64_t>(index.at(i));
-          want.data<double>()[(i[0] * 3 + i[1]) * 5 + i[2]] = x.at(src);
-        });
-        expect_equal(y, want.to(dt), 0.0, "gather");
+        Tensor y = back(gather(on(x), axis, on(index)));
+        expect_equal(y, ref_gather(x, ax, index).to(dt), 0.0, "gather");
       }
   // a transposed (strided) index
   Tensor x = Tensor::arange(0, 12, 1, DType::f32).view({3, 4});
   Tensor idx = Tensor::from_vector<int64_t>({2, 0, 1, 1, 0, 2}, {2, 3}).transpose(0, 1);  // [[2,1],[0,0],[1,2]]
-  EXPECT_EQ(gather(x, 0, idx).to_vector<float>(), (std::vector<float>{8, 5, 0, 1, 4, 9}));
+  EXPECT_EQ(back(gather(on(x), 0, on(idx))).to_vector<float>(), (std::vector<float>{8, 5, 0, 1, 4, 9}));
 }
 
-TEST(ScatterAdd, DuplicatesAccumulate) {
+TEST_P(ScatterAdd, DuplicatesAccumulate) {
   for (DType dt : {DType::f64, DType::f32})
     for (int64_t axis : {0, 1}) {
       Generator g(2);
@@ -68,31 +70,26 @@ TEST(ScatterAdd, DuplicatesAccumulate) {
       // axis 0: src [3, 5] (fewer rows than x); axis 1: src [4, 6] (more columns than x)
       Tensor src = axis == 0 ? src_full.narrow(0, 0, 3).narrow(1, 0, 5) : src_full.narrow(0, 0, 4);
       Tensor index = rand_index(src.shape(), x.size(axis), 3, DType::i64);
-      Tensor y = scatter_add(x, axis, index, src);
-      Tensor want = x.to(DType::f64).clone();
-      for_each_index(src.shape(), [&](const auto& i) {
-        std::vector<int64_t> dst = i;
-        dst[axis] = static_cast<int64_t>(index.at(i));
-        double* p = want.data<double>() + dst[0] * 5 + dst[1];
-        *p += src.at(i);
-      });
-      expect_equal(y, want.to(dt), dt == DType::f64 ? 1e-14 : 1e-6, "scatter_add");
-      expect_equal(x, x0, 0.0, "scatter_add leaves x alone");
+      Tensor xd = on(x);
+      Tensor y = back(scatter_add(xd, axis, on(index), on(src)));
+      expect_equal(y, ref_scatter_add(x, axis, index, src).to(dt), tol(dt, dt == DType::f64 ? 1e-14 : 1e-6),
+                   "scatter_add");
+      expect_equal(back(xd), x0, 0.0, "scatter_add leaves x alone");
     }
-  Tensor x = Tensor::zeros({3});
-  Tensor y = scatter_add(x, 0, Tensor::from_vector<int32_t>({1, 1, 1, 2}, {4}),
-                         Tensor::from_vector<float>({1, 2, 3, 4}, {4}));
+  Tensor x = on(Tensor::zeros({3}));
+  Tensor y = back(scatter_add(x, 0, on(Tensor::from_vector<int32_t>({1, 1, 1, 2}, {4})),
+                              on(Tensor::from_vector<float>({1, 2, 3, 4}, {4}))));
   EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{0, 6, 4}));
   EXPECT_EQ(x.to_vector<float>(), (std::vector<float>{0, 0, 0}));
 }
 
-TEST(IndexSelect, MatchesReference) {
+TEST_P(IndexSelect, MatchesReference) {
   for (DType dt : {DType::f64, DType::f32, DType::bf16})
     for (int64_t axis : {0, 1, 2}) {
       Generator g(4);
       Tensor x = Tensor::randn({5, 6, 7}, g, DType::f64).to(dt).transpose(0, 2);  // [7, 6, 5] strided
       Tensor index = Tensor::from_vector<int64_t>({4, 0, 4, 2, 1}, {5});
-      Tensor y = index_select(x, axis, index);
+      Tensor y = back(index_select(on(x), axis, on(index)));
       Shape s = x.shape();
       s[axis] = 5;
       ASSERT_EQ(y.shape(), s);
@@ -106,11 +103,11 @@ TEST(IndexSelect, MatchesReference) {
   Generator g(5);
   Tensor w = Tensor::randn({50, 300}, g, DType::f32);
   Tensor ids = rand_index({4000}, 50, 9, DType::i32);
-  Tensor e = index_select(w, 0, ids);
+  Tensor e = back(index_select(on(w), 0, on(ids)));
   for (int64_t r = 0; r < 4000; r += 333) expect_equal(e.select(0, r), w.select(0, static_cast<int64_t>(ids.at({r}))), 0, "row");
 }
 
-TEST(IndexAdd, DuplicatesAccumulateDeterministically) {
+TEST_P(IndexAdd, DuplicatesAccumulateDeterministically) {
   for (DType dt : {DType::f64, DType::f32})
     for (int64_t axis : {0, 1}) {
       Generator g(6);
@@ -119,43 +116,33 @@ TEST(IndexAdd, DuplicatesAccumulateDeterministically) {
       Shape ss = x.shape();
       ss[axis] = 7;
       Tensor src = Tensor::randn({ss[1], ss[0]}, g, dt).transpose(0, 1);  // strided
-      Tensor y = index_add(x, axis, index, src);
-      Tensor want = x.to(DType::f64).clone();
-      for_each_index(ss, [&](const auto& i) {
-        std::vector<int64_t> dst = i;
-        dst[axis] = static_cast<int64_t>(index.at({i[axis]}));
-        want.data<double>()[dst[0] * 4 + dst[1]] += src.at(i);
-      });
-      expect_equal(y, want.to(dt), dt == DType::f64 ? 1e-14 : 1e-6, "index_add");
+      Tensor y = back(index_add(on(x), axis, on(index), on(src)));
+      expect_equal(y, ref_index_add(x, axis, index, src).to(dt), tol(dt, dt == DType::f64 ? 1e-14 : 1e-6),
+                   "index_add");
     }
   // large: rows added in index order in parallel over columns; same result every time
   Generator g(7);
   Tensor src = Tensor::randn({3000, 64}, g, DType::f32);
   Tensor index = rand_index({3000}, 20, 11, DType::i64);
   Tensor x = Tensor::zeros({20, 64});
-  Tensor y1 = index_add(x, 0, index, src), y2 = index_add(x, 0, index, src);
+  Tensor y1 = back(index_add(on(x), 0, on(index), on(src))), y2 = back(index_add(on(x), 0, on(index), on(src)));
   EXPECT_EQ(y1.to_vector<float>(), y2.to_vector<float>());
-  std::vector<double> want(20 * 64, 0.0);
-  auto sv = src.to_vector<float>();
-  for (int64_t i = 0; i < 3000; ++i) {
-    int64_t r = static_cast<int64_t>(index.at({i}));
-    for (int64_t c = 0; c < 64; ++c) want[r * 64 + c] += sv[i * 64 + c];
-  }
+  auto want = ref_index_add(x, 0, index, src).to_vector<double>();
   auto got = y1.to_vector<float>();
   for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4);
 }
 
-TEST(IndexAdd, Bf16RoundsEachAdd) {
+TEST_P(IndexAdd, Bf16RoundsEachAdd) {
   Tensor x = Tensor::from_vector<float>({1.0f}, {1, 1}).to(DType::bf16);
   Tensor src = Tensor::from_vector<float>({0.00390625f, 0.00390625f}, {2, 1}).to(DType::bf16);  // 2^-8 each
-  Tensor y = index_add(x, 0, Tensor::from_vector<int64_t>({0, 0}, {2}), src);
+  Tensor y = back(index_add(on(x), 0, on(Tensor::from_vector<int64_t>({0, 0}, {2})), on(src)));
   // 1 + 2^-8 rounds to 1 in bf16 (ties to even), twice; one rounding of the sum would give 1 + 2^-7
   float r = bf16_to_float(float_to_bf16(bf16_to_float(float_to_bf16(1.0f + 0.00390625f)) + 0.00390625f));
   EXPECT_EQ(y.item(), r);
   EXPECT_EQ(r, 1.0f);
 }
 
-TEST(Indexing, OutOfRangeIndicesThrow) {
+TEST(IndexingCpu, OutOfRangeIndicesThrow) {
   Tensor x = Tensor::zeros({5, 3});
   std::string e = error_of([&] { gather(x, 0, Tensor::from_vector<int64_t>({0, 5, 1}, {1, 3})); });
   EXPECT_TRUE(has(e, "gather") && has(e, "index 5") && has(e, "[0, 5)") && has(e, "[5, 3]")) << e;
@@ -180,20 +167,20 @@ TEST(Indexing, OutOfRangeIndicesThrow) {
   EXPECT_TRUE(has(e, "scatter_add") && has(e, "f64")) << e;
 }
 
-TEST(ConcatStackSplit, ValuesAndShapes) {
+TEST_P(ConcatStackSplit, ValuesAndShapes) {
   Generator g(8);
   Tensor a = Tensor::randn({2, 3}, g, DType::f64);
   Tensor b = Tensor::randn({4, 2}, g, DType::f64).transpose(0, 1);  // [2, 4] strided
-  Tensor c = concat({a, b}, -1);
+  Tensor c = back(concat({on(a), on(b)}, -1));
   ASSERT_EQ(c.shape(), (Shape{2, 7}));
   for (int64_t i = 0; i < 2; ++i)
     for (int64_t j = 0; j < 7; ++j) EXPECT_EQ(c.at({i, j}), j < 3 ? a.at({i, j}) : b.at({i, j - 3}));
-  Tensor d = concat({a, a.narrow(0, 1, 1)}, 0);
+  Tensor d = back(concat({on(a), on(a).narrow(0, 1, 1)}, 0));
   ASSERT_EQ(d.shape(), (Shape{3, 3}));
   EXPECT_EQ(d.at({2, 1}), a.at({1, 1}));
   // stack on a new middle axis
   Tensor a2 = Tensor::randn({3, 2}, g, DType::f64).transpose(0, 1);
-  Tensor st = stack({a, a2, a}, 1);
+  Tensor st = back(stack({on(a), on(a2), on(a)}, 1));
   ASSERT_EQ(st.shape(), (Shape{2, 3, 3}));
   for (int64_t i = 0; i < 2; ++i)
     for (int64_t j = 0; j < 3; ++j) {
@@ -201,24 +188,24 @@ TEST(ConcatStackSplit, ValuesAndShapes) {
       EXPECT_EQ(st.at({i, 1, j}), a2.at({i, j}));
       EXPECT_EQ(st.at({i, 2, j}), a.at({i, j}));
     }
-  EXPECT_EQ(stack({a, a2}, -1).shape(), (Shape{2, 3, 2}));
-  EXPECT_EQ(stack({a, a2}, 0).at({1, 1, 2}), a2.at({1, 2}));
+  EXPECT_EQ(stack({on(a), on(a2)}, -1).shape(), (Shape{2, 3, 2}));
+  EXPECT_EQ(back(stack({on(a), on(a2)}, 0)).at({1, 1, 2}), a2.at({1, 2}));
   // split gives views that cover x in order
-  Tensor x = Tensor::arange(0, 24, 1, DType::f32).view({4, 6});
+  Tensor x = on(Tensor::arange(0, 24, 1, DType::f32).view({4, 6}));
   auto parts = split(x, {1, 0, 5}, 1);
   ASSERT_EQ(parts.size(), 3u);
   EXPECT_EQ(parts[0].shape(), (Shape{4, 1}));
   EXPECT_EQ(parts[1].shape(), (Shape{4, 0}));
   EXPECT_EQ(parts[2].shape(), (Shape{4, 5}));
-  EXPECT_EQ(parts[2].at({3, 0}), 19.0);
+  EXPECT_EQ(back(parts[2]).at({3, 0}), 19.0);
   EXPECT_EQ(parts[2].storage(), x.storage());
-  EXPECT_EQ(concat(parts, 1).to_vector<float>(), x.to_vector<float>());
+  EXPECT_EQ(back(concat(parts, 1)).to_vector<float>(), x.to_vector<float>());
   // integer dtypes copy exactly
-  Tensor ids = Tensor::from_vector<int64_t>({1, 2, 3}, {3});
-  EXPECT_EQ(concat({ids, ids}, 0).to_vector<int64_t>(), (std::vector<int64_t>{1, 2, 3, 1, 2, 3}));
+  Tensor ids = on(Tensor::from_vector<int64_t>({1, 2, 3}, {3}));
+  EXPECT_EQ(back(concat({ids, ids}, 0)).to_vector<int64_t>(), (std::vector<int64_t>{1, 2, 3, 1, 2, 3}));
 }
 
-TEST(ConcatStackSplit, Errors) {
+TEST(ConcatStackSplitCpu, Errors) {
   std::string e = error_of([] { concat({Tensor::zeros({2, 3}), Tensor::zeros({3, 3})}, 1); });
   EXPECT_TRUE(has(e, "concat") && has(e, "[2, 3]") && has(e, "[3, 3]")) << e;
   e = error_of([] { concat({Tensor::zeros({2, 3}), Tensor::zeros({2, 3}, DType::f64)}, 0); });

@@ -1,7 +1,8 @@
-// matmul against a naive triple loop: the four transpose combinations, small (plain
-// loop) and large (BLAS) sizes, broadcast batch dims, a shared 2-D b, and strided views
-// that BLAS can take directly (row- or column-major with a padded leading dim) or that
-// need a copy; bf16 rounding and errors.
+// matmul against a naive triple loop (reference.h), on every available device: the four
+// transpose combinations, small (plain loop) and large (BLAS / cuBLAS) sizes, broadcast
+// batch dims, a shared 2-D b, and strided views that BLAS can take directly (row- or
+// column-major with a padded leading dim) or that need a copy; bf16 rounding; errors on
+// the CPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "core/tensor.h"
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/reference.h"
 
 using namespace lathe;
 using namespace lathe::kernels;
@@ -18,53 +20,17 @@ using namespace lathe::kernel_test;
 
 namespace {
 
-// Reference for a, b of rank >= 2 with broadcast batch dims, in double.
-Tensor naive_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
-  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
-  Shape batch = broadcast_shapes(ba, bb, "naive");
-  const int64_t M = ta ? a.size(-1) : a.size(-2), K = ta ? a.size(-2) : a.size(-1);
-  const int64_t N = tb ? b.size(-2) : b.size(-1);
-  Shape as = batch, bs = batch, os = batch;
-  as.insert(as.end(), a.shape().end() - 2, a.shape().end());
-  bs.insert(bs.end(), b.shape().end() - 2, b.shape().end());
-  os.push_back(M);
-  os.push_back(N);
-  Tensor ae = a.expand(as), be = b.expand(bs);
-  Tensor out = Tensor::zeros(os, DType::f64);
-  const int64_t nb = shape_numel(batch);
-  double* o = out.data<double>();
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    std::vector<int64_t> idx(batch.size());
-    int64_t rem = bi;
-    for (int64_t d = static_cast<int64_t>(batch.size()) - 1; d >= 0; --d) {
-      idx[d] = rem % batch[d];
-      rem /= batch[d];
-    }
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) {
-        double acc = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          std::vector<int64_t> ia = idx, ib = idx;
-          ia.push_back(ta ? k : i);
-          ia.push_back(ta ? i : k);
-          ib.push_back(tb ? j : k);
-          ib.push_back(tb ? k : j);
-          acc += ae.at(ia) * be.at(ib);
-        }
-        o[(bi * M + i) * N + j] = acc;
-      }
-  }
-  return out;
-}
-
-void expect_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb, const std::string& what) {
-  Tensor got = matmul(a, b, ta, tb);
+// matmul of the CPU tensors a, b run on `dev` (layouts kept) against naive_matmul.
+void expect_matmul(Device dev, const Tensor& a, const Tensor& b, bool ta, bool tb, const std::string& what) {
+  Tensor got_dev = matmul(to_device_keep_layout(a, dev), to_device_keep_layout(b, dev), ta, tb);
+  ASSERT_EQ(got_dev.device(), dev) << what;
+  Tensor got = got_dev.to(Device::cpu());
   Tensor want = naive_matmul(a, b, ta, tb);
   ASSERT_EQ(got.shape(), want.shape()) << what;
   ASSERT_EQ(got.dtype(), a.dtype()) << what;
   auto g = got.to_vector<double>(), w = want.to_vector<double>();
   const int64_t K = ta ? a.size(-2) : a.size(-1);
-  double tol = a.dtype() == DType::f64 ? 1e-12 : 1e-6 * std::sqrt(static_cast<double>(K));
+  const double tol = kernel_test::tol(dev, a.dtype(), a.dtype() == DType::f64 ? 1e-12 : 1e-6 * std::sqrt(static_cast<double>(K)));
   int bad = 0;
   for (size_t i = 0; i < g.size(); ++i)
     if (!(std::abs(g[i] - w[i]) <= tol * std::max(1.0, std::abs(w[i]))) && bad++ < 3)
@@ -76,43 +42,45 @@ Shape stored(int64_t r, int64_t c, bool t) { return t ? Shape{c, r} : Shape{r, c
 
 }  // namespace
 
-TEST(Matmul, AllTransposeCombinationsSmallAndLarge) {
+LATHE_DEVICE_TEST_SUITE(Matmul);
+
+TEST_P(Matmul, AllTransposeCombinationsSmallAndLarge) {
   for (DType dt : {DType::f64, DType::f32}) {
     Generator g(1);
     for (auto [M, K, N] : {std::tuple<int64_t, int64_t, int64_t>{5, 7, 3}, {40, 50, 30}, {1, 9, 4}, {6, 1, 5}}) {
       for (bool ta : {false, true})
         for (bool tb : {false, true}) {
           Tensor a = Tensor::randn(stored(M, K, ta), g, dt), b = Tensor::randn(stored(K, N, tb), g, dt);
-          expect_matmul(a, b, ta, tb,
+          expect_matmul(dev(), a, b, ta, tb,
                         std::string(dtype_name(dt)) + " M" + std::to_string(M) + " ta" + std::to_string(ta) + " tb" +
                             std::to_string(tb));
           // batched (batch > 1: small sizes take the parallel plain loop)
           Shape sa = stored(M, K, ta), sb = stored(K, N, tb);
           sa.insert(sa.begin(), 3);
           sb.insert(sb.begin(), 3);
-          expect_matmul(Tensor::randn(sa, g, dt), Tensor::randn(sb, g, dt), ta, tb, "batched");
+          expect_matmul(dev(), Tensor::randn(sa, g, dt), Tensor::randn(sb, g, dt), ta, tb, "batched");
         }
     }
   }
 }
 
-TEST(Matmul, BroadcastBatchDimsAndShared2dB) {
+TEST_P(Matmul, BroadcastBatchDimsAndShared2dB) {
   for (DType dt : {DType::f64, DType::f32}) {
     Generator g(2);
     for (int64_t n : {4, 36}) {  // plain-loop and BLAS sizes
       Tensor a = Tensor::randn({2, 1, n, n + 1}, g, dt), b = Tensor::randn({3, n + 1, n + 2}, g, dt);
-      Tensor y = matmul(a, b);
+      Tensor y = back(matmul(on(a), on(b)));
       EXPECT_EQ(y.shape(), (Shape{2, 3, n, n + 2}));
-      expect_matmul(a, b, false, false, "broadcast batch");
+      expect_matmul(dev(), a, b, false, false, "broadcast batch");
       Tensor w = Tensor::randn({n + 2, n + 1}, g, dt);  // shared [N, K] weight, used transposed
-      expect_matmul(a, w, false, true, "shared 2-D b");
-      expect_matmul(Tensor::randn({4, 5, n, n + 1}, g, dt), Tensor::randn({5, n + 1, 3}, g, dt), false, false,
+      expect_matmul(dev(), a, w, false, true, "shared 2-D b");
+      expect_matmul(dev(), Tensor::randn({4, 5, n, n + 1}, g, dt), Tensor::randn({5, n + 1, 3}, g, dt), false, false,
                     "rank 4 vs 3");
     }
   }
 }
 
-TEST(Matmul, StridedViews) {
+TEST_P(Matmul, StridedViews) {
   for (DType dt : {DType::f64, DType::f32}) {
     Generator g(3);
     for (int64_t s : {5, 40}) {
@@ -128,41 +96,46 @@ TEST(Matmul, StridedViews) {
       // a zero stride inside the matrix: one row repeated
       Tensor b_rep = Tensor::randn({1, 6}, g, dt).expand({s, 6});
       for (const Tensor& a : {a_rows, a_cols, a_none})
-        for (const Tensor& bb : {b, b_cols, b_rep}) expect_matmul(a, bb, false, false, "strided");
+        for (const Tensor& bb : {b, b_cols, b_rep}) expect_matmul(dev(), a, bb, false, false, "strided");
       // transposed flags on strided views
-      expect_matmul(a_cols, big.narrow(2, 0, s + 1), true, false, "ta on column-major view");
-      expect_matmul(big.narrow(1, 0, 3).narrow(2, 0, s), a_rows, false, true, "tb on row slice");
+      expect_matmul(dev(), a_cols, big.narrow(2, 0, s + 1), true, false, "ta on column-major view");
+      expect_matmul(dev(), big.narrow(1, 0, 3).narrow(2, 0, s), a_rows, false, true, "tb on row slice");
       // a batch dim that is itself strided (every other batch)
       Tensor sel = Tensor::randn({4, s, s}, g, dt).slice(0, 0, 4, 2);
-      expect_matmul(sel, b, false, false, "strided batch");
+      expect_matmul(dev(), sel, b, false, false, "strided batch");
     }
   }
 }
 
-TEST(Matmul, Bf16RoundsTheF32Product) {
+TEST_P(Matmul, Bf16RoundsTheF32Product) {
   Generator g(4);
   for (int64_t n : {6, 48}) {
     Tensor a = Tensor::randn({2, n, n + 3}, g, DType::bf16), b = Tensor::randn({n + 3, n}, g, DType::bf16);
-    Tensor y = matmul(a, b);
+    Tensor y = back(matmul(on(a), on(b)));
     ASSERT_EQ(y.dtype(), DType::bf16);
-    Tensor ref = matmul(a.to(DType::f32), b.to(DType::f32));
+    // the f32 product on the same device, rounded once, is what the bf16 product must be
+    Tensor ref = back(matmul(on(a.to(DType::f32)), on(b.to(DType::f32))));
     Tensor exact = naive_matmul(a, b, false, false);
     auto yv = y.to_vector<float>(), rv = ref.to_vector<float>();
     auto ev = exact.to_vector<double>();
     for (size_t i = 0; i < yv.size(); ++i) {
-      EXPECT_EQ(float_to_bits(yv[i]), float_to_bits(bf16_to_float(float_to_bf16(rv[i])))) << i;
+      if (on_cpu()) {
+        EXPECT_EQ(float_to_bits(yv[i]), float_to_bits(bf16_to_float(float_to_bf16(rv[i])))) << i;
+      } else {  // cuBLAS's bf16 and f32 GEMMs may sum in another order: one bf16 step apart at most
+        EXPECT_LE(std::abs(int{float_to_bf16(yv[i]).bits} - int{float_to_bf16(rv[i]).bits}), 1) << i;
+      }
       EXPECT_NEAR(yv[i], ev[i], 1e-2 * std::max(1.0, std::abs(ev[i])));  // bf16 has 8 bits of mantissa
     }
   }
 }
 
-TEST(Matmul, EmptyInnerDimGivesZeros) {
-  Tensor y = matmul(Tensor::zeros({3, 0}), Tensor::zeros({0, 4}));
+TEST_P(Matmul, EmptyInnerDimGivesZeros) {
+  Tensor y = back(matmul(on(Tensor::zeros({3, 0})), on(Tensor::zeros({0, 4}))));
   EXPECT_EQ(y.shape(), (Shape{3, 4}));
   for (float v : y.to_vector<float>()) EXPECT_EQ(v, 0.0f);
 }
 
-TEST(Matmul, Errors) {
+TEST(MatmulCpu, Errors) {
   std::string e = error_of([] { matmul(Tensor::zeros({2, 3}), Tensor::zeros({4, 5})); });
   EXPECT_TRUE(has(e, "matmul") && has(e, "[2, 3]") && has(e, "[4, 5]")) << e;
   e = error_of([] { matmul(Tensor::zeros({2, 3}), Tensor::zeros({2, 5}), true, true); });

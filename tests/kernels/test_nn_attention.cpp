@@ -1,8 +1,9 @@
-// rope / rope_tables and attention / attention_backward: rope tables and a rotation
-// worked by hand, round trips and the adjoint identity; attention against a plain
-// double-precision loop (causal and not, T != S causal offset, empty causal rows,
-// strided and bf16 inputs), grouped-query heads against explicitly repeated kv heads,
-// the backward against central finite differences in f64, and error messages.
+// rope / rope_tables and attention / attention_backward on every available device: rope
+// tables and a rotation worked by hand, round trips and the adjoint identity; attention
+// against the double-precision loops of reference.h (causal and not, T != S causal offset,
+// empty causal rows, strided and bf16 inputs), grouped-query heads against explicitly
+// repeated kv heads, the backward against central finite differences in f64 (taken on the
+// device); error messages on the CPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/reference.h"
 
 using namespace lathe::kernel_test;
 
@@ -22,13 +24,19 @@ using namespace lathe::kernels;
 
 // ---- rope -----------------------------------------------------------------------------------
 
-TEST(RopeNn, TablesAndTwoPositionRotationByHand) {
+LATHE_DEVICE_TEST_SUITE(RopeNn);
+LATHE_DEVICE_TEST_SUITE(AttentionNn);
+
+TEST_P(RopeNn, TablesAndTwoPositionRotationByHand) {
+  // the tables are made on the CPU and moved, as the model's RoPE buffers are
   Tensor c, s;
   rope_tables(2, 4, 10000.0, 0, DType::f64, c, s);
   ASSERT_EQ(c.shape(), (Shape{2, 2}));
   // theta_0 = 1, theta_1 = 10000^(-2/4) = 0.01
   expect_close(vec(c), {1, 1, std::cos(1.0), std::cos(0.01)}, 1e-15, "cos table");
   expect_close(vec(s), {0, 0, std::sin(1.0), std::sin(0.01)}, 1e-15, "sin table");
+  c = on(c);
+  s = on(s);
   Tensor c5, s5;
   rope_tables(1, 4, 10000.0, 5, DType::f32, c5, s5);
   EXPECT_EQ(c5.dtype(), DType::f32);
@@ -36,17 +44,17 @@ TEST(RopeNn, TablesAndTwoPositionRotationByHand) {
   expect_close(vec(s5), {std::sin(5.0), std::sin(0.05)}, 1e-7, "sin at start 5");
 
   // x [1, 1, 2, 4]: position 0 is unchanged; position 1 rotates pairs (0, 2) by 1 rad, (1, 3) by 0.01.
-  Tensor x = Tensor::from_vector<double>({1, 2, 3, 4, 5, 6, 7, 8}, {1, 1, 2, 4});
+  Tensor x = on(Tensor::from_vector<double>({1, 2, 3, 4, 5, 6, 7, 8}, {1, 1, 2, 4}));
   const double c1 = std::cos(1.0), s1 = std::sin(1.0), c2 = std::cos(0.01), s2 = std::sin(0.01);
-  expect_close(vec(rope(x, c, s)),
-               {1, 2, 3, 4, 5 * c1 - 7 * s1, 6 * c2 - 8 * s2, 7 * c1 + 5 * s1, 8 * c2 + 6 * s2}, 1e-14,
-               "rope by hand");
-  expect_close(vec(rope(x, c, s, true)),
-               {1, 2, 3, 4, 5 * c1 + 7 * s1, 6 * c2 + 8 * s2, 7 * c1 - 5 * s1, 8 * c2 - 6 * s2}, 1e-14,
-               "inverse rope by hand");
+  expect_close(vback(rope(x, c, s)),
+               {1, 2, 3, 4, 5 * c1 - 7 * s1, 6 * c2 - 8 * s2, 7 * c1 + 5 * s1, 8 * c2 + 6 * s2},
+               tol(DType::f64, 1e-14), "rope by hand");
+  expect_close(vback(rope(x, c, s, true)),
+               {1, 2, 3, 4, 5 * c1 + 7 * s1, 6 * c2 + 8 * s2, 7 * c1 - 5 * s1, 8 * c2 - 6 * s2},
+               tol(DType::f64, 1e-14), "inverse rope by hand");
 }
 
-TEST(RopeNn, RoundTripAdjointStridedAndBf16) {
+TEST_P(RopeNn, RoundTripAdjointStridedAndBf16) {
   Generator gen(41);
   const int64_t B = 2, H = 3, T = 5, D = 8;
   Tensor c, s;
@@ -54,70 +62,24 @@ TEST(RopeNn, RoundTripAdjointStridedAndBf16) {
   // Strided x: made as [B, T, H, D] and viewed as [B, H, T, D].
   Tensor x = Tensor::randn({B, T, H, D}, gen, DType::f64).transpose(1, 2);
   ASSERT_FALSE(x.is_contiguous());
-  Tensor y = rope(x, c, s);
-  expect_close(vec(rope(y, c, s, true)), vec(x), 1e-14, "inverse undoes rope");
+  const Tensor xd = on(x), cd = on(c), sd = on(s);
+  Tensor y = rope(xd, cd, sd);
+  expect_close(vback(rope(y, cd, sd, true)), vec(x), tol(DType::f64, 1e-14), "inverse undoes rope");
   // Reference loop on the logical values.
-  auto vx = vec(x), vc = vec(c), vs = vec(s);
-  std::vector<double> want(vx.size());
-  for (int64_t r = 0; r < B * H * T; ++r) {
-    const int64_t t = r % T;
-    for (int64_t i = 0; i < D / 2; ++i) {
-      const double a = vx[r * D + i], b = vx[r * D + i + D / 2];
-      want[r * D + i] = a * vc[t * 4 + i] - b * vs[t * 4 + i];
-      want[r * D + i + D / 2] = b * vc[t * 4 + i] + a * vs[t * 4 + i];
-    }
-  }
-  expect_close(vec(y), want, 1e-14, "rope vs loop");
+  expect_close(vback(y), ref_rope(vec(x), T, D, vec(c), vec(s)), tol(DType::f64, 1e-14), "rope vs loop");
   // The backward is the inverse rotation: <u, rope(x)> = <rope(u, inverse), x>.
-  Tensor u = Tensor::randn({B, H, T, D}, gen, DType::f64);
-  EXPECT_NEAR(dot(u, y), dot(rope(u, c, s, true), x), 1e-12);
+  Tensor u = on(Tensor::randn({B, H, T, D}, gen, DType::f64));
+  EXPECT_NEAR(dot(u, y), dot(rope(u, cd, sd, true), xd), 1e-12);
 
   Tensor xb = x.to(DType::bf16);
   Tensor cf, sf;
   rope_tables(T, D, 500.0, 3, DType::f32, cf, sf);
-  Tensor yb = rope(xb, cf, sf);
+  Tensor yb = back(rope(on(xb), on(cf), on(sf)));
   EXPECT_EQ(yb.dtype(), DType::bf16);
-  expect_close(vec(yb), vec(rope(xb.to(DType::f64), c, s)), 1e-2, "bf16 rope");
+  expect_close(vec(yb), vec(rope(xb.to(DType::f64), c, s)), tol(DType::bf16, 1e-2), "bf16 rope");
 }
 
 // ---- attention -----------------------------------------------------------------------------
-
-struct Ref {
-  std::vector<double> out, lse;
-};
-
-// Plain loop: head h reads kv head h / (H / Hkv); causal keeps s <= t + (S - T).
-Ref ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
-  auto vq = vec(q), vk = vec(k), vv = vec(v);
-  Ref r;
-  r.out.assign(vq.size(), 0.0);
-  r.lse.assign(B * H * T, 0.0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t hk = h / (H / Hkv), row = (b * H + h) * T + t;
-        std::vector<double> sc;
-        for (int64_t j = 0; j < S; ++j) {
-          if (causal && j > t + (S - T)) break;
-          double d = 0;
-          for (int64_t i = 0; i < D; ++i) d += vq[row * D + i] * vk[((b * Hkv + hk) * S + j) * D + i];
-          sc.push_back(scale * d);
-        }
-        if (sc.empty()) {
-          r.lse[row] = -INFINITY;
-          continue;
-        }
-        const double m = *std::max_element(sc.begin(), sc.end());
-        double l = 0;
-        for (double x : sc) l += std::exp(x - m);
-        r.lse[row] = m + std::log(l);
-        for (size_t j = 0; j < sc.size(); ++j)
-          for (int64_t i = 0; i < D; ++i)
-            r.out[row * D + i] += std::exp(sc[j] - r.lse[row]) * vv[((b * Hkv + hk) * S + j) * D + i];
-      }
-  return r;
-}
 
 // k [B, Hkv, S, D] -> [B, H, S, D] with each kv head repeated H / Hkv times.
 Tensor repeat_heads(const Tensor& k, int64_t H) {
@@ -125,7 +87,7 @@ Tensor repeat_heads(const Tensor& k, int64_t H) {
   return k.unsqueeze(2).expand({B, Hkv, H / Hkv, S, D}).reshape({B, H, S, D});
 }
 
-TEST(AttentionNn, ForwardMatchesReference) {
+TEST_P(AttentionNn, ForwardMatchesReference) {
   Generator gen(51);
   struct Case {
     int64_t B, H, Hkv, T, S, D;
@@ -134,40 +96,40 @@ TEST(AttentionNn, ForwardMatchesReference) {
   const Case cases[] = {{2, 2, 2, 5, 5, 4, false}, {2, 2, 2, 5, 5, 4, true}, {1, 4, 2, 3, 6, 8, true},
                         {1, 4, 2, 3, 6, 8, false}, {1, 2, 1, 6, 3, 4, true}};  // last: T > S, empty rows
   for (DType dt : {DType::f64, DType::f32}) {
-    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    const double tl = tol(dt, dt == DType::f64 ? 1e-12 : 2e-5);
     for (const Case& cs : cases) {
       Tensor q = Tensor::randn({cs.B, cs.H, cs.T, cs.D}, gen, dt);
       Tensor k = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
       Tensor v = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
       const double scale = 1.0 / std::sqrt(static_cast<double>(cs.D));
-      AttentionOut o = attention(q, k, v, cs.causal, scale);
-      Ref r = ref_attention(q, k, v, cs.causal, scale);
+      AttentionOut o = attention(on(q), on(k), on(v), cs.causal, scale);
+      RefAttention r = ref_attention(q, k, v, cs.causal, scale);
       EXPECT_EQ(o.out.dtype(), dt);
       EXPECT_EQ(o.lse.shape(), (Shape{cs.B, cs.H, cs.T}));
-      expect_close(vec(o.out), r.out, tol, "attention out");
-      expect_close(vec(o.lse), r.lse, tol, "attention lse");
+      expect_close(vback(o.out), r.out, tl, "attention out");
+      expect_close(vback(o.lse), r.lse, tl, "attention lse");
     }
   }
 }
 
-TEST(AttentionNn, GroupedQueryEqualsRepeatedKvHeads) {
+TEST_P(AttentionNn, GroupedQueryEqualsRepeatedKvHeads) {
   Generator gen(52);
   const int64_t B = 2, H = 4, Hkv = 2, T = 4, S = 6, D = 4;
-  Tensor q = Tensor::randn({B, H, T, D}, gen, DType::f64);
-  Tensor k = Tensor::randn({B, Hkv, S, D}, gen, DType::f64);
-  Tensor v = Tensor::randn({B, Hkv, S, D}, gen, DType::f64);
+  Tensor q = on(Tensor::randn({B, H, T, D}, gen, DType::f64));
+  Tensor k = on(Tensor::randn({B, Hkv, S, D}, gen, DType::f64));
+  Tensor v = on(Tensor::randn({B, Hkv, S, D}, gen, DType::f64));
   Tensor kr = repeat_heads(k, H), vr = repeat_heads(v, H);
   for (bool causal : {false, true}) {
     AttentionOut g = attention(q, k, v, causal, 0.4);
     AttentionOut f = attention(q, kr, vr, causal, 0.4);
-    expect_close(vec(g.out), vec(f.out), 1e-13, "GQA out vs repeated heads");
-    expect_close(vec(g.lse), vec(f.lse), 1e-13, "GQA lse vs repeated heads");
+    expect_close(vback(g.out), vback(f.out), tol(DType::f64, 1e-13), "GQA out vs repeated heads");
+    expect_close(vback(g.lse), vback(f.lse), tol(DType::f64, 1e-13), "GQA lse vs repeated heads");
     // Backward: dk/dv of a kv head = the sum over the query heads reading it.
-    Tensor gout = Tensor::randn({B, H, T, D}, gen, DType::f64);
+    Tensor gout = on(Tensor::randn({B, H, T, D}, gen, DType::f64));
     AttentionGrads gg = attention_backward(gout, q, k, v, g.out, g.lse, causal, 0.4);
     AttentionGrads gf = attention_backward(gout, q, kr, vr, f.out, f.lse, causal, 0.4);
-    expect_close(vec(gg.dq), vec(gf.dq), 1e-12, "GQA dq");
-    auto dkr = vec(gf.dk), dvr = vec(gf.dv);
+    expect_close(vback(gg.dq), vback(gf.dq), tol(DType::f64, 1e-12), "GQA dq");
+    auto dkr = vback(gf.dk), dvr = vback(gf.dv);
     std::vector<double> dk(B * Hkv * S * D, 0.0), dv(dk.size(), 0.0);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
@@ -175,12 +137,12 @@ TEST(AttentionNn, GroupedQueryEqualsRepeatedKvHeads) {
           dk[(b * Hkv + h / 2) * S * D + i] += dkr[(b * H + h) * S * D + i];
           dv[(b * Hkv + h / 2) * S * D + i] += dvr[(b * H + h) * S * D + i];
         }
-    expect_close(vec(gg.dk), dk, 1e-12, "GQA dk");
-    expect_close(vec(gg.dv), dv, 1e-12, "GQA dv");
+    expect_close(vback(gg.dk), dk, tol(DType::f64, 1e-12), "GQA dk");
+    expect_close(vback(gg.dv), dv, tol(DType::f64, 1e-12), "GQA dv");
   }
 }
 
-TEST(AttentionNn, StridedAndBf16Inputs) {
+TEST_P(AttentionNn, StridedAndBf16Inputs) {
   Generator gen(53);
   const int64_t B = 1, H = 2, T = 5, D = 8;
   // [B, T, H, D] buffers viewed as [B, H, T, D], as a model's projections produce them.
@@ -188,23 +150,23 @@ TEST(AttentionNn, StridedAndBf16Inputs) {
   Tensor k = Tensor::randn({B, T, H, D}, gen, DType::f32).transpose(1, 2);
   Tensor v = Tensor::randn({B, T, H, D}, gen, DType::f32).transpose(1, 2);
   ASSERT_FALSE(q.is_contiguous());
-  AttentionOut o = attention(q, k, v, true, 0.35);
-  Ref r = ref_attention(q, k, v, true, 0.35);
-  expect_close(vec(o.out), r.out, 2e-5, "strided attention out");
+  AttentionOut o = attention(on(q), on(k), on(v), true, 0.35);
+  RefAttention r = ref_attention(q, k, v, true, 0.35);
+  expect_close(vback(o.out), r.out, tol(DType::f32, 2e-5), "strided attention out");
 
   Tensor qb = q.to(DType::bf16), kb = k.to(DType::bf16), vb = v.to(DType::bf16);
-  AttentionOut ob = attention(qb, kb, vb, true, 0.35);
+  AttentionOut ob = attention(on(qb), on(kb), on(vb), true, 0.35);
   EXPECT_EQ(ob.out.dtype(), DType::bf16);
   EXPECT_EQ(ob.lse.dtype(), DType::f32);
-  Ref rb = ref_attention(qb, kb, vb, true, 0.35);
-  expect_close(vec(ob.out), rb.out, 1e-2, "bf16 attention out");
-  expect_close(vec(ob.lse), rb.lse, 1e-5, "bf16 attention lse (f32)");
-  AttentionGrads gb = attention_backward(ob.out, qb, kb, vb, ob.out, ob.lse, true, 0.35);
+  RefAttention rb = ref_attention(qb, kb, vb, true, 0.35);
+  expect_close(vback(ob.out), rb.out, tol(DType::bf16, 1e-2), "bf16 attention out");
+  expect_close(vback(ob.lse), rb.lse, tol(DType::f32, 1e-5), "bf16 attention lse (f32)");
+  AttentionGrads gb = attention_backward(ob.out, on(qb), on(kb), on(vb), ob.out, ob.lse, true, 0.35);
   EXPECT_EQ(gb.dk.dtype(), DType::bf16);
-  for (double x : vec(gb.dq)) EXPECT_TRUE(std::isfinite(x));
+  for (double x : vback(gb.dq)) EXPECT_TRUE(std::isfinite(x));
 }
 
-TEST(AttentionNn, BackwardMatchesFiniteDifferences) {
+TEST_P(AttentionNn, BackwardMatchesFiniteDifferences) {
   Generator gen(54);
   struct Case {
     int64_t H, Hkv, T, S;
@@ -214,78 +176,22 @@ TEST(AttentionNn, BackwardMatchesFiniteDifferences) {
                         {2, 1, 4, 2, true}};  // last: T > S, rows with no keys
   const int64_t B = 1, D = 3;
   for (const Case& cs : cases) {
-    Tensor q = Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64);
-    Tensor k = Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64);
-    Tensor v = Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64);
-    Tensor u = Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64);
+    // all on the device; numeric_grad perturbs q, k, v there
+    Tensor q = on(Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64));
+    Tensor k = on(Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64));
+    Tensor v = on(Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64));
+    Tensor u = on(Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64));
     const double scale = 0.7;
     auto f = [&] { return dot(u, attention(q, k, v, cs.causal, scale).out); };
     AttentionOut o = attention(q, k, v, cs.causal, scale);
     AttentionGrads g = attention_backward(u, q, k, v, o.out, o.lse, cs.causal, scale);
-    expect_close(vec(g.dq), numeric_grad(q, f), 1e-7, "attention dq");
-    expect_close(vec(g.dk), numeric_grad(k, f), 1e-7, "attention dk");
-    expect_close(vec(g.dv), numeric_grad(v, f), 1e-7, "attention dv");
+    expect_close(vback(g.dq), numeric_grad(q, f), 1e-7, "attention dq");
+    expect_close(vback(g.dk), numeric_grad(k, f), 1e-7, "attention dk");
+    expect_close(vback(g.dv), numeric_grad(v, f), 1e-7, "attention dv");
   }
 }
 
-// Gradients by the textbook formulas on full [T, S] matrices in double (a check independent
-// of the kernel's row-at-a-time recomputation), for a problem big enough to use threads.
-struct RefGrads {
-  std::vector<double> dq, dk, dv;
-};
-RefGrads ref_attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                double scale) {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
-  auto vq = vec(q), vk = vec(k), vv = vec(v), vg = vec(gout);
-  RefGrads g;
-  g.dq.assign(vq.size(), 0.0);
-  g.dk.assign(vk.size(), 0.0);
-  g.dv.assign(vv.size(), 0.0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t hk = h / (H / Hkv);
-      const double* Q = &vq[(b * H + h) * T * D];
-      const double* G = &vg[(b * H + h) * T * D];
-      const double* K = &vk[(b * Hkv + hk) * S * D];
-      const double* V = &vv[(b * Hkv + hk) * S * D];
-      std::vector<double> P(T * S, 0.0), dP(T * S, 0.0);
-      for (int64_t t = 0; t < T; ++t) {  // P = softmax(scale Q K^T) with the mask
-        double m = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) {
-          if (causal && s > t + (S - T)) continue;
-          double d = 0;
-          for (int64_t i = 0; i < D; ++i) d += Q[t * D + i] * K[s * D + i];
-          P[t * S + s] = scale * d;
-          m = std::max(m, scale * d);
-        }
-        double l = 0;
-        for (int64_t s = 0; s < S; ++s)
-          if (!(causal && s > t + (S - T))) l += (P[t * S + s] = std::exp(P[t * S + s] - m));
-        for (int64_t s = 0; s < S; ++s) P[t * S + s] = (causal && s > t + (S - T)) ? 0.0 : P[t * S + s] / l;
-      }
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t s = 0; s < S; ++s) {
-          double d = 0;
-          for (int64_t i = 0; i < D; ++i) d += G[t * D + i] * V[s * D + i];
-          dP[t * S + s] = d;
-        }
-      for (int64_t t = 0; t < T; ++t) {
-        double rowdot = 0;  // sum_s P dP
-        for (int64_t s = 0; s < S; ++s) rowdot += P[t * S + s] * dP[t * S + s];
-        for (int64_t s = 0; s < S; ++s) {
-          const double dS = P[t * S + s] * (dP[t * S + s] - rowdot);
-          for (int64_t i = 0; i < D; ++i) {
-            g.dq[((b * H + h) * T + t) * D + i] += scale * dS * K[s * D + i];
-            g.dk[((b * Hkv + hk) * S + s) * D + i] += scale * dS * Q[t * D + i];
-            g.dv[((b * Hkv + hk) * S + s) * D + i] += P[t * S + s] * G[t * D + i];
-          }
-        }
-      }
-    }
-  return g;
-}
-
-TEST(AttentionNn, LargerProblemUsesThreads) {
+TEST_P(AttentionNn, LargerProblemUsesThreads) {
   Generator gen(55);
   const int64_t B = 2, H = 4, Hkv = 2, T = 40, S = 48, D = 16;
   for (bool causal : {true, false}) {
@@ -293,19 +199,19 @@ TEST(AttentionNn, LargerProblemUsesThreads) {
     Tensor k = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
     Tensor v = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
     Tensor go = Tensor::randn({B, H, T, D}, gen, DType::f32);
-    AttentionOut o = attention(q, k, v, causal, 0.25);
-    Ref r = ref_attention(q, k, v, causal, 0.25);
-    expect_close(vec(o.out), r.out, 2e-5, "threaded attention out");
-    expect_close(vec(o.lse), r.lse, 2e-5, "threaded attention lse");
-    AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, causal, 0.25);
-    RefGrads rg = ref_attention_backward(go, q, k, v, causal, 0.25);
-    expect_close(vec(g.dq), rg.dq, 1e-4, "threaded dq");
-    expect_close(vec(g.dk), rg.dk, 1e-4, "threaded dk");
-    expect_close(vec(g.dv), rg.dv, 1e-4, "threaded dv");
+    AttentionOut o = attention(on(q), on(k), on(v), causal, 0.25);
+    RefAttention r = ref_attention(q, k, v, causal, 0.25);
+    expect_close(vback(o.out), r.out, tol(DType::f32, 2e-5), "threaded attention out");
+    expect_close(vback(o.lse), r.lse, tol(DType::f32, 2e-5), "threaded attention lse");
+    AttentionGrads g = attention_backward(on(go), on(q), on(k), on(v), o.out, o.lse, causal, 0.25);
+    RefAttentionGrads rg = ref_attention_backward(go, q, k, v, causal, 0.25);
+    expect_close(vback(g.dq), rg.dq, tol(DType::f32, 1e-4), "threaded dq");
+    expect_close(vback(g.dk), rg.dk, tol(DType::f32, 1e-4), "threaded dk");
+    expect_close(vback(g.dv), rg.dv, tol(DType::f32, 1e-4), "threaded dv");
   }
 }
 
-TEST(AttentionNn, ErrorsNameOpAndShapes) {
+TEST(AttentionNnCpu, ErrorsNameOpAndShapes) {
   Tensor q = Tensor::zeros({1, 3, 4, 8}), k = Tensor::zeros({1, 2, 4, 8});
   try {
     attention(q, k, k, true, 1.0);
