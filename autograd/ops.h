@@ -63,8 +63,11 @@ Tensor sum_to_shape(const Tensor& x, const Shape& shape);
 // ---- linear algebra -----------------------------------------------------------------------
 // op(a) @ op(b) with batch broadcasting (see kernels::matmul).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-// x [..., in] @ w^T + b with w [out, in], b [out] (b may be undefined).
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// act(x [..., in] @ w^T + b) with w [out, in], b [out] (b may be undefined): one node over
+// kernels::linear (cuBLASLt epilogues on CUDA; on the CPU bit-identical to matmul, add and
+// gelu recorded separately). The pre-activation is kept for the backward only with an act.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor(),
+              kernels::Activation act = kernels::Activation::none);
 
 // ---- neural-network ops ----------------------------------------------------------------------
 Tensor softmax(const Tensor& x, int64_t axis = -1);

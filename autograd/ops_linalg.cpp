@@ -37,23 +37,27 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, kernels::Activation act) {
   LATHE_CHECK(w.dim() == 2) << "linear: weight must be [out, in], got " << w.shape_str();
   LATHE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
       << "linear: input " << x.shape_str() << " does not match weight " << w.shape_str() << " (in = " << w.size(1)
       << ")";
-  Tensor y;
-  if (x.dim() == 1) {
-    y = squeeze(matmul(unsqueeze(x, 0), w, false, true), 0);
-  } else {
-    y = matmul(x, w, false, true);
-  }
   if (b.defined()) {
     LATHE_CHECK(b.dim() == 1 && b.size(0) == w.size(0))
         << "linear: bias " << b.shape_str() << " does not match weight " << w.shape_str();
-    y = add(y, b);
   }
-  return y;
+  const bool has_act = act != kernels::Activation::none;
+  // The pre-activation is only worth keeping when a backward will run.
+  const bool recording = any_requires_grad({x, w, b});
+  Tensor pre;
+  Tensor y = kernels::linear(x, w, b, act, recording && has_act ? &pre : nullptr);
+  Tensor xs = saved(x), ws = saved(w), ps = saved(pre);
+  const bool has_bias = b.defined();
+  return record("linear", y, {x, w, b}, [xs, ws, ps, act, has_bias](const Grads& g, const Needs& need) -> Grads {
+    kernels::LinearGrads r =
+        kernels::linear_backward(g[0], xs, ws, ps, act, need[0], need[1], has_bias && need[2]);
+    return {r.dx, r.dw, r.db};
+  });
 }
 
 }  // namespace lathe::autograd

@@ -88,6 +88,11 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "matmul");
     inner_.matmul(a, b, trans_a, trans_b, out);
   }
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
+              const Tensor& pre) override {
+    Timer t(*this, std::string("linear:") + activation_name(act));
+    inner_.linear(x, w, bias, act, out, pre);
+  }
   void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) override {
     Timer t(*this, "softmax");
     inner_.softmax(x, axis, log, out);
@@ -163,6 +168,12 @@ class ProfilingBackend final : public Backend {
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override {
     Timer t(*this, "adamw_step");
     inner_.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
+  }
+  void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                        const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t step) override {
+    Timer t(*this, "adamw_step_multi");
+    inner_.adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
   }
 
  private:

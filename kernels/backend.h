@@ -42,6 +42,11 @@ class Backend : public DeviceOps {
 
   // out [..., M, N] = op(a) @ op(b); batch dims of a and b already broadcast to out's.
   virtual void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) = 0;
+  // out [..., N] = act(x [..., K] @ w^T + bias); x has >= 2 dims, w is [N, K], bias [N] or
+  // undefined, all one dtype and device, any of them strided. pre (out's shape) is defined
+  // when the caller wants the pre-activation (only with an activation); then it is written too.
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
+                      const Tensor& pre) = 0;
 
   virtual void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) = 0;
   virtual void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) = 0;
@@ -81,6 +86,11 @@ class Backend : public DeviceOps {
 
   virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr,
                           double beta1, double beta2, double eps, double weight_decay, int64_t step) = 0;
+  // adamw_step over lists (checked by the op layer: one device, matching shapes, params/m/v
+  // contiguous f32, grads contiguous f32 or bf16); empty tensors are skipped.
+  virtual void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                                const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                                double beta2, double eps, double weight_decay, int64_t step) = 0;
 
  protected:
   [[noreturn]] void unsupported(const char* op, const Tensor& t) const;

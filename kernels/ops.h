@@ -60,6 +60,26 @@ Tensor sum_to_shape(const Tensor& x, const Shape& shape);
 // BLAS is called on strided views without copying where their layout allows.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
+// The activation a fused linear applies after its bias (gelu_tanh: GPT-2's MLP).
+enum class Activation : uint8_t { none, gelu_tanh };
+const char* activation_name(Activation act);
+// The forward of a Linear layer: y [..., N] = act(x [..., K] @ w^T + bias) with w [N, K],
+// bias [N] or undefined; x may be 1-D ([K] -> [N]). When pre_activation_out is given and act
+// is not none, it receives x @ w^T + bias (what the backward needs); otherwise it is left
+// alone. On the CPU this is matmul, add and unary with the same roundings as those three
+// ops; on CUDA one cuBLASLt call with a bias / GELU epilogue (f32 accumulation; f64 and
+// shapes cuBLASLt declines take matmul + separate kernels).
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act = Activation::none,
+              Tensor* pre_activation_out = nullptr);
+struct LinearGrads {
+  Tensor dx, dw, db;  // db undefined without a bias
+};
+// The backward of linear: with dy' = dy * act'(pre) (pre: the pre-activation, needed only
+// for an activation), dx = dy' @ w, dw = dy'^T @ x (batch dims folded into rows),
+// db = sum of dy' over all but the last dim. Only the grads asked for are computed.
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& pre, Activation act,
+                            bool need_dx, bool need_dw, bool need_db);
+
 // ---- softmax family ----------------------------------------------------------------
 Tensor softmax(const Tensor& x, int64_t axis = -1);
 Tensor log_softmax(const Tensor& x, int64_t axis = -1);
@@ -166,5 +186,12 @@ DropoutOut dropout(const Tensor& x, double p, Generator& gen);
 // with bc1 = 1 - b1^step, bc2 = 1 - b2^step.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
                 double beta2, double eps, double weight_decay, int64_t step);
+// adamw_step over lists of tensors sharing lr, betas, eps, weight decay and step: on CUDA a
+// few multi-tensor launches (kernels/cuda/multi_tensor.h) instead of one per tensor; on the
+// CPU a loop of adamw_step. Bit-identical to calling adamw_step on each. params, ms, vs:
+// contiguous f32 on one device; grads f32 or bf16 (widened exactly), any layout.
+void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                      const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int64_t step);
 
 }  // namespace lathe::kernels

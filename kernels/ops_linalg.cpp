@@ -42,3 +42,94 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 }
 
 }  // namespace lathe::kernels
+
+// ---- fused linear --------------------------------------------------------------------------
+namespace lathe::kernels {
+
+const char* activation_name(Activation act) {
+  switch (act) {
+    case Activation::none: return "none";
+    case Activation::gelu_tanh: return "gelu_tanh";
+  }
+  return "?";
+}
+
+namespace {
+void check_linear_operands(const char* op, const Tensor& x, const Tensor& w, const Tensor& bias) {
+  LATHE_CHECK(x.defined() && w.defined()) << op << ": undefined " << (x.defined() ? "weight" : "input");
+  auto shapes = [&]() {
+    return std::string("x ") + x.shape_str() + ", w " + w.shape_str() +
+           (bias.defined() ? ", bias " + bias.shape_str() : std::string());
+  };
+  LATHE_CHECK(w.dim() == 2) << op << ": weight must be [out, in], got " << shapes();
+  LATHE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
+      << op << ": input features (last dim of x) must equal the weight's in = " << w.size(1) << ": " << shapes();
+  LATHE_CHECK(is_floating(x.dtype())) << op << ": needs a floating dtype, got " << dtype_name(x.dtype()) << " ("
+                                      << shapes() << ")";
+  LATHE_CHECK(w.dtype() == x.dtype()) << op << ": dtype mismatch: x is " << dtype_name(x.dtype()) << ", w is "
+                                      << dtype_name(w.dtype()) << " (" << shapes() << ")";
+  LATHE_CHECK(w.device() == x.device()) << op << ": device mismatch: x on " << x.device().str() << ", w on "
+                                        << w.device().str() << " (" << shapes() << ")";
+  if (bias.defined()) {
+    LATHE_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0))
+        << op << ": bias must be [out] = [" << w.size(0) << "]: " << shapes();
+    LATHE_CHECK(bias.dtype() == x.dtype()) << op << ": dtype mismatch: x is " << dtype_name(x.dtype())
+                                           << ", bias is " << dtype_name(bias.dtype()) << " (" << shapes() << ")";
+    LATHE_CHECK(bias.device() == x.device()) << op << ": device mismatch: x on " << x.device().str()
+                                             << ", bias on " << bias.device().str();
+  }
+}
+}  // namespace
+
+Tensor linear(const Tensor& x_in, const Tensor& w, const Tensor& bias, Activation act, Tensor* pre_activation_out) {
+  check_linear_operands("linear", x_in, w, bias);
+  const int64_t N = w.size(0);
+  // A vector is a one-row matrix (as matmul would need it), viewed back at the end.
+  const bool vec = x_in.dim() == 1;
+  const Tensor x = vec ? x_in.unsqueeze(0) : x_in;
+  Shape os = x.shape();
+  os.back() = N;
+  Tensor out = Tensor::empty(os, x.dtype(), x.device());
+  const bool want_pre = pre_activation_out != nullptr && act != Activation::none;
+  Tensor pre = want_pre ? Tensor::empty(os, x.dtype(), x.device()) : Tensor();
+  if (out.numel() > 0) backend(x.device()).linear(x, w, bias, act, out, pre);
+  if (want_pre) *pre_activation_out = vec ? pre.view({N}) : pre;
+  return vec ? out.view({N}) : out;
+}
+
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x_in, const Tensor& w, const Tensor& pre,
+                            Activation act, bool need_dx, bool need_dw, bool need_db) {
+  check_linear_operands("linear_backward", x_in, w, Tensor());
+  Shape ys = x_in.shape();
+  ys.back() = w.size(0);
+  LATHE_CHECK(dy.defined() && dy.shape() == ys && dy.dtype() == x_in.dtype() && dy.device() == x_in.device())
+      << "linear_backward: dy must be " << shape_str(ys) << " " << dtype_name(x_in.dtype()) << " on "
+      << x_in.device().str() << ", got " << (dy.defined() ? dy.shape_str() + " " + dtype_name(dy.dtype()) + " on " +
+                                                                dy.device().str()
+                                                          : std::string("undefined"));
+  Tensor g = dy;
+  if (act == Activation::gelu_tanh) {
+    LATHE_CHECK(pre.defined() && pre.shape() == dy.shape())
+        << "linear_backward: gelu_tanh needs the pre-activation " << shape_str(ys) << ", got "
+        << (pre.defined() ? pre.shape_str() : std::string("undefined"));
+    g = unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy);
+  }
+  // The same products (and so the same roundings) as autograd's matmul + add backward.
+  LinearGrads r;
+  const bool vec = x_in.dim() == 1;
+  const Tensor x = vec ? x_in.unsqueeze(0) : x_in;
+  const Tensor g2 = vec ? g.unsqueeze(0) : g;
+  if (need_dx) {
+    r.dx = matmul(g2, w, false, false);
+    if (vec) r.dx = r.dx.view({x_in.size(0)});
+  }
+  if (need_dw) {
+    // The batch folded into the rows: one [N, K] product, not one per batch entry.
+    const int64_t k = x.size(-1), n = g2.size(-1);
+    r.dw = matmul(g2.reshape({-1, n}), x.reshape({-1, k}), true, false);
+  }
+  if (need_db) r.db = sum_to_shape(g, {w.size(0)});
+  return r;
+}
+
+}  // namespace lathe::kernels

@@ -48,4 +48,39 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   backend(param.device()).adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
 }
 
+void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                      const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int64_t step) {
+  const char* op = "adamw_step_multi";
+  LATHE_CHECK(grads.size() == params.size() && ms.size() == params.size() && vs.size() == params.size())
+      << op << ": list lengths differ: " << params.size() << " params, " << grads.size() << " grads, " << ms.size()
+      << " m, " << vs.size() << " v";
+  LATHE_CHECK(step >= 1) << op << ": step must be >= 1 (bias correction), got " << step;
+  LATHE_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1)
+      << op << ": betas must be in [0, 1), got " << beta1 << ", " << beta2;
+  if (params.empty()) return;
+  const Device dev = params[0].defined() ? params[0].device() : Device::cpu();
+  std::vector<Tensor> gs;
+  gs.reserve(grads.size());
+  for (size_t k = 0; k < params.size(); ++k) {
+    const std::pair<const char*, const Tensor*> all[] = {
+        {"param", &params[k]}, {"grad", &grads[k]}, {"m", &ms[k]}, {"v", &vs[k]}};
+    for (const auto& [name, t] : all) {
+      LATHE_CHECK(t->defined()) << op << ": " << name << " " << k << " is undefined";
+      const bool is_grad = t == &grads[k];
+      LATHE_CHECK(t->dtype() == DType::f32 || (is_grad && t->dtype() == DType::bf16))
+          << op << ": " << name << " " << k << " must be f32" << (is_grad ? " or bf16" : "") << ", got "
+          << dtype_name(t->dtype()) << " " << t->shape_str();
+      LATHE_CHECK(t->shape() == params[k].shape()) << op << ": " << name << " " << k << " " << t->shape_str()
+                                                   << " does not match param " << params[k].shape_str();
+      LATHE_CHECK(t->device() == dev) << op << ": " << name << " " << k << " is on " << t->device().str()
+                                      << ", param 0 on " << dev.str();
+      LATHE_CHECK(is_grad || t->is_contiguous())
+          << op << ": " << name << " " << k << " " << t->shape_str() << " must be contiguous";
+    }
+    gs.push_back(grads[k].contiguous());
+  }
+  backend(dev).adamw_step_multi(params, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
+}
+
 }  // namespace lathe::kernels

@@ -38,7 +38,10 @@ GeluMLP::GeluMLP(int64_t d_model, int64_t d_ff, bool bias) {
   proj = register_slot<LinearLayer>("proj", std::make_shared<Linear>(d_ff, d_model, bias));
 }
 
-Tensor GeluMLP::forward(const Tensor& x) const { return proj->forward(ag::gelu(fc->forward(x), true)); }
+// The GELU rides in fc's product (a cuBLASLt epilogue on CUDA; the same numbers on the CPU).
+Tensor GeluMLP::forward(const Tensor& x) const {
+  return proj->forward(fc->forward_act(x, kernels::Activation::gelu_tanh));
+}
 
 SwiGLU::SwiGLU(int64_t d_model, int64_t d_ff, bool bias) {
   gate_proj = register_slot<LinearLayer>("gate_proj", std::make_shared<Linear>(d_model, d_ff, bias));

@@ -11,12 +11,23 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) {
   if (has_bias) bias_ = register_param("bias", Tensor::zeros({out}));
 }
 
-Tensor Linear::forward(const Tensor& x) const {
+Tensor LinearLayer::forward_act(const Tensor& x, kernels::Activation act) const {
+  switch (act) {
+    case kernels::Activation::none: return forward(x);
+    case kernels::Activation::gelu_tanh: return autograd::gelu(forward(x), true);
+  }
+  LATHE_FAIL() << "LinearLayer: unknown activation " << kernels::activation_name(act);
+  return Tensor();
+}
+
+Tensor Linear::forward(const Tensor& x) const { return forward_act(x, kernels::Activation::none); }
+
+Tensor Linear::forward_act(const Tensor& x, kernels::Activation act) const {
   const Tensor& w = weight_.get();
   LATHE_CHECK(w.dim() == 2) << "Linear: weight must be [out, in], got " << w.shape_str();
   LATHE_CHECK(x.size(-1) == w.size(1)) << "Linear: input has " << x.size(-1) << " features (shape " << x.shape_str()
                                        << "), the layer expects " << w.size(1);
-  return autograd::linear(autocast(x), autocast(w), autocast(bias_.get()));
+  return autograd::linear(autocast(x), autocast(w), autocast(bias_.get()), act);
 }
 
 }  // namespace lathe::models

@@ -9,6 +9,7 @@
 
 #include "autograd/module.h"
 #include "core/tensor.h"
+#include "kernels/ops.h"
 
 namespace lathe::models {
 
@@ -16,6 +17,9 @@ class LinearLayer : public autograd::Module {
  public:
   // x [..., in_features] -> [..., out_features].
   virtual Tensor forward(const Tensor& x) const = 0;
+  // act(forward(x)). A layer that can fuse the activation into its product (Linear: one
+  // cuBLASLt call with a GELU epilogue) overrides this; the default applies it after forward.
+  virtual Tensor forward_act(const Tensor& x, kernels::Activation act) const;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
   // The underlying (frozen or trained) weight [out, in] and bias [out] (undefined when
@@ -30,6 +34,8 @@ class Linear : public LinearLayer {
   Linear(int64_t in, int64_t out, bool bias);
   // x @ weight^T + bias; under models::Autocast in the compute dtype.
   Tensor forward(const Tensor& x) const override;
+  // The activation fused into the same autograd::linear node.
+  Tensor forward_act(const Tensor& x, kernels::Activation act) const override;
   std::string type_name() const override { return "Linear"; }
   // From the current weight, so a replaced (sharded) weight reports its own size.
   int64_t in_features() const override { return weight_->size(1); }

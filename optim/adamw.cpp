@@ -1,5 +1,7 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
+
 #include "kernels/ops.h"
 
 namespace lathe::optim {
@@ -25,6 +27,41 @@ void AdamW::update(const std::string&, const Tensor& param, const Tensor& grad, 
                    const ParamGroup& group, int64_t step) {
   kernels::adamw_step(param, grad.to(DType::f32), state.at("exp_avg"), state.at("exp_avg_sq"), group.lr, opts_.beta1,
                       opts_.beta2, opts_.eps, group.weight_decay, step);
+}
+
+void AdamW::step() {
+  begin_step();
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const ParamGroup& g = groups_[gi];
+    const std::vector<PendingUpdate> pending = pending_updates(gi);
+    // Buckets by (device, step count): a parameter updated alone through step_param may be
+    // ahead of the others, and one multi-tensor call serves one device.
+    struct Bucket {
+      Device dev;
+      int64_t step;
+      std::vector<PendingUpdate> ups;
+    };
+    std::vector<Bucket> buckets;
+    for (const auto& u : pending) {
+      auto b = std::find_if(buckets.begin(), buckets.end(),
+                            [&](const Bucket& k) { return k.dev == u.param.device() && k.step == u.step; });
+      if (b == buckets.end()) b = buckets.insert(buckets.end(), Bucket{u.param.device(), u.step, {}});
+      b->ups.push_back(u);
+    }
+    for (const Bucket& b : buckets) {
+      std::vector<Tensor> ps, gs, ms, vs;
+      for (const auto& u : b.ups) {
+        ps.push_back(u.param);
+        // bf16 gradients are widened inside the kernel (exactly, as .to(f32) would).
+        const DType gd = u.grad.dtype();
+        gs.push_back(gd == DType::f32 || gd == DType::bf16 ? u.grad : u.grad.to(DType::f32));
+        ms.push_back(u.state->at("exp_avg"));
+        vs.push_back(u.state->at("exp_avg_sq"));
+      }
+      kernels::adamw_step_multi(ps, gs, ms, vs, g.lr, opts_.beta1, opts_.beta2, opts_.eps, g.weight_decay, b.step);
+      commit_updates(b.ups);
+    }
+  }
 }
 
 GroupLayout decay_layout(double weight_decay, bool decay_1d) {

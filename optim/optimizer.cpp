@@ -135,6 +135,27 @@ void Optimizer::step() {
     for (size_t i = 0; i < groups_[gi].params.size(); ++i) update_one(Slot{gi, i});
 }
 
+std::vector<Optimizer::PendingUpdate> Optimizer::pending_updates(size_t group) {
+  LATHE_CHECK(group < groups_.size()) << name() << ": no parameter group " << group;
+  std::vector<PendingUpdate> out;
+  const ParamGroup& g = groups_[group];
+  for (const auto& [n, p] : g.params) {
+    Tensor grad = p.grad();
+    if (!grad.defined()) continue;
+    auto it = state_.find(n);
+    if (it == state_.end()) {
+      MemCategoryGuard guard(MemCategory::optimizer_state);
+      it = state_.emplace(n, init_state(n, p, g)).first;
+    }
+    out.push_back(PendingUpdate{n, p, grad, &it->second, param_steps_[n] + 1});
+  }
+  return out;
+}
+
+void Optimizer::commit_updates(const std::vector<PendingUpdate>& done) {
+  for (const auto& u : done) param_steps_[u.name] = u.step;
+}
+
 bool Optimizer::step_param(const std::string& name) {
   const Slot& s = slot_of(name);
   if (!groups_[s.group].params[s.index].second.grad().defined()) return false;

@@ -117,6 +117,20 @@ class Optimizer {
  protected:
   std::vector<ParamGroup> groups_;
 
+  // For a step() that updates several parameters in one call (AdamW's multi-tensor kernel):
+  // begin_step() counts the step; pending_updates(g) lists what step() would update in group
+  // g (parameters with a gradient, their state, created by init_state on first use, and the
+  // step number each update takes); commit_updates() records those that went through.
+  struct PendingUpdate {
+    std::string name;
+    Tensor param, grad;
+    StateMap* state;  // owned by the optimizer; stable until load_state_dict
+    int64_t step;
+  };
+  void begin_step() { ++step_; }
+  std::vector<PendingUpdate> pending_updates(size_t group);
+  void commit_updates(const std::vector<PendingUpdate>& done);
+
  private:
   struct Slot {
     size_t group, index;

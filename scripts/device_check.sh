@@ -175,6 +175,11 @@ stage_bench() {
   (( lim > 30 )) || { row bench skipped "no time left"; return; }
   timeout -k 5 "$lim" "$DEV/bin/bench_cuda" --json "$OUT/bench.json"
   rc=$?
+  # The same training step and profile with the opt-in paths on (cuBLASLt epilogues,
+  # multi-tensor AdamW; kernels/cuda/cuda_ops.h), to see what they buy once verified.
+  lim=$(limit 90)
+  (( lim > 30 )) && LATHE_CUDA_LT_EPILOGUE=1 LATHE_CUDA_MULTI_TENSOR_ADAMW=1 timeout -k 5 "$lim" \
+    "$DEV/bin/bench_cuda" --sections train,profile --json "$OUT/bench_optin.json"
   if [ -s "$OUT/bench.json" ] && command -v python3 >/dev/null; then
     local key
     key=$(python3 - "$OUT/bench.json" <<'PY'

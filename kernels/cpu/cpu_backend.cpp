@@ -3,6 +3,7 @@
 // cpu/elementwise.h; softmax, norms, losses and attention in cpu/nn.h.
 #include "kernels/backend.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/fused.h"
 #include "kernels/cpu/nn.h"
 
 namespace lathe::kernels {
@@ -45,6 +46,10 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override {
     cpu::matmul(a, b, trans_a, trans_b, out);
   }
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
+              const Tensor& pre) override {
+    cpu::linear(x, w, bias, act, out, pre);
+  }
   void gather(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out) override {
     cpu::gather(x, axis, index, out);
   }
@@ -63,6 +68,11 @@ class CpuBackend final : public Backend {
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
                   double beta2, double eps, double weight_decay, int64_t step) override {
     cpu::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
+  }
+  void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                        const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t step) override {
+    cpu::adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
   }
 
   // ---- softmax, norms, embeddings, cross-entropy, rope, attention (cpu/nn.h) ----

@@ -3,6 +3,7 @@
 // compile error.
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/multi_tensor.h"
 
 namespace lathe::kernels {
 
@@ -31,6 +32,7 @@ class CudaBackend final : public Backend {
   void scale_(const Tensor& y, double s) override { cuda::scale_(y, s); }
   void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction, const Tensor& out) override { cuda::reduce(op, x, axes, correction, out); }
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override { cuda::matmul(a, b, trans_a, trans_b, out); }
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre) override { cuda::linear(x, w, bias, act, out, pre); }
   void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) override { cuda::softmax(x, axis, log, out); }
   void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) override { cuda::softmax_backward(y, gy, axis, log, out); }
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const NormOut& out) override { cuda::layer_norm(x, w, b, eps, out); }
@@ -50,6 +52,15 @@ class CudaBackend final : public Backend {
   void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) override { cuda::attention_backward(gout, q, k, v, out, lse, causal, scale, grads); }
   void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) override { cuda::dropout(x, p, seed, offset, out); }
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override { cuda::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step); }
+  void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override {
+    if (cuda::multi_tensor_adamw_enabled()) {
+      cuda::adamw_multi_tensor(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
+      return;
+    }
+    for (size_t i = 0; i < params.size(); ++i)
+      cuda::adamw_step(params[i], grads[i].dtype() == DType::f32 ? grads[i] : grads[i].to(DType::f32), ms[i], vs[i],
+                       lr, beta1, beta2, eps, weight_decay, step);
+  }
 };
 
 }  // namespace

@@ -34,6 +34,22 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int6
 // matmul.cu (cuBLAS / cuBLASLt)
 void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out);
 
+// linear.cu (cuBLASLt with bias / GELU epilogues)
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre);
+// Calls of linear that cuBLASLt declined (no algorithm for the shape, layout or alignment),
+// so that took matmul + separate kernels: lets tests check the fused path is really taken.
+int64_t linear_declined_count();
+
+// Paths written but not yet verified on a GPU are opt-in until a device run has checked them
+// (tests/kernels/cuda/test_cuda_linear.cpp turns them on; scripts/device_check.sh runs it):
+// the cuBLASLt epilogue GEMM of linear() (else: the GEMM, then bias and GELU kernels, each
+// verified) and the multi-tensor AdamW (else: one adamw_step per tensor, verified).
+// Environment: LATHE_CUDA_LT_EPILOGUE=1, LATHE_CUDA_MULTI_TENSOR_ADAMW=1.
+bool linear_lt_enabled();
+void set_linear_lt_enabled(bool on);
+bool multi_tensor_adamw_enabled();
+void set_multi_tensor_adamw_enabled(bool on);
+
 // softmax.cu
 void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out);
 void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out);

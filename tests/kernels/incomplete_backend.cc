@@ -26,6 +26,7 @@ class AlmostCompleteBackend final : public Backend {
   void scale_(const Tensor&, double) override {}
   void reduce(ReduceOp, const Tensor&, const std::vector<int64_t>&, int64_t, const Tensor&) override {}
   void matmul(const Tensor&, const Tensor&, bool, bool, const Tensor&) override {}
+  void linear(const Tensor&, const Tensor&, const Tensor&, Activation, const Tensor&, const Tensor&) override {}
   void softmax(const Tensor&, int64_t, bool, const Tensor&) override {}
   void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {}
   void layer_norm(const Tensor&, const Tensor&, const Tensor&, double, const NormOut&) override {}
@@ -49,6 +50,8 @@ class AlmostCompleteBackend final : public Backend {
   void dropout(const Tensor&, double, uint64_t, uint64_t, const DropoutOut&) override {}
   void adamw_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double, double, double,
                   int64_t) override {}
+  void adamw_step_multi(const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&,
+                        const std::vector<Tensor>&, double, double, double, double, double, int64_t) override {}
 };
 
 Backend& almost_complete_backend() {

@@ -1,0 +1,19 @@
+// CPU kernels of the fused ops (kernels/cpu/fused.cpp): the linear layer with its bias and
+// activation, and AdamW over a list of tensors. On the CPU they are compositions of the
+// other kernels, so their results are bit-identical to the separate ops.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace lathe::kernels::cpu {
+
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
+            const Tensor& pre);
+void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                      const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int64_t step);
+
+}  // namespace lathe::kernels::cpu
