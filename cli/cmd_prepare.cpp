@@ -1,6 +1,7 @@
 // lathe prepare INPUT... --out DIR [--tokenizer SPEC] [--format auto|text|jsonl] ...
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -39,6 +40,8 @@ const char* const kHelp =
     "  --shard-tokens N    tokens per shard (default 16777216)\n"
     "  --split S           text documents: file (one per file, default) or blank_lines\n"
     "                      (paragraphs separated by blank lines)\n"
+    "\n"
+    "Threads: OMP_NUM_THREADS (default: every core); the shards are the same for any count.\n"
     "\n"
     "Exit codes: 0 ok, 1 bad data (e.g. an invalid JSONL line: file:line and field named),\n"
     "2 usage error or unknown tokenizer, 3 an INPUT that does not exist or cannot be written.\n";
@@ -84,11 +87,15 @@ int run(const std::vector<std::string>& args) {
     std::error_code ec;
     if (!std::filesystem::exists(in, ec)) throw train::IoError("prepare", "input " + in + " does not exist");
   }
+  // Loaded here, once, so that a bad spec is a usage error before any file is read;
+  // prepare() uses this instance.
+  std::unique_ptr<data::Tokenizer> tok;
   try {
-    data::load_tokenizer(o.tokenizer);  // a bad spec is a usage error, before any file is read
+    tok = data::load_tokenizer(o.tokenizer);
   } catch (const lathe::Error& e) {
     throw UsageError("lathe prepare: --tokenizer " + o.tokenizer + ": " + e.message());
   }
+  o.loaded_tokenizer = tok.get();
   o.progress_out = stdout;
   data::PrepareStats st = data::prepare(o);
   std::printf("wrote %s/index.json (%s data, %lld train / %lld val documents)\n", o.output_dir.c_str(),

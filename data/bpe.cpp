@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <queue>
 
@@ -223,6 +224,35 @@ void BpeTokenizer::encode_append(std::string_view text, std::vector<int32_t>& ou
     seg = pos + 1;
   }
   encode_segment(text.substr(seg), out);
+}
+
+size_t BpeTokenizer::next_cut(std::string_view text, size_t from, bool allow_special) const {
+  constexpr size_t npos = std::string_view::npos;
+  if (add_prefix_space_) return npos;
+  for (const BpeAddedToken& a : added_)
+    if ((allow_special || !a.special) && a.content.find('\n') != std::string::npos) return npos;
+  // Why "x\nA" (x printable ASCII, not a space; A an ASCII letter) is a word boundary that
+  // no lookahead sees across, for the three patterns of data/pretokenize.h:
+  //  - no alternative matches a run holding both a newline and a following letter, so no
+  //    word spans from "\n" into "A", and the word after the cut starts at "A" in both cases
+  //    (the patterns have no lookbehind);
+  //  - the word holding x cannot take the newline, except Llama-3/Qwen2's
+  //    " ?[^\s\p{L}\p{N}]+[\r\n]*", which takes it and ends at the cut either way;
+  //  - otherwise "\n" is a word of its own: GPT-2's "\s+(?!\S)" fails before "A" and
+  //    "\s+" matches it, while at the end of the first piece "\s+(?!\S)" matches it;
+  //    Llama-3's "\s*[\r\n]+" matches it in both. Either way the word is "\n".
+  //  - an added token can only span the cut if it holds "\n" (excluded above).
+  auto letter = [](unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; };
+  // n: the newline's index; the cut is at n + 1, which needs n >= 1 and n + 1 < size.
+  for (size_t n = std::max<size_t>(from, 2) - 1; n + 1 < text.size();) {
+    const void* nl = std::memchr(text.data() + n, '\n', text.size() - 1 - n);
+    if (nl == nullptr) return npos;
+    n = static_cast<size_t>(static_cast<const char*>(nl) - text.data());
+    const auto x = static_cast<unsigned char>(text[n - 1]);
+    if (x > 0x20 && x < 0x7f && letter(static_cast<unsigned char>(text[n + 1]))) return n + 1;
+    ++n;
+  }
+  return npos;
 }
 
 void BpeTokenizer::encode_segment(std::string_view segment, std::vector<int32_t>& out) const {

@@ -84,6 +84,11 @@ class BpeTokenizer : public Tokenizer {
 
   void encode_append(std::string_view text, std::vector<int32_t>& out,
                      bool allow_special = true) const override;
+  // Cuts only after a newline that follows a printable ASCII character and precedes an
+  // ASCII letter ("x\nA"): every supported pre-tokenizer ends a word there whatever comes
+  // before or after (see bpe.cpp). None with add_prefix_space (each piece would get a
+  // space) or when an added token that could match holds a newline.
+  size_t next_cut(std::string_view text, size_t from, bool allow_special = true) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(token_bytes_.size()); }
   std::string id() const override { return id_; }

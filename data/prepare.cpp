@@ -35,6 +35,9 @@ constexpr uint64_t kValSplitTag = 0x76616c2d73706c74ull;
 // A chunk of documents tokenized in parallel before they are written in order.
 constexpr size_t kChunkDocs = 2048;
 constexpr size_t kChunkBytes = size_t{8} << 20;
+// Plain-text documents longer than this are encoded in pieces of about this size, cut at
+// the tokenizer's cut points, so that one large file still uses every thread.
+constexpr size_t kPieceBytes = size_t{64} << 10;
 // HDF5 attributes above 64 KiB need the newer file format; keep the sources list short.
 constexpr size_t kMaxSourcesAttr = 32 * 1024;
 
@@ -287,7 +290,9 @@ PrepareStats prepare(const PrepareOptions& o) {
       << "prepare: val_fraction must be in [0, 1), got " << o.val_fraction;
   LATHE_REQUIRE(o.shard_tokens >= 1) << "prepare: shard_tokens must be >= 1, got " << o.shard_tokens;
 
-  std::unique_ptr<Tokenizer> tok = load_tokenizer(o.tokenizer);
+  std::unique_ptr<Tokenizer> owned;
+  if (o.loaded_tokenizer == nullptr) owned = load_tokenizer(o.tokenizer);
+  const Tokenizer* tok = o.loaded_tokenizer ? o.loaded_tokenizer : owned.get();
   PrepareStats st;
   st.tokenizer_id = tok->id();
   st.vocab_size = tok->vocab_size();
@@ -385,12 +390,48 @@ PrepareStats prepare(const PrepareOptions& o) {
   auto where_of = [&](const Pending& p) {
     return p.jsonl ? files[p.file].path + ":" + std::to_string(p.line) : files[p.file].path;
   };
+  // A unit of parallel work: a whole document (end == npos) or a piece [begin, end) of a
+  // long plain-text one.
+  struct Task {
+    size_t doc, begin, end;
+  };
+  std::vector<Task> tasks;
+  std::vector<std::vector<int32_t>> piece_ids;  // per task; used by pieces only
   auto run_chunk = [&]() {
     results.assign(chunk.size(), Encoded());
+    // Cut points depend on the text only, never on the thread count, and encoding the
+    // pieces gives the document's exact ids (next_cut's contract), so the output is the same
+    // for any number of threads.
+    tasks.clear();
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      const std::string& text = chunk[i].text;
+      size_t begin = 0;
+      if (!chunk[i].jsonl && text.size() > 2 * kPieceBytes) {
+        while (begin + kPieceBytes < text.size()) {
+          const size_t cut = tok->next_cut(text, begin + kPieceBytes, enc.special_tokens_in_text);
+          if (cut == std::string_view::npos) break;
+          tasks.push_back({i, begin, cut});
+          begin = cut;
+        }
+      }
+      tasks.push_back({i, begin, begin == 0 ? std::string_view::npos : text.size()});
+    }
+    piece_ids.assign(tasks.size(), {});
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < static_cast<int64_t>(chunk.size()); ++i) {
-      Pending& p = chunk[i];  // each entry belongs to one thread
-      Encoded& e = results[i];
+    for (int64_t t = 0; t < static_cast<int64_t>(tasks.size()); ++t) {
+      const Task& task = tasks[t];
+      Pending& p = chunk[task.doc];  // a whole document's entry belongs to one thread
+      Encoded& e = results[task.doc];
+      if (task.end != std::string_view::npos) {  // a piece: no errors possible but bad_alloc
+        try {
+          tok->encode_append(std::string_view(p.text).substr(task.begin, task.end - task.begin), piece_ids[t],
+                             enc.special_tokens_in_text);
+        } catch (...) {
+#pragma omp critical(prepare_piece_error)
+          if (!e.error) e.error = std::current_exception();
+        }
+        continue;
+      }
       try {
         Record r;
         if (p.jsonl) {
@@ -408,6 +449,30 @@ PrepareStats prepare(const PrepareOptions& o) {
       } catch (...) {
         e.error = std::current_exception();
       }
+    }
+    // Assemble the documents encoded in pieces as encode_record lays out a text document:
+    // [BOS] ids [EOS], mask all 0.
+    for (size_t t = 0; t < tasks.size();) {
+      const size_t doc = tasks[t].doc;
+      size_t u = t;
+      while (u < tasks.size() && tasks[u].doc == doc) ++u;
+      if (u - t > 1) {
+        Encoded& e = results[doc];
+        if (!e.error) {
+          size_t n = (enc.bos_id >= 0) + (enc.eos_id >= 0);
+          for (size_t k = t; k < u; ++k) n += piece_ids[k].size();
+          e.kind = RecordKind::kText;
+          e.tokens.reserve(n);
+          if (enc.bos_id >= 0) e.tokens.push_back(enc.bos_id);
+          for (size_t k = t; k < u; ++k) {
+            e.tokens.insert(e.tokens.end(), piece_ids[k].begin(), piece_ids[k].end());
+            std::vector<int32_t>().swap(piece_ids[k]);
+          }
+          if (enc.eos_id >= 0) e.tokens.push_back(enc.eos_id);
+          e.mask.assign(e.tokens.size(), 0);
+        }
+      }
+      t = u;
     }
     for (size_t i = 0; i < chunk.size(); ++i) {
       Encoded& e = results[i];

@@ -36,6 +36,8 @@
 // up to one document more). index.json is written last; shards of an earlier run in the same
 // directory that the new index does not list are deleted.
 //
+// Threads: see num_threads; the shards do not depend on it.
+//
 // Progress goes to `progress_out`: a live line (percent, MB/s, tokens) on a terminal, and
 // one summary line at the end in any case (unless quiet).
 #pragma once
@@ -57,6 +59,9 @@ struct PrepareOptions {
   std::vector<std::string> inputs;  // files and/or directories
   std::string output_dir;           // created if missing
   std::string tokenizer = "byte";   // a load_tokenizer() spec; stored in index.json
+  // The tokenizer `tokenizer` names, already loaded (the CLI loads it once to check the
+  // spec); nullptr: prepare() loads it. Must outlive the call.
+  const Tokenizer* loaded_tokenizer = nullptr;
   InputFormat format = InputFormat::kAuto;
   RecordExpect record_kind = RecordExpect::kAny;  // what JSONL records must be
   TextSplit text_split = TextSplit::kFile;
@@ -67,7 +72,10 @@ struct PrepareOptions {
   EosMode append_eos = EosMode::kAuto;
   bool prepend_bos = false;  // requires a tokenizer with a BOS token
   bool special_tokens_in_text = false;
-  int num_threads = 0;  // tokenizer threads; 0: OpenMP's default
+  // Tokenizer threads; 0: OpenMP's default (OMP_NUM_THREADS). Documents are encoded in
+  // parallel, and a long plain-text document in pieces cut where the tokenizer allows
+  // (Tokenizer::next_cut); the output is byte-identical for every thread count.
+  int num_threads = 0;
   bool quiet = false;   // no progress and no summary
   std::FILE* progress_out = nullptr;  // nullptr: stderr
   int tty = -1;  // -1: isatty(progress_out); 0/1 forces the live line off/on (tests)

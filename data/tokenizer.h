@@ -47,6 +47,16 @@ class Tokenizer {
   virtual void encode_append(std::string_view text, std::vector<int32_t>& out,
                              bool allow_special = true) const = 0;
 
+  // The first position p with from <= p < text.size() (and p > 0) at which `text` may be
+  // cut: encoding text[0, p) and text[p, end) separately and concatenating the ids gives
+  // exactly encode(text, allow_special). npos when there is none at or after `from`, or when
+  // the tokenizer cannot tell (the default: never cut). Lets one long document be encoded
+  // by several threads with the same result.
+  virtual size_t next_cut(std::string_view text, size_t from, bool allow_special = true) const {
+    (void)text, (void)from, (void)allow_special;
+    return std::string_view::npos;
+  }
+
   // The bytes the ids stand for, concatenated; throws on an id outside the vocabulary.
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,8 +16,10 @@
 
 #include "core/error.h"
 #include "tests/common/test_helpers.h"
+#include "data/bpe.h"
 #include "data/lm_dataset.h"
 #include "data/permutation.h"
+#include "data/pretokenize.h"
 #include "data/prepare.h"
 #include "data/shards.h"
 #include "data/text_source.h"
@@ -454,4 +457,176 @@ TEST(PrepareProgress, SummaryLineAndLiveLine) {
   }
   fs::remove_all(in);
   fs::remove_all(out);
+}
+
+// ---- parallel encoding of long documents (Tokenizer::next_cut) ----
+
+namespace {
+
+// Random text from pieces chosen to sit around newlines in every way the pre-tokenizers
+// treat differently: runs of newlines and spaces, punctuation (Llama-3 lets it take
+// following newlines), digits, contractions, \r, tabs, multi-byte letters and spaces
+// (U+00E9, U+00A0 no-break space, U+0085 next line) and the GPT-2 special token.
+std::string tricky_text(size_t pieces, uint64_t seed) {
+  static const char* const kParts[] = {"a",  "Zed", " ",  "\n", "\n\n", ".",   "1",  "234", "'s", "'S",
+                                       "\r", "\t",  "\xc3\xa9", "\xc2\xa0", "\xc2\x85", "!?", "  ", " x",
+                                       "<|endoftext|>", "\n ", "B", "q"};
+  const size_t n = sizeof kParts / sizeof kParts[0];
+  std::string out;
+  uint64_t s = seed;
+  for (size_t i = 0; i < pieces; ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    out += kParts[(s >> 33) % n];
+  }
+  return out;
+}
+
+// All cut points of `text`, taken one after another from the start.
+std::vector<size_t> all_cuts(const Tokenizer& tok, std::string_view text, bool allow_special) {
+  std::vector<size_t> cuts;
+  for (size_t p = tok.next_cut(text, 0, allow_special); p != std::string_view::npos;
+       p = tok.next_cut(text, p + 1, allow_special))
+    cuts.push_back(p);
+  return cuts;
+}
+
+std::vector<std::string_view> cut_at(std::string_view text, const std::vector<size_t>& cuts) {
+  std::vector<std::string_view> out;
+  size_t b = 0;
+  for (size_t c : cuts) {
+    out.push_back(text.substr(b, c - b));
+    b = c;
+  }
+  out.push_back(text.substr(b));
+  return out;
+}
+
+std::vector<int32_t> encode_pieces(const Tokenizer& tok, const std::vector<std::string_view>& pieces,
+                                   bool allow_special) {
+  std::vector<int32_t> ids;
+  for (std::string_view p : pieces) tok.encode_append(p, ids, allow_special);
+  return ids;
+}
+
+std::vector<std::string> pretok_pieces(const std::vector<std::string_view>& pieces, PretokPattern pat) {
+  std::vector<std::string> words;
+  for (std::string_view p : pieces)
+    for (std::string_view w : pretokenize(p, pat)) words.emplace_back(w);
+  return words;
+}
+
+}  // namespace
+
+TEST(PrepareParallel, BpeCutPointsKeepTheEncodingOfTheWholeText) {
+  auto tok = load_tokenizer(kGpt2);
+  const std::string shakespeare = read_text_file(kShakespeare);
+  const std::string tricky = tricky_text(200000, 11);
+  for (const std::string* text : {&shakespeare, &tricky}) {
+    for (bool allow_special : {false, true}) {
+      const std::vector<size_t> cuts = all_cuts(*tok, *text, allow_special);
+      // Tiny Shakespeare has ~40k lines; most start with a letter after "x\n".
+      ASSERT_GT(cuts.size(), text == &shakespeare ? 20000u : 500u);
+      for (size_t c : cuts) {
+        ASSERT_EQ((*text)[c - 1], '\n');
+        ASSERT_TRUE(std::isalpha(static_cast<unsigned char>((*text)[c])));
+      }
+      const auto pieces = cut_at(*text, cuts);
+      EXPECT_EQ(encode_pieces(*tok, pieces, allow_special), tok->encode(*text, allow_special))
+          << (text == &shakespeare ? "shakespeare" : "tricky") << " allow_special " << allow_special;
+    }
+    // The words of the Llama-3 and Qwen2 pre-tokenizers do not cross the cuts either (the
+    // rule is the same for every pattern).
+    const auto pieces = cut_at(*text, all_cuts(*tok, *text, false));
+    for (PretokPattern pat : {PretokPattern::kGpt2, PretokPattern::kLlama3, PretokPattern::kQwen2}) {
+      std::vector<std::string> whole;
+      for (std::string_view w : pretokenize(*text, pat)) whole.emplace_back(w);
+      EXPECT_EQ(pretok_pieces(pieces, pat), whole) << pretok_name(pat);
+    }
+  }
+  // The check can fail: cutting after every newline breaks "\n\n" and "\n " words (GPT-2
+  // has a token for "\n\n"), so the ids change.
+  std::vector<size_t> naive;
+  for (size_t i = 0; i + 1 < tricky.size(); ++i)
+    if (tricky[i] == '\n') naive.push_back(i + 1);
+  EXPECT_NE(encode_pieces(*tok, cut_at(tricky, naive), false), tok->encode(tricky, false));
+  // Edges: nothing to cut in short or newline-free text; `from` is honoured.
+  EXPECT_EQ(tok->next_cut("ab\nc", 0), 3u);
+  EXPECT_EQ(tok->next_cut("ab\nc", 4), std::string_view::npos);
+  EXPECT_EQ(tok->next_cut(" \nc", 0), std::string_view::npos);  // a space before the newline
+  EXPECT_EQ(tok->next_cut("a\n1", 0), std::string_view::npos);   // a digit after it
+  EXPECT_EQ(tok->next_cut("a\n", 0), std::string_view::npos);
+  EXPECT_EQ(tok->next_cut("a.\nb\n\nc\nd", 4), 8u);
+  auto byte = load_tokenizer("byte");
+  EXPECT_EQ(byte->next_cut("abc", 0), 1u);
+  EXPECT_EQ(byte->next_cut("abc", 2), 2u);
+  EXPECT_EQ(byte->next_cut("abc", 3), std::string_view::npos);
+}
+
+TEST(PrepareParallel, NoCutsWithPrefixSpaceOrNewlineAddedTokens) {
+  // tokenizer.json built from GPT-2's own files, so the checks run on a full vocabulary.
+  nlohmann::json vocab = nlohmann::json::parse(read_text_file(kGpt2 + "/vocab.json"));
+  nlohmann::json merges = nlohmann::json::array();
+  {
+    std::ifstream f(kGpt2 + "/merges.txt");
+    std::string line;
+    while (std::getline(f, line))
+      if (!line.empty() && line.rfind("#version", 0) != 0) merges.push_back(line);
+  }
+  auto make = [&](bool prefix_space, const std::string& added) {
+    nlohmann::json j = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}},
+        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", prefix_space}, {"use_regex", true}}},
+        {"added_tokens", nlohmann::json::array({{{"id", added == "<|endoftext|>" ? 50256 : 50257}, {"content", added}, {"special", true}}})}};
+    return BpeTokenizer::from_json_text(j.dump(), "gpt2-as-json");
+  };
+  const std::string text = "To be\nor not\nto be";
+  auto plain = make(false, "<|endoftext|>");
+  EXPECT_EQ(plain->next_cut(text, 0), 6u);
+  EXPECT_EQ(plain->encode(text), load_tokenizer(kGpt2)->encode(text));
+  // add_prefix_space puts a space before each piece: never cut.
+  EXPECT_EQ(make(true, "<|endoftext|>")->next_cut(text, 0), std::string_view::npos);
+  // An added token holding a newline could span a cut: none while it can match.
+  auto nl = make(false, "be\nor");
+  EXPECT_EQ(nl->next_cut(text, 0, true), std::string_view::npos);
+  EXPECT_EQ(nl->next_cut(text, 0, false), 6u);  // special tokens are not matched then
+}
+
+TEST(PrepareParallel, LongDocumentsGiveIdenticalShardsForAnyThreadCount) {
+  const std::string in = tmp_dir("par_in");
+  const std::string text = read_text_file(kShakespeare);  // 1.1 MB: one document, ~17 pieces
+  write(in + "/a_big.txt", text);
+  write(in + "/b_small.txt", "Small\ntext.\n");
+  write(in + "/c_big.txt", text.substr(0, 300000) + "\n\nX");
+  auto tok = load_tokenizer(kGpt2);
+  const int32_t eot = 50256;
+  std::vector<std::vector<int32_t>> want;
+  for (const std::string& t : {text, std::string("Small\ntext.\n"), text.substr(0, 300000) + "\n\nX"}) {
+    want.push_back({eot});
+    tok->encode_append(t, want.back(), false);
+    want.back().push_back(eot);
+  }
+  std::vector<std::string> outs;
+  std::vector<std::vector<std::vector<int32_t>>> got;
+  for (int threads : {1, 2, 3}) {
+    outs.push_back(tmp_dir("par_out" + std::to_string(threads)));
+    PrepareOptions o = quiet_options({in}, outs.back(), kGpt2);
+    o.num_threads = threads;
+    o.prepend_bos = true;
+    o.shard_tokens = 200000;  // several shards
+    o.loaded_tokenizer = tok.get();  // the CLI's way: no second load
+    PrepareStats st = prepare(o);
+    EXPECT_EQ(st.tokenizer_id, tok->id());
+    got.push_back(all_docs(open_shards(outs.back(), "train", *tok)));
+  }
+  EXPECT_EQ(got[0], want);
+  EXPECT_EQ(got[1], want);
+  EXPECT_EQ(got[2], want);
+  // Shard lists and index.json are the same too (the HDF5 files carry write times, so
+  // they are compared by content above rather than byte by byte).
+  EXPECT_EQ(dir_entries(outs[0]), dir_entries(outs[1]));
+  EXPECT_GE(dir_entries(outs[0]).size(), 3u);
+  EXPECT_EQ(read_text_file(outs[0] + "/index.json"), read_text_file(outs[1] + "/index.json"));
+  EXPECT_EQ(read_text_file(outs[0] + "/index.json"), read_text_file(outs[2] + "/index.json"));
+  fs::remove_all(in);
+  for (const auto& d : outs) fs::remove_all(d);
 }
