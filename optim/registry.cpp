@@ -1,5 +1,8 @@
 #include "optim/registry.h"
 
+#include <cmath>
+#include <cstdlib>
+#include <regex>
 #include <map>
 #include <mutex>
 #include <string>
@@ -53,6 +56,51 @@ Registry& registry() {
 
 }  // namespace
 
+std::vector<GroupSpec> group_specs_from_config(const lathe::OptimizerConfig& cfg) {
+  std::vector<GroupSpec> out;
+  for (int i = 0; i < cfg.groups_size(); ++i) {
+    const lathe::ParamGroupConfig& g = cfg.groups(i);
+    const std::string where = "optimizer.groups[" + std::to_string(i) + "]";
+    if (!g.has_pattern() || g.pattern().empty())
+      throw ConfigError("config", {where + ".pattern: required (a regex over parameter names)"});
+    try {
+      std::regex re(g.pattern(), std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw ConfigError("config", {where + ".pattern: \"" + g.pattern() + "\" is not a valid regex (" + e.what() + ")"});
+    }
+    if (!(g.lr_scale() >= 0) || !std::isfinite(g.lr_scale()))
+      throw ConfigError("config", {where + ".lr_scale: must be a finite number >= 0 (got " + std::to_string(g.lr_scale()) + ")"});
+    if (g.has_weight_decay() && (!(g.weight_decay() >= 0) || !std::isfinite(g.weight_decay())))
+      throw ConfigError("config", {where + ".weight_decay: must be a finite number >= 0 (got " +
+                                   std::to_string(g.weight_decay()) + ")"});
+    GroupSpec s;
+    s.name = g.has_name() && !g.name().empty() ? g.name() : "group" + std::to_string(i);
+    s.pattern = g.pattern();
+    s.lr_scale = g.lr_scale();
+    if (g.has_weight_decay()) s.weight_decay = g.weight_decay();
+    // Options arrive as text; keep the narrowest type that reads back exactly, so the typed
+    // getters (option_int, option_double, option_bool) accept them.
+    for (const auto& [key, text] : g.options()) {
+      char* end = nullptr;
+      const long long iv = std::strtoll(text.c_str(), &end, 10);
+      if (!text.empty() && *end == '\0') {
+        s.options[key] = static_cast<int64_t>(iv);
+        continue;
+      }
+      const double dv = std::strtod(text.c_str(), &end);
+      if (!text.empty() && *end == '\0') {
+        s.options[key] = dv;
+      } else if (text == "true" || text == "false") {
+        s.options[key] = text == "true";
+      } else {
+        s.options[key] = text;
+      }
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 OptimizerFactory register_optimizer(lathe::OptimizerConfig::Type type, OptimizerFactory factory) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
@@ -91,6 +139,8 @@ std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, con
   }
   GroupLayout layout = decay_layout(cfg.weight_decay(), cfg.decay_1d_params());
   std::vector<GroupSpec> all = specs;
+  const std::vector<GroupSpec> from_config = group_specs_from_config(cfg);
+  all.insert(all.end(), from_config.begin(), from_config.end());
   all.insert(all.end(), layout.specs.begin(), layout.specs.end());
   return factory(cfg, assign_groups(named, all, layout.fallback));
 }

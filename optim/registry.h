@@ -27,6 +27,10 @@ bool optimizer_registered(lathe::OptimizerConfig::Type type);
 // first match wins), then "no_decay" for 1-D parameters (unless decay_1d_params), then
 // "decay" with cfg.weight_decay for the rest. A type without a factory is a
 // configs::ConfigError naming optimizer.type.
+// The groups of optimizer.groups in the config, in order (errors name the field, e.g.
+// "optimizer.groups[1].pattern"); make_optimizer puts them before its default decay groups.
+std::vector<GroupSpec> group_specs_from_config(const lathe::OptimizerConfig& cfg);
+
 std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
                                           const std::vector<GroupSpec>& specs = {});
 

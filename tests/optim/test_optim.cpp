@@ -425,6 +425,62 @@ TEST(SGD, MatchesTorchFormulaWithMomentumNesterovAndDecay) {
 
 // ---- the registry ----------------------------------------------------------------------------
 
+// Groups from the config (optimizer.groups): first match wins over the default decay split,
+// lr_scale and weight_decay apply, options arrive typed, and errors name the field.
+TEST(Registry, ParamGroupsFromTheConfig) {
+  NamedParams named = {{"layers.0.attn.q_proj.weight", Tensor::ones({2, 2}).set_requires_grad()},
+                       {"layers.0.mlp.up.weight", Tensor::ones({2, 2}).set_requires_grad()},
+                       {"layers.0.mlp.up.bias", Tensor::ones({2}).set_requires_grad()}};
+  lathe::OptimizerConfig cfg;
+  cfg.set_lr(0.1);
+  cfg.set_weight_decay(0.5);
+  lathe::ParamGroupConfig* g = cfg.add_groups();
+  g->set_name("frozen_attn");
+  g->set_pattern(R"(layers\.[0-9]+\.attn\..*)");
+  g->set_lr_scale(0.0);
+  g->set_weight_decay(0.0);
+  (*g->mutable_options())["rank"] = "4";
+  (*g->mutable_options())["scale"] = "0.25";
+  (*g->mutable_options())["proj_type"] = "std";
+  (*g->mutable_options())["layerwise"] = "true";
+  auto opt = make_optimizer(cfg, named);
+  ASSERT_EQ(opt->groups().size(), 3u);
+  const ParamGroup& fg = opt->groups()[0];
+  EXPECT_EQ(fg.name, "frozen_attn");
+  ASSERT_EQ(fg.params.size(), 1u);
+  EXPECT_EQ(fg.params[0].first, "layers.0.attn.q_proj.weight");
+  EXPECT_EQ(fg.option_int("rank", 0), 4);
+  EXPECT_DOUBLE_EQ(fg.option_double("scale", 0), 0.25);
+  EXPECT_EQ(fg.option_string("proj_type", ""), "std");
+  EXPECT_TRUE(fg.option_bool("layerwise", false));
+  EXPECT_EQ(opt->groups()[1].name, "no_decay");  // the bias
+  EXPECT_EQ(opt->groups()[2].name, "decay");     // the mlp weight
+  // lr_scale 0 and no decay: the matched parameter stays; the others move.
+  for (auto& [n, p] : named) p.set_grad(Tensor::ones(p.shape()));
+  opt->set_lr(0.1);
+  opt->step();
+  EXPECT_EQ(named[0].second.to_vector<float>(), std::vector<float>(4, 1.0f));
+  EXPECT_LT(named[1].second.to_vector<float>()[0], 0.95f);  // AdamW moved it (by lr and decay)
+
+  auto first_error = [&](const lathe::OptimizerConfig& c) -> std::string {
+    try {
+      make_optimizer(c, named);
+    } catch (const configs::ConfigError& e) {
+      return e.errors().empty() ? "(empty)" : e.errors()[0];
+    }
+    return "(no ConfigError)";
+  };
+  lathe::OptimizerConfig bad = cfg;
+  bad.mutable_groups(0)->set_pattern("(");
+  EXPECT_EQ(first_error(bad).rfind("optimizer.groups[0].pattern:", 0), 0u) << first_error(bad);
+  bad = cfg;
+  bad.mutable_groups(0)->clear_pattern();
+  EXPECT_EQ(first_error(bad).rfind("optimizer.groups[0].pattern: required", 0), 0u) << first_error(bad);
+  bad = cfg;
+  bad.mutable_groups(0)->set_lr_scale(-1);
+  EXPECT_EQ(first_error(bad).rfind("optimizer.groups[0].lr_scale:", 0), 0u) << first_error(bad);
+}
+
 TEST(Registry, BuildsTheConfiguredTypeAndNamesTheFieldOnErrors) {
   NamedParams named = {{"w", Tensor::zeros({3, 2}).set_requires_grad()}, {"b", Tensor::zeros({3}).set_requires_grad()}};
   lathe::OptimizerConfig cfg;  // defaults: ADAMW, lr 3e-4, weight_decay 0.01
