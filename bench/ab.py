@@ -22,7 +22,7 @@ for r in range(rounds):
     order = cfgs[:]
     random.shuffle(order)
     for name, binary, env in order:
-        e = dict(os.environ, OMP_NUM_THREADS='2', **env)
+        e = {**os.environ, 'OMP_NUM_THREADS': '2', **env}  # the configuration's own values win
         j = f'{out}.{name}.{r}.json'
         load = os.getloadavg()[0]
         subprocess.run([binary, f'--benchmark_filter={filt}', f'--benchmark_out={j}', '--benchmark_out_format=json'],

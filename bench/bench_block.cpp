@@ -13,6 +13,11 @@
 //             and the peak bytes of every memory category (lathe::memory_stats()) over one
 //             steady-state step.
 //
+// attention/...  the attention kernel alone (kernels::attention + attention_backward), f32,
+//             causal, the 10M model's shape per layer: B=8, H=6, T=S=256, D=64. FLOP/s counts
+//             the causal half only (forward 2 GEMMs of 2*T*S*D/2 each per head, backward
+//             2.5x that), so it compares directly with bench_matmul's GEMM throughput.
+//
 // FLOP counts are nominal and stated so the FLOP/s figures can be checked: per token,
 // forward matmuls 2 * (matmul parameters) plus attention 4*T*C per layer (QK^T and AV,
 // counted without the causal half); backward = 2 x forward.
@@ -118,6 +123,30 @@ void BM_block_forward_backward(benchmark::State& st) {
   block_counters(st, 3.0 * block_fwd_flops_per_token(kBlkC, kBlkT), blk.num_parameters());
 }
 
+// ---- attention kernel alone ------------------------------------------------------------
+
+void BM_attention(benchmark::State& st) {
+  const bool backward = st.range(0) != 0;
+  const int64_t B = 8, H = 6, T = 256, D = 64;
+  lathe::Generator gen(3);
+  Tensor q = Tensor::randn({B, H, T, D}, gen), k = Tensor::randn({B, H, T, D}, gen);
+  Tensor v = Tensor::randn({B, H, T, D}, gen), go = Tensor::randn({B, H, T, D}, gen);
+  const double scale = 0.125;
+  lathe::kernels::AttentionOut o = lathe::kernels::attention(q, k, v, true, scale);
+  for (auto _ : st) {
+    if (backward) {
+      auto g = lathe::kernels::attention_backward(go, q, k, v, o.out, o.lse, true, scale);
+      benchmark::DoNotOptimize(g.dq.raw_data());
+    } else {
+      auto r = lathe::kernels::attention(q, k, v, true, scale);
+      benchmark::DoNotOptimize(r.out.raw_data());
+    }
+  }
+  const double fwd = 2.0 * 2.0 * B * H * T * T * D / 2.0;  // QK^T and PV, causal half
+  st.counters["FLOP/s"] =
+      benchmark::Counter(backward ? 2.5 * fwd : fwd, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- whole training step of a ~10M model ---------------------------------------------
 
 models::ModelSpec spec_10m() {
@@ -198,6 +227,14 @@ BENCHMARK(BM_block_forward)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_block_forward_backward)
     ->Name("block/fwd_bwd_d768_h12_B4_T256")
+    ->UseRealTime()
+    ->ComputeStatistics("min", min_of)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_attention)
+    ->Name("attention/causal_B8_H6_T256_D64")
+    ->ArgName("backward")
+    ->Arg(0)
+    ->Arg(1)
     ->UseRealTime()
     ->ComputeStatistics("min", min_of)
     ->Unit(benchmark::kMillisecond);

@@ -14,6 +14,7 @@
 #include "configs/config.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/threads.h"
 #include "train/checkpoint.h"
 
 namespace {
@@ -37,11 +38,11 @@ void print_usage(std::FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Idle OpenMP workers sleep instead of spinning, so OpenBLAS's threads get the cores
-  // (~2x training throughput on 2 shared cores, bench/README.md section 4). libgomp reads
-  // the variable when it is loaded, before main: hence one re-exec with it set. An explicit
-  // OMP_WAIT_POLICY is kept; if the exec fails lathe simply runs on.
-  if (!std::getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) execv("/proc/self/exe", argv);
+  // Idle OpenMP and OpenBLAS workers sleep instead of spinning, so the other pool gets the
+  // cores (bench/README.md sections 4 and 6). Both runtimes read the variables when they are
+  // loaded, before main: hence one re-exec with them set. Explicit values are kept; if the
+  // exec fails lathe simply runs on.
+  if (lathe::parallel::set_runtime_env_defaults()) execv("/proc/self/exe", argv);
   std::string prefix = "lathe: ";
   try {
     if (lathe::parallel::launched_by_mpi()) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <thread>
+#include <utility>
 
 #include "core/error.h"
 
@@ -59,6 +60,15 @@ int threads_per_rank(int requested) {
   if (cores <= 0) cores = hw;
   // A launcher that binds ranks to cores already divided them: the affinity mask wins.
   return std::max(1, std::min(cores, hw / local_rank_count()));
+}
+
+bool set_runtime_env_defaults() {
+  bool changed = false;
+  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "passive"},
+                                    std::pair<const char*, const char*>{"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
+    if (std::getenv(name) == nullptr && setenv(name, value, 0) == 0) changed = true;
+  }
+  return changed;
 }
 
 void apply_thread_settings(int n) {

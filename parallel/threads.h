@@ -17,4 +17,15 @@ int threads_per_rank(int requested);
 // Sets the OpenMP and OpenBLAS thread counts of this process (n >= 1).
 void apply_thread_settings(int n);
 
+// OpenMP's and OpenBLAS's thread pools take turns on the same cores (OpenMP loops between
+// BLAS calls; attention's tile GEMMs run serial BLAS inside OpenMP regions). An idle pool
+// must sleep rather than spin, or it steals the cores the other one needs. Both runtimes
+// read that setting from the environment once, when they are loaded (before main), so
+// this sets the defaults in the environment: OMP_WAIT_POLICY=passive and
+// OPENBLAS_THREAD_TIMEOUT=4 (OpenBLAS's workers sleep after 2^4 idle cycles instead of
+// about 2^28). A variable that is already set is kept. Returns true when it set one: the
+// caller must re-execute itself for them to take effect (the lathe CLI does,
+// cli/main.cpp). Measured in bench/README.md, section 6.
+bool set_runtime_env_defaults();
+
 }  // namespace lathe::parallel

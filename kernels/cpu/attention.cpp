@@ -2,20 +2,26 @@
 // layout) and scaled dot-product attention with grouped-query heads (Ainslie et al.,
 // "GQA", 2023).
 //
-// Attention works one query row at a time with a scratch row of S scores per thread, so
-// no [B, H, T, S] score or probability tensor is ever allocated. The forward saves the
-// log-sum-exp of each row; the backward recomputes the probabilities from it, as in
-// FlashAttention (Dao et al., 2022, Alg. 2 and 4):
+// Attention works on tiles of 64 query rows x 64 keys whose products are BLAS GEMMs, with
+// an online softmax (FlashAttention-2, Dao, 2023), so no [B, H, T, S] score or probability
+// tensor is ever allocated and the work runs at matmul speed. The forward saves the
+// log-sum-exp of each row; the backward recomputes the probabilities from it
+// (Dao et al., 2022, Alg. 2 and 4):
 //   P = exp(scale * Q K^T - lse), dV = P^T dO, dP = dO V^T, D_i = rowsum(dO * O),
 //   dS = P * (dP - D_i), dQ = scale * dS K, dK = scale * dS^T Q.
 // Rows whose causal window is empty (T > S) give a zero output and lse = -inf.
 // bf16/f16 inputs are converted to f32 once per call; everything computes in f32 or f64.
+#include <cblas.h>
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/partials.h"
+#include "kernels/cpu/vmath.h"
 
 namespace lathe::kernels::cpu {
 
@@ -55,19 +61,51 @@ void rope_kernel(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inv
 
 // ---- attention ---------------------------------------------------------------------------
 
-template <typename A>
-inline A dot(const A* a, const A* b, int64_t n) {
-  A s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// Query and key block sizes. Fixed (never derived from the thread count), so every sum
+// runs in the same order for any number of threads. 64 x 64 f32 score tiles (16 KiB) stay
+// in L1/L2 next to the 64-row q/k/v slices they come from.
+constexpr int64_t kBq = 64, kBk = 64;
+
+// Leading dims are at least 1 (BLAS rejects 0, which a head dim of 0 would give).
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t lda,
+                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, a, int(std::max<int64_t>(lda, 1)), b, int(std::max<int64_t>(ldb, 1)), beta, c,
+              int(std::max<int64_t>(ldc, 1)));
+}
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* a, int64_t lda,
+                 const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, a, int(std::max<int64_t>(lda, 1)), b, int(std::max<int64_t>(ldb, 1)), beta, c,
+              int(std::max<int64_t>(ldc, 1)));
 }
 
 template <typename A>
-inline void axpy(A alpha, const A* x, A* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+inline A dot(const A* a, const A* b, int64_t n) {
+  return partials::sum<A>(n, [a, b](int64_t i) { return a[i] * b[i]; });
 }
+
+// The tile GEMMs run inside OpenMP regions, one per thread: OpenBLAS must not start its own
+// workers for them (the pthreads build would put 2 x threads on the cores, and results
+// could depend on how it splits a product). Serial BLAS for the scope of one attention
+// call, then restored. OpenBLAS's OpenMP build also sets OpenMP's count from
+// openblas_set_num_threads, so the OpenMP count is restored explicitly too.
+class SerialBlas {
+ public:
+  SerialBlas() : omp_(omp_get_max_threads()), blas_(openblas_get_num_threads()) {
+    if (blas_ != 1) openblas_set_num_threads(1);
+  }
+  ~SerialBlas() {
+    if (blas_ != 1) openblas_set_num_threads(blas_);
+    omp_set_num_threads(omp_);
+  }
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+  int threads() const { return omp_; }
+
+ private:
+  int omp_, blas_;
+};
 
 struct Dims {
   int64_t B, H, Hkv, T, S, D;
@@ -75,80 +113,130 @@ struct Dims {
   int64_t keys(bool causal, int64_t t) const { return causal ? std::clamp<int64_t>(t + (S - T) + 1, 0, S) : S; }
   // Offset (in elements) of the k/v head that query row block (b, h) reads.
   int64_t kv_base(int64_t b, int64_t h) const { return ((b * Hkv + h / (H / Hkv)) * S) * D; }
+  int64_t q_blocks() const { return (T + kBq - 1) / kBq; }
 };
 
+// FlashAttention-2 forward (Dao, 2023, Alg. 1) on the CPU: for each (b, h, query block) the
+// score tile of each key block is one GEMM (Q_i K_j^T), the running max / sum are updated
+// row by row (online softmax), and O_i += P_ij V_j is a second GEMM. Key blocks past the
+// causal limit of the block's last row are skipped; inside the diagonal block the scores
+// past each row's limit get probability 0.
 template <typename A>
 void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, A* lse, bool causal, A scale) {
-  const int64_t rows = d.B * d.H * d.T, D = d.D;
+  const int64_t D = d.D, nqb = d.q_blocks(), tasks = d.B * d.H * nqb;
+  const A ninf = -std::numeric_limits<A>::infinity();
+  SerialBlas serial;
   // Small problems (as in tests and decoding) stay on one thread.
-#pragma omp parallel if (rows * d.S * D > 32768)
+#pragma omp parallel num_threads(serial.threads()) if (d.B * d.H * d.T * d.S * D > 32768 && tasks > 1)
   {
-    std::vector<A> p(static_cast<size_t>(std::max<int64_t>(d.S, 1)));
-    // Interleaved chunks of rows: causal rows grow in cost with t, so contiguous halves would
-    // leave one thread with the long rows; chunks of 16 keep k/v of a head hot in cache.
-#pragma omp for schedule(static, 16)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t t = r % d.T, bh = r / d.T, b = bh / d.H, h = bh % d.H;
-      const A* qr = q + r * D;
+    std::vector<A> sc(static_cast<size_t>(kBq * kBk)), m(kBq), l(kBq);
+    // Interleaved tasks: causal blocks grow in cost with their position, so contiguous
+    // ranges would leave one thread with the long ones.
+#pragma omp for schedule(static, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t bh = task / nqb, t0 = (task % nqb) * kBq, b = bh / d.H, h = bh % d.H;
+      const int64_t nq = std::min(kBq, d.T - t0);
+      const A* qb = q + (bh * d.T + t0) * D;
       const A* kb = k + d.kv_base(b, h);
       const A* vb = v + d.kv_base(b, h);
-      A* orow = o + r * D;
-      std::fill(orow, orow + D, A(0));
-      const int64_t n = d.keys(causal, t);
-      if (n == 0) {
-        lse[r] = -std::numeric_limits<A>::infinity();
-        continue;
+      A* ob = o + (bh * d.T + t0) * D;
+      A* lb = lse + bh * d.T + t0;
+      std::fill(ob, ob + nq * D, A(0));
+      std::fill(m.begin(), m.end(), ninf);
+      std::fill(l.begin(), l.end(), A(0));
+      const int64_t kmax = d.keys(causal, t0 + nq - 1);  // the block's last row sees the most keys
+      for (int64_t s0 = 0; s0 < kmax; s0 += kBk) {
+        const int64_t nk = std::min(kBk, kmax - s0);
+        gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), sc.data(), kBk);
+        for (int64_t i = 0; i < nq; ++i) {
+          A* p = sc.data() + i * kBk;
+          const int64_t lim = std::clamp<int64_t>(d.keys(causal, t0 + i) - s0, 0, nk);
+          if (lim == 0) {  // every key of this block is masked for this row
+            std::fill(p, p + nk, A(0));
+            continue;
+          }
+          const A mx = std::max(m[i], partials::max<A>(lim, [p](int64_t j) { return p[j]; }));
+          const A corr = vmath::exp_of<A>(m[i] - mx);  // 0 on the row's first visible block
+#pragma omp simd
+          for (int64_t j = 0; j < lim; ++j) p[j] = vmath::exp_of<A>(p[j] - mx);
+          std::fill(p + lim, p + nk, A(0));
+          l[i] = l[i] * corr + partials::sum<A>(lim, [p](int64_t j) { return p[j]; });
+          if (corr != A(1)) {
+            A* orow = ob + i * D;
+            for (int64_t c = 0; c < D; ++c) orow[c] *= corr;
+          }
+          m[i] = mx;
+        }
+        gemm(false, false, nq, D, nk, A(1), sc.data(), kBk, vb + s0 * D, D, A(1), ob, D);
       }
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t s = 0; s < n; ++s) {
-        p[s] = scale * dot(qr, kb + s * D, D);
-        m = std::max(m, p[s]);
+      for (int64_t i = 0; i < nq; ++i) {
+        A* orow = ob + i * D;
+        if (l[i] == A(0)) {  // no visible key: zero output, lse = -inf
+          std::fill(orow, orow + D, A(0));
+          lb[i] = ninf;
+          continue;
+        }
+        const A inv = A(1) / l[i];
+        for (int64_t c = 0; c < D; ++c) orow[c] *= inv;
+        lb[i] = m[i] + std::log(l[i]);
       }
-      A l = 0;
-      for (int64_t s = 0; s < n; ++s) {
-        p[s] = std::exp(p[s] - m);
-        l += p[s];
-      }
-      for (int64_t s = 0; s < n; ++s) axpy(p[s], vb + s * D, orow, D);
-      const A inv = A(1) / l;
-      for (int64_t i = 0; i < D; ++i) orow[i] *= inv;
-      lse[r] = m + std::log(l);
     }
   }
 }
 
+// FlashAttention-2 backward (Alg. 2) per (b, h): for each query block and each visible key
+// block, P = exp(scale Q K^T - lse) and dP = dO V^T are GEMMs, dS = P (dP - D_i), and
+// dV += P^T dO, dQ += scale dS K, dK += scale dS^T Q are GEMMs accumulating into the
+// outputs. A task owns a whole head so dK/dV sum over the query blocks in a fixed order.
 // dkh/dvh: [B, H, S, D] per-query-head gradients (zeroed); the caller sums each group.
 template <typename A>
 void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k, const A* v, const A* o,
                               const A* lse, bool causal, A scale, A* dq, A* dkh, A* dvh) {
-  const int64_t D = d.D;
-#pragma omp parallel if (d.B * d.H * d.T * d.S * D > 32768)
+  const int64_t D = d.D, BH = d.B * d.H;
+  SerialBlas serial;
+#pragma omp parallel num_threads(serial.threads()) if (BH * d.T * d.S * D > 32768 && BH > 1)
   {
-    std::vector<A> p(static_cast<size_t>(std::max<int64_t>(d.S, 1))), ds(p.size());
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    std::vector<A> p(static_cast<size_t>(kBq * kBk)), dp(p.size()), di(kBq);
+#pragma omp for schedule(static, 1)
+    for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t b = bh / d.H, h = bh % d.H;
       const A* kb = k + d.kv_base(b, h);
       const A* vb = v + d.kv_base(b, h);
       A* dkb = dkh + bh * d.S * D;
       A* dvb = dvh + bh * d.S * D;
-      for (int64_t t = 0; t < d.T; ++t) {
-        const int64_t r = bh * d.T + t;
-        const A* qr = q + r * D;
-        const A* gr = go + r * D;
-        A* dqr = dq + r * D;
-        std::fill(dqr, dqr + D, A(0));
-        const int64_t n = d.keys(causal, t);
-        if (n == 0) continue;
-        const A Di = dot(gr, o + r * D, D);
-        for (int64_t s = 0; s < n; ++s) {
-          p[s] = std::exp(scale * dot(qr, kb + s * D, D) - lse[r]);
-          ds[s] = p[s] * (dot(gr, vb + s * D, D) - Di);
-        }
-        for (int64_t s = 0; s < n; ++s) {
-          axpy(scale * ds[s], kb + s * D, dqr, D);
-          axpy(scale * ds[s], qr, dkb + s * D, D);
-          axpy(p[s], gr, dvb + s * D, D);
+      std::fill(dq + bh * d.T * D, dq + (bh + 1) * d.T * D, A(0));
+      for (int64_t t0 = 0; t0 < d.T; t0 += kBq) {
+        const int64_t nq = std::min(kBq, d.T - t0), r0 = bh * d.T + t0;
+        const A* qb = q + r0 * D;
+        const A* gb = go + r0 * D;
+        const A* lb = lse + r0;
+        A* dqb = dq + r0 * D;
+        for (int64_t i = 0; i < nq; ++i) di[i] = dot(gb + i * D, o + (r0 + i) * D, D);
+        const int64_t kmax = d.keys(causal, t0 + nq - 1);
+        for (int64_t s0 = 0; s0 < kmax; s0 += kBk) {
+          const int64_t nk = std::min(kBk, kmax - s0);
+          gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), p.data(), kBk);
+          gemm(false, true, nq, nk, D, A(1), gb, D, vb + s0 * D, D, A(0), dp.data(), kBk);
+          for (int64_t i = 0; i < nq; ++i) {
+            A* pr = p.data() + i * kBk;
+            A* dr = dp.data() + i * kBk;
+            const int64_t n = d.keys(causal, t0 + i);
+            const int64_t lim = std::clamp<int64_t>(n - s0, 0, nk);
+            const A li = lb[i], dii = di[i];
+#pragma omp simd
+            for (int64_t j = 0; j < lim; ++j) {
+              pr[j] = vmath::exp_of<A>(pr[j] - li);
+              dr[j] = pr[j] * (dr[j] - dii);
+            }
+            std::fill(pr + lim, pr + nk, A(0));
+            std::fill(dr + lim, dr + nk, A(0));
+            // A row with one visible key has P = 1 and O = v, so dS = dO.v - dO.O is exactly
+            // 0; the two dots are summed in different orders here, so say so explicitly.
+            if (n == 1) dr[0] = A(0);
+          }
+          gemm(true, false, nk, D, nq, A(1), p.data(), kBk, gb, D, A(1), dvb + s0 * D, D);
+          gemm(false, false, nq, D, nk, scale, dp.data(), kBk, kb + s0 * D, D, A(1), dqb, D);
+          gemm(true, false, nk, D, nq, scale, dp.data(), kBk, qb, D, A(1), dkb + s0 * D, D);
         }
       }
     }

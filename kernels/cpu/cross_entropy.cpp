@@ -15,6 +15,7 @@
 
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/partials.h"
+#include "kernels/cpu/vmath.h"
 
 namespace lathe::kernels::cpu {
 
@@ -53,26 +54,35 @@ void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, 
   const T* xp = logits.data<T>();
   A* lp = out.lse.data<A>();
   std::vector<double> row_loss(static_cast<size_t>(N), 0.0);
-#pragma omp parallel for schedule(static) if (N * V > 16384)
-  for (int64_t i = 0; i < N; ++i) {
-    const T* x = xp + i * V;
-    // Row max, sum of exp(x - m) and sum of (x - m) (for the smoothing term), each in
-    // kParts partials combined in a fixed order (kernels/cpu/partials.h).
-    const A m = partials::max<A>(V, [x](int64_t j) { return load(x[j]); });
-    const A s = partials::sum<A>(V, [x, m](int64_t j) { return std::exp(load(x[j]) - m); });
-    // Without smoothing the term is multiplied by 0: skip the pass (and a -inf logit then
-    // cannot turn 0 * inf into a NaN loss).
-    const double sd =
-        eps != 0.0 ? partials::sum<double>(V, [x, m](int64_t j) { return static_cast<double>(load(x[j]) - m); })
-                   : 0.0;
-    const A log_s = std::log(s);
-    lp[i] = m + log_s;
-    if (tg[i] == ignore_index) continue;
-    // Both terms relative to the row max (lse - x = (m - x) + log s), so the loss keeps its
-    // precision when the logits are large and lse itself is rounded.
-    const double nll = static_cast<double>(m - load(x[tg[i]])) + static_cast<double>(log_s);
-    const double smooth = static_cast<double>(log_s) - sd / static_cast<double>(V);
-    row_loss[i] = (1.0 - eps) * nll + eps * smooth;
+#pragma omp parallel if (N * V > 16384)
+  {
+    // The exps of one row go through a buffer: a plain loop vectorizes (vmath::exp), then
+    // they are summed.
+    std::vector<A> e(static_cast<size_t>(V));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* x = xp + i * V;
+      // Row max, sum of exp(x - m) and sum of (x - m) (for the smoothing term), each in
+      // kParts partials combined in a fixed order (kernels/cpu/partials.h).
+      const A m = partials::max<A>(V, [x](int64_t j) { return load(x[j]); });
+      A* ep = e.data();
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) ep[j] = vmath::exp_of<A>(load(x[j]) - m);
+      const A s = partials::sum<A>(V, [ep](int64_t j) { return ep[j]; });
+      // Without smoothing the term is multiplied by 0: skip the pass (and a -inf logit then
+      // cannot turn 0 * inf into a NaN loss).
+      const double sd =
+          eps != 0.0 ? partials::sum<double>(V, [x, m](int64_t j) { return static_cast<double>(load(x[j]) - m); })
+                     : 0.0;
+      const A log_s = std::log(s);
+      lp[i] = m + log_s;
+      if (tg[i] == ignore_index) continue;
+      // Both terms relative to the row max (lse - x = (m - x) + log s), so the loss keeps its
+      // precision when the logits are large and lse itself is rounded.
+      const double nll = static_cast<double>(m - load(x[tg[i]])) + static_cast<double>(log_s);
+      const double smooth = static_cast<double>(log_s) - sd / static_cast<double>(V);
+      row_loss[i] = (1.0 - eps) * nll + eps * smooth;
+    }
   }
   // Rows summed in order so the loss is independent of the thread count.
   double total = 0;
@@ -107,8 +117,9 @@ void cross_entropy_backward_kernel(const Tensor& logits, const std::vector<int64
       continue;
     }
     const A l = lp[i];
-    for (int64_t j = 0; j < V; ++j) o[j] = store<T>(c * (std::exp(load(x[j]) - l) - uni));
-    o[tg[i]] = store<T>(c * (std::exp(load(x[tg[i]]) - l) - uni - hit));
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) o[j] = store<T>(c * (vmath::exp_of<A>(load(x[j]) - l) - uni));
+    o[tg[i]] = store<T>(c * (vmath::exp_of<A>(load(x[tg[i]]) - l) - uni - hit));
   }
 }
 

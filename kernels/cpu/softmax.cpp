@@ -2,7 +2,8 @@
 // A contiguous x is seen as [outer, n, inner]; each (outer, inner) lane of n values is
 // one independent row (stride `inner`), so any axis works without a transpose.
 // Rows are made stable by subtracting their max before exponentiating. Softmax takes one
-// exp per element: exp(x - max) is stored while it is summed, then scaled by 1/sum. Row
+// exp per element: exp(x - max) is stored, summed, then scaled by 1/sum. exp is
+// vmath::exp (kernels/cpu/vmath.h) for float, in a plain loop the compiler vectorizes. Row
 // maxima and sums use kParts independent partials (kernels/cpu/partials.h), combined in a
 // fixed order, so they overlap instead of forming one serial chain.
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/partials.h"
+#include "kernels/cpu/vmath.h"
 
 namespace lathe::kernels::cpu {
 
@@ -46,7 +48,7 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
   constexpr bool kInPlace = std::is_same_v<T, A>;
 #pragma omp parallel if (lanes * n > 16384)
   {
-    std::vector<A> buf(kInPlace || log ? 0 : static_cast<size_t>(n));
+    std::vector<A> buf(kInPlace && !log && st != 1 ? 0 : static_cast<size_t>(n));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < lanes; ++r) {
       const int64_t base = (r / st) * n * st + (r % st);
@@ -56,8 +58,22 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
       // A fully masked row (all -inf) has no mass: softmax gives zeros and log-softmax -inf,
       // instead of the NaNs that inf - inf would produce.
       if (m == -std::numeric_limits<A>::infinity()) m = 0;
+      // Unit-stride rows: the exps in one vectorizable loop (into the output when it has the
+      // compute type, else the row buffer), then summed; the same sum in the same order as
+      // the strided path below.
+      A* e = buf.data();
+      if constexpr (kInPlace) {
+        if (!log) e = orow;
+      }
+      if (st == 1) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) e[j] = vmath::exp_of<A>(load(xr[j]) - m);
+      }
       if (log) {
-        const A sum = partials::sum<A>(n, [xr, st, m](int64_t j) { return std::exp(load(xr[j * st]) - m); });
+        const A sum = st == 1 ? partials::sum<A>(n, [e](int64_t j) { return e[j]; })
+                              : partials::sum<A>(n, [xr, st, m](int64_t j) {
+                                  return vmath::exp_of<A>(load(xr[j * st]) - m);
+                                });
         // (x - m) - log(sum) rather than x - (m + log(sum)): the first difference is exact for
         // the large entries, so f32 keeps full relative precision even for logits near 1e3.
         const A ls = std::log(sum);
@@ -66,18 +82,21 @@ void softmax_kernel(const Tensor& x, int64_t axis, bool log, const Tensor& out) 
         continue;
       }
       A sum;
-      if constexpr (kInPlace) {
+      if (st == 1) {
+        sum = partials::sum<A>(n, [e](int64_t j) { return e[j]; });
+        const A inv = sum > A(0) ? A(1) / sum : A(0);
+        for (int64_t j = 0; j < n; ++j) orow[j] = store<T>(e[j] * inv);
+      } else if constexpr (kInPlace) {
         sum = partials::sum<A>(n, [xr, orow, st, m](int64_t j) {
-          const A e = std::exp(load(xr[j * st]) - m);
-          orow[j * st] = e;
-          return e;
+          const A ej = vmath::exp_of<A>(load(xr[j * st]) - m);
+          orow[j * st] = ej;
+          return ej;
         });
         const A inv = sum > A(0) ? A(1) / sum : A(0);
         for (int64_t j = 0; j < n; ++j) orow[j * st] *= inv;
       } else {
-        A* e = buf.data();
         sum = partials::sum<A>(n, [xr, e, st, m](int64_t j) {
-          e[j] = std::exp(load(xr[j * st]) - m);
+          e[j] = vmath::exp_of<A>(load(xr[j * st]) - m);
           return e[j];
         });
         const A inv = sum > A(0) ? A(1) / sum : A(0);
@@ -104,7 +123,7 @@ void softmax_backward_kernel(const Tensor& y, const Tensor& gy, int64_t axis, bo
     if (log) {
       const A dot = partials::sum<A>(n, [gr, st](int64_t j) { return load(gr[j * st]); });
       for (int64_t j = 0; j < n; ++j)
-        orow[j * st] = store<T>(load(gr[j * st]) - std::exp(load(yr[j * st])) * dot);
+        orow[j * st] = store<T>(load(gr[j * st]) - vmath::exp_of<A>(load(yr[j * st])) * dot);
     } else {
       const A dot = partials::sum<A>(n, [gr, yr, st](int64_t j) { return load(gr[j * st]) * load(yr[j * st]); });
       for (int64_t j = 0; j < n; ++j) orow[j * st] = store<T>(load(yr[j * st]) * (load(gr[j * st]) - dot));

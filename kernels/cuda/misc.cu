@@ -48,40 +48,40 @@ __global__ void dropout_kernel(const T* __restrict__ x, Indexer xi, T* __restric
 
 // ---- AdamW ------------------------------------------------------------------------------------
 
+// Hyper-parameters rounded to f32 once on the host, as the CPU kernel (kernels/cpu/misc.cpp).
 struct AdamArgs {
-  double lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bc1, bc2;
+  float lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bc1, bc2;
 };
 
 AdamArgs adam_args(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {
   AdamArgs a;
-  a.lr = lr;
-  a.beta1 = beta1;
-  a.beta2 = beta2;
-  a.one_minus_beta1 = 1.0 - beta1;
-  a.one_minus_beta2 = 1.0 - beta2;
-  a.eps = eps;
-  a.weight_decay = weight_decay;
-  // std::pow on the host, as the CPU kernel: identical bias corrections.
-  a.bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  a.bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  a.lr = static_cast<float>(lr);
+  a.beta1 = static_cast<float>(beta1);
+  a.beta2 = static_cast<float>(beta2);
+  a.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  a.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  a.eps = static_cast<float>(eps);
+  a.weight_decay = static_cast<float>(weight_decay);
+  // std::pow in double on the host, as the CPU kernel: identical bias corrections.
+  a.bc1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(step)));
+  a.bc2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(step)));
   return a;
 }
 
-// The CPU's expression tree:
+// The CPU's expression tree, in f32 with every operation correctly rounded (no FMA
+// contraction: the _rn intrinsics), so CPU and CUDA agree bit for bit:
 //   m' = b1 m + (1 - b1) g
 //   v' = b2 v + ((1 - b2) g) g
-//   p' = p - lr ((m' / bc1) / (sqrt(v' / bc2) + eps) + wd p)       (all in double)
+//   p' = p - lr ((m' / bc1) / (sqrt(v' / bc2) + eps) + wd p)
 // Weight decay is decoupled: applied to the old p inside the same update, scaled by lr.
-__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, double g, const AdamArgs& a) {
-  const double mi = __dadd_rn(__dmul_rn(a.beta1, static_cast<double>(m)), __dmul_rn(a.one_minus_beta1, g));
-  const double vi =
-      __dadd_rn(__dmul_rn(a.beta2, static_cast<double>(v)), __dmul_rn(__dmul_rn(a.one_minus_beta2, g), g));
-  const double pi = static_cast<double>(p);
-  const double denom = __dadd_rn(__dsqrt_rn(__ddiv_rn(vi, a.bc2)), a.eps);
-  const double upd = __dadd_rn(__ddiv_rn(__ddiv_rn(mi, a.bc1), denom), __dmul_rn(a.weight_decay, pi));
-  m = __double2float_rn(mi);
-  v = __double2float_rn(vi);
-  p = __double2float_rn(__dsub_rn(pi, __dmul_rn(a.lr, upd)));
+__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamArgs& a) {
+  const float mi = __fadd_rn(__fmul_rn(a.beta1, m), __fmul_rn(a.one_minus_beta1, g));
+  const float vi = __fadd_rn(__fmul_rn(a.beta2, v), __fmul_rn(__fmul_rn(a.one_minus_beta2, g), g));
+  const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
+  const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), denom), __fmul_rn(a.weight_decay, p));
+  m = mi;
+  v = vi;
+  p = __fsub_rn(p, __fmul_rn(a.lr, upd));
 }
 
 template <bool kGradContig>
@@ -89,7 +89,7 @@ __global__ void adamw_kernel(float* __restrict__ param, const float* __restrict_
                              float* __restrict__ m, float* __restrict__ v, int64_t n, AdamArgs a) {
   LATHE_CUDA_GRID_STRIDE(i, n) {
     float pv = param[i], mv = m[i], vv = v[i];
-    adamw_element(pv, mv, vv, static_cast<double>(grad[kGradContig ? i : gi.offset(i)]), a);
+    adamw_element(pv, mv, vv, grad[kGradContig ? i : gi.offset(i)], a);
     param[i] = pv;
     m[i] = mv;
     v[i] = vv;
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kMtThreads) adamw_multi_kernel(const __grid_co
       const bf16* __restrict__ g = static_cast<const bf16*>(t.g[k]);
       for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float pv = p[i], mv = m[i], vv = v[i];
-        adamw_element(pv, mv, vv, static_cast<double>(__bfloat162float(g[i])), a);
+        adamw_element(pv, mv, vv, __bfloat162float(g[i]), a);
         p[i] = pv;
         m[i] = mv;
         v[i] = vv;
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kMtThreads) adamw_multi_kernel(const __grid_co
       const float* __restrict__ g = static_cast<const float*>(t.g[k]);
       for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float pv = p[i], mv = m[i], vv = v[i];
-        adamw_element(pv, mv, vv, static_cast<double>(g[i]), a);
+        adamw_element(pv, mv, vv, g[i], a);
         p[i] = pv;
         m[i] = mv;
         v[i] = vv;

@@ -1,4 +1,4 @@
-// threads_per_rank / apply_thread_settings.
+// threads_per_rank / apply_thread_settings / set_runtime_env_defaults.
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <sched.h>
@@ -71,4 +71,16 @@ TEST(ParallelThreads, ApplySetsOpenMPAndOpenBLAS) {
   omp_set_num_threads(omp_before);
   lathe::parallel::apply_thread_settings(blas_before);
   omp_set_num_threads(omp_before);
+}
+
+TEST(ParallelThreads, RuntimeEnvDefaultsKeepExplicitValues) {
+  ScopedEnv wait("OMP_WAIT_POLICY", "active"), timeout("OPENBLAS_THREAD_TIMEOUT", "");
+  unsetenv("OPENBLAS_THREAD_TIMEOUT");
+  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults());  // the timeout was missing
+  EXPECT_EQ(std::string(std::getenv("OMP_WAIT_POLICY")), "active");
+  EXPECT_EQ(std::string(std::getenv("OPENBLAS_THREAD_TIMEOUT")), "4");
+  EXPECT_FALSE(lathe::parallel::set_runtime_env_defaults());  // nothing left to set: no re-exec loop
+  unsetenv("OMP_WAIT_POLICY");
+  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults());
+  EXPECT_EQ(std::string(std::getenv("OMP_WAIT_POLICY")), "passive");
 }

@@ -1,0 +1,111 @@
+// The CPU attention kernels work on 64 x 64 tiles (kernels/cpu/attention.cpp). These cases
+// span several query and key blocks, with the causal limit falling inside blocks, a
+// causal offset S - T of either sign (T > S leaves whole blocks of rows with no key), GQA,
+// and head dims that are not a multiple of the vector width; outputs and gradients are
+// checked against the double-precision loops of reference.h, and the bits against other
+// thread counts.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/reference.h"
+
+using namespace lathe::kernel_test;
+
+namespace {
+
+using namespace lathe;
+using namespace lathe::kernels;
+
+struct Case {
+  int64_t B, H, Hkv, T, S, D;
+  bool causal;
+};
+
+const Case kCases[] = {
+    {1, 4, 2, 150, 200, 24, true},   // S > T: offset 50, last key block partial
+    {1, 2, 1, 200, 130, 16, true},   // T > S: rows t < 70 see no key
+    {2, 2, 2, 70, 129, 8, false},    // two query blocks, three key blocks
+    {1, 1, 1, 129, 129, 33, true},   // odd head dim, one-row last block
+};
+
+TEST(AttentionTilesCpu, ManyBlocksMatchReference) {
+  Generator gen(61);
+  for (DType dt : {DType::f64, DType::f32}) {
+    const double ftol = dt == DType::f64 ? 1e-11 : 3e-5, btol = dt == DType::f64 ? 1e-10 : 2e-4;
+    for (const Case& cs : kCases) {
+      Tensor q = Tensor::randn({cs.B, cs.H, cs.T, cs.D}, gen, dt);
+      Tensor k = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
+      Tensor v = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
+      Tensor go = Tensor::randn({cs.B, cs.H, cs.T, cs.D}, gen, dt);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(cs.D));
+      AttentionOut o = attention(q, k, v, cs.causal, scale);
+      RefAttention r = ref_attention(q, k, v, cs.causal, scale);
+      const std::string what = "T=" + std::to_string(cs.T) + " S=" + std::to_string(cs.S);
+      expect_close(vec(o.out), r.out, ftol, ("out " + what).c_str());
+      auto lse = vec(o.lse);
+      for (size_t i = 0; i < lse.size(); ++i) {
+        if (std::isinf(r.lse[i])) {
+          EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "row " << i << " " << what;
+          lse[i] = r.lse[i] = 0;
+        }
+      }
+      expect_close(lse, r.lse, ftol, ("lse " + what).c_str());
+      AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, cs.causal, scale);
+      RefAttentionGrads rg = ref_attention_backward(go, q, k, v, cs.causal, scale);
+      expect_close(vec(g.dq), rg.dq, btol, ("dq " + what).c_str());
+      expect_close(vec(g.dk), rg.dk, btol, ("dk " + what).c_str());
+      expect_close(vec(g.dv), rg.dv, btol, ("dv " + what).c_str());
+    }
+  }
+}
+
+// Row 0 of causal self-attention sees one key: P = 1, O = v_0, and its dq is exactly zero.
+TEST(AttentionTilesCpu, SingleKeyRowHasExactlyZeroDq) {
+  Generator gen(62);
+  const int64_t T = 100, D = 16;
+  Tensor q = Tensor::randn({1, 2, T, D}, gen), k = Tensor::randn({1, 2, T, D}, gen);
+  Tensor v = Tensor::randn({1, 2, T, D}, gen), go = Tensor::randn({1, 2, T, D}, gen);
+  AttentionOut o = attention(q, k, v, true, 0.25);
+  AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.25);
+  const auto dq = vec(g.dq), out = vec(o.out), vv = vec(v);
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t i = 0; i < D; ++i) {
+      EXPECT_EQ(dq[h * T * D + i], 0.0) << "head " << h << " dim " << i;
+      EXPECT_EQ(out[h * T * D + i], vv[h * T * D + i]) << "head " << h << " dim " << i;
+    }
+}
+
+TEST(AttentionTilesCpu, SameBitsForAnyThreadCount) {
+  Generator gen(63);
+  const int64_t B = 2, H = 4, Hkv = 2, T = 160, S = 160, D = 32;
+  Tensor q = Tensor::randn({B, H, T, D}, gen), k = Tensor::randn({B, Hkv, S, D}, gen);
+  Tensor v = Tensor::randn({B, Hkv, S, D}, gen), go = Tensor::randn({B, H, T, D}, gen);
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    AttentionOut o = attention(q, k, v, true, 0.2);
+    AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.2);
+    std::vector<float> all;
+    for (const Tensor& t : {o.out, o.lse, g.dq, g.dk, g.dv}) {
+      auto x = t.to_vector<float>();
+      all.insert(all.end(), x.begin(), x.end());
+    }
+    runs.push_back(all);
+  }
+  omp_set_num_threads(saved);
+  for (size_t r = 1; r < runs.size(); ++r) {
+    ASSERT_EQ(runs[r].size(), runs[0].size());
+    size_t diff = 0;
+    for (size_t i = 0; i < runs[0].size(); ++i) diff += std::memcmp(&runs[r][i], &runs[0][i], sizeof(float)) != 0;
+    EXPECT_EQ(diff, 0u) << "thread count " << r + 1 << " changed " << diff << " values";
+  }
+}
+
+}  // namespace
