@@ -2,9 +2,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "core/fs.h"
 #include "models/hf_export.h"
 #include "train/inference.h"
 
@@ -21,8 +23,11 @@ const char* const kHelp =
     "DIR/model.safetensors (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM layout), plus\n"
     "the run's tokenizer files (tokenizer.json, or vocab.json + merges.txt, and\n"
     "tokenizer_config.json when present) when it used one; the byte tokenizer has no Hugging\n"
-    "Face file and is noted instead. transformers' from_pretrained(DIR) and lathe's\n"
-    "model.init_from: DIR both load the result.\n"
+    "Face file and is noted instead. A GPT-2-format tokenizer (vocab.json + merges.txt) also\n"
+    "gets a tokenizer.json, and a tokenizer without tokenizer_config.json gets one naming\n"
+    "PreTrainedTokenizerFast and its bos/eos/pad tokens, so AutoTokenizer loads every export.\n"
+    "The tokenizer's bos/eos/pad ids go into config.json and generation_config.json.\n"
+    "transformers' from_pretrained(DIR) and lathe's model.init_from: DIR both load the result.\n"
     "\n"
     "options:\n"
     "  --checkpoint PATH  rank file, step directory, checkpoint directory or run directory\n"
@@ -84,16 +89,33 @@ int run(const std::vector<std::string>& args) {
   if (shard_mb < 0) throw UsageError("lathe export: --max-shard-mb must be >= 0");
 
   train::LoadedRun run = train::load_trained(path);
-  models::save_hf_model(*run.model, out, dtype, shard_mb * 1024 * 1024);
+  const data::Tokenizer& tokenizer = *run.tokenizer;
+  models::HfTokenIds ids;
+  ids.bos = tokenizer.bos_id();
+  ids.eos = tokenizer.eos_id();
+  ids.pad = tokenizer.pad_id();
+  models::save_hf_model(*run.model, out, dtype, shard_mb * 1024 * 1024, ids);
   std::printf("exported %s (step %lld, %s, %lld parameters) to %s as %s\n", run.file.c_str(),
               static_cast<long long>(run.state.step), models::arch_name(run.model->spec().arch),
               static_cast<long long>(models::count_parameters(run.model->spec())), out.c_str(), dt.c_str());
+  auto id_text = [](const std::optional<int32_t>& id) { return id ? std::to_string(*id) : std::string("none"); };
+  std::printf("token ids: bos %s, eos %s, pad %s (config.json, generation_config.json)\n", id_text(ids.bos).c_str(),
+              id_text(ids.eos).c_str(), id_text(ids.pad).c_str());
   const std::string& tok = run.cfg.data().tokenizer();
   const auto files = tokenizer_files(tok);
   if (files.empty()) {
     std::printf("tokenizer: \"%s\" has no Hugging Face file; none written (fine-tune the export with "
                 "data.tokenizer: \"%s\")\n", tok.c_str(), tok.c_str());
   }
+  auto write_text = [&out](const std::string& name, const std::string& text) {
+    try {
+      write_file_atomic((fs::path(out) / name).string(), text);
+    } catch (const lathe::Error& e) {
+      throw train::IoError("export", "writing the tokenizer file " + (fs::path(out) / name).string() + ": " + e.message());
+    }
+  };
+  bool has_json = false, has_config = false;
+  fs::path vocab, merges;
   for (const auto& [src, name] : files) {
     std::error_code ec;
     const fs::path dst = fs::path(out) / name, tmp = fs::path(out) / (name + ".tmp");
@@ -101,6 +123,31 @@ int run(const std::vector<std::string>& args) {
     if (!ec) fs::rename(tmp, dst, ec);
     if (ec) throw train::IoError("export", "copying the tokenizer file " + src.string() + " to " + dst.string() + ": " + ec.message());
     std::printf("tokenizer: copied %s to %s\n", src.string().c_str(), dst.string().c_str());
+    has_json = has_json || name == "tokenizer.json";
+    has_config = has_config || name == "tokenizer_config.json";
+    if (name == "vocab.json") vocab = src;
+    if (name == "merges.txt") merges = src;
+  }
+  // GPT-2 files alone load only through a GPT-2 tokenizer class; AutoTokenizer picks the
+  // class of the model family, so give every export a tokenizer.json, which any family's
+  // PreTrainedTokenizerFast loads.
+  if (!has_json && !vocab.empty()) {
+    std::vector<std::string> special;
+    for (const auto& [content, id] : tokenizer.special_tokens()) special.push_back(content);
+    write_text("tokenizer.json", models::hf_tokenizer_json_from_vocab_merges(vocab.string(), merges.string(), special));
+    std::printf("tokenizer: wrote %s (from %s + merges.txt)\n", (fs::path(out) / "tokenizer.json").string().c_str(),
+                vocab.string().c_str());
+    has_json = true;
+  }
+  if (has_json && !has_config) {
+    auto content = [&tokenizer](const std::optional<int32_t>& id) {
+      return id ? tokenizer.id_to_token(*id).value_or("") : std::string();
+    };
+    write_text("tokenizer_config.json",
+               models::hf_tokenizer_config_json(content(ids.bos), content(ids.eos), content(ids.pad),
+                                                run.model->spec().max_seq_len));
+    std::printf("tokenizer: wrote %s (PreTrainedTokenizerFast)\n",
+                (fs::path(out) / "tokenizer_config.json").string().c_str());
   }
   return kExitOk;
 }

@@ -56,10 +56,61 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
   return model;
 }
 
+// Builds the model of cfg (whose model.init_from is a Hugging Face directory, already
+// applied by apply_init_from) and fills it with the directory's weights.
+std::unique_ptr<models::CausalLM> model_from_hf(RunConfig& cfg, const data::Tokenizer& tok, const InitSource& src) {
+  apply_tokenizer_vocab(cfg, tok);
+  const models::ModelSpec spec = model_spec(cfg.model());
+  try {
+    spec.validate();
+  } catch (const lathe::Error& e) {
+    throw ConfigError("config", {"model: " + e.message()});
+  }
+  auto model = models::build_model(spec, cfg.train().seed());
+  load_init_weights(src, *model);
+  model->eval();
+  return model;
+}
+
+// cfg with model.init_from = `dir`, resolved and checked; returns the source.
+InitSource use_hf_dir(RunConfig& cfg, const std::string& dir) {
+  cfg.mutable_model()->set_init_from(dir);
+  InitSource src = apply_init_from(cfg);
+  configs::resolve(cfg);
+  if (auto issues = configs::validate(cfg); !issues.empty()) throw ConfigError("config", issues);
+  return src;
+}
+
+// The config for a Hugging Face directory given alone: the defaults, plus a placeholder
+// train.steps (validate wants steps or epochs; nothing trains), then `overrides`.
+RunConfig hf_dir_base_config(const std::vector<std::string>& overrides) {
+  RunConfig cfg;
+  cfg.mutable_train()->set_steps(1);
+  configs::apply_overrides(cfg, overrides);
+  return cfg;
+}
+
 }  // namespace
+
+bool is_hf_model_dir(const std::string& path) {
+  std::error_code ec;
+  const fs::path p(path);
+  return fs::is_directory(p, ec) && fs::is_regular_file(p / "config.json", ec) &&
+         (fs::is_regular_file(p / "model.safetensors", ec) || fs::is_regular_file(p / "model.safetensors.index.json", ec));
+}
 
 LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides) {
   LoadedRun r;
+  if (is_hf_model_dir(path)) {
+    // No stored config: the defaults plus overrides, with the directory as model.init_from
+    // (which supplies the architecture, the tokenizer and the context length).
+    r.cfg = hf_dir_base_config(overrides);
+    const InitSource src = use_hf_dir(r.cfg, path);
+    r.tokenizer = load_run_tokenizer(r.cfg);
+    r.model = model_from_hf(r.cfg, *r.tokenizer, src);
+    r.file = path;
+    return r;
+  }
   r.file = find_checkpoint_file(path);
   r.state = read_train_state(r.file);
   r.cfg = stored_config(r.file, r.state, overrides);
@@ -73,6 +124,32 @@ EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
                        parallel::Communicator& comm) {
   EvalRunResult res;
   RunConfig cfg;
+  // A Hugging Face directory as the model (the target itself, or --checkpoint with a config
+  // that supplies the data): scored as is, no fine-tuning, no lathe checkpoint.
+  const bool hf_target = !looks_like_config(target) && is_hf_model_dir(target);
+  const bool hf_checkpoint = looks_like_config(target) && is_hf_model_dir(checkpoint);
+  if (hf_target || hf_checkpoint) {
+    if (hf_target) {
+      if (!checkpoint.empty())
+        throw ConfigError("eval", {"--checkpoint: " + target + " is a Hugging Face model directory; it has no steps to pick"});
+      cfg = hf_dir_base_config(overrides);
+    } else {
+      cfg = configs::load_config(target, overrides);
+    }
+    res.checkpoint = hf_target ? target : checkpoint;
+    const InitSource src = use_hf_dir(cfg, res.checkpoint);
+    check_runnable(cfg);
+    auto tok = load_run_tokenizer(cfg);
+    auto model = model_from_hf(cfg, *tok, src);
+    RunData data = load_run_data(cfg, *tok, &comm);
+    if (data.val_size() == 0)
+      throw ConfigError("config", {"data.val_fraction: 0 and no data.val_path, so there is no validation split to "
+                                   "evaluate (pass --set data.val_fraction=0.1)"});
+    res.data = data.description;
+    res.val_windows = data.val_size();
+    res.eval = evaluate_val(*model, data, cfg.train().micro_batch(), max_batches, comm);
+    return res;
+  }
   if (looks_like_config(target)) {
     cfg = configs::load_config(target, overrides);
     // A fine-tuning config's architecture and tokenizer come from its init_from source.

@@ -28,6 +28,9 @@ struct LoadedRun {
 // file, a step directory, a checkpoint root or a run directory (newest complete step).
 // `overrides` ("a.b=c") are applied to the stored config first (e.g. data.tokenizer when the
 // tokenizer moved). The model is in eval mode.
+// A Hugging Face model directory (config.json + safetensors, see is_hf_model_dir) is loaded
+// as it is: the config is the defaults plus `overrides` with model.init_from = path (so its
+// tokenizer files and context length are used), state.step is 0 and file is the directory.
 LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides = {});
 
 struct EvalRunResult {
@@ -38,12 +41,19 @@ struct EvalRunResult {
   int64_t val_windows = 0;  // validation windows (or instruction samples)
 };
 
+// True when `path` is a Hugging Face model directory: config.json and model.safetensors
+// (or model.safetensors.index.json), e.g. a download or the output of `lathe export`.
+bool is_hf_model_dir(const std::string& path);
+
 // Validation loss of a trained run (per scored token: every token of packed windows, the
 // response tokens of instruction data). `target` is a config file (its checkpoint.dir is searched,
 // with `overrides` applied) or a run/checkpoint directory (its stored config is used);
 // `checkpoint` ("" = the newest complete one) picks another step: a step number, step
 // directory or rank file. max_batches = 0 scores the whole validation split. Throws
 // ConfigError when the config has no validation split (data.val_fraction 0, no val_path).
+// A Hugging Face model directory is scored without fine-tuning, as `target` (data from
+// `overrides`, e.g. data.source=TEXT data.path=...) or as `checkpoint` with a config
+// `target` (its data, train.seq_len and micro_batch); step is then 0.
 EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
                        const std::vector<std::string>& overrides, int64_t max_batches,
                        parallel::Communicator& comm);

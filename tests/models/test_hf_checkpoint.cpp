@@ -703,7 +703,7 @@ TEST_F(HfCheckpoint, ShardedCheckpointLoadsAndResavingCleansUp) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(d)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"config.json", "generation_config.json", "model.safetensors"}));
   expect_params_bit_equal(*m2, *load_hf_model(d));
 
   // And sharded again, with a different shard count: old shards do not linger.
@@ -805,4 +805,53 @@ TEST_F(HfCheckpoint, FailedLoadLeavesTheModelUntouched) {
   // load_hf_weights also takes a single .safetensors file.
   load_hf_weights(*m, (dir_ / "bad" / ".." / "good" / "model.safetensors").string());
   EXPECT_EQ(logits_of(*m), before);
+}
+
+// Token ids go into config.json and generation_config.json; unknown ones are left out.
+TEST_F(HfCheckpoint, TokenIdsInConfigAndGenerationConfig) {
+  auto m = tiny_model(Arch::llama, true, 21);
+  const std::string d = (dir_ / "ids").string();
+  HfTokenIds ids;
+  ids.bos = 1;
+  ids.eos = 2;
+  save_hf_model(*m, d, DType::f32, 0, ids);
+  const json cfg = json::parse(std::ifstream(fs::path(d) / "config.json"));
+  const json gen = json::parse(std::ifstream(fs::path(d) / "generation_config.json"));
+  for (const json& j : {cfg, gen}) {
+    EXPECT_EQ(j.at("bos_token_id").get<int>(), 1);
+    EXPECT_EQ(j.at("eos_token_id").get<int>(), 2);
+    EXPECT_FALSE(j.contains("pad_token_id"));
+  }
+  EXPECT_EQ(read_hf_config(d).spec.vocab_size, m->spec().vocab_size);  // still a config lathe reads
+  // Without ids: none written, the old ones gone.
+  save_hf_model(*m, d);
+  for (const char* f : {"config.json", "generation_config.json"})
+    EXPECT_FALSE(json::parse(std::ifstream(fs::path(d) / f)).contains("eos_token_id")) << f;
+}
+
+// vocab.json + merges.txt -> tokenizer.json: the vocabulary as is, merges as pairs in rank
+// order, the named special tokens that are in the vocabulary as added tokens.
+TEST_F(HfCheckpoint, TokenizerJsonFromVocabMerges) {
+  const fs::path v = dir_ / "vocab.json", mg = dir_ / "merges.txt";
+  std::ofstream(v) << R"({"a": 0, "b": 1, "\u0120": 2, "ab": 3, "\u0120ab": 4, "<|endoftext|>": 5})";
+  std::ofstream(mg) << "#version: 0.2\na b\n\u0120 ab\r\n";
+  const json j = json::parse(hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {"<|endoftext|>", "<pad>"}));
+  EXPECT_EQ(j["model"]["type"], "BPE");
+  EXPECT_EQ(j["model"]["vocab"].size(), 6u);
+  EXPECT_EQ(j["model"]["vocab"]["\u0120ab"], 4);
+  EXPECT_EQ(j["model"]["merges"], json::parse(R"([["a", "b"], ["\u0120", "ab"]])"));
+  ASSERT_EQ(j["added_tokens"].size(), 1u);  // <pad> is not in the vocabulary
+  EXPECT_EQ(j["added_tokens"][0]["content"], "<|endoftext|>");
+  EXPECT_EQ(j["added_tokens"][0]["id"], 5);
+  EXPECT_EQ(j["added_tokens"][0]["special"], true);
+  EXPECT_EQ(j["pre_tokenizer"]["type"], "ByteLevel");
+  EXPECT_EQ(j["decoder"]["type"], "ByteLevel");
+
+  std::ofstream(mg) << "a b\nbad\n";
+  EXPECT_THROW(hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {}), lathe::Error);
+  const json tc = json::parse(hf_tokenizer_config_json("", "<|endoftext|>", "", 64));
+  EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_TRUE(tc["bos_token"].is_null());
+  EXPECT_EQ(tc["eos_token"], "<|endoftext|>");
+  EXPECT_EQ(tc["model_max_length"], 64);
 }
