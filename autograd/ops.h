@@ -83,7 +83,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // x [B, H, T, D] rotated by cos/sin [T, D/2] (not differentiated).
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 // q [B, H, T, D], k/v [B, Hkv, S, D] (grouped-query when Hkv < H) -> [B, H, T, D].
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale);
+// window > 0: sliding-window causal attention (kernels::attention says which keys).
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window = 0);
 // Identity when !training or p == 0; otherwise inverted dropout drawing from gen.
 Tensor dropout(const Tensor& x, double p, Generator& gen, bool training);
 

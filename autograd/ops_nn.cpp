@@ -77,12 +77,13 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   });
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
-  kernels::AttentionOut o = kernels::attention(q, k, v, causal, scale);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window) {
+  kernels::AttentionOut o = kernels::attention(q, k, v, causal, scale, window);
   Tensor qs = saved(q), ks = saved(k), vs = saved(v), os = saved(o.out), lse = o.lse;
   return record("attention", o.out, {q, k, v},
-                [qs, ks, vs, os, lse, causal, scale](const Grads& g, const Needs&) -> Grads {
-                  kernels::AttentionGrads r = kernels::attention_backward(g[0], qs, ks, vs, os, lse, causal, scale);
+                [qs, ks, vs, os, lse, causal, scale, window](const Grads& g, const Needs&) -> Grads {
+                  kernels::AttentionGrads r =
+                      kernels::attention_backward(g[0], qs, ks, vs, os, lse, causal, scale, window);
                   return {r.dq, r.dk, r.dv};
                 });
 }

@@ -153,13 +153,13 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "rope");
     inner_.rope(x, cos, sin, inverse, out);
   }
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const AttentionOut& out) override {
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window, const AttentionOut& out) override {
     Timer t(*this, "attention");
-    inner_.attention(q, k, v, causal, scale, out);
+    inner_.attention(q, k, v, causal, scale, window, out);
   }
-  void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) override {
+  void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads) override {
     Timer t(*this, "attention_backward");
-    inner_.attention_backward(gout, q, k, v, out, lse, causal, scale, grads);
+    inner_.attention_backward(gout, q, k, v, out, lse, causal, scale, window, grads);
   }
   void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) override {
     Timer t(*this, "dropout");

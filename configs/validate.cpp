@@ -118,6 +118,14 @@ void check_model(const RunConfig& cfg, Checker& c) {
       c.fail("model.d_model", "rotary embeddings need an even head dim, d_model / n_head = " + show(m.d_model()) + " / " +
                                   show(m.n_head()) + " = " + show(m.d_model() / m.n_head()));
   }
+  c.non_negative("model.sliding_window", m.sliding_window());
+  c.non_negative("model.full_attention_layers", m.full_attention_layers());
+  if (m.n_layer() > 0 && m.full_attention_layers() > m.n_layer())
+    c.fail("model.full_attention_layers", "must be at most n_layer (" + show(m.n_layer()) + ") (got " +
+                                              show(m.full_attention_layers()) + ")");
+  if (m.sliding_window() == 0 && m.full_attention_layers() > 0)
+    c.fail("model.full_attention_layers", "says which layers use the sliding window, but model.sliding_window is 0 "
+                                          "(none); set sliding_window or remove full_attention_layers");
   const RopeScalingConfig& rs = m.rope_scaling();
   if (rs.type() == RopeScalingConfig::LLAMA3) {
     if (m.arch() != ModelConfig::LLAMA)

@@ -75,10 +75,12 @@ class Backend : public DeviceOps {
                                       double smoothing, const Tensor& out) = 0;
 
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) = 0;
+  // window: 0 = every causal key; > 0 = the last `window` keys up to the causal limit
+  // (sliding-window attention; only with causal, checked by the op layer).
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
-                         const AttentionOut& out) = 0;
+                         int64_t window, const AttentionOut& out) = 0;
   virtual void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                  const Tensor& out, const Tensor& lse, bool causal, double scale, int64_t window,
                                   const AttentionGrads& grads) = 0;
 
   // element i kept when uniform(gen seed, offset + i) >= p

@@ -168,9 +168,15 @@ struct AttentionGrads {
 };
 // Scaled dot-product attention. q [B, H, T, D], k and v [B, Hkv, S, D] with H % Hkv == 0
 // (grouped-query: head h reads kv head h / (H / Hkv)). causal masks s > t (+ S - T offset).
-AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale);
+// window > 0 (sliding-window attention, Mistral; needs causal) also masks the keys more than
+// window - 1 positions before the query: query t sees key s iff
+//   t + (S - T) - window < s <= t + (S - T),
+// i.e. itself and the window - 1 keys before it (transformers' sliding_window rule).
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                       int64_t window = 0);
 AttentionGrads attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const Tensor& lse, bool causal, double scale);
+                                  const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                  int64_t window = 0);
 
 // ---- randomness ---------------------------------------------------------------------------
 struct DropoutOut {

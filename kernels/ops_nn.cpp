@@ -129,7 +129,10 @@ void check_cross_entropy_inputs(const char* op, const Tensor& logits, const Tens
       << op << ": label_smoothing must be in [0, 1], got " << label_smoothing;
 }
 
-void check_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+void check_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                            bool causal, int64_t window) {
+  LATHE_CHECK(window >= 0) << op << ": window must be >= 0 (0 = none), got " << window;
+  LATHE_CHECK(window == 0 || causal) << op << ": a sliding window (" << window << ") needs causal attention";
   check_floating(op, "q", q);
   check_defined(op, "k", k);
   check_defined(op, "v", v);
@@ -389,22 +392,24 @@ void rope_tables(int64_t T, const std::vector<double>& inv_freq, int64_t start, 
 
 // ---- attention ----------------------------------------------------------------------------
 
-AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                       int64_t window) {
   const char* op = "attention";
-  check_attention_inputs(op, q, k, v, scale);
+  check_attention_inputs(op, q, k, v, scale, causal, window);
   AttentionOut out;
   out.out = Tensor::empty(q.shape(), q.dtype(), q.device());
   out.lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, stat_dtype(q.dtype()), q.device());
   if (out.lse.numel() > 0) {
-    backend(q.device()).attention(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, out);
+    backend(q.device()).attention(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, window, out);
   }
   return out;
 }
 
 AttentionGrads attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const Tensor& lse, bool causal, double scale) {
+                                  const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                  int64_t window) {
   const char* op = "attention_backward";
-  check_attention_inputs(op, q, k, v, scale);
+  check_attention_inputs(op, q, k, v, scale, causal, window);
   check_defined(op, "gout", gout);
   check_defined(op, "out", out);
   check_same(op, "gout", gout, "q", q);
@@ -421,7 +426,7 @@ AttentionGrads attention_backward(const Tensor& gout, const Tensor& q, const Ten
   g.dv = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (q.numel() > 0 && k.numel() > 0) {
     backend(q.device()).attention_backward(gout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-                                           out.contiguous(), lse.contiguous(), causal, scale, g);
+                                           out.contiguous(), lse.contiguous(), causal, scale, window, g);
   } else {
     g.dq.zero_();
     g.dk.zero_();

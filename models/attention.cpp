@@ -78,9 +78,18 @@ Tensor Attention::forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
     cache->append(k, v, k_all, v_all);
     k = k_all;
     v = v_all;
+    // With a window, no query of x sees a key before position S - T - window + 1 (the first
+    // query's window start): attend over that tail only, so decoding costs O(window) per
+    // token however long the cache grows. The kernel would mask those keys anyway.
+    const int64_t S = k.size(2), drop = window > 0 ? std::max<int64_t>(S - T - window + 1, 0) : 0;
+    if (drop > 0) {
+      k = k.narrow(2, drop, S - drop);
+      v = v.narrow(2, drop, S - drop);
+    }
   }
-  // Causal with S >= T keys: query t sees keys up to t + (S - T), i.e. its own position.
-  Tensor y = ag::attention(q, k, v, /*causal=*/true, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+  // Causal with S >= T keys: query t sees keys up to t + (S - T), i.e. its own position (and
+  // with a window, the window - 1 before it).
+  Tensor y = ag::attention(q, k, v, /*causal=*/true, 1.0 / std::sqrt(static_cast<double>(head_dim)), window);
   y = ag::reshape(ag::transpose(y, 1, 2), {B, T, n_head * head_dim});
   return o_proj->forward(y);
 }

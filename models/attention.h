@@ -35,7 +35,9 @@ struct KVCache {
 // tensor-parallel shard's), given explicitly rather than derived from C. With rope
 // (cos/sin [T, D/2] defined, rows for the positions of x) queries and keys are rotated
 // (Llama); n_kv_head < n_head shares each key/value head among n_head / n_kv_head query
-// heads (GQA). q/k/v carry a bias when `qkv_bias`, o_proj when `o_bias`.
+// heads (GQA). q/k/v carry a bias when `qkv_bias`, o_proj when `o_bias`. With `window` > 0
+// (sliding-window attention, Mistral) position i attends only to positions
+// i - window < j <= i; 0 attends to every earlier position.
 class Attention : public autograd::Module {
  public:
   Attention(int64_t d_model, int64_t n_head, int64_t n_kv_head, int64_t head_dim, bool qkv_bias, bool o_bias);
@@ -43,11 +45,13 @@ class Attention : public autograd::Module {
   // (Qwen2: q/k/v biased, o_proj not), o_proj when `bias`.
   Attention(int64_t d_model, int64_t n_head, int64_t n_kv_head, bool bias, bool qkv_bias = false);
   // With a cache, x holds the positions cache->length.. (cos/sin are their rows); its keys
-  // and values are appended and the queries attend to every cached position.
+  // and values are appended and the queries attend to the cached positions (those inside
+  // the window, with one).
   Tensor forward(const Tensor& x, const Tensor& cos, const Tensor& sin, KVCache* cache = nullptr) const;
   std::string type_name() const override { return "Attention"; }
   autograd::Slot<LinearLayer> q_proj, k_proj, v_proj, o_proj;
   int64_t n_head, n_kv_head, head_dim;
+  int64_t window = 0;  // sliding window (0 = none); set by make_attention from the spec
 };
 
 }  // namespace lathe::models

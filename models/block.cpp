@@ -34,8 +34,10 @@ std::shared_ptr<Norm> make_norm(const ModelSpec& s) {
   return std::make_shared<RMSNorm>(s.d_model, s.norm_eps);
 }
 
-std::shared_ptr<Attention> make_attention(const ModelSpec& s) {
-  return std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.head_dim(), s.has_qkv_bias(), s.bias);
+std::shared_ptr<Attention> make_attention(const ModelSpec& s, int64_t layer) {
+  auto a = std::make_shared<Attention>(s.d_model, s.n_head, s.kv_heads(), s.head_dim(), s.has_qkv_bias(), s.bias);
+  a->window = s.window_of(layer);
+  return a;
 }
 
 std::shared_ptr<FeedForward> make_mlp(const ModelSpec& s) {
@@ -43,8 +45,8 @@ std::shared_ptr<FeedForward> make_mlp(const ModelSpec& s) {
   return std::make_shared<SwiGLU>(s.d_model, s.ff_dim(), s.bias);
 }
 
-std::shared_ptr<Block> make_block(const ModelSpec& s) {
-  return std::make_shared<Block>(make_norm(s), make_attention(s), make_norm(s), make_mlp(s), s.dropout);
+std::shared_ptr<Block> make_block(const ModelSpec& s, int64_t layer) {
+  return std::make_shared<Block>(make_norm(s), make_attention(s, layer), make_norm(s), make_mlp(s), s.dropout);
 }
 
 }  // namespace lathe::models

@@ -40,10 +40,10 @@ class Block : public autograd::Module {
 
 // The norm of spec's architecture (LayerNorm with spec.bias for GPT-2, RMSNorm for Llama).
 std::shared_ptr<Norm> make_norm(const ModelSpec& spec);
-// The whole attention layer of spec (all heads).
-std::shared_ptr<Attention> make_attention(const ModelSpec& spec);
+// The whole attention layer `layer` of spec (all heads; its sliding window, if any).
+std::shared_ptr<Attention> make_attention(const ModelSpec& spec, int64_t layer);
 // The MLP of spec's architecture (GELU MLP for GPT-2, SwiGLU for Llama).
 std::shared_ptr<FeedForward> make_mlp(const ModelSpec& spec);
-std::shared_ptr<Block> make_block(const ModelSpec& spec);
+std::shared_ptr<Block> make_block(const ModelSpec& spec, int64_t layer);
 
 }  // namespace lathe::models

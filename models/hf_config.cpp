@@ -37,6 +37,7 @@ class Fields {
     return it != j_.end() && !it->is_null();
   }
   const json& raw(const char* k) const { return j_.at(k); }
+  const json& object() const { return j_; }
 
   int64_t integer(const char* k) const {
     LATHE_CHECK(has(k)) << where_ << ": missing field \"" << k << "\"" << type_hint();
@@ -154,6 +155,53 @@ void parse_rope_scaling(const json& v, const std::string& field, const std::stri
   s.rope_scaling = rs;
 }
 
+// Sliding-window attention as transformers (5.x) configures it:
+//   mistral: every layer, window = sliding_window (the class default 4096 when the field is
+//            absent; null = none). layer_types is ignored by MistralConfig.
+//   qwen2:   only with use_sliding_window (default false); window = sliding_window (default
+//            4096), on the layers that layer_types marks "sliding_attention", or, without
+//            layer_types, on layers i >= max_window_layers (default 28).
+//   llama:   none.
+// lathe represents a window on layers [full_attention_layers, n_layer); other layer_types
+// patterns are an error naming the field.
+void parse_sliding_window(const Fields& f, const std::string& type, const std::string& where, ModelSpec& s) {
+  if (type != "mistral" && type != "qwen2") return;
+  if (type == "qwen2" && !f.boolean("use_sliding_window", false)) return;
+  // An absent field takes the class default; a null one means no window.
+  const bool present = f.object().contains("sliding_window");
+  if (present && !f.has("sliding_window")) return;
+  const int64_t w = present ? f.integer("sliding_window") : 4096;
+  LATHE_CHECK(w > 0) << where << ": field \"sliding_window\" is " << w << "; it must be > 0 (or null for none)";
+  int64_t full = 0;
+  if (type == "qwen2") {
+    if (f.has("layer_types")) {
+      const json& lt = f.raw("layer_types");
+      LATHE_CHECK(lt.is_array() && static_cast<int64_t>(lt.size()) == s.n_layer)
+          << where << ": field \"layer_types\" must be a list of num_hidden_layers = " << s.n_layer
+          << " strings, got " << lt.dump();
+      bool sliding_seen = false;
+      full = s.n_layer;
+      for (size_t i = 0; i < lt.size(); ++i) {
+        const bool sl = lt[i] == "sliding_attention";
+        LATHE_CHECK(sl || lt[i] == "full_attention")
+            << where << ": field \"layer_types[" << i << "]\" is " << lt[i].dump()
+            << "; expected \"full_attention\" or \"sliding_attention\"";
+        LATHE_CHECK(sl || !sliding_seen)
+            << where << ": field \"layer_types\" has full_attention at layer " << i
+            << " after a sliding_attention layer; lathe applies the window to the layers from one index on only "
+               "(model.full_attention_layers)";
+        if (sl && !sliding_seen) full = static_cast<int64_t>(i);
+        sliding_seen = sliding_seen || sl;
+      }
+    } else {
+      full = std::min<int64_t>(std::max<int64_t>(f.integer("max_window_layers", 28), 0), s.n_layer);
+    }
+  }
+  if (full >= s.n_layer) return;  // no layer uses the window
+  s.sliding_window = w;
+  s.full_attention_layers = full;
+}
+
 ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std::string& where) {
   ModelSpec s;
   s.arch = Arch::llama;
@@ -200,13 +248,7 @@ ModelSpec parse_llama_family(const Fields& f, const std::string& type, const std
   } else {
     s.bias = false;  // Mistral has no biases
   }
-  // Sliding-window attention equals full causal attention for sequences no longer than the
-  // window, so cap the context there instead of computing something different beyond it.
-  const bool sliding = type == "mistral" || (type == "qwen2" && f.boolean("use_sliding_window", false));
-  if (sliding && f.has("sliding_window")) {
-    const int64_t w = f.integer("sliding_window");
-    if (w > 0 && w < s.max_seq_len) s.max_seq_len = w;
-  }
+  parse_sliding_window(f, type, where, s);
   return s;
 }
 
@@ -354,6 +396,8 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
     LATHE_CHECK(s.kv_heads() == s.n_head)
         << "hf_config_json: a GPT-2 spec with n_kv_head=" << s.n_kv_head << " (grouped-query attention) has no "
         << "Hugging Face GPT-2 form";
+    LATHE_CHECK(s.sliding_window == 0) << "hf_config_json: a GPT-2 spec with a sliding window (model.sliding_window "
+                                       << s.sliding_window << ") has no Hugging Face GPT-2 form";
     j["architectures"] = {"GPT2LMHeadModel"};
     j["model_type"] = "gpt2";
     j["vocab_size"] = s.vocab_size;
@@ -371,10 +415,19 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
     j["initializer_range"] = s.init_std;
     j["scale_attn_weights"] = true;
   } else {
-    // q/k/v-only biases are Qwen2's layout; every other Llama-family spec is a Llama.
+    // q/k/v-only biases are Qwen2's layout; a sliding window on every layer without biases
+    // is Mistral's; every other Llama-family spec is a Llama.
     const bool qwen2 = s.qkv_bias && !s.bias;
-    j["architectures"] = {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
-    j["model_type"] = qwen2 ? "qwen2" : "llama";
+    const bool mistral = !qwen2 && s.sliding_window > 0;
+    if (mistral) {
+      LATHE_CHECK(!s.bias && !s.qkv_bias && s.full_attention_layers == 0)
+          << "hf_config_json: a sliding window (model.sliding_window " << s.sliding_window
+          << ") has a Hugging Face form as Mistral (every layer, no biases) or Qwen2 (qkv_bias only, any "
+             "full_attention_layers); this spec has bias="
+          << s.bias << ", qkv_bias=" << s.qkv_bias << ", full_attention_layers=" << s.full_attention_layers;
+    }
+    j["architectures"] = {qwen2 ? "Qwen2ForCausalLM" : mistral ? "MistralForCausalLM" : "LlamaForCausalLM"};
+    j["model_type"] = qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
     j["vocab_size"] = s.vocab_size;
     j["hidden_size"] = s.d_model;
     j["intermediate_size"] = s.ff_dim();
@@ -397,9 +450,15 @@ nlohmann::ordered_json hf_config_json(const ModelSpec& s, DType dtype) {
     }
     j["hidden_act"] = "silu";
     if (qwen2) {
-      j["use_sliding_window"] = false;  // lathe attends over the whole context
-      j["sliding_window"] = nullptr;
-      j["max_window_layers"] = s.n_layer;
+      const bool window = s.sliding_window > 0;
+      j["use_sliding_window"] = window;
+      j["sliding_window"] = window ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json(nullptr);
+      j["max_window_layers"] = window ? s.full_attention_layers : s.n_layer;
+      nlohmann::ordered_json types = nlohmann::ordered_json::array();
+      for (int64_t l = 0; l < s.n_layer; ++l) types.push_back(s.window_of(l) > 0 ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    } else if (mistral) {
+      j["sliding_window"] = s.sliding_window;
     } else {
       j["attention_bias"] = s.bias;
       j["mlp_bias"] = s.bias;

@@ -4,12 +4,19 @@
 // Supported model_type values: "gpt2" (GPT2LMHeadModel) and the Llama family "llama",
 // "qwen2", "mistral" (all Arch::llama: RMSNorm, rotate_half RoPE, SwiGLU, GQA). Qwen2 gives
 // spec.qkv_bias (biases on q/k/v, none on o_proj or the MLP). Export writes "gpt2", "qwen2"
-// (a Llama-family spec with qkv_bias and no other bias) or "llama".
+// (a Llama-family spec with qkv_bias and no other bias), "mistral" (a sliding window on every
+// layer, no biases) or "llama".
 //
 // RoPE scaling: rope_scaling (or newer transformers' rope_parameters, which wins when both
 // are present) with rope_type/type "default" or "llama3" {factor, low_freq_factor,
 // high_freq_factor, original_max_position_embeddings} -> spec.rope_scaling; export writes
 // it back as rope_scaling (null when none).
+//
+// Sliding-window attention: mistral's sliding_window (every layer), qwen2's
+// use_sliding_window + sliding_window on the layers from max_window_layers on (or as
+// layer_types says, when it is a run of full_attention then sliding_attention layers) ->
+// spec.sliding_window, spec.full_attention_layers; max_seq_len stays max_position_embeddings.
+// Export writes a windowed spec back as qwen2 (qkv_bias) or mistral (every layer, no biases).
 //
 // Every size field must fit lathe's 32-bit config fields (an error naming it, not a
 // narrowing). What lathe cannot represent is an error naming the file and field, never dropped silently:

@@ -36,6 +36,10 @@ void ModelSpec::validate() const {
   LATHE_CHECK(arch != Arch::llama || head_dim() % 2 == 0)
       << "model: RoPE needs an even head dimension (d_model / n_head = " << head_dim() << ")";
   LATHE_CHECK(max_seq_len > 0) << "model.max_seq_len: must be > 0";
+  LATHE_CHECK(sliding_window >= 0) << "model.sliding_window: must be >= 0 (0 = none) (got " << sliding_window << ")";
+  LATHE_CHECK(full_attention_layers >= 0 && full_attention_layers <= n_layer)
+      << "model.full_attention_layers: must be in [0, n_layer = " << n_layer << "] (got " << full_attention_layers
+      << ")";
   LATHE_CHECK(dropout >= 0 && dropout < 1) << "model.dropout: must be in [0, 1) (got " << dropout << ")";
   LATHE_CHECK(arch != Arch::llama || (rope_theta > 0 && std::isfinite(rope_theta)))
       << "model.rope_theta: must be finite and > 0 (got " << rope_theta << ")";
@@ -124,7 +128,7 @@ class Transformer final : public CausalLM {
       pos_ = register_slot<Embedding>("pos_embed", std::make_shared<Embedding>(s.max_seq_len, s.d_model));
     auto layers = register_module("layers", std::make_shared<autograd::Module>());
     for (int64_t i = 0; i < s.n_layer; ++i)
-      blocks_.push_back(layers->register_slot<Block>(std::to_string(i), make_block(s)));
+      blocks_.push_back(layers->register_slot<Block>(std::to_string(i), make_block(s, i)));
     final_norm_ = register_slot<Norm>("final_norm", make_norm(s));
     if (!s.tie_embeddings)
       lm_head_ = register_slot<LinearLayer>("lm_head", std::make_shared<Linear>(s.d_model, s.vocab_size, false));

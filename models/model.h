@@ -69,11 +69,18 @@ struct ModelSpec {
   bool qkv_bias = false;  // q/k/v projections get a bias even when `bias` is false (Qwen2)
   RopeScaling rope_scaling;  // Llama only; none = plain theta^(-2i/D)
   double init_std = 0.02;
+  // Sliding-window attention (Mistral; Qwen2 with use_sliding_window): query i attends to
+  // keys i - sliding_window < j <= i (0 = no window), in layers full_attention_layers and up
+  // (the layers below attend over the whole context; Qwen2's max_window_layers).
+  int64_t sliding_window = 0;
+  int64_t full_attention_layers = 0;
 
   int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int64_t head_dim() const { return d_model / n_head; }
   int64_t ff_dim() const;
   bool has_qkv_bias() const { return bias || qkv_bias; }
+  // The attention window of layer `layer` (0 = whole context).
+  int64_t window_of(int64_t layer) const { return layer >= full_attention_layers ? sliding_window : 0; }
   // Throws naming the field for an inconsistent spec (d_model % n_head, n_head % n_kv_head, ...).
   void validate() const;
 

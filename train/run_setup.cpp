@@ -35,6 +35,8 @@ models::ModelSpec model_spec(const ModelConfig& m) {
   s.bias = m.has_bias() ? m.bias() : m.arch() == ModelConfig::GPT2;
   s.init_std = m.init_std();
   s.qkv_bias = m.qkv_bias();
+  s.sliding_window = m.sliding_window();
+  s.full_attention_layers = m.full_attention_layers();
   const RopeScalingConfig& r = m.rope_scaling();
   if (r.type() == RopeScalingConfig::LLAMA3) {
     s.rope_scaling.type = models::RopeScaling::Type::llama3;
@@ -60,6 +62,8 @@ void set_model_config(ModelConfig* m, const models::ModelSpec& s) {
   m->set_tie_embeddings(s.tie_embeddings);
   m->set_bias(s.bias);
   m->set_qkv_bias(s.qkv_bias);
+  m->set_sliding_window(static_cast<int32_t>(s.sliding_window));
+  m->set_full_attention_layers(static_cast<int32_t>(s.full_attention_layers));
   m->set_init_std(s.init_std);
   RopeScalingConfig* r = m->mutable_rope_scaling();
   r->set_type(s.rope_scaling.enabled() ? RopeScalingConfig::LLAMA3 : RopeScalingConfig::NONE);

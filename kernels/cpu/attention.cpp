@@ -10,6 +10,9 @@
 //   P = exp(scale * Q K^T - lse), dV = P^T dO, dP = dO V^T, D_i = rowsum(dO * O),
 //   dS = P * (dP - D_i), dQ = scale * dS K, dK = scale * dS^T Q.
 // Rows whose causal window is empty (T > S) give a zero output and lse = -inf.
+// A sliding window (Mistral: Jiang et al., "Mistral 7B", 2023) keeps, of a row's causal
+// keys, only the last `window`; key blocks wholly before the first row's window are skipped
+// like those past the last row's causal limit, and inside a block each row masks both ends.
 // bf16/f16 inputs are converted to f32 once per call; everything computes in f32 or f64.
 #include <cblas.h>
 #include <omp.h>
@@ -109,8 +112,12 @@ class SerialBlas {
 
 struct Dims {
   int64_t B, H, Hkv, T, S, D;
-  // Keys a query row may see: all of them, or s <= t + (S - T) when causal.
-  int64_t keys(bool causal, int64_t t) const { return causal ? std::clamp<int64_t>(t + (S - T) + 1, 0, S) : S; }
+  bool causal = false;
+  int64_t window = 0;  // 0 = none
+  // Keys a query row may see are first(t) <= s < keys(t): all of them, s <= t + (S - T)
+  // when causal, and of those only the last `window` with a sliding window.
+  int64_t keys(int64_t t) const { return causal ? std::clamp<int64_t>(t + (S - T) + 1, 0, S) : S; }
+  int64_t first(int64_t t) const { return window > 0 ? std::max<int64_t>(keys(t) - window, 0) : 0; }
   // Offset (in elements) of the k/v head that query row block (b, h) reads.
   int64_t kv_base(int64_t b, int64_t h) const { return ((b * Hkv + h / (H / Hkv)) * S) * D; }
   int64_t q_blocks() const { return (T + kBq - 1) / kBq; }
@@ -122,7 +129,7 @@ struct Dims {
 // causal limit of the block's last row are skipped; inside the diagonal block the scores
 // past each row's limit get probability 0.
 template <typename A>
-void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, A* lse, bool causal, A scale) {
+void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, A* lse, A scale) {
   const int64_t D = d.D, nqb = d.q_blocks(), tasks = d.B * d.H * nqb;
   const A ninf = -std::numeric_limits<A>::infinity();
   SerialBlas serial;
@@ -144,23 +151,28 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
       std::fill(ob, ob + nq * D, A(0));
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), A(0));
-      const int64_t kmax = d.keys(causal, t0 + nq - 1);  // the block's last row sees the most keys
-      for (int64_t s0 = 0; s0 < kmax; s0 += kBk) {
+      // The block's last row has the highest causal limit, its first row the lowest window
+      // start; key blocks (on the fixed kBk grid) outside [kmin, kmax) are never computed.
+      const int64_t kmax = d.keys(t0 + nq - 1), kmin = d.first(t0) / kBk * kBk;
+      for (int64_t s0 = kmin; s0 < kmax; s0 += kBk) {
         const int64_t nk = std::min(kBk, kmax - s0);
         gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), sc.data(), kBk);
         for (int64_t i = 0; i < nq; ++i) {
           A* p = sc.data() + i * kBk;
-          const int64_t lim = std::clamp<int64_t>(d.keys(causal, t0 + i) - s0, 0, nk);
-          if (lim == 0) {  // every key of this block is masked for this row
+          // This row's visible keys of the block: [lo, lim).
+          const int64_t lim = std::clamp<int64_t>(d.keys(t0 + i) - s0, 0, nk);
+          const int64_t lo = std::clamp<int64_t>(d.first(t0 + i) - s0, 0, lim);
+          if (lim == lo) {  // every key of this block is masked for this row
             std::fill(p, p + nk, A(0));
             continue;
           }
-          const A mx = std::max(m[i], partials::max<A>(lim, [p](int64_t j) { return p[j]; }));
+          const A mx = std::max(m[i], partials::max<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; }));
           const A corr = vmath::exp_of<A>(m[i] - mx);  // 0 on the row's first visible block
 #pragma omp simd
-          for (int64_t j = 0; j < lim; ++j) p[j] = vmath::exp_of<A>(p[j] - mx);
+          for (int64_t j = lo; j < lim; ++j) p[j] = vmath::exp_of<A>(p[j] - mx);
+          std::fill(p, p + lo, A(0));
           std::fill(p + lim, p + nk, A(0));
-          l[i] = l[i] * corr + partials::sum<A>(lim, [p](int64_t j) { return p[j]; });
+          l[i] = l[i] * corr + partials::sum<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; });
           if (corr != A(1)) {
             A* orow = ob + i * D;
             for (int64_t c = 0; c < D; ++c) orow[c] *= corr;
@@ -191,7 +203,7 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
 // dkh/dvh: [B, H, S, D] per-query-head gradients (zeroed); the caller sums each group.
 template <typename A>
 void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k, const A* v, const A* o,
-                              const A* lse, bool causal, A scale, A* dq, A* dkh, A* dvh) {
+                              const A* lse, A scale, A* dq, A* dkh, A* dvh) {
   const int64_t D = d.D, BH = d.B * d.H;
   SerialBlas serial;
 #pragma omp parallel num_threads(serial.threads()) if (BH * d.T * d.S * D > 32768 && BH > 1)
@@ -212,27 +224,30 @@ void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k
         const A* lb = lse + r0;
         A* dqb = dq + r0 * D;
         for (int64_t i = 0; i < nq; ++i) di[i] = dot(gb + i * D, o + (r0 + i) * D, D);
-        const int64_t kmax = d.keys(causal, t0 + nq - 1);
-        for (int64_t s0 = 0; s0 < kmax; s0 += kBk) {
+        const int64_t kmax = d.keys(t0 + nq - 1), kmin = d.first(t0) / kBk * kBk;  // as in the forward
+        for (int64_t s0 = kmin; s0 < kmax; s0 += kBk) {
           const int64_t nk = std::min(kBk, kmax - s0);
           gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), p.data(), kBk);
           gemm(false, true, nq, nk, D, A(1), gb, D, vb + s0 * D, D, A(0), dp.data(), kBk);
           for (int64_t i = 0; i < nq; ++i) {
             A* pr = p.data() + i * kBk;
             A* dr = dp.data() + i * kBk;
-            const int64_t n = d.keys(causal, t0 + i);
-            const int64_t lim = std::clamp<int64_t>(n - s0, 0, nk);
+            const int64_t hi = d.keys(t0 + i), first = d.first(t0 + i);
+            const int64_t lim = std::clamp<int64_t>(hi - s0, 0, nk);
+            const int64_t lo = std::clamp<int64_t>(first - s0, 0, lim);
             const A li = lb[i], dii = di[i];
 #pragma omp simd
-            for (int64_t j = 0; j < lim; ++j) {
+            for (int64_t j = lo; j < lim; ++j) {
               pr[j] = vmath::exp_of<A>(pr[j] - li);
               dr[j] = pr[j] * (dr[j] - dii);
             }
+            std::fill(pr, pr + lo, A(0));
+            std::fill(dr, dr + lo, A(0));
             std::fill(pr + lim, pr + nk, A(0));
             std::fill(dr + lim, dr + nk, A(0));
             // A row with one visible key has P = 1 and O = v, so dS = dO.v - dO.O is exactly
             // 0; the two dots are summed in different orders here, so say so explicitly.
-            if (n == 1) dr[0] = A(0);
+            if (hi - first == 1 && first >= s0 && first < s0 + nk) dr[first - s0] = A(0);
           }
           gemm(true, false, nk, D, nq, A(1), p.data(), kBk, gb, D, A(1), dvb + s0 * D, D);
           gemm(false, false, nq, D, nk, scale, dp.data(), kBk, kb + s0 * D, D, A(1), dqb, D);
@@ -259,8 +274,8 @@ void sum_groups(const Dims& d, const A* src, A* dst) {
   }
 }
 
-Dims dims_of(const Tensor& q, const Tensor& k) {
-  return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+Dims dims_of(const Tensor& q, const Tensor& k, bool causal, int64_t window) {
+  return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), causal, causal ? window : 0};
 }
 
 // `t` in the compute dtype, or a scratch tensor of that dtype when t is lower precision.
@@ -272,23 +287,23 @@ void finish(const Tensor& scratch, const Tensor& dst) {
 }
 
 template <typename A>
-void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
                     const AttentionOut& out) {
   const DType acc = dtype_of<A>::value;
   Tensor qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
   Tensor oa = acc_target(out.out, acc), la = acc_target(out.lse, acc);
-  attention_forward<A>(dims_of(q, k), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(), la.data<A>(), causal,
-                       static_cast<A>(scale));
+  attention_forward<A>(dims_of(q, k, causal, window), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(),
+                       la.data<A>(), static_cast<A>(scale));
   finish(oa, out.out);
   finish(la, out.lse);
 }
 
 template <typename A>
 void attention_backward_impl(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
-                             const Tensor& out, const Tensor& lse, bool causal, double scale,
+                             const Tensor& out, const Tensor& lse, bool causal, double scale, int64_t window,
                              const AttentionGrads& grads) {
   const DType acc = dtype_of<A>::value;
-  const Dims d = dims_of(q, k);
+  const Dims d = dims_of(q, k, causal, window);
   auto in = [&](const Tensor& t) { return t.to(acc).contiguous(); };
   Tensor ga = in(gout), qa = in(q), ka = in(k), va = in(v), oa = in(out), la = in(lse);
   Tensor dq = acc_target(grads.dq, acc);
@@ -301,7 +316,7 @@ void attention_backward_impl(const Tensor& gout, const Tensor& q, const Tensor& 
     dvh.zero_();
   }
   attention_backward_heads<A>(d, ga.data<A>(), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(),
-                              la.data<A>(), causal, static_cast<A>(scale), dq.data<A>(), dkh.data<A>(),
+                              la.data<A>(), static_cast<A>(scale), dq.data<A>(), dkh.data<A>(),
                               dvh.data<A>());
   finish(dq, grads.dq);
   if (grouped) {
@@ -324,24 +339,24 @@ void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, c
   LATHE_NN_DISPATCH_FLOAT("rope", x.dtype(), T, rope_kernel<T>(xc, cc, sc, inverse, out));
 }
 
-void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
                const AttentionOut& out) {
   LATHE_CHECK(is_floating(q.dtype())) << "attention: expected a floating dtype, got " << dtype_name(q.dtype());
   if (q.dtype() == DType::f64) {
-    attention_impl<double>(q, k, v, causal, scale, out);
+    attention_impl<double>(q, k, v, causal, scale, window, out);
   } else {
-    attention_impl<float>(q, k, v, causal, scale, out);
+    attention_impl<float>(q, k, v, causal, scale, window, out);
   }
 }
 
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) {
+                        const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads) {
   LATHE_CHECK(is_floating(q.dtype())) << "attention_backward: expected a floating dtype, got "
                                       << dtype_name(q.dtype());
   if (q.dtype() == DType::f64) {
-    attention_backward_impl<double>(gout, q, k, v, out, lse, causal, scale, grads);
+    attention_backward_impl<double>(gout, q, k, v, out, lse, causal, scale, window, grads);
   } else {
-    attention_backward_impl<float>(gout, q, k, v, out, lse, causal, scale, grads);
+    attention_backward_impl<float>(gout, q, k, v, out, lse, causal, scale, window, grads);
   }
 }
 

@@ -111,13 +111,14 @@ class CpuBackend final : public Backend {
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) override {
     cpu::rope(x, cos, sin, inverse, out);
   }
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
                  const AttentionOut& out) override {
-    cpu::attention(q, k, v, causal, scale, out);
+    cpu::attention(q, k, v, causal, scale, window, out);
   }
   void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                          const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) override {
-    cpu::attention_backward(gout, q, k, v, out, lse, causal, scale, grads);
+                          const Tensor& lse, bool causal, double scale, int64_t window,
+                          const AttentionGrads& grads) override {
+    cpu::attention_backward(gout, q, k, v, out, lse, causal, scale, window, grads);
   }
 };
 

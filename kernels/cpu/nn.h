@@ -43,10 +43,11 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
 // x [B, H, T, D], cos/sin [T, D/2]; rotate_half pairs (i, i + D/2).
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out);
 // q [B, H, T, D], k/v [B, Hkv, S, D] -> out.out [B, H, T, D], out.lse [B, H, T].
-void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+// window > 0 (causal only): query t sees keys s with lim - window <= s < lim, lim the causal limit.
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
                const AttentionOut& out);
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, bool causal, double scale, const AttentionGrads& grads);
+                        const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads);
 
 // ---- helpers shared by the files above ------------------------------------------------
 namespace nn_detail {

@@ -3,7 +3,10 @@
 // matrix never reaches global memory. Same contract as kernels/cpu/attention.cpp: q [B,H,T,D],
 // k and v [B,Hkv,S,D] (contiguous), head h reads kv head h / (H/Hkv); causal hides key s from
 // query t when s > t + (S - T) (queries aligned to the end of the keys); a row that sees no
-// key gives out = 0 and lse = -inf.
+// key gives out = 0 and lse = -inf. A sliding window (Mistral; causal only) also hides the
+// keys s <= t + (S - T) - window: each query sees itself and the window - 1 keys before it.
+// Every kernel skips the key tiles (and, for dK/dV, the query tiles) wholly outside the band
+// between the window start and the causal limit, and masks inside the tiles it visits.
 //
 // Forward (Alg. 1 of the paper). One block owns a tile of BQ query rows of one (b, h) and
 // walks the key/value tiles (BK rows) up to the causal limit, keeping per row the running
@@ -65,9 +68,20 @@ struct Dims {
   int G;    // query heads per kv head (H / Hkv)
   int off;  // S - T: query t sees key s iff s <= t + off (causal)
   bool causal;
-  __device__ __forceinline__ bool visible(int t, int s) const { return s < S && (!causal || s <= t + off); }
-  // Number of keys row t sees (the CPU's Dims::keys).
+  int window;  // > 0: query t also needs s > t + off - window (causal only); 0 = none
+  __device__ __forceinline__ bool visible(int t, int s) const {
+    return s < S && (!causal || (s <= t + off && (window == 0 || s > t + off - window)));
+  }
+  // Row t sees the keys first(t) <= s < keys(t) (the CPU's Dims::first and Dims::keys).
   __device__ __forceinline__ int keys(int t) const { return causal ? min(max(t + off + 1, 0), S) : S; }
+  __device__ __forceinline__ int first(int t) const { return window > 0 ? max(keys(t) - window, 0) : 0; }
+  __device__ __forceinline__ int count(int t) const { return keys(t) - first(t); }
+  // First key tile (of BK keys, on the grid from 0) that query rows >= t0 can see.
+  __device__ __forceinline__ int tile_begin(int t0, int BK) const { return first(t0) / BK * BK; }
+  // One past the last query that sees a key below s_end (all T without a window).
+  __device__ __forceinline__ int query_end(int s_end) const {
+    return window > 0 ? min(max(s_end - 1 - off + window, 0), T) : T;
+  }
   // Element offsets of the start of query head bh = b*H + h and of kv head (b, hk).
   __device__ __forceinline__ int64_t q_head(int bh) const { return int64_t(bh) * T * D; }
   __device__ __forceinline__ int64_t kv_head(int bh) const {
@@ -173,10 +187,10 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_rowwise(FwdArgs<T> a) {
     const T* qr = a.q + r * d.D;
     const T* kb = a.k + d.kv_head(bh);
     const T* vb = a.v + d.kv_head(bh);
-    const int n = d.keys(t);
+    const int n = d.keys(t), s_first = d.first(t);
     // Pass 1: max and sum (online, one key at a time).
     A m = -std::numeric_limits<A>::infinity(), l = 0;
-    for (int s = 0; s < n; ++s) {
+    for (int s = s_first; s < n; ++s) {
       const A x = a.scale * warp_dot(qr, kb + int64_t(s) * d.D, d.D, lane);
       if (x > m) {
         l = l * exp_(m - x) + A(1);
@@ -185,14 +199,14 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_rowwise(FwdArgs<T> a) {
         l += exp_(x - m);
       }
     }
-    const A lse = n > 0 ? m + log_(l) : -std::numeric_limits<A>::infinity();
+    const A lse = n > s_first ? m + log_(l) : -std::numeric_limits<A>::infinity();
     if (lane == 0) a.lse[r] = lse;
     // Pass 2: out = sum_s exp(x_s - lse) v_s, in chunks of 256 columns.
     for (int c0 = 0; c0 < d.D; c0 += 32 * kRowChunk) {
       A acc[kRowChunk];
 #pragma unroll
       for (int j = 0; j < kRowChunk; ++j) acc[j] = 0;
-      for (int s = 0; s < n; ++s) {
+      for (int s = s_first; s < n; ++s) {
         const A p = exp_(a.scale * warp_dot(qr, kb + int64_t(s) * d.D, d.D, lane) - lse);
         const T* vr = vb + int64_t(s) * d.D;
 #pragma unroll
@@ -225,17 +239,17 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dq_rowwise(BwdArgs<T> a
     const T* gr = a.go + r * d.D;
     const T* kb = a.k + d.kv_head(bh);
     const T* vb = a.v + d.kv_head(bh);
-    const int n = d.keys(t);
-    const A lse = n > 0 ? a.lse[r] : A(0);
+    const int n = d.keys(t), s_first = d.first(t);
+    const A lse = n > s_first ? a.lse[r] : A(0);
     const A di = a.delta[r];
     for (int c0 = 0; c0 < d.D; c0 += 32 * kRowChunk) {
       A acc[kRowChunk];
 #pragma unroll
       for (int j = 0; j < kRowChunk; ++j) acc[j] = 0;
-      for (int s = 0; s < n; ++s) {
+      for (int s = s_first; s < n; ++s) {
         const T* kr = kb + int64_t(s) * d.D;
         const A p = exp_(a.scale * warp_dot(qr, kr, d.D, lane) - lse);
-        const A ds = n == 1 ? A(0) : p * (warp_dot(gr, vb + int64_t(s) * d.D, d.D, lane) - di);
+        const A ds = n - s_first == 1 ? A(0) : p * (warp_dot(gr, vb + int64_t(s) * d.D, d.D, lane) - di);
 #pragma unroll
         for (int j = 0; j < kRowChunk; ++j) {
           const int c = c0 + lane + 32 * j;
@@ -265,19 +279,19 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dkv_rowwise(BwdArgs<T> 
     const int b = bhk / d.Hkv, hk = bhk - b * d.Hkv;
     const T* kr = a.k + r * d.D;
     const T* vr = a.v + r * d.D;
-    // Queries that see key s: t + off >= s.
-    const int t_begin = d.causal ? max(s - d.off, 0) : 0;
+    // Queries that see key s: t + off >= s (and t + off - window < s with a window).
+    const int t_begin = d.causal ? max(s - d.off, 0) : 0, t_end = d.query_end(s + 1);
     for (int c0 = 0; c0 < d.D; c0 += 32 * kRowChunk) {
       A dk[kRowChunk], dv[kRowChunk];
 #pragma unroll
       for (int j = 0; j < kRowChunk; ++j) dk[j] = dv[j] = 0;
       for (int gi = 0; gi < d.G; ++gi) {
         const int bh = b * d.H + hk * d.G + gi;
-        for (int t = t_begin; t < d.T; ++t) {
+        for (int t = t_begin; t < t_end; ++t) {
           const int64_t qrow = int64_t(bh) * d.T + t;
           const T* qr = a.q + qrow * d.D;
           const T* gr = a.go + qrow * d.D;
-          const bool single = d.keys(t) == 1;
+          const bool single = d.count(t) == 1;
           const A p = single ? A(1) : exp_(a.scale * warp_dot(qr, kr, d.D, lane) - a.lse[qrow]);
           const A ds = single ? A(0) : p * (warp_dot(gr, vr, d.D, lane) - a.delta[qrow]);
 #pragma unroll
@@ -383,7 +397,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_simt(FwdArgs<T> a) {
     for (int jj = 0; jj < NC; ++jj) o[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
   const int kend = d.causal ? min(max(t0 + BQ + d.off, 0), d.S) : d.S;
-  for (int k0 = 0; k0 < kend; k0 += BK) {
+  for (int k0 = d.tile_begin(t0, BK); k0 < kend; k0 += BK) {
     __syncthreads();  // the previous tile's readers of Ks/Vs/Ps are done
     load_rows_f32<BK, DMAX, LQ>(Ks, kb, k0, d.S, d.D, 1.f);
     load_rows_f32<BK, DMAX, LQ>(Vs, vb, k0, d.S, d.D, 1.f);
@@ -507,14 +521,14 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dq_simt(BwdArgs<T> a) {
     const int t = t0 + rg * TM + i;
     const int64_t row = int64_t(bh) * d.T + t;
     // Rows with no visible key (lse = -inf) or past T never use these.
-    lse2[i] = t < d.T && d.keys(t) > 0 ? a.lse[row] * float(kLog2e) : 0.f;
+    lse2[i] = t < d.T && d.count(t) > 0 ? a.lse[row] * float(kLog2e) : 0.f;
     di[i] = t < d.T ? a.delta[row] : 0.f;
-    single[i] = d.keys(t) == 1;
+    single[i] = d.count(t) == 1;
 #pragma unroll
     for (int jj = 0; jj < NC; ++jj) acc[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
   const int kend = d.causal ? min(max(t0 + BQ + d.off, 0), d.S) : d.S;
-  for (int k0 = 0; k0 < kend; k0 += BK) {
+  for (int k0 = d.tile_begin(t0, BK); k0 < kend; k0 += BK) {
     __syncthreads();
     load_rows_f32<BK, DMAX, LQ>(Ks, kb, k0, d.S, d.D, 1.f);
     load_rows_f32<BK, DMAX, LQ>(Vs, vb, k0, d.S, d.D, 1.f);
@@ -629,16 +643,17 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dkv_simt(BwdArgs<T> a) 
 #pragma unroll
     for (int jj = 0; jj < NC; ++jj) dk[i][jj] = dv[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
   const int q_begin = d.causal ? max(k0 - d.off, 0) : 0;  // first query that sees key k0
+  const int q_end = d.query_end(min(k0 + BKV, d.S));     // past the last that sees one of the tile
   for (int gi = 0; gi < d.G; ++gi) {
     const int bh = b * d.H + hk * d.G + gi;
-    for (int q0 = q_begin / BQ * BQ; q0 < d.T; q0 += BQ) {
+    for (int q0 = q_begin / BQ * BQ; q0 < q_end; q0 += BQ) {
       __syncthreads();
       load_rows_f32<BQ, DMAX, LQ>(Qs, a.q + d.q_head(bh), q0, d.T, d.D, 1.f);
       load_rows_f32<BQ, DMAX, LQ>(Gs, a.go + d.q_head(bh), q0, d.T, d.D, 1.f);
       for (int i = tid; i < BQ; i += kAttnThreads) {
         const int t = q0 + i;
         const int64_t row = int64_t(bh) * d.T + t;
-        lse2[i] = t < d.T && d.keys(t) > 0 ? a.lse[row] * float(kLog2e) : 0.f;
+        lse2[i] = t < d.T && d.count(t) > 0 ? a.lse[row] * float(kLog2e) : 0.f;
         dls[i] = t < d.T ? a.delta[row] : 0.f;
       }
       __syncthreads();
@@ -675,7 +690,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dkv_simt(BwdArgs<T> a) 
         for (int j = 0; j < 4; ++j) {
           const int qi = qg + 8 * j, t = q0 + qi;
           const bool ok = t < d.T && d.visible(t, s);
-          const bool single = d.keys(t) == 1;
+          const bool single = d.count(t) == 1;
           const float p = ok ? (single ? 1.f : exp2f(sc[i][j] - lse2[qi])) : 0.f;
           Ps[(kg * TM + i) * LP + qi] = p;
           Ss[(kg * TM + i) * LP + qi] = single ? 0.f : p * (dp[i][j] - dls[qi]);
@@ -916,15 +931,16 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_mma(FwdArgs<T> a) {
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // l: this thread's partial sums
   const float sl2 = a.sl2;
   const int kend = d.causal ? min(max(t0 + BQ + d.off, 0), d.S) : d.S;
-  const int ntiles = (kend + BK - 1) / BK;
+  const int kbeg = d.tile_begin(t0, BK);  // tiles before the first row's window are skipped
+  const int ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
   // Double buffering: tile it+1 is copied (cp.async) while tile it is computed.
   if (ntiles > 0) {
-    cp_rows_16b<BK, D, LD>(buf, kb, 0, d.S);
-    cp_rows_16b<BK, D, LD>(buf + BK * LD, vb, 0, d.S);
+    cp_rows_16b<BK, D, LD>(buf, kb, kbeg, d.S);
+    cp_rows_16b<BK, D, LD>(buf + BK * LD, vb, kbeg, d.S);
   }
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
-    const int k0 = it * BK;
+    const int k0 = kbeg + it * BK;
     if (it + 1 < ntiles) {
       T* nxt = buf + ((it + 1) & 1) * 2 * BK * LD;
       cp_rows_16b<BK, D, LD>(nxt, kb, k0 + BK, d.S);
@@ -1063,23 +1079,24 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dq_mma(BwdArgs<T> a) {
   __syncthreads();  // the staging memory is overwritten next
   const int r0 = t0 + warp * 16 + g, r1 = r0 + 8;
   const int64_t row0 = int64_t(bh) * d.T + r0, row1 = row0 + 8;
-  const float lse0 = r0 < d.T && d.keys(r0) > 0 ? a.lse[row0] * float(kLog2e) : 0.f;
-  const float lse1 = r1 < d.T && d.keys(r1) > 0 ? a.lse[row1] * float(kLog2e) : 0.f;
+  const float lse0 = r0 < d.T && d.count(r0) > 0 ? a.lse[row0] * float(kLog2e) : 0.f;
+  const float lse1 = r1 < d.T && d.count(r1) > 0 ? a.lse[row1] * float(kLog2e) : 0.f;
   const float di0 = r0 < d.T ? a.delta[row0] : 0.f, di1 = r1 < d.T ? a.delta[row1] : 0.f;
-  const bool single0 = d.keys(r0) == 1, single1 = d.keys(r1) == 1;
+  const bool single0 = d.count(r0) == 1, single1 = d.count(r1) == 1;
   float acc[ND][4];
 #pragma unroll
   for (int n = 0; n < ND; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
   const float sl2 = a.sl2;
   const int kend = d.causal ? min(max(t0 + BQ + d.off, 0), d.S) : d.S;
-  const int ntiles = (kend + BK - 1) / BK;
+  const int kbeg = d.tile_begin(t0, BK);
+  const int ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
   if (ntiles > 0) {
-    cp_rows_16b<BK, D, LD>(buf, kb, 0, d.S);
-    cp_rows_16b<BK, D, LD>(buf + BK * LD, vb, 0, d.S);
+    cp_rows_16b<BK, D, LD>(buf, kb, kbeg, d.S);
+    cp_rows_16b<BK, D, LD>(buf + BK * LD, vb, kbeg, d.S);
   }
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
-    const int k0 = it * BK;
+    const int k0 = kbeg + it * BK;
     if (it + 1 < ntiles) {
       T* nxt = buf + ((it + 1) & 1) * 2 * BK * LD;
       cp_rows_16b<BK, D, LD>(nxt, kb, k0 + BK, d.S);
@@ -1190,9 +1207,10 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dkv_mma(BwdArgs<T> a) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
   const float sl2 = a.sl2;
-  // Query tiles that can see a key of this tile: t + off >= k0 under causal.
+  // Query tiles that can see a key of this tile: t + off >= k0 under causal, and with a
+  // window t + off - window < the tile's last key.
   const int qt_first = (d.causal ? max(k0 - d.off, 0) : 0) / BQ;
-  const int nqt = max((d.T + BQ - 1) / BQ - qt_first, 0);
+  const int nqt = max((d.query_end(min(k0 + BKV, d.S)) + BQ - 1) / BQ - qt_first, 0);
   const int total = d.G * nqt;
   auto issue = [&](int it) {
     unsigned char* st = stages + (it & 1) * kStage;
@@ -1253,7 +1271,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_dkv_mma(BwdArgs<T> a) {
       for (int e = 0; e < 4; ++e) {
         const int qi = n * 8 + tc * 2 + (e & 1), t = q0 + qi;
         const bool ok = t < d.T && d.visible(t, e < 2 ? s0 : s1);
-        const bool single = d.keys(t) == 1;
+        const bool single = d.count(t) == 1;
         const float p = ok ? (single ? 1.f : exp2f(s[n][e] * sl2 - lse_s[qi] * float(kLog2e))) : 0.f;
         s[n][e] = p;
         dp[n][e] = single ? 0.f : p * (dp[n][e] - dls[qi]);
@@ -1419,7 +1437,7 @@ void attention_bwd_impl(const BwdArgs<T>& a, Path path, cudaStream_t st) {
   launch(attn_bwd_dq_rowwise<T>, rowwise_blocks(BH * d.T), 0, st, a, "attention_backward dq (rowwise)");
 }
 
-Dims make_dims(const Tensor& q, const Tensor& k, bool causal) {
+Dims make_dims(const Tensor& q, const Tensor& k, bool causal, int64_t window) {
   for (int64_t x : {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)}) {
     LATHE_CHECK(x < (int64_t(1) << 30)) << "attention (cuda): a dimension of q " << q.shape_str() << " or k "
                                         << k.shape_str() << " is too large";
@@ -1434,6 +1452,8 @@ Dims make_dims(const Tensor& q, const Tensor& k, bool causal) {
   d.G = d.H / d.Hkv;
   d.off = d.S - d.T;
   d.causal = causal;
+  // A window of S or more keys hides nothing (a row never sees more than S keys).
+  d.window = causal && window > 0 && window < d.S ? static_cast<int>(window) : 0;
   LATHE_CHECK(int64_t(d.B) * d.H < (int64_t(1) << 31) && int64_t(d.B) * d.Hkv * d.S < (int64_t(1) << 31))
       << "attention (cuda): too many heads";
   return d;
@@ -1445,11 +1465,12 @@ void check_contiguous(const char* op, std::initializer_list<const Tensor*> ts) {
 
 }  // namespace
 
-void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const AttentionOut& out) {
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
+               const AttentionOut& out) {
   const int dev = q.device().index;
   set_device(dev);
   check_contiguous("attention", {&q, &k, &v, &out.out, &out.lse});
-  const Dims d = make_dims(q, k, causal);
+  const Dims d = make_dims(q, k, causal, window);
   if (int64_t(d.B) * d.H * d.T == 0) return;
   cudaStream_t st = stream(dev);
   LATHE_CUDA_DISPATCH_FLOAT("attention", q.dtype(), T, {
@@ -1467,11 +1488,12 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
 }
 
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) {
+                        const Tensor& lse, bool causal, double scale, int64_t window,
+                        const AttentionGrads& grads) {
   const int dev = q.device().index;
   set_device(dev);
   check_contiguous("attention_backward", {&gout, &q, &k, &v, &out, &lse, &grads.dq, &grads.dk, &grads.dv});
-  const Dims d = make_dims(q, k, causal);
+  const Dims d = make_dims(q, k, causal, window);
   cudaStream_t st = stream(dev);
   if (int64_t(d.B) * d.H * d.T == 0 || d.S == 0 || d.D == 0) {
     // Nothing to sum over (the op layer normally handles these): zero gradients.

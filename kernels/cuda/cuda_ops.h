@@ -79,9 +79,11 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out);
 
 // attention.cu (flash-attention style: online softmax, no T x T matrix)
-void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const AttentionOut& out);
+// window > 0 (causal only): the last `window` keys up to each query's causal limit.
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
+               const AttentionOut& out);
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, bool causal, double scale, const AttentionGrads& grads);
+                        const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads);
 
 // misc.cu
 void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out);

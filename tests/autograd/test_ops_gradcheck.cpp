@@ -245,6 +245,11 @@ TEST_P(OpsGrad, Attention) {
   // q laid out [B, T, H, D] in memory
   Tensor qt = randn64({1, 3, 2, 4}, 61).transpose(1, 2);
   EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::attention(x[0], x[1], x[2], true, 0.5); }, {qt, k, v});
+  // sliding window (2) smaller than T (5), GQA, self-attention and over a cached prefix
+  Tensor qw = randn64({1, 4, 5, 4}, 62), kw = randn64({1, 2, 5, 4}, 63), vw = randn64({1, 2, 5, 4}, 64);
+  EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::attention(x[0], x[1], x[2], true, 0.5, 2); }, {qw, kw, vw});
+  EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::attention(x[0], x[1], x[2], true, 0.5, 3); }, {q4, k2, v2});
+  EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::attention(x[0], x[1], x[2], true, 0.5, 2); }, {q, ks, vs});
 }
 
 TEST_P(OpsGrad, Dropout) {

@@ -44,9 +44,9 @@ class AlmostCompleteBackend final : public Backend {
   void cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
                               double, const Tensor&) override {}
   // rope: deliberately missing
-  void attention(const Tensor&, const Tensor&, const Tensor&, bool, double, const AttentionOut&) override {}
+  void attention(const Tensor&, const Tensor&, const Tensor&, bool, double, int64_t, const AttentionOut&) override {}
   void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          bool, double, const AttentionGrads&) override {}
+                          bool, double, int64_t, const AttentionGrads&) override {}
   void dropout(const Tensor&, double, uint64_t, uint64_t, const DropoutOut&) override {}
   void adamw_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double, double, double,
                   int64_t) override {}

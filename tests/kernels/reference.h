@@ -374,9 +374,17 @@ struct RefAttention {
   std::vector<double> out, lse;
 };
 
-// Head h reads kv head h / (H / Hkv); causal keeps key j <= t + (S - T); rows with no key
+// Whether query t (of T) sees key j (of S): causal keeps j <= t + (S - T), and a sliding
+// window > 0 (transformers' Mistral rule) also drops j <= t + (S - T) - window.
+inline bool ref_attention_masked(bool causal, int64_t window, int64_t t, int64_t j, int64_t T, int64_t S) {
+  if (!causal) return false;
+  return j > t + (S - T) || (window > 0 && j <= t + (S - T) - window);
+}
+
+// Head h reads kv head h / (H / Hkv); keys as ref_attention_masked says; rows with no key
 // give out 0 and lse -inf.
-inline RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+inline RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                                  int64_t window = 0) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
   auto vq = vec(q), vk = vec(k), vv = vec(v);
   RefAttention r;
@@ -387,11 +395,13 @@ inline RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor
       for (int64_t t = 0; t < T; ++t) {
         const int64_t hk = h / (H / Hkv), row = (b * H + h) * T + t;
         std::vector<double> sc;
+        std::vector<int64_t> keys;
         for (int64_t j = 0; j < S; ++j) {
-          if (causal && j > t + (S - T)) break;
+          if (ref_attention_masked(causal, window, t, j, T, S)) continue;
           double d = 0;
           for (int64_t i = 0; i < D; ++i) d += vq[row * D + i] * vk[((b * Hkv + hk) * S + j) * D + i];
           sc.push_back(scale * d);
+          keys.push_back(j);
         }
         if (sc.empty()) {
           r.lse[row] = -INFINITY;
@@ -403,7 +413,7 @@ inline RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor
         r.lse[row] = m + std::log(l);
         for (size_t j = 0; j < sc.size(); ++j)
           for (int64_t i = 0; i < D; ++i)
-            r.out[row * D + i] += std::exp(sc[j] - r.lse[row]) * vv[((b * Hkv + hk) * S + j) * D + i];
+            r.out[row * D + i] += std::exp(sc[j] - r.lse[row]) * vv[((b * Hkv + hk) * S + keys[j]) * D + i];
       }
   return r;
 }
@@ -415,9 +425,10 @@ struct RefAttentionGrads {
 // Gradients by the textbook formulas on full [T, S] matrices (independent of a kernel's
 // row-at-a-time recomputation).
 inline RefAttentionGrads ref_attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                                bool causal, double scale) {
+                                                bool causal, double scale, int64_t window = 0) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
   auto vq = vec(q), vk = vec(k), vv = vec(v), vg = vec(gout);
+  auto masked = [&](int64_t t, int64_t s) { return ref_attention_masked(causal, window, t, s, T, S); };
   RefAttentionGrads g;
   g.dq.assign(vq.size(), 0.0);
   g.dk.assign(vk.size(), 0.0);
@@ -433,7 +444,7 @@ inline RefAttentionGrads ref_attention_backward(const Tensor& gout, const Tensor
       for (int64_t t = 0; t < T; ++t) {  // P = softmax(scale Q K^T) with the mask
         double m = -INFINITY;
         for (int64_t s = 0; s < S; ++s) {
-          if (causal && s > t + (S - T)) continue;
+          if (masked(t, s)) continue;
           double d = 0;
           for (int64_t i = 0; i < D; ++i) d += Q[t * D + i] * K[s * D + i];
           P[t * S + s] = scale * d;
@@ -441,8 +452,8 @@ inline RefAttentionGrads ref_attention_backward(const Tensor& gout, const Tensor
         }
         double l = 0;
         for (int64_t s = 0; s < S; ++s)
-          if (!(causal && s > t + (S - T))) l += (P[t * S + s] = std::exp(P[t * S + s] - m));
-        for (int64_t s = 0; s < S; ++s) P[t * S + s] = (causal && s > t + (S - T)) ? 0.0 : P[t * S + s] / l;
+          if (!masked(t, s)) l += (P[t * S + s] = std::exp(P[t * S + s] - m));
+        for (int64_t s = 0; s < S; ++s) P[t * S + s] = masked(t, s) ? 0.0 : P[t * S + s] / l;
       }
       for (int64_t t = 0; t < T; ++t)
         for (int64_t s = 0; s < S; ++s) {

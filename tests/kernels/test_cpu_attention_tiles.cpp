@@ -25,6 +25,7 @@ using namespace lathe::kernels;
 struct Case {
   int64_t B, H, Hkv, T, S, D;
   bool causal;
+  int64_t window = 0;  // sliding window (0 = none)
 };
 
 const Case kCases[] = {
@@ -32,6 +33,15 @@ const Case kCases[] = {
     {1, 2, 1, 200, 130, 16, true},   // T > S: rows t < 70 see no key
     {2, 2, 2, 70, 129, 8, false},    // two query blocks, three key blocks
     {1, 1, 1, 129, 129, 33, true},   // odd head dim, one-row last block
+    // Sliding windows: not a multiple of the 64-key tile, so the window's start falls inside
+    // a block and whole blocks before it are skipped (rows 134+ of a 200-row query skip key
+    // block 0 and start inside block 1).
+    {1, 2, 1, 200, 200, 16, true, 70},
+    {1, 4, 2, 150, 230, 8, true, 37},   // S > T: the window starts before the queries' first position
+    {1, 2, 2, 200, 130, 8, true, 50},   // T > S: empty rows and windowed rows together
+    {1, 2, 1, 192, 192, 8, true, 64},   // window == the tile: each row's keys span at most 2 blocks
+    {1, 1, 1, 100, 100, 8, true, 1},    // each row sees only itself
+    {1, 1, 1, 80, 80, 8, true, 500},    // a window longer than the sequence: plain causal
 };
 
 TEST(AttentionTilesCpu, ManyBlocksMatchReference) {
@@ -44,9 +54,10 @@ TEST(AttentionTilesCpu, ManyBlocksMatchReference) {
       Tensor v = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
       Tensor go = Tensor::randn({cs.B, cs.H, cs.T, cs.D}, gen, dt);
       const double scale = 1.0 / std::sqrt(static_cast<double>(cs.D));
-      AttentionOut o = attention(q, k, v, cs.causal, scale);
-      RefAttention r = ref_attention(q, k, v, cs.causal, scale);
-      const std::string what = "T=" + std::to_string(cs.T) + " S=" + std::to_string(cs.S);
+      AttentionOut o = attention(q, k, v, cs.causal, scale, cs.window);
+      RefAttention r = ref_attention(q, k, v, cs.causal, scale, cs.window);
+      const std::string what =
+          "T=" + std::to_string(cs.T) + " S=" + std::to_string(cs.S) + " window=" + std::to_string(cs.window);
       expect_close(vec(o.out), r.out, ftol, ("out " + what).c_str());
       auto lse = vec(o.lse);
       for (size_t i = 0; i < lse.size(); ++i) {
@@ -56,8 +67,8 @@ TEST(AttentionTilesCpu, ManyBlocksMatchReference) {
         }
       }
       expect_close(lse, r.lse, ftol, ("lse " + what).c_str());
-      AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, cs.causal, scale);
-      RefAttentionGrads rg = ref_attention_backward(go, q, k, v, cs.causal, scale);
+      AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, cs.causal, scale, cs.window);
+      RefAttentionGrads rg = ref_attention_backward(go, q, k, v, cs.causal, scale, cs.window);
       expect_close(vec(g.dq), rg.dq, btol, ("dq " + what).c_str());
       expect_close(vec(g.dk), rg.dk, btol, ("dk " + what).c_str());
       expect_close(vec(g.dv), rg.dv, btol, ("dv " + what).c_str());
@@ -81,6 +92,24 @@ TEST(AttentionTilesCpu, SingleKeyRowHasExactlyZeroDq) {
     }
 }
 
+// With window 1 every row sees only its own key: O = V exactly and dq is exactly zero, in
+// every block (the one-key rule must find the key wherever it falls in the tile).
+TEST(AttentionTilesCpu, WindowOfOneIsIdentityOnValues) {
+  Generator gen(64);
+  const int64_t T = 150, D = 8;
+  Tensor q = Tensor::randn({1, 1, T, D}, gen), k = Tensor::randn({1, 1, T, D}, gen);
+  Tensor v = Tensor::randn({1, 1, T, D}, gen), go = Tensor::randn({1, 1, T, D}, gen);
+  AttentionOut o = attention(q, k, v, true, 0.3, 1);
+  AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.3, 1);
+  const auto dq = vec(g.dq), dk = vec(g.dk), out = vec(o.out), vv = vec(v), gv = vec(go), dv = vec(g.dv);
+  for (int64_t i = 0; i < T * D; ++i) {
+    ASSERT_EQ(dq[i], 0.0) << "element " << i;
+    ASSERT_EQ(dk[i], 0.0) << "element " << i;
+    ASSERT_EQ(out[i], vv[i]) << "element " << i;
+    ASSERT_EQ(dv[i], gv[i]) << "element " << i;
+  }
+}
+
 TEST(AttentionTilesCpu, SameBitsForAnyThreadCount) {
   Generator gen(63);
   const int64_t B = 2, H = 4, Hkv = 2, T = 160, S = 160, D = 32;
@@ -92,8 +121,10 @@ TEST(AttentionTilesCpu, SameBitsForAnyThreadCount) {
     omp_set_num_threads(threads);
     AttentionOut o = attention(q, k, v, true, 0.2);
     AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.2);
+    AttentionOut ow = attention(q, k, v, true, 0.2, 45);  // and with a sliding window
+    AttentionGrads gw = attention_backward(go, q, k, v, ow.out, ow.lse, true, 0.2, 45);
     std::vector<float> all;
-    for (const Tensor& t : {o.out, o.lse, g.dq, g.dk, g.dv}) {
+    for (const Tensor& t : {o.out, o.lse, g.dq, g.dk, g.dv, ow.out, ow.lse, gw.dq, gw.dk, gw.dv}) {
       auto x = t.to_vector<float>();
       all.insert(all.end(), x.begin(), x.end());
     }

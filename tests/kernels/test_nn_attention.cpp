@@ -92,9 +92,13 @@ TEST_P(AttentionNn, ForwardMatchesReference) {
   struct Case {
     int64_t B, H, Hkv, T, S, D;
     bool causal;
+    int64_t window = 0;
   };
   const Case cases[] = {{2, 2, 2, 5, 5, 4, false}, {2, 2, 2, 5, 5, 4, true}, {1, 4, 2, 3, 6, 8, true},
-                        {1, 4, 2, 3, 6, 8, false}, {1, 2, 1, 6, 3, 4, true}};  // last: T > S, empty rows
+                        {1, 4, 2, 3, 6, 8, false}, {1, 2, 1, 6, 3, 4, true},  // T > S, empty rows
+                        // sliding windows smaller than T, with and without a cached prefix
+                        {2, 2, 2, 9, 9, 4, true, 3}, {1, 4, 2, 3, 8, 8, true, 2}, {1, 2, 1, 7, 7, 4, true, 1},
+                        {1, 2, 1, 6, 3, 4, true, 2}};
   for (DType dt : {DType::f64, DType::f32}) {
     const double tl = tol(dt, dt == DType::f64 ? 1e-12 : 2e-5);
     for (const Case& cs : cases) {
@@ -102,8 +106,8 @@ TEST_P(AttentionNn, ForwardMatchesReference) {
       Tensor k = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
       Tensor v = Tensor::randn({cs.B, cs.Hkv, cs.S, cs.D}, gen, dt);
       const double scale = 1.0 / std::sqrt(static_cast<double>(cs.D));
-      AttentionOut o = attention(on(q), on(k), on(v), cs.causal, scale);
-      RefAttention r = ref_attention(q, k, v, cs.causal, scale);
+      AttentionOut o = attention(on(q), on(k), on(v), cs.causal, scale, cs.window);
+      RefAttention r = ref_attention(q, k, v, cs.causal, scale, cs.window);
       EXPECT_EQ(o.out.dtype(), dt);
       EXPECT_EQ(o.lse.shape(), (Shape{cs.B, cs.H, cs.T}));
       expect_close(vback(o.out), r.out, tl, "attention out");
@@ -171,9 +175,11 @@ TEST_P(AttentionNn, BackwardMatchesFiniteDifferences) {
   struct Case {
     int64_t H, Hkv, T, S;
     bool causal;
+    int64_t window = 0;
   };
   const Case cases[] = {{2, 2, 3, 3, false}, {2, 2, 3, 3, true}, {4, 2, 3, 4, true}, {4, 2, 3, 4, false},
-                        {2, 1, 4, 2, true}};  // last: T > S, rows with no keys
+                        {2, 1, 4, 2, true},  // T > S, rows with no keys
+                        {2, 2, 6, 6, true, 2}, {4, 2, 3, 7, true, 3}};  // sliding windows < T
   const int64_t B = 1, D = 3;
   for (const Case& cs : cases) {
     // all on the device; numeric_grad perturbs q, k, v there
@@ -182,9 +188,9 @@ TEST_P(AttentionNn, BackwardMatchesFiniteDifferences) {
     Tensor v = on(Tensor::randn({B, cs.Hkv, cs.S, D}, gen, DType::f64));
     Tensor u = on(Tensor::randn({B, cs.H, cs.T, D}, gen, DType::f64));
     const double scale = 0.7;
-    auto f = [&] { return dot(u, attention(q, k, v, cs.causal, scale).out); };
-    AttentionOut o = attention(q, k, v, cs.causal, scale);
-    AttentionGrads g = attention_backward(u, q, k, v, o.out, o.lse, cs.causal, scale);
+    auto f = [&] { return dot(u, attention(q, k, v, cs.causal, scale, cs.window).out); };
+    AttentionOut o = attention(q, k, v, cs.causal, scale, cs.window);
+    AttentionGrads g = attention_backward(u, q, k, v, o.out, o.lse, cs.causal, scale, cs.window);
     expect_close(vback(g.dq), numeric_grad(q, f), 1e-7, "attention dq");
     expect_close(vback(g.dk), numeric_grad(k, f), 1e-7, "attention dk");
     expect_close(vback(g.dv), numeric_grad(v, f), 1e-7, "attention dv");
@@ -194,17 +200,19 @@ TEST_P(AttentionNn, BackwardMatchesFiniteDifferences) {
 TEST_P(AttentionNn, LargerProblemUsesThreads) {
   Generator gen(55);
   const int64_t B = 2, H = 4, Hkv = 2, T = 40, S = 48, D = 16;
-  for (bool causal : {true, false}) {
+  for (int64_t mode = 0; mode < 3; ++mode) {  // causal, not causal, causal with a window of 13
+    const bool causal = mode != 1;
+    const int64_t window = mode == 2 ? 13 : 0;
     Tensor q = Tensor::randn({B, H, T, D}, gen, DType::f32);
     Tensor k = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
     Tensor v = Tensor::randn({B, Hkv, S, D}, gen, DType::f32);
     Tensor go = Tensor::randn({B, H, T, D}, gen, DType::f32);
-    AttentionOut o = attention(on(q), on(k), on(v), causal, 0.25);
-    RefAttention r = ref_attention(q, k, v, causal, 0.25);
+    AttentionOut o = attention(on(q), on(k), on(v), causal, 0.25, window);
+    RefAttention r = ref_attention(q, k, v, causal, 0.25, window);
     expect_close(vback(o.out), r.out, tol(DType::f32, 2e-5), "threaded attention out");
     expect_close(vback(o.lse), r.lse, tol(DType::f32, 2e-5), "threaded attention lse");
-    AttentionGrads g = attention_backward(on(go), on(q), on(k), on(v), o.out, o.lse, causal, 0.25);
-    RefAttentionGrads rg = ref_attention_backward(go, q, k, v, causal, 0.25);
+    AttentionGrads g = attention_backward(on(go), on(q), on(k), on(v), o.out, o.lse, causal, 0.25, window);
+    RefAttentionGrads rg = ref_attention_backward(go, q, k, v, causal, 0.25, window);
     expect_close(vback(g.dq), rg.dq, tol(DType::f32, 1e-4), "threaded dq");
     expect_close(vback(g.dk), rg.dk, tol(DType::f32, 1e-4), "threaded dk");
     expect_close(vback(g.dv), rg.dv, tol(DType::f32, 1e-4), "threaded dv");
@@ -223,6 +231,10 @@ TEST(AttentionNnCpu, ErrorsNameOpAndShapes) {
     EXPECT_NE(m.find("[1, 2, 4, 8]"), std::string::npos) << m;
   }
   EXPECT_THROW(attention(q, Tensor::zeros({1, 3, 4, 4}), Tensor::zeros({1, 3, 4, 4}), false, 1.0), Error);
+  const Tensor kk = Tensor::zeros({1, 3, 4, 8});
+  EXPECT_NO_THROW(attention(q, kk, kk, true, 1.0, 4));
+  EXPECT_THROW(attention(q, kk, kk, /*causal=*/false, 1.0, /*window=*/4), Error);  // a window needs causal
+  EXPECT_THROW(attention(q, kk, kk, true, 1.0, -1), Error);
   EXPECT_THROW(attention(q, q, Tensor::zeros({1, 3, 5, 8}), false, 1.0), Error);
   EXPECT_THROW(attention(Tensor::zeros({3, 4, 8}), k, k, false, 1.0), Error);
   AttentionOut o = attention(q, q, q, false, 1.0);

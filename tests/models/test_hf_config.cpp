@@ -58,6 +58,8 @@ void expect_same_spec(const ModelSpec& a, const ModelSpec& b) {
   EXPECT_EQ(a.bias, b.bias);
   EXPECT_EQ(a.has_qkv_bias(), b.has_qkv_bias());
   EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
+  EXPECT_EQ(a.sliding_window, b.sliding_window);
+  EXPECT_EQ(a.full_attention_layers, b.full_attention_layers);
   if (a.rope_scaling.enabled() && b.rope_scaling.enabled()) {
     EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
     EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
@@ -184,21 +186,95 @@ TEST(HfConfig, DefaultsFollowTheTransformersClasses) {
   EXPECT_EQ(parse_hf_config(r, "x").spec.rope_theta, 1234.0);
 }
 
-TEST(HfConfig, SlidingWindowCapsTheContext) {
-  json m = llama_1b();
+// Which layers get which window, as transformers 5's MistralConfig / Qwen2Config decide it;
+// the window no longer limits the context (max_seq_len stays max_position_embeddings).
+TEST(HfConfig, SlidingWindowPerLayer) {
+  json m = llama_1b();  // 16 layers
   m["model_type"] = "mistral";
   m["max_position_embeddings"] = 32768;
   m["sliding_window"] = 4096;
-  EXPECT_EQ(parse_hf_config(m, "x").spec.max_seq_len, 4096);
-  m["sliding_window"] = nullptr;
-  EXPECT_EQ(parse_hf_config(m, "x").spec.max_seq_len, 32768);
-  json q = m;
+  ModelSpec s = parse_hf_config(m, "x").spec;
+  EXPECT_EQ(s.max_seq_len, 32768);
+  EXPECT_EQ(s.sliding_window, 4096);
+  EXPECT_EQ(s.full_attention_layers, 0);  // Mistral: every layer
+  EXPECT_EQ(s.window_of(0), 4096);
+  m["sliding_window"] = nullptr;  // null: no window
+  EXPECT_EQ(parse_hf_config(m, "x").spec.sliding_window, 0);
+  m.erase("sliding_window");  // absent: MistralConfig's default, 4096
+  EXPECT_EQ(parse_hf_config(m, "x").spec.sliding_window, 4096);
+  m["sliding_window"] = 0;
+  EXPECT_ERROR_HAS(parse_hf_config(m, "m.json"), "m.json", "sliding_window");
+  m["sliding_window"] = 4294967297LL;
+  EXPECT_ERROR_HAS(parse_hf_config(m, "m.json"), "m.json", "sliding_window", "32-bit");
+
+  json q = llama_1b();
   q["model_type"] = "qwen2";
-  q["sliding_window"] = 4096;
+  q["sliding_window"] = 64;
   q["use_sliding_window"] = false;  // Qwen2 ignores the window unless this is on
-  EXPECT_EQ(parse_hf_config(q, "x").spec.max_seq_len, 32768);
+  EXPECT_EQ(parse_hf_config(q, "x").spec.sliding_window, 0);
   q["use_sliding_window"] = true;
-  EXPECT_EQ(parse_hf_config(q, "x").spec.max_seq_len, 4096);
+  q["max_window_layers"] = 10;  // layers 10..15 use the window
+  s = parse_hf_config(q, "x").spec;
+  EXPECT_EQ(s.sliding_window, 64);
+  EXPECT_EQ(s.full_attention_layers, 10);
+  EXPECT_EQ(s.window_of(9), 0);
+  EXPECT_EQ(s.window_of(10), 64);
+  q.erase("max_window_layers");  // Qwen2Config's default 28 >= 16 layers: no layer windowed
+  EXPECT_EQ(parse_hf_config(q, "x").spec.sliding_window, 0);
+  // layer_types, when written, decides (and wins over max_window_layers).
+  q["max_window_layers"] = 3;
+  json types = json::array();
+  for (int i = 0; i < 16; ++i) types.push_back(i < 5 ? "full_attention" : "sliding_attention");
+  q["layer_types"] = types;
+  EXPECT_EQ(parse_hf_config(q, "x").spec.full_attention_layers, 5);
+  types[7] = "full_attention";  // a pattern lathe cannot represent
+  q["layer_types"] = types;
+  EXPECT_ERROR_HAS(parse_hf_config(q, "q.json"), "q.json", "layer_types", "layer 7");
+  types[7] = "chunked_attention";
+  q["layer_types"] = types;
+  EXPECT_ERROR_HAS(parse_hf_config(q, "q.json"), "q.json", "layer_types[7]");
+  q["layer_types"] = json::array({"full_attention"});
+  EXPECT_ERROR_HAS(parse_hf_config(q, "q.json"), "q.json", "layer_types", "16");
+  // Llama has no window, whatever the file says.
+  json l = llama_1b();
+  l["sliding_window"] = 8;
+  EXPECT_EQ(parse_hf_config(l, "x").spec.sliding_window, 0);
+}
+
+// Export writes the window back in the form transformers reads: Mistral for a window on
+// every layer of a bias-free model, Qwen2 (use_sliding_window, max_window_layers,
+// layer_types) for q/k/v biases; other windowed specs have no HF form.
+TEST(HfConfig, SlidingWindowExportRoundTrips) {
+  ModelSpec m = ModelSpec::llama_1b();
+  m.sliding_window = 4096;
+  auto mj = hf_config_json(m);
+  EXPECT_EQ(mj["model_type"], "mistral");
+  EXPECT_EQ(mj["architectures"][0], "MistralForCausalLM");
+  EXPECT_EQ(mj["sliding_window"], 4096);
+  expect_same_spec(parse_hf_config(json::parse(mj.dump()), "x").spec, m);
+
+  ModelSpec q = ModelSpec::llama_1b();
+  q.qkv_bias = true;
+  q.sliding_window = 128;
+  q.full_attention_layers = 6;
+  auto qj = hf_config_json(q);
+  EXPECT_EQ(qj["model_type"], "qwen2");
+  EXPECT_EQ(qj["use_sliding_window"], true);
+  EXPECT_EQ(qj["sliding_window"], 128);
+  EXPECT_EQ(qj["max_window_layers"], 6);
+  EXPECT_EQ(qj["layer_types"][5], "full_attention");
+  EXPECT_EQ(qj["layer_types"][6], "sliding_attention");
+  expect_same_spec(parse_hf_config(json::parse(qj.dump()), "x").spec, q);
+  qj.erase("layer_types");  // older transformers: max_window_layers alone says the same
+  expect_same_spec(parse_hf_config(json::parse(qj.dump()), "x").spec, q);
+
+  ModelSpec partial = ModelSpec::llama_1b();
+  partial.sliding_window = 64;
+  partial.full_attention_layers = 2;  // only Qwen2 has a per-layer window
+  EXPECT_ERROR_HAS(hf_config_json(partial), "full_attention_layers=2");
+  ModelSpec g = ModelSpec::gpt2_124m();
+  g.sliding_window = 64;
+  EXPECT_ERROR_HAS(hf_config_json(g), "GPT-2", "sliding_window");
 }
 
 TEST(HfConfig, UnsupportedSettingsNameFileAndField) {

@@ -117,19 +117,22 @@ Mat reference_forward(const ModelSpec& s, const Params& P, const std::vector<int
       rot(k, KV);
     }
     Mat att(T * H * D, 0.0);
+    // Sliding window (Mistral; transformers' rule): position t sees u with t - w < u <= t.
+    const int64_t w = s.window_of(l);
     for (int64_t hh = 0; hh < H; ++hh) {
       int64_t g = hh / (H / KV);
       for (int64_t t = 0; t < T; ++t) {
-        std::vector<double> sc(t + 1);
+        const int64_t u0 = w > 0 ? std::max<int64_t>(t - w + 1, 0) : 0;
+        std::vector<double> sc(t + 1, -1e300);
         double mx = -1e300, z = 0;
-        for (int64_t u = 0; u <= t; ++u) {
+        for (int64_t u = u0; u <= t; ++u) {
           double d = 0;
           for (int64_t i = 0; i < D; ++i) d += q[t * H * D + hh * D + i] * k[u * KV * D + g * D + i];
           sc[u] = d / std::sqrt(static_cast<double>(D));
           mx = std::max(mx, sc[u]);
         }
-        for (auto& e : sc) z += (e = std::exp(e - mx));
-        for (int64_t u = 0; u <= t; ++u)
+        for (auto& e : sc) z += (e = std::exp(e - mx));  // masked entries give exp(-huge) = 0
+        for (int64_t u = u0; u <= t; ++u)
           for (int64_t i = 0; i < D; ++i) att[t * H * D + hh * D + i] += sc[u] / z * v[u * KV * D + g * D + i];
       }
     }
@@ -208,6 +211,14 @@ ModelSpec tiny_llama3() {
   return s;
 }
 
+// Sliding window 2 on layer 1 only (layer 0 attends fully), shorter than the 5-token input.
+ModelSpec tiny_windowed() {
+  ModelSpec s = tiny(Arch::llama);
+  s.sliding_window = 2;
+  s.full_attention_layers = 1;
+  return s;
+}
+
 void check_forward(const ModelSpec& s) {
   auto m = build_model(s, 7);
   perturb(*m, 8);
@@ -228,6 +239,40 @@ void to_f64(CausalLM& m) {
 TEST(Model, Gpt2ForwardMatchesHandComputation) { check_forward(tiny(Arch::gpt2)); }
 TEST(Model, LlamaForwardMatchesHandComputation) { check_forward(tiny(Arch::llama)); }
 TEST(Model, Qwen2QkvBiasForwardMatchesHandComputation) { check_forward(tiny_qwen2()); }
+TEST(Model, SlidingWindowForwardMatchesHandComputation) {
+  check_forward(tiny_windowed());
+  ModelSpec every = tiny_windowed();
+  every.full_attention_layers = 0;  // Mistral: the window on every layer
+  check_forward(every);
+}
+
+// The window's exact edge: in a one-layer model with window 3, the logits at position t do not
+// depend on the token at t - 3 but do on the one at t - 2 (transformers masks j <= i - window).
+TEST(Model, SlidingWindowEdgeIsExact) {
+  ModelSpec s = tiny(Arch::llama);
+  s.n_layer = 1;
+  s.sliding_window = 3;
+  auto m = build_model(s, 9);
+  perturb(*m, 10);
+  auto logits_at = [&](std::vector<int64_t> ids, int64_t t) {
+    return m->forward(Tensor::from_vector<int64_t>(ids, {1, 6})).select(0, 0).select(0, t).to_vector<double>();
+  };
+  const std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9};
+  const auto base = logits_at(ids, 5);
+  std::vector<int64_t> outside = ids, inside = ids;
+  outside[2] = 7;  // 5 - 3: outside the window
+  inside[3] = 7;   // 5 - 2: the window's first key
+  EXPECT_EQ(logits_at(outside, 5), base);
+  EXPECT_NE(logits_at(inside, 5), base);
+  // Without the window the earlier token matters too (the test above is not vacuous).
+  s.sliding_window = 0;
+  auto full = build_model(s, 9);
+  perturb(*full, 10);
+  auto f = [&](const std::vector<int64_t>& x) {
+    return full->forward(Tensor::from_vector<int64_t>(x, {1, 6})).select(0, 0).select(0, 5).to_vector<double>();
+  };
+  EXPECT_NE(f(outside), f(ids));
+}
 
 TEST(Model, Llama3RopeScalingForwardMatchesHandComputation) {
   const ModelSpec s = tiny_llama3();
@@ -363,10 +408,11 @@ TEST(Model, CountsMatchAllocatedModelsAndPublishedSizes) {
 }
 
 TEST(Model, WholeModelGradcheckF64) {
-  for (const ModelSpec& base : {tiny(Arch::gpt2), tiny(Arch::llama), tiny_qwen2(), tiny_llama3()}) {
+  for (const ModelSpec& base : {tiny(Arch::gpt2), tiny(Arch::llama), tiny_qwen2(), tiny_llama3(), tiny_windowed()}) {
     const Arch a = base.arch;
     ModelSpec s = base;
     s.n_layer = 1;
+    s.full_attention_layers = 0;  // the windowed spec: window 2 on its one layer, 4 tokens
     s.init_std = 0.3;
     auto m = build_model(s, 3);
     perturb(*m, 4);

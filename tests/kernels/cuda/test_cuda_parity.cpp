@@ -712,25 +712,26 @@ TEST_F(Cuda, RopeForwardInverse) {
 struct AttnCase {
   int64_t B, H, Hkv, T, S, D;
   bool causal;
+  int64_t window = 0;  // sliding window (0 = none)
 };
 
 void check_attention(DType dt, const AttnCase& c, uint64_t seed) {
   std::ostringstream nm;
   nm << "attention " << dtype_name(dt) << " B" << c.B << " H" << c.H << " Hkv" << c.Hkv << " T" << c.T << " S" << c.S
-     << " D" << c.D << (c.causal ? " causal" : "");
+     << " D" << c.D << (c.causal ? " causal" : "") << (c.window > 0 ? " window " + std::to_string(c.window) : "");
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
   Pair q = randn({c.B, c.H, c.T, c.D}, dt, seed), k = randn({c.B, c.Hkv, c.S, c.D}, dt, seed + 1),
        v = randn({c.B, c.Hkv, c.S, c.D}, dt, seed + 2), go = randn({c.B, c.H, c.T, c.D}, dt, seed + 3);
-  AttentionOut oc = attention(q.cpu, k.cpu, v.cpu, c.causal, scale);
-  AttentionOut og = attention(q.gpu, k.gpu, v.gpu, c.causal, scale);
+  AttentionOut oc = attention(q.cpu, k.cpu, v.cpu, c.causal, scale, c.window);
+  AttentionOut og = attention(q.gpu, k.gpu, v.gpu, c.causal, scale, c.window);
   // bf16 kernels may round probabilities to bf16 before the PV product (as FlashAttention does).
   const Tol t = dt == DType::bf16 ? Tol{3e-2, 3e-2, 2e-2} : long_tol(dt);
   EXPECT_CLOSE(og.out, oc.out, t, nm.str() + " out");
   EXPECT_CLOSE(og.lse, oc.lse, long_tol(oc.lse.dtype()), nm.str() + " lse");
   // The backward from the CPU's forward, so that it is checked on its own.
-  AttentionGrads gc = attention_backward(go.cpu, q.cpu, k.cpu, v.cpu, oc.out, oc.lse, c.causal, scale);
-  AttentionGrads gg =
-      attention_backward(go.gpu, q.gpu, k.gpu, v.gpu, oc.out.to(kGpu), oc.lse.to(kGpu), c.causal, scale);
+  AttentionGrads gc = attention_backward(go.cpu, q.cpu, k.cpu, v.cpu, oc.out, oc.lse, c.causal, scale, c.window);
+  AttentionGrads gg = attention_backward(go.gpu, q.gpu, k.gpu, v.gpu, oc.out.to(kGpu), oc.lse.to(kGpu), c.causal,
+                                         scale, c.window);
   const Tol tb = dt == DType::bf16 ? Tol{5e-2, 5e-2, 3e-2} : long_tol(dt);
   EXPECT_CLOSE(gg.dq, gc.dq, tb, nm.str() + " dq");
   EXPECT_CLOSE(gg.dk, gc.dk, tb, nm.str() + " dk");
@@ -742,6 +743,11 @@ const AttnCase kAttnCases[] = {
     {1, 2, 1, 130, 37, 128, false}, {1, 4, 2, 130, 130, 128, true}, {1, 2, 2, 257, 257, 64, true},
     {2, 4, 2, 67, 67, 40, true},    {1, 4, 4, 37, 67, 24, false},  {1, 2, 2, 37, 20, 64, true},
     {1, 4, 2, 1, 257, 128, true},   {2, 2, 2, 64, 64, 64, false},  {1, 4, 2, 257, 130, 64, false},
+    // Sliding windows, not multiples of any tile (16/32/64 rows or keys), so window starts
+    // fall inside tiles and whole tiles are skipped; with a cached prefix (S > T), T > S,
+    // window 1, and the simt / rowwise head sizes.
+    {1, 4, 2, 257, 257, 64, true, 70}, {1, 2, 2, 200, 200, 128, true, 37}, {1, 4, 2, 37, 300, 64, true, 45},
+    {1, 2, 1, 130, 37, 64, true, 20},  {1, 2, 2, 100, 100, 64, true, 1},   {2, 4, 2, 150, 150, 40, true, 33},
 };
 
 TEST_F(Cuda, AttentionForwardBackwardF32) {
@@ -756,7 +762,8 @@ TEST_F(Cuda, AttentionForwardBackwardBf16) {
 
 TEST_F(Cuda, AttentionForwardBackwardF64) {
   uint64_t seed = 3000;
-  for (const AttnCase& c : {AttnCase{1, 4, 2, 37, 67, 64, true}, AttnCase{1, 2, 2, 67, 37, 40, false}})
+  for (const AttnCase& c : {AttnCase{1, 4, 2, 37, 67, 64, true}, AttnCase{1, 2, 2, 67, 37, 40, false},
+                            AttnCase{1, 2, 1, 90, 90, 24, true, 17}})
     check_attention(DType::f64, c, seed += 10);
 }
 
