@@ -42,6 +42,15 @@ TEST(ConfigValidate, MessagesNameTheFieldAndValue) {
   };
   const std::vector<Case> cases = {
       {[](RunConfig& c) { c.mutable_train()->set_micro_batch(0); }, "train.micro_batch: must be > 0 (got 0)"},
+      {[](RunConfig& c) { c.mutable_model()->set_sliding_window(-4); }, "model.sliding_window: must be >= 0 (got -4)"},
+      {[](RunConfig& c) {
+         c.mutable_model()->set_sliding_window(64);
+         c.mutable_model()->set_full_attention_layers(3);
+       },
+       "model.full_attention_layers: must be at most n_layer (2) (got 3)"},
+      {[](RunConfig& c) { c.mutable_model()->set_full_attention_layers(1); },
+       "model.full_attention_layers: says which layers use the sliding window, but model.sliding_window is 0 (none); "
+       "set sliding_window or remove full_attention_layers"},
       {[](RunConfig& c) { c.mutable_model()->set_d_model(100); c.mutable_model()->set_n_head(3); },
        "model.n_head: d_model (100) must be divisible by n_head (3)"},
       {[](RunConfig& c) {

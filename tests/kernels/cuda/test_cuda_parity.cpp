@@ -772,6 +772,9 @@ TEST_F(Cuda, AttentionForwardBackwardF64) {
 TEST_F(Cuda, AttentionSmallF32Bf16) {
   check_attention(DType::f32, {1, 4, 2, 130, 130, 64, true}, 3201);
   check_attention(DType::bf16, {1, 2, 1, 67, 37, 128, false}, 3211);
+  // Sliding windows: skipped tiles and both mask edges inside tiles, under the sanitizers too.
+  check_attention(DType::f32, {1, 2, 1, 130, 130, 64, true, 37}, 3221);
+  check_attention(DType::bf16, {1, 2, 1, 130, 150, 64, true, 45}, 3231);
 }
 
 TEST_F(Cuda, AttentionStridedInputs) {
