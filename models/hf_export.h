@@ -2,8 +2,9 @@
 // model.safetensors (or model-0000k-of-0000n.safetensors + model.safetensors.index.json),
 // in the layout of the model's family: GPT2LMHeadModel ("transformer.*", Conv1D weights
 // transposed to [in, out], q/k/v fused into c_attn, lm_head omitted when tied) or
-// LlamaForCausalLM / Qwen2ForCausalLM ("model.*", q/k/v biases for a qkv_bias spec,
-// lm_head.weight when untied; rope_scaling in config.json). The inverse of load_hf_model.
+// LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM ("model.*", q/k/v biases for a
+// qkv_bias spec, lm_head.weight when untied; rope_scaling and the sliding window in
+// config.json, see hf_config_json). The inverse of load_hf_model.
 #pragma once
 
 #include <cstdint>
