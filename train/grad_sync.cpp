@@ -57,6 +57,10 @@ void GradSync::after_backward() {
   if (reducer_) reducer_->finish();
 }
 
+void GradSync::set_on_reduced(parallel::BucketReducer::ReducedFn fn) {
+  if (reducer_) reducer_->set_on_reduced(std::move(fn));
+}
+
 std::string GradSync::stats_line() const {
   if (!reducer_) return "one rank: no gradient communication";
   const auto& s = reducer_->stats();

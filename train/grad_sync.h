@@ -55,6 +55,12 @@ class GradSync {
   // After the last micro-batch's backward: every .grad holds the mean over ranks.
   void after_backward();
 
+  // Layer-wise updates (train/layerwise.h): each parameter's mean gradient goes to fn as soon
+  // as its bucket has been reduced, instead of into .grad after backward
+  // (parallel::BucketReducer::set_on_reduced); an empty fn restores the default. Does nothing
+  // with one rank.
+  void set_on_reduced(parallel::BucketReducer::ReducedFn fn);
+
   bool active() const { return reducer_ != nullptr; }
   // Null with one rank.
   const parallel::BucketReducer* reducer() const { return reducer_.get(); }
