@@ -123,6 +123,8 @@ void BucketReducer::hand_over(size_t b) {
     if (!(present[pos] > 0)) continue;  // no rank had a gradient for it
     const Slot& s = slots_[bk.params[pos]];
     on_reduced_(s.name, s.param, st.flat.narrow(0, bk.offsets[pos], s.param.numel()).view(s.param.shape()));
+    ++stats_.handed_over;
+    if (!in_finish_) ++stats_.handed_over_early;
   }
   st.flat = Tensor();
 }
@@ -204,7 +206,7 @@ void BucketReducer::launch(size_t b) {
     BucketState& old = state_[first_open_];
     const double tw = now_s();
     if (!old.done) old.work->wait();
-    stats_.wait_s += now_s() - tw;
+    (in_finish_ ? stats_.wait_s : stats_.room_wait_s) += now_s() - tw;
     old.done = true;
     hand_over(first_open_++);
   }
@@ -228,6 +230,7 @@ void BucketReducer::drive_progress() {
 
 void BucketReducer::finish() {
   if (!armed_) return;
+  in_finish_ = true;
   const double t0 = now_s();
   stats_.backward_s += t0 - arm_time_;
   drive_progress();
@@ -272,6 +275,7 @@ void BucketReducer::finish() {
   }
   next_launch_ = first_open_ = 0;
   armed_ = false;
+  in_finish_ = false;
   ++stats_.syncs;
   stats_.finish_s += now_s() - t0;
 }

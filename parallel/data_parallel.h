@@ -74,6 +74,10 @@ struct BucketReducerStats {
   double backward_s = 0;         // armed backward: from arm(true) to finish()
   double finish_s = 0;           // time in finish(): the communication left exposed
   double wait_s = 0;             // part of finish_s blocked waiting for buckets
+  // Layer-wise mode (set_on_reduced):
+  int64_t handed_over = 0;        // means handed to the function
+  int64_t handed_over_early = 0;  // of which before finish(), during backward
+  double room_wait_s = 0;         // time hooks waited for a bucket in flight to make room
 };
 
 class BucketReducer {
@@ -156,6 +160,7 @@ class BucketReducer {
   ReducedFn on_reduced_;   // set: layer-wise mode
   int max_in_flight_ = 2;
   bool armed_ = false;
+  bool in_finish_ = false;
   size_t next_launch_ = 0;   // buckets [0, next_launch_) are started in this sync
   size_t first_open_ = 0;    // buckets [0, first_open_) are known complete
   double arm_time_ = 0;

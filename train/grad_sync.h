@@ -65,7 +65,8 @@ class GradSync {
   // Null with one rank.
   const parallel::BucketReducer* reducer() const { return reducer_.get(); }
   // "rank 0: 12 syncs of 5 buckets (60 early, 0 late), 1.2 MB/sync; backward 10.1 ms, exposed
-  // communication 0.8 ms (wait 0.6 ms) per sync"
+  // communication 0.8 ms (wait 0.6 ms) per sync", and with layer-wise updates "; layer-wise:
+  // 130 parameter updates from reduced buckets (104 during backward), ..."
   std::string stats_line() const;
 
  private:

@@ -157,6 +157,8 @@ class Trainer {
   const RunPlan& plan() const;
   models::CausalLM& model();
   optim::Optimizer& optimizer();
+  // The layer-wise updater (optimizer.layerwise), or null.
+  const LayerwiseUpdater* layerwise() const { return layerwise_.get(); }
   int64_t step() const { return step_; }
   const TrainResult& result() const { return result_; }
 

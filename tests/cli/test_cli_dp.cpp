@@ -187,7 +187,17 @@ TEST(CliDataParallel, LayerwiseUpdatesEqualTheOrdinaryStepUnderMpirun) {
   ASSERT_TRUE(std::regex_search(b.r.out, m, std::regex("rank 0: 5 syncs of ([0-9]+) buckets \\(([0-9]+) started")))
       << b.r.out;
   EXPECT_GE(std::stoi(m[1]), 5);
-  EXPECT_GT(std::stoi(m[2]), 0);  // buckets reduced (and their parameters stepped) during backward
+  EXPECT_GT(std::stoi(m[2]), 0);  // buckets started during backward
+  // The layer-wise path ran: every parameter tensor (as many as the checkpoint's model/ group
+  // holds) was stepped from its reduced bucket at each of the 5 steps, some during backward.
+  ASSERT_TRUE(std::regex_search(
+      b.r.out, m, std::regex("layer-wise: ([0-9]+) parameter updates from reduced buckets \\(([0-9]+) during backward")))
+      << b.r.out;
+  const int updates = std::stoi(m[1]), early = std::stoi(m[2]);
+  const size_t n_params = train::H5Reader(rank_file(lw, 5, 0)).list_datasets("model").size();
+  EXPECT_GT(n_params, 10u);
+  EXPECT_EQ(updates, 5 * static_cast<int>(n_params));
+  EXPECT_GT(early, 0);
   std::map<int64_t, double> la = metrics_losses(ord + "/metrics.jsonl"), lb = metrics_losses(lw + "/metrics.jsonl");
   ASSERT_EQ(la.size(), 5u);
   EXPECT_EQ(la, lb);  // exact doubles

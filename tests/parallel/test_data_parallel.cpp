@@ -443,6 +443,8 @@ TEST(BucketReducer, LayerwiseModeBoundsTheGradientMemory) {
   const int64_t peak = memory_stats().peak_of(MemCategory::gradients) - base;
   EXPECT_EQ(total, kLayers);
   EXPECT_GE(during, kLayers - 2);
+  EXPECT_EQ(red.stats().handed_over, kLayers);
+  EXPECT_EQ(red.stats().handed_over_early, during);
   EXPECT_LE(peak, 3 * bucket_bytes + layer_bytes);
   EXPECT_GT(peak, 0);
   EXPECT_LT(3 * bucket_bytes + layer_bytes, kLayers * layer_bytes);  // the bound is a real saving

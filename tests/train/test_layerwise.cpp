@@ -84,7 +84,15 @@ TEST_P(LayerwiseEquivalence, SameParametersStateAndLossesAsTheOrdinaryStep) {
   TmpDir tmp;
   const std::string a_dir = tmp / "ordinary", b_dir = tmp / "layerwise";
   TrainResult a = train(config(a_dir, opt.fields, accum, false), quiet());
-  TrainResult b = train(config(b_dir, opt.fields, accum, true), quiet());
+  Trainer lw(config(b_dir, opt.fields, accum, true), quiet());
+  TrainResult b = lw.run();
+  // The layer-wise path really ran: every parameter of the last step was stepped from its hook
+  // (each gets a gradient in every micro-batch), none was left for finish().
+  ASSERT_NE(lw.layerwise(), nullptr);
+  int64_t n_params = 0;
+  for (const auto& g : lw.optimizer().groups()) n_params += static_cast<int64_t>(g.params.size());
+  EXPECT_EQ(lw.layerwise()->updated_before_finish(), n_params);
+  EXPECT_EQ(lw.layerwise()->updated_in_finish(), 0);
   ASSERT_EQ(a.steps.size(), 5u);
   ASSERT_EQ(b.steps.size(), 5u);
   for (size_t i = 0; i < a.steps.size(); ++i) {
