@@ -101,8 +101,12 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grads) {
   }
   // The gradient of this leaf is final for this backward: every contribution reached
   // this node before it became ready (the engine counts dependencies).
+  // Every hook sees the same gradient even when one of them releases .grad (a layer-wise
+  // update frees it once the parameter is stepped): this handle keeps it alive until the
+  // last hook returns.
+  const Tensor final_grad = m.grad;
   auto hooks = m.hooks;  // a hook may add or remove hooks
-  for (auto& h : hooks) h.second(m.grad);
+  for (auto& h : hooks) h.second(final_grad);
   return {};
 }
 

@@ -171,6 +171,24 @@ void check_optimizer(const RunConfig& cfg, Checker& c) {
   c.non_negative("optimizer.weight_decay", o.weight_decay());
 }
 
+// Layer-wise updates (train/layerwise.h) step each parameter as soon as its gradient is final
+// and free that gradient, so nothing that needs every gradient of the step at once can run.
+void check_layerwise(const RunConfig& cfg, Checker& c) {
+  const OptimizerConfig& o = cfg.optimizer();
+  if (!o.layerwise()) return;
+  if (cfg.train().grad_clip() > 0)
+    c.fail_raw("optimizer.layerwise",
+               "optimizer.layerwise: true needs train.grad_clip: 0 (got train.grad_clip " +
+                   show(cfg.train().grad_clip()) +
+                   "): global clipping scales every gradient by the norm of all of them, and layer-wise updates "
+                   "never hold them together; set train.grad_clip: 0 or optimizer.layerwise: false");
+  if (o.type() == OptimizerConfig::SGD_SAI && o.sgd_sai().normalize())
+    c.fail_raw("optimizer.layerwise",
+               "optimizer.layerwise: true does not work with optimizer.sgd_sai.normalize: true (the paper's form "
+               "divides every tensor's g-SNR by the largest over all tensors, which needs every gradient at once); "
+               "set optimizer.sgd_sai.normalize: false or optimizer.layerwise: false");
+}
+
 void check_schedule(const RunConfig& cfg, Checker& c) {
   const ScheduleConfig& s = cfg.schedule();
   c.non_negative("schedule.warmup_steps", s.warmup_steps());
@@ -325,6 +343,7 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_model(cfg, c);
   check_data(cfg, c);
   check_optimizer(cfg, c);
+  check_layerwise(cfg, c);
   check_schedule(cfg, c);
   check_train(cfg, c);
   check_rest(cfg, c);

@@ -89,6 +89,10 @@ class Optimizer {
   // Updates one parameter from its .grad() (layer-wise updates). Returns false when it has no
   // gradient; unknown names are an error.
   bool step_param(const std::string& name);
+  // Counts one optimizer step whose parameters are updated one at a time through step_param
+  // (layer-wise updates, train/layerwise.h), so step_count() and the checkpointed __step__
+  // mean the same as with step().
+  void count_step() { begin_step(); }
   // Drops every parameter's gradient (the next backward allocates fresh ones).
   void zero_grad();
 

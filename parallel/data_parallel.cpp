@@ -81,17 +81,52 @@ BucketReducer::BucketReducer(std::vector<std::pair<std::string, Tensor>> params,
     buckets_.push_back(std::move(b));
   }
   state_.resize(buckets_.size());
-  {
-    // The flat buffers hold a second copy of the gradients while they travel.
-    MemCategoryGuard guard(MemCategory::gradients);
-    for (size_t b = 0; b < buckets_.size(); ++b) {
-      state_[b].flat = Tensor::zeros({buckets_[b].numel + static_cast<int64_t>(buckets_[b].params.size())},
-                                     buckets_[b].dtype, buckets_[b].device);
-      state_[b].pending = buckets_[b].params.size();
-    }
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    allocate_flat(b);
+    state_[b].pending = buckets_[b].params.size();
   }
   for (size_t i = 0; i < slots_.size(); ++i)
     slots_[i].hook_id = autograd::add_grad_ready_hook(slots_[i].param, [this, i](const Tensor& g) { on_grad_ready(i, g); });
+}
+
+void BucketReducer::allocate_flat(size_t b) {
+  // The flat buffers hold a second copy of the gradients while they travel.
+  MemCategoryGuard guard(MemCategory::gradients);
+  state_[b].flat = Tensor::zeros({buckets_[b].numel + static_cast<int64_t>(buckets_[b].params.size())},
+                                 buckets_[b].dtype, buckets_[b].device);
+}
+
+void BucketReducer::set_on_reduced(ReducedFn fn, int max_in_flight) {
+  LATHE_CHECK(!armed_) << "BucketReducer::set_on_reduced: called during a synchronized backward";
+  LATHE_CHECK(max_in_flight >= 1) << "BucketReducer::set_on_reduced: max_in_flight must be >= 1, got "
+                                  << max_in_flight;
+  on_reduced_ = std::move(fn);
+  max_in_flight_ = max_in_flight;
+  // Layer-wise mode allocates each buffer when its bucket's first gradient arrives.
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (on_reduced_)
+      state_[b].flat = Tensor();
+    else if (!state_[b].flat.defined())
+      allocate_flat(b);
+  }
+}
+
+void BucketReducer::hand_over(size_t b) {
+  const Bucket& bk = buckets_[b];
+  BucketState& st = state_[b];
+  st.work.reset();
+  const std::vector<double> present = st.flat.narrow(0, bk.numel, static_cast<int64_t>(bk.params.size()))
+                                          .to(Device::cpu())
+                                          .to(DType::f64)
+                                          .to_vector<double>();
+  for (size_t pos = 0; pos < bk.params.size(); ++pos) {
+    if (!(present[pos] > 0)) continue;  // no rank had a gradient for it
+    const Slot& s = slots_[bk.params[pos]];
+    on_reduced_(s.name, s.param, st.flat.narrow(0, bk.offsets[pos], s.param.numel()).view(s.param.shape()));
+    ++stats_.handed_over;
+    if (!in_finish_) ++stats_.handed_over_early;
+  }
+  st.flat = Tensor();
 }
 
 BucketReducer::~BucketReducer() {
@@ -138,6 +173,7 @@ void BucketReducer::on_grad_ready(size_t i, const Tensor& grad) {
 void BucketReducer::pack(size_t i, const Tensor& grad) {
   Slot& s = slots_[i];
   const Bucket& b = buckets_[s.bucket];
+  if (!state_[s.bucket].flat.defined()) allocate_flat(s.bucket);
   const Tensor& flat = state_[s.bucket].flat;
   Tensor dst = flat.narrow(0, b.offsets[s.pos], s.param.numel());
   Tensor flag = flat.narrow(0, b.numel + static_cast<int64_t>(s.pos), 1);
@@ -152,6 +188,8 @@ void BucketReducer::pack(size_t i, const Tensor& grad) {
     flag.fill_(0.0);
   }
   s.packed = true;
+  // Layer-wise mode: the copy in the bucket is the one that counts from now on.
+  if (on_reduced_) s.param.set_grad(Tensor());
 }
 
 void BucketReducer::launch_ready_prefix() {
@@ -163,6 +201,15 @@ void BucketReducer::launch_ready_prefix() {
 }
 
 void BucketReducer::launch(size_t b) {
+  // Layer-wise mode: make room first, so that at most max_in_flight_ buffers travel.
+  while (on_reduced_ && b - first_open_ >= static_cast<size_t>(max_in_flight_)) {
+    BucketState& old = state_[first_open_];
+    const double tw = now_s();
+    if (!old.done) old.work->wait();
+    (in_finish_ ? stats_.wait_s : stats_.room_wait_s) += now_s() - tw;
+    old.done = true;
+    hand_over(first_open_++);
+  }
   BucketState& st = state_[b];
   for (size_t i : buckets_[b].params)
     if (!slots_[i].packed) pack(i, slots_[i].param.grad());
@@ -176,12 +223,14 @@ void BucketReducer::drive_progress() {
     BucketState& st = state_[first_open_];
     if (!st.done && !st.work->test()) return;
     st.done = true;
+    if (on_reduced_) hand_over(first_open_);
     ++first_open_;
   }
 }
 
 void BucketReducer::finish() {
   if (!armed_) return;
+  in_finish_ = true;
   const double t0 = now_s();
   stats_.backward_s += t0 - arm_time_;
   drive_progress();
@@ -199,22 +248,26 @@ void BucketReducer::finish() {
     st.done = true;
   }
   stats_.wait_s += now_s() - tw;
-  for (auto& s : slots_) {
-    const Bucket& b = buckets_[s.bucket];
-    const Tensor& flat = state_[s.bucket].flat;
-    const double present = flat.narrow(0, b.numel + static_cast<int64_t>(s.pos), 1).item();
-    if (present > 0) {
-      Tensor g = s.param.grad();
-      if (!g.defined()) {
-        MemCategoryGuard guard(MemCategory::gradients);
-        g = Tensor::empty(s.param.shape(), s.param.dtype(), s.param.device());
-        s.param.set_grad(g);
+  if (on_reduced_) {
+    // Whatever was not handed over during backward goes now, in bucket order.
+    while (first_open_ < buckets_.size()) hand_over(first_open_++);
+  } else {
+    for (const auto& s : slots_) {
+      const Bucket& b = buckets_[s.bucket];
+      const Tensor& flat = state_[s.bucket].flat;
+      const double present = flat.narrow(0, b.numel + static_cast<int64_t>(s.pos), 1).item();
+      if (present > 0) {
+        Tensor g = s.param.grad();
+        if (!g.defined()) {
+          MemCategoryGuard guard(MemCategory::gradients);
+          g = Tensor::empty(s.param.shape(), s.param.dtype(), s.param.device());
+          s.param.set_grad(g);
+        }
+        g.copy_(flat.narrow(0, b.offsets[s.pos], s.param.numel()).view(s.param.shape()));
       }
-      g.copy_(flat.narrow(0, b.offsets[s.pos], s.param.numel()).view(s.param.shape()));
     }
-    s.ready = false;
-    s.packed = false;
   }
+  for (auto& s : slots_) s.ready = s.packed = false;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     state_[b].work.reset();
     state_[b].done = false;
@@ -222,6 +275,7 @@ void BucketReducer::finish() {
   }
   next_launch_ = first_open_ = 0;
   armed_ = false;
+  in_finish_ = false;
   ++stats_.syncs;
   stats_.finish_s += now_s() - t0;
 }

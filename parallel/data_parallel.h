@@ -26,6 +26,16 @@
 // (hooks do nothing, gradients accumulate locally), arm(true) before the last one; the
 // hooks then see the accumulated gradient.
 //
+// Layer-wise updates (set_on_reduced): instead of writing the means into .grad at the end,
+// the reducer hands each parameter's mean to a function as soon as its bucket's all-reduce
+// has completed, usually from a later hook while backward still runs, so the optimizer can
+// step that parameter at once (train/layerwise.h). In that mode no whole-model gradient is
+// kept: a parameter's .grad is released as soon as its copy is in the bucket, a bucket's
+// buffer is allocated when its first gradient arrives and released once handed over, and at
+// most max_in_flight buckets travel at a time (the hook that would start one more first
+// waits for the oldest), so the gradient memory is bounded by those buckets plus the ones
+// being filled, not by the model.
+//
 // Progress: Open MPI moves a non-blocking collective along only inside MPI calls. Every
 // hook call tests the oldest bucket in flight (MPI_Test), which is frequent enough to let
 // most buckets finish during backward without a progress thread taking a core (2 ranks, a
@@ -36,6 +46,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -63,6 +74,10 @@ struct BucketReducerStats {
   double backward_s = 0;         // armed backward: from arm(true) to finish()
   double finish_s = 0;           // time in finish(): the communication left exposed
   double wait_s = 0;             // part of finish_s blocked waiting for buckets
+  // Layer-wise mode (set_on_reduced):
+  int64_t handed_over = 0;        // means handed to the function
+  int64_t handed_over_early = 0;  // of which before finish(), during backward
+  double room_wait_s = 0;         // time hooks waited for a bucket in flight to make room
 };
 
 class BucketReducer {
@@ -95,6 +110,16 @@ class BucketReducer {
   void finish();
   bool armed() const { return armed_; }
 
+  // Layer-wise mode (see the top of this file): fn(name, param, mean) receives a parameter's
+  // mean gradient over ranks, a view into the bucket buffer that is valid only during the
+  // call, once its bucket's all-reduce has completed; in bucket order,
+  // from hooks during backward or from finish(). Parameters that no rank had a gradient for
+  // are not handed over (their .grad stays undefined, as in one process). Nothing is
+  // written into .grad. max_in_flight >= 1 bounds the buckets started and not yet handed
+  // over. Call between syncs (not while armed); an empty fn returns to the default mode.
+  using ReducedFn = std::function<void(const std::string& name, const Tensor& param, const Tensor& mean_grad)>;
+  void set_on_reduced(ReducedFn fn, int max_in_flight = 2);
+
   const std::vector<Bucket>& buckets() const { return buckets_; }
   const BucketReducerStats& stats() const { return stats_; }
   const std::shared_ptr<Communicator>& comm() const { return comm_; }
@@ -122,6 +147,9 @@ class BucketReducer {
   void launch_ready_prefix();
   void launch(size_t b);
   void drive_progress();
+  // Layer-wise mode: hands bucket b's members to on_reduced_ and releases its buffer.
+  void hand_over(size_t b);
+  void allocate_flat(size_t b);
   bool sync_seen_any() const;  // a hook fired since arm(true)
 
   std::vector<Slot> slots_;
@@ -129,7 +157,10 @@ class BucketReducer {
   std::vector<BucketState> state_;
   std::shared_ptr<Communicator> comm_;
   BucketReducerOptions opts_;
+  ReducedFn on_reduced_;   // set: layer-wise mode
+  int max_in_flight_ = 2;
   bool armed_ = false;
+  bool in_finish_ = false;
   size_t next_launch_ = 0;   // buckets [0, next_launch_) are started in this sync
   size_t first_open_ = 0;    // buckets [0, first_open_) are known complete
   double arm_time_ = 0;

@@ -57,6 +57,10 @@ void GradSync::after_backward() {
   if (reducer_) reducer_->finish();
 }
 
+void GradSync::set_on_reduced(parallel::BucketReducer::ReducedFn fn) {
+  if (reducer_) reducer_->set_on_reduced(std::move(fn));
+}
+
 std::string GradSync::stats_line() const {
   if (!reducer_) return "one rank: no gradient communication";
   const auto& s = reducer_->stats();
@@ -72,7 +76,16 @@ std::string GradSync::stats_line() const {
                 env_flag("LATHE_DP_NO_OVERLAP") ? "off" : "on",
                 s.backward_s / n * 1e3, s.finish_s / n * 1e3,
                 s.wait_s / n * 1e3);
-  return buf;
+  std::string line = buf;
+  if (s.handed_over > 0) {
+    std::snprintf(buf, sizeof buf,
+                  "; layer-wise: %lld parameter updates from reduced buckets (%lld during backward), hooks waited "
+                  "%.3f ms per sync for a bucket in flight",
+                  static_cast<long long>(s.handed_over), static_cast<long long>(s.handed_over_early),
+                  s.room_wait_s / n * 1e3);
+    line += buf;
+  }
+  return line;
 }
 
 void sync_initial_state(const autograd::Module& model, parallel::Communicator& comm, bool resumed) {

@@ -55,11 +55,18 @@ class GradSync {
   // After the last micro-batch's backward: every .grad holds the mean over ranks.
   void after_backward();
 
+  // Layer-wise updates (train/layerwise.h): each parameter's mean gradient goes to fn as soon
+  // as its bucket has been reduced, instead of into .grad after backward
+  // (parallel::BucketReducer::set_on_reduced); an empty fn restores the default. Does nothing
+  // with one rank.
+  void set_on_reduced(parallel::BucketReducer::ReducedFn fn);
+
   bool active() const { return reducer_ != nullptr; }
   // Null with one rank.
   const parallel::BucketReducer* reducer() const { return reducer_.get(); }
   // "rank 0: 12 syncs of 5 buckets (60 early, 0 late), 1.2 MB/sync; backward 10.1 ms, exposed
-  // communication 0.8 ms (wait 0.6 ms) per sync"
+  // communication 0.8 ms (wait 0.6 ms) per sync", and with layer-wise updates "; layer-wise:
+  // 130 parameter updates from reduced buckets (104 during backward), ..."
   std::string stats_line() const;
 
  private:

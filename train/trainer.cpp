@@ -19,6 +19,7 @@
 #include "train/checkpoint_dir.h"
 #include "train/grad_sync.h"
 #include "train/init_from.h"
+#include "train/layerwise.h"
 #include "train/metrics.h"
 #include "train/run_plan.h"
 
@@ -219,6 +220,9 @@ void Trainer::setup() {
   for (const auto& np : model_->named_parameters())
     if (np.second.requires_grad()) trainable.push_back(np);
   grad_sync_ = std::make_unique<GradSync>(trainable, p.comm, p.cfg.parallel().bucket_mb());
+  // optimizer.layerwise: each parameter stepped from its hook / its reduced bucket
+  // (train/layerwise.h).
+  if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
 
   print_banner(from, restored_config_.empty() ? std::vector<std::string>{}
                                               : lines_not_in(p.config_text, restored_config_));
@@ -405,6 +409,9 @@ StepRecord Trainer::train_step() {
     counts.push_back(count_targets(batches.back().targets));
   }
   const TokenWeights weights = token_weights(std::move(counts), *p.comm);
+  // Once per optimizer step, before any backward: layer-wise updates happen inside it.
+  const double lr = p.schedule.lr_at(step_ + 1);
+  opt_->set_lr(lr);
   // The micro-batches' losses stay on the device until the update is queued: one host
   // sync per step instead of one per micro-batch.
   std::vector<Tensor> losses;
@@ -421,15 +428,20 @@ StepRecord Trainer::train_step() {
     // gradient average divides by (1 / grad_accum when every row counts T tokens).
     const double scale = weights.loss_scale[static_cast<size_t>(micro)];
     Tensor scaled = scale == 1.0 ? loss : autograd::mul(loss, scale);
-    grad_sync_->before_backward(micro + 1 == tc.grad_accum());  // only the last one communicates
+    const bool last = micro + 1 == tc.grad_accum();
+    grad_sync_->before_backward(last);  // only the last one communicates
+    if (layerwise_) layerwise_->before_backward(last);  // and only the last one updates
     scaled.backward();
   }
   grad_sync_->after_backward();
-  const double grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
-  const double lr = p.schedule.lr_at(step_ + 1);
-  opt_->set_lr(lr);
-  opt_->step();
-  opt_->zero_grad();
+  double grad_norm = 0;
+  if (layerwise_) {
+    grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
+  } else {
+    grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
+    opt_->step();
+    opt_->zero_grad();
+  }
   ++step_;
   last_lr_ = lr;
   tokens_seen_ += p.tokens_per_step;

@@ -12,10 +12,12 @@
 // random init, or model.init_from (a Hugging Face directory or a lathe checkpoint, loaded on
 // a fresh start; train/init_from.h).
 //
-// Each optimizer step: train.grad_accum micro-batches (loss scaled by 1/grad_accum), backward,
-// gradient averaging across data-parallel ranks (train/grad_sync.h), clip_grad_norm
-// (train.grad_clip), the scheduled learning rate, one step of the optimizer.type optimizer,
-// zero_grad. Then, on rank 0:
+// Each optimizer step: the scheduled learning rate, train.grad_accum micro-batches (loss
+// scaled by 1/grad_accum), backward, gradient averaging across data-parallel ranks
+// (train/grad_sync.h), clip_grad_norm (train.grad_clip), one step of the optimizer.type
+// optimizer, zero_grad. With optimizer.layerwise each parameter is instead stepped during the
+// last micro-batch's backward, as soon as its (averaged) gradient is final, and its gradient
+// freed (train/layerwise.h); the results are the same bit for bit. Then, on rank 0:
 // metrics (JSONL / TensorBoard / console), periodic evaluation (mean loss and perplexity of
 // the validation split) with an optional sample, and checkpoints (train/checkpoint.h).
 //
@@ -110,6 +112,7 @@ struct TrainResult {
 
 class CheckpointPart;
 class GradSync;
+class LayerwiseUpdater;
 class MetricsLogger;
 class TrainBatches;
 struct RunPlan;
@@ -154,6 +157,8 @@ class Trainer {
   const RunPlan& plan() const;
   models::CausalLM& model();
   optim::Optimizer& optimizer();
+  // The layer-wise updater (optimizer.layerwise), or null.
+  const LayerwiseUpdater* layerwise() const { return layerwise_.get(); }
   int64_t step() const { return step_; }
   const TrainResult& result() const { return result_; }
 
@@ -181,6 +186,7 @@ class Trainer {
   std::vector<Tensor> params_;  // the optimizer's, for clipping
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;
+  std::unique_ptr<LayerwiseUpdater> layerwise_;  // optimizer.layerwise; uses opt_ and grad_sync_
   std::unique_ptr<MetricsLogger> metrics_;
   std::vector<std::shared_ptr<CheckpointPart>> builtin_parts_, parts_;
   std::string restored_config_;  // the config text of the checkpoint restored, if any

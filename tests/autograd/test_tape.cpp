@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/memory.h"
+#include "kernels/ops.h"
 #include "test_util.h"
 
 using namespace lathe;
@@ -268,4 +269,38 @@ TEST(Hooks, NotFiredForLeafOutsideGraphAndRejectedOnNonLeaf) {
   EXPECT_EQ(calls, 0);
   EXPECT_THROW(ag::add_grad_ready_hook(ag::mul(w, 2.0), [](const Tensor&) {}), Error);
   EXPECT_THROW(ag::add_grad_ready_hook(randn64({2}, 27), [](const Tensor&) {}), Error);
+}
+
+// What layer-wise optimizer updates rely on: a hook may update its leaf in place and
+// release .grad. The earlier layer's gradient was computed from the value before the
+// update (the late layer's matmul backward ran before its leaf's sink), and a hook
+// registered after the releasing one still receives the gradient.
+TEST(Hooks, HookMayUpdateItsLeafAndReleaseTheGradient) {
+  Tensor x = randn64({2, 3}, 28);
+  auto forward = [&](const Tensor& w0, const Tensor& w1) {
+    Tensor h = ag::tanh(ag::matmul(x, w0));
+    return ag::sum(ag::tanh(ag::matmul(h, w1)));
+  };
+  Tensor r0 = randn64({3, 3}, 22).set_requires_grad(), r1 = randn64({3, 3}, 23).set_requires_grad();
+  forward(r0, r1).backward();
+  const std::vector<double> want_g0 = vec(r0.grad()), want_g1 = vec(r1.grad());
+
+  Tensor w0 = randn64({3, 3}, 22).set_requires_grad(), w1 = randn64({3, 3}, 23).set_requires_grad();
+  const std::vector<double> w1_before = vec(w1);
+  std::vector<double> second_hook_saw;
+  ag::add_grad_ready_hook(w1, [&](const Tensor& g) {
+    kernels::add_(w1, g, -0.5);  // an SGD step, in place, in the middle of backward
+    w1.set_grad(Tensor());
+  });
+  ag::add_grad_ready_hook(w1, [&](const Tensor& g) {
+    ASSERT_TRUE(g.defined());
+    second_hook_saw = g.to_vector<double>();
+  });
+  forward(w0, w1).backward();
+  EXPECT_FALSE(w1.grad().defined());
+  EXPECT_EQ(second_hook_saw, want_g1);
+  EXPECT_EQ(vec(w0.grad()), want_g0);  // bit for bit: computed before w1 changed
+  std::vector<double> want_w1 = w1_before;
+  for (size_t i = 0; i < want_w1.size(); ++i) want_w1[i] -= 0.5 * want_g1[i];
+  expect_near_vec(vec(w1), want_w1, 1e-15);
 }
