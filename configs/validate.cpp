@@ -226,6 +226,26 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.bucket_mb", p.bucket_mb());
 }
 
+void check_peft(const RunConfig& cfg, Checker& c) {
+  if (!cfg.has_peft()) return;
+  const PeftConfig& p = cfg.peft();
+  if (p.method() != PeftConfig::LORA)
+    c.fail("peft.method", PeftConfig::Method_Name(p.method()) + " is not implemented yet (implemented: LORA)");
+  c.positive("peft.r", p.r());
+  c.positive("peft.lora_alpha", p.lora_alpha());
+  c.in_range("peft.lora_dropout", p.lora_dropout(), 0, 1, false, true);
+  if (p.target_modules_size() > 0 && !p.target_regex().empty())
+    c.fail("peft.target_regex", "give target_modules or target_regex, not both");
+  if (p.exclude_modules_size() > 0 && !p.exclude_regex().empty())
+    c.fail("peft.exclude_regex", "give exclude_modules or exclude_regex, not both");
+  for (const auto& t : p.target_modules())
+    if (t.empty()) c.fail("peft.target_modules", "entries must be non-empty module names");
+  for (const auto& [k, v] : p.rank_pattern())
+    if (v <= 0) c.fail("peft.rank_pattern", "rank for '" + k + "' must be > 0 (got " + show(v) + ")");
+  for (const auto& [k, v] : p.alpha_pattern())
+    if (!(v > 0)) c.fail("peft.alpha_pattern", "alpha for '" + k + "' must be > 0 (got " + show(v) + ")");
+}
+
 // Every floating field of the config must be finite, including those no rule above
 // covers (sgd_momentum, rope_theta of a GPT2, ...): nothing in lathe means "infinite".
 void check_finite(const gp::Message& msg, const std::string& prefix, Checker& c) {
@@ -320,6 +340,7 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_schedule(cfg, c);
   check_train(cfg, c);
   check_rest(cfg, c);
+  check_peft(cfg, c);
   check_finite(cfg, "", c);
   check_sizes(cfg, c);
   return c.issues;
