@@ -82,7 +82,7 @@ Split parse_split(const std::string& v, size_t n, const std::string& where) {
   std::string part;
   while (std::getline(ss, part, ';')) {
     const size_t eq = part.find('=');
-    LATHE_CHECK(eq != std::string::npos) << where << ": malformed entry '" << v << "'";
+    LATHE_REQUIRE(eq != std::string::npos) << where << ": malformed entry '" << v << "'";
     const std::string k = part.substr(0, eq), val = part.substr(eq + 1);
     if (k == "r") {
       for (double d : parse_nums(val, where)) s.r.push_back(static_cast<int64_t>(d));
@@ -92,7 +92,7 @@ Split parse_split(const std::string& v, size_t n, const std::string& where) {
       s.folded = val == "1";
     }
   }
-  LATHE_CHECK(s.r.size() == n && s.alpha.size() == n)
+  LATHE_REQUIRE(s.r.size() == n && s.alpha.size() == n)
       << where << ": '" << v << "' must give " << n << " ranks and alphas";
   return s;
 }
@@ -128,19 +128,19 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
   const std::string where = "save_adapter(" + dir + ")";
   const models::ModelSpec& spec = model.spec();
   const std::vector<HfLinearModule> mods = hf_linear_modules(spec);
-  LATHE_CHECK(!mods.empty()) << where << ": the " << models::arch_name(spec.arch)
+  LATHE_REQUIRE(!mods.empty()) << where << ": the " << models::arch_name(spec.arch)
                              << " model has no Hugging Face layout, so no peft layout either";
   std::map<std::string, LoraLinear*> adapters;
   for (auto& [name, l] : lora_layers(model)) {
-    LATHE_CHECK(!l->merged()) << where << ": the adapter of " << name << " is merged; unmerge it before saving";
-    LATHE_CHECK(!l->lora_R().defined()) << where << ": " << name
+    LATHE_REQUIRE(!l->merged()) << where << ": the adapter of " << name << " is merged; unmerge it before saving";
+    LATHE_REQUIRE(!l->lora_R().defined()) << where << ": " << name
                                         << " has a middle factor R; the peft LoRA layout has none";
-    LATHE_CHECK(l->use_rslora() == o.use_rslora)
+    LATHE_REQUIRE(l->use_rslora() == o.use_rslora)
         << where << ": " << name << " has use_rslora=" << l->use_rslora() << ", the adapter config says "
         << o.use_rslora << " (peft has one setting per adapter)";
     adapters[name] = l;
   }
-  LATHE_CHECK(!adapters.empty()) << where << ": the model carries no LoRA adapter";
+  LATHE_REQUIRE(!adapters.empty()) << where << ": the model carries no LoRA adapter";
   const std::vector<models::HfTensorRule> rules = models::hf_tensor_layout(spec, models::hf_default_prefix(spec.arch));
 
   models::NamedTensors tensors;
@@ -236,7 +236,7 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
   }
   for (const auto& [name, l] : adapters) {
     (void)l;
-    LATHE_CHECK(covered.count(name)) << where << ": the adapter of " << name << " has no place in the Hugging Face "
+    LATHE_REQUIRE(covered.count(name)) << where << ": the adapter of " << name << " has no place in the Hugging Face "
                                      << models::arch_name(spec.arch) << " layout";
   }
 
@@ -301,26 +301,26 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
   ojson c;
   {
     std::ifstream f(cfg_path);
-    LATHE_CHECK(f.good()) << where << ": cannot open " << cfg_path;
+    LATHE_REQUIRE(f.good()) << where << ": cannot open " << cfg_path;
     try {
       c = ojson::parse(f);
     } catch (const ojson::exception& e) {
       LATHE_FAIL() << where << ": " << cfg_path << " is not valid JSON: " << e.what();
     }
   }
-  LATHE_CHECK(c.is_object()) << where << ": " << cfg_path << " must hold a JSON object";
+  LATHE_REQUIRE(c.is_object()) << where << ": " << cfg_path << " must hold a JSON object";
   const std::string cw = cfg_path;
   const std::string type = get_or<std::string>(c, "peft_type", "", cw);
-  LATHE_CHECK(type == "LORA") << cfg_path << ": peft_type is \"" << type << "\"; lathe reads LORA adapters";
-  LATHE_CHECK(!get_or<bool>(c, "use_dora", false, cw)) << cfg_path << ": use_dora is true; DoRA is not supported";
-  LATHE_CHECK(!get_or<bool>(c, "lora_bias", false, cw)) << cfg_path << ": lora_bias is true; it is not supported";
+  LATHE_REQUIRE(type == "LORA") << cfg_path << ": peft_type is \"" << type << "\"; lathe reads LORA adapters";
+  LATHE_REQUIRE(!get_or<bool>(c, "use_dora", false, cw)) << cfg_path << ": use_dora is true; DoRA is not supported";
+  LATHE_REQUIRE(!get_or<bool>(c, "lora_bias", false, cw)) << cfg_path << ": lora_bias is true; it is not supported";
   LoadedAdapter out;
   PeftOptions& po = out.options;
   po.lora.r = get_or<int64_t>(c, "r", 8, cw);
   po.lora.alpha = get_or<double>(c, "lora_alpha", 8, cw);
   po.lora.dropout = get_or<double>(c, "lora_dropout", 0, cw);
   po.lora.use_rslora = get_or<bool>(c, "use_rslora", false, cw);
-  LATHE_CHECK(po.lora.r > 0) << cfg_path << ": r must be > 0 (got " << po.lora.r << ")";
+  LATHE_REQUIRE(po.lora.r > 0) << cfg_path << ": r must be > 0 (got " << po.lora.r << ")";
   const std::string bias = get_or<std::string>(c, "bias", "none", cw);
   if (bias == "none") po.bias = BiasMode::none;
   else if (bias == "all") po.bias = BiasMode::all;
@@ -329,9 +329,9 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
   for (const char* pat : {"rank_pattern", "alpha_pattern"}) {
     auto it = c.find(pat);
     if (it == c.end() || it->is_null()) continue;
-    LATHE_CHECK(it->is_object()) << cfg_path << ": " << pat << " must be an object";
+    LATHE_REQUIRE(it->is_object()) << cfg_path << ": " << pat << " must be an object";
     for (auto kv = it->begin(); kv != it->end(); ++kv) {
-      LATHE_CHECK(kv.value().is_number()) << cfg_path << ": " << pat << "[" << kv.key() << "] must be a number";
+      LATHE_REQUIRE(kv.value().is_number()) << cfg_path << ": " << pat << "[" << kv.key() << "] must be a number";
       if (std::string(pat) == "rank_pattern") po.rank_pattern.emplace_back(kv.key(), kv.value().get<int64_t>());
       else po.alpha_pattern.emplace_back(kv.key(), kv.value().get<double>());
     }
@@ -340,7 +340,7 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
   models::SafetensorsFile st(st_path);
   const models::ModelSpec& spec = model.spec();
   const std::vector<HfLinearModule> mods = hf_linear_modules(spec);
-  LATHE_CHECK(!mods.empty()) << where << ": the " << models::arch_name(spec.arch)
+  LATHE_REQUIRE(!mods.empty()) << where << ": the " << models::arch_name(spec.arch)
                              << " model has no Hugging Face layout, so no peft layout either";
   const std::vector<models::HfTensorRule> rules = models::hf_tensor_layout(spec, models::hf_default_prefix(spec.arch));
 
@@ -356,14 +356,14 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
   std::set<std::string> used;
   auto lin = [&](const std::string& n) {
     auto l = std::dynamic_pointer_cast<models::LinearLayer>(model.module(n));
-    LATHE_CHECK(l != nullptr) << where << ": " << n << " is not a linear layer";
+    LATHE_REQUIRE(l != nullptr) << where << ": " << n << " is not a linear layer";
     return l;
   };
   for (const HfLinearModule& m : mods) {
     const std::string ka = kPrefix + m.hf_name + ".lora_A.weight", kb = kPrefix + m.hf_name + ".lora_B.weight";
     const bool ha = st.contains(ka), hb = st.contains(kb);
     if (!ha && !hb) continue;
-    LATHE_CHECK(ha && hb) << where << ": " << st_path << " holds " << (ha ? ka : kb) << " but not "
+    LATHE_REQUIRE(ha && hb) << where << ": " << st_path << " holds " << (ha ? ka : kb) << " but not "
                           << (ha ? kb : ka) << "; a LoRA adapter needs both factors";
     Planned p{&m, st.get(ka), st.get(kb), po.lora.r, po.lora.alpha, false, {}};
     std::vector<std::string> rk, ak;
@@ -378,14 +378,14 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
     int64_t out_total = 0;
     const int64_t in = lin(m.lathe_names[0])->in_features();
     for (const auto& n : m.lathe_names) out_total += lin(n)->out_features();
-    LATHE_CHECK(p.A.shape() == (Shape{p.r, in}))
+    LATHE_REQUIRE(p.A.shape() == (Shape{p.r, in}))
         << where << ": tensor " << ka << " in " << st_path << " has shape " << p.A.shape_str() << ", expected "
         << shape_str({p.r, in}) << " (r = " << p.r << " from " << cfg_path << ", " << in << " input features)";
-    LATHE_CHECK(p.B.shape() == (Shape{out_total, p.r}))
+    LATHE_REQUIRE(p.B.shape() == (Shape{out_total, p.r}))
         << where << ": tensor " << kb << " in " << st_path << " has shape " << p.B.shape_str() << ", expected "
         << shape_str({out_total, p.r}) << " (r = " << p.r << " from " << cfg_path << ", " << out_total
         << " output features)";
-    LATHE_CHECK(is_floating(p.A.dtype()) && is_floating(p.B.dtype()))
+    LATHE_REQUIRE(is_floating(p.A.dtype()) && is_floating(p.B.dtype()))
         << where << ": " << ka << " and " << kb << " must be floating tensors";
     auto meta = st.metadata().find("lathe_split." + m.hf_name);
     if (meta != st.metadata().end() && m.lathe_names.size() > 1) {
@@ -393,14 +393,14 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
       p.sp = parse_split(meta->second, m.lathe_names.size(), st_path + " metadata lathe_split." + m.hf_name);
       int64_t total = 0;
       for (int64_t r : p.sp.r) total += r;
-      LATHE_CHECK(total == p.r) << where << ": metadata lathe_split." << m.hf_name << " in " << st_path
+      LATHE_REQUIRE(total == p.r) << where << ": metadata lathe_split." << m.hf_name << " in " << st_path
                                 << " splits rank " << total << ", the tensors have rank " << p.r;
     }
     used.insert(ka);
     used.insert(kb);
     plan.push_back(std::move(p));
   }
-  LATHE_CHECK(!plan.empty()) << where << ": " << st_path << " holds no LoRA tensor of this "
+  LATHE_REQUIRE(!plan.empty()) << where << ": " << st_path << " holds no LoRA tensor of this "
                              << models::arch_name(spec.arch) << " model (expected keys like " << kPrefix
                              << mods.front().hf_name << ".lora_A.weight)";
   // Biases and modules_to_save: tensors under their transformers names.
@@ -412,22 +412,26 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
     for (const auto& pn : rule.params) shapes.push_back(model.parameter(pn).shape());
     const Shape want = models::hf_tensor_shape(rule, shapes);
     Tensor t = st.get(key);
-    LATHE_CHECK(t.shape() == want) << where << ": tensor " << key << " in " << st_path << " has shape "
+    LATHE_REQUIRE(t.shape() == want) << where << ": tensor " << key << " in " << st_path << " has shape "
                                    << t.shape_str() << ", expected " << shape_str(want);
     used.insert(key);
     extra.emplace_back(&rule, t);
   }
-  for (const auto& name : st.names())
-    LATHE_CHECK(used.count(name)) << where << ": tensor " << name << " in " << st_path
+  for (const auto& name : st.names()) {
+    LATHE_REQUIRE(used.count(name)) << where << ": tensor " << name << " in " << st_path
                                   << " has no place in the lathe " << models::arch_name(spec.arch) << " model";
+  }
   // Layers that carry an adapter already must have its rank.
   auto rank_of = [&](const Planned& p, size_t i) { return p.split ? p.sp.r[i] : p.r; };
-  for (const Planned& p : plan)
-    for (size_t i = 0; i < p.m->lathe_names.size(); ++i)
-      if (auto* l = dynamic_cast<LoraLinear*>(model.module(p.m->lathe_names[i]).get()))
-        LATHE_CHECK(l->rank() == rank_of(p, i) && !l->merged())
-            << where << ": " << p.m->lathe_names[i] << " carries an adapter of rank " << l->rank()
-            << (l->merged() ? " (merged)" : "") << "; " << st_path << " gives rank " << rank_of(p, i);
+  for (const Planned& p : plan) {
+    for (size_t i = 0; i < p.m->lathe_names.size(); ++i) {
+      auto* l = dynamic_cast<LoraLinear*>(model.module(p.m->lathe_names[i]).get());
+      if (!l) continue;
+      LATHE_REQUIRE(l->rank() == rank_of(p, i) && !l->merged())
+          << where << ": " << p.m->lathe_names[i] << " carries an adapter of rank " << l->rank()
+          << (l->merged() ? " (merged)" : "") << "; " << st_path << " gives rank " << rank_of(p, i);
+    }
+  }
 
   // ---- apply ----
   autograd::NoGradGuard no_grad;

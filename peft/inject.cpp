@@ -62,9 +62,9 @@ std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, con
     target.names = arch == models::Arch::gpt2 ? std::vector<std::string>{"c_attn"}
                                               : std::vector<std::string>{"q_proj", "v_proj"};
   }
-  LATHE_CHECK(target.regex.empty() || target.names.empty())
+  LATHE_REQUIRE(target.regex.empty() || target.names.empty())
       << "peft: give target_modules or target_regex, not both";
-  LATHE_CHECK(o.lora.r > 0) << "peft.r: the rank must be > 0 (got " << o.lora.r << ")";
+  LATHE_REQUIRE(o.lora.r > 0) << "peft.r: the rank must be > 0 (got " << o.lora.r << ")";
   std::vector<PlannedAdapter> out;
   for (const LinearInfo& li : layers) {
     if (target.all_linear()) {
@@ -77,7 +77,7 @@ std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, con
     PlannedAdapter a{li.name, li.hf_name, li.in, li.out, o.lora.r, o.lora.alpha};
     if (const int64_t* r = find_pattern(o.rank_pattern, li.name, li.hf_name, "peft.rank_pattern")) a.r = *r;
     if (const double* al = find_pattern(o.alpha_pattern, li.name, li.hf_name, "peft.alpha_pattern")) a.alpha = *al;
-    LATHE_CHECK(a.r > 0) << "peft.rank_pattern: rank " << a.r << " for " << li.name << " must be > 0";
+    LATHE_REQUIRE(a.r > 0) << "peft.rank_pattern: rank " << a.r << " for " << li.name << " must be > 0";
     out.push_back(a);
   }
   if (out.empty()) {
@@ -149,7 +149,7 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
       res.modules_to_save.push_back(name);
     }
     for (const auto& e : o.modules_to_save)
-      LATHE_CHECK(matched_entries.count(e)) << "peft.modules_to_save: '" << e << "' matches no module of the model";
+      LATHE_REQUIRE(matched_entries.count(e)) << "peft.modules_to_save: '" << e << "' matches no module of the model";
   }
 
   auto is_bias = [](const std::string& n) { return n.size() >= 5 && n.compare(n.size() - 5, 5, ".bias") == 0; };

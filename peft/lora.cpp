@@ -21,7 +21,7 @@ const char* lora_init_name(LoraInit i) {
 }
 
 double lora_scaling(int64_t r, double alpha, bool use_rslora) {
-  LATHE_CHECK(r > 0) << "LoRA: the rank r must be > 0 (got " << r << ")";
+  LATHE_REQUIRE(r > 0) << "LoRA: the rank r must be > 0 (got " << r << ")";
   return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
 }
 
@@ -34,13 +34,13 @@ LoraLinear::LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOpti
       scale_(lora_scaling(o.r, o.alpha, o.use_rslora)),
       dropout_(o.dropout),
       dropout_gen_(dropout_gen) {
-  LATHE_CHECK(base_ != nullptr) << "LoraLinear: no base layer";
-  LATHE_CHECK(dynamic_cast<LoraLinear*>(base_.get()) == nullptr)
+  LATHE_REQUIRE(base_ != nullptr) << "LoraLinear: no base layer";
+  LATHE_REQUIRE(dynamic_cast<LoraLinear*>(base_.get()) == nullptr)
       << "LoraLinear: the layer already carries a LoRA adapter (one adapter per layer)";
-  LATHE_CHECK(o.dropout >= 0 && o.dropout < 1) << "LoRA: lora_dropout must be in [0, 1) (got " << o.dropout << ")";
-  LATHE_CHECK(o.dropout == 0 || dropout_gen != nullptr) << "LoraLinear: dropout needs a generator";
+  LATHE_REQUIRE(o.dropout >= 0 && o.dropout < 1) << "LoRA: lora_dropout must be in [0, 1) (got " << o.dropout << ")";
+  LATHE_REQUIRE(o.dropout == 0 || dropout_gen != nullptr) << "LoraLinear: dropout needs a generator";
   const Tensor w = base_->base_weight();
-  LATHE_CHECK(w.defined() && w.dim() == 2) << "LoraLinear: the base layer has no [out, in] weight";
+  LATHE_REQUIRE(w.defined() && w.dim() == 2) << "LoraLinear: the base layer has no [out, in] weight";
   const int64_t in = base_->in_features(), out = base_->out_features();
   // The base parameters keep their names (`weight`, `bias`) under this module and are frozen:
   // the same tensors, so the base layer's forward and every handle see one registry entry.
@@ -76,7 +76,7 @@ void LoraLinear::train(bool on) {
 }
 
 void LoraLinear::add_middle_factor() {
-  LATHE_CHECK(!R_) << "LoraLinear: the middle factor exists already";
+  LATHE_REQUIRE(!R_) << "LoraLinear: the middle factor exists already";
   R_ = register_module("lora_R", std::make_shared<models::Linear>(r_, r_, false));
   const Device d = A_->weight().device();
   if (!d.is_cpu()) R_->to(d);
@@ -121,13 +121,13 @@ void add_delta(const Tensor& w, const Tensor& delta, double sign) {
 }  // namespace
 
 void LoraLinear::merge() {
-  LATHE_CHECK(!merged_) << "LoraLinear::merge: the adapter is merged already";
+  LATHE_REQUIRE(!merged_) << "LoraLinear::merge: the adapter is merged already";
   add_delta(base_->base_weight(), delta_weight(), 1.0);
   merged_ = true;
 }
 
 void LoraLinear::unmerge() {
-  LATHE_CHECK(merged_) << "LoraLinear::unmerge: the adapter is not merged";
+  LATHE_REQUIRE(merged_) << "LoraLinear::unmerge: the adapter is not merged";
   add_delta(base_->base_weight(), delta_weight(), -1.0);
   merged_ = false;
 }
