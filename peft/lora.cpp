@@ -6,6 +6,7 @@
 #include "autograd/ops.h"
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "models/autocast.h"
 
 namespace lathe::peft {
 
@@ -88,7 +89,7 @@ Tensor LoraLinear::forward(const Tensor& x) const {
   const Tensor& a = A_->weight();
   // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
   // output's dtype. Under Autocast both run in the compute dtype.
-  Tensor h = x.dtype() == a.dtype() ? x : ag::cast(x, a.dtype());
+  Tensor h = x.dtype() == a.dtype() || models::Autocast::enabled() ? x : ag::cast(x, a.dtype());
   if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
   h = A_->forward(h);
   if (R_) h = R_->forward(h);
