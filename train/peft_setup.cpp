@@ -19,6 +19,8 @@ std::vector<std::pair<std::string, V>> ordered(const Map& m) {
 
 }  // namespace
 
+bool peft_enabled(const RunConfig& cfg) { return cfg.peft().method() != PeftConfig::OFF; }
+
 peft::PeftOptions peft_options(const RunConfig& cfg) {
   const PeftConfig& c = cfg.peft();
   peft::PeftOptions o;
