@@ -4,6 +4,8 @@
 // reloads onto the base with the trained model's logits.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "autograd/grad_mode.h"
