@@ -252,6 +252,60 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.bucket_mb", p.bucket_mb());
 }
 
+// A peft field that differs from its default (a repeated or map field: non-empty), or "".
+std::string set_peft_field(const PeftConfig& p) {
+  const gp::Descriptor* d = p.GetDescriptor();
+  const gp::Reflection* r = p.GetReflection();
+  const PeftConfig& dflt = PeftConfig::default_instance();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const gp::FieldDescriptor* f = d->field(i);
+    if (f->name() == "method") continue;
+    if (f->is_repeated()) {
+      if (r->FieldSize(p, f) > 0) return f->name();
+      continue;
+    }
+    if (!r->HasField(p, f)) continue;
+    bool same = true;
+    switch (f->cpp_type()) {
+      case gp::FieldDescriptor::CPPTYPE_INT32: same = r->GetInt32(p, f) == r->GetInt32(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_UINT64: same = r->GetUInt64(p, f) == r->GetUInt64(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_DOUBLE: same = r->GetDouble(p, f) == r->GetDouble(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_BOOL: same = r->GetBool(p, f) == r->GetBool(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_ENUM: same = r->GetEnumValue(p, f) == r->GetEnumValue(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_STRING: same = r->GetString(p, f) == r->GetString(dflt, f); break;
+      default: break;
+    }
+    if (!same) return f->name();
+  }
+  return "";
+}
+
+void check_peft(const RunConfig& cfg, Checker& c) {
+  const PeftConfig& p = cfg.peft();
+  if (p.method() == PeftConfig::OFF) {
+    const std::string f = set_peft_field(p);
+    if (!f.empty())
+      c.fail("peft.method", "is OFF (the default), but peft." + f +
+                                " is set; add method: LORA to the peft section to fine-tune with adapters");
+    return;
+  }
+  if (p.method() != PeftConfig::LORA)
+    c.fail("peft.method", PeftConfig::Method_Name(p.method()) + " is not implemented yet (implemented: LORA)");
+  c.positive("peft.r", p.r());
+  c.positive("peft.lora_alpha", p.lora_alpha());
+  c.in_range("peft.lora_dropout", p.lora_dropout(), 0, 1, false, true);
+  if (p.target_modules_size() > 0 && !p.target_regex().empty())
+    c.fail("peft.target_regex", "give target_modules or target_regex, not both");
+  if (p.exclude_modules_size() > 0 && !p.exclude_regex().empty())
+    c.fail("peft.exclude_regex", "give exclude_modules or exclude_regex, not both");
+  for (const auto& t : p.target_modules())
+    if (t.empty()) c.fail("peft.target_modules", "entries must be non-empty module names");
+  for (const auto& [k, v] : p.rank_pattern())
+    if (v <= 0) c.fail("peft.rank_pattern", "rank for '" + k + "' must be > 0 (got " + show(v) + ")");
+  for (const auto& [k, v] : p.alpha_pattern())
+    if (!(v > 0)) c.fail("peft.alpha_pattern", "alpha for '" + k + "' must be > 0 (got " + show(v) + ")");
+}
+
 // Every floating field of the config must be finite, including those no rule above
 // covers (sgd_momentum, rope_theta of a GPT2, ...): nothing in lathe means "infinite".
 void check_finite(const gp::Message& msg, const std::string& prefix, Checker& c) {
@@ -347,6 +401,7 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_schedule(cfg, c);
   check_train(cfg, c);
   check_rest(cfg, c);
+  check_peft(cfg, c);
   check_finite(cfg, "", c);
   check_sizes(cfg, c);
   return c.issues;

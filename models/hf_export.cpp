@@ -16,6 +16,29 @@ namespace lathe::models {
 
 namespace fs = std::filesystem;
 
+Tensor hf_tensor(const CausalLM& model, const HfTensorRule& r, DType dtype) {
+  const ModelSpec& s = model.spec();
+  std::vector<Tensor> ps;
+  std::vector<Shape> shapes;
+  for (const auto& name : r.params) {
+    LATHE_CHECK(model.has_parameter(name)) << "hf_state_dict: the " << arch_name(s.arch) << " model has no parameter "
+                                           << name << " (needed for " << r.hf_name << ")";
+    ps.push_back(model.parameter(name));
+    shapes.push_back(ps.back().shape());
+  }
+  if (r.kind == HfTensorRule::Kind::same) return ps[0].to(dtype);
+  if (ps.size() == 1) return (ps[0].dim() == 2 ? ps[0].transpose(0, 1) : ps[0]).to(dtype);  // the writer packs strided views
+  // Fused Conv1D (c_attn): [in, q | k | v] for weights, [q | k | v] for biases.
+  Tensor t = Tensor::empty(hf_tensor_shape(r, shapes), dtype);
+  int64_t off = 0;
+  for (const Tensor& p : ps) {
+    const int64_t n = p.size(0);
+    t.narrow(t.dim() - 1, off, n).copy_(p.dim() == 2 ? p.transpose(0, 1) : p);
+    off += n;
+  }
+  return t;
+}
+
 NamedTensors hf_state_dict(const CausalLM& model, DType dtype) {
   LATHE_CHECK(is_floating(dtype)) << "hf_state_dict: dtype " << dtype_name(dtype) << " is not a floating dtype";
   const ModelSpec& s = model.spec();
@@ -24,31 +47,8 @@ NamedTensors hf_state_dict(const CausalLM& model, DType dtype) {
   NamedTensors out;
   out.reserve(rules.size());
   for (const HfTensorRule& r : rules) {
-    std::vector<Tensor> ps;
-    std::vector<Shape> shapes;
-    for (const auto& name : r.params) {
-      LATHE_CHECK(model.has_parameter(name)) << "hf_state_dict: the " << arch_name(s.arch) << " model has no parameter "
-                                             << name << " (needed for " << r.hf_name << ")";
-      ps.push_back(model.parameter(name));
-      shapes.push_back(ps.back().shape());
-      covered.insert(name);
-    }
-    Tensor t;
-    if (r.kind == HfTensorRule::Kind::same) {
-      t = ps[0].to(dtype);
-    } else if (ps.size() == 1) {
-      t = (ps[0].dim() == 2 ? ps[0].transpose(0, 1) : ps[0]).to(dtype);  // the writer packs strided views
-    } else {
-      // Fused Conv1D (c_attn): [in, q | k | v] for weights, [q | k | v] for biases.
-      t = Tensor::empty(hf_tensor_shape(r, shapes), dtype);
-      int64_t off = 0;
-      for (const Tensor& p : ps) {
-        const int64_t n = p.size(0);
-        t.narrow(t.dim() - 1, off, n).copy_(p.dim() == 2 ? p.transpose(0, 1) : p);
-        off += n;
-      }
-    }
-    out.emplace_back(r.hf_name, t);
+    out.emplace_back(r.hf_name, hf_tensor(model, r, dtype));
+    covered.insert(r.params.begin(), r.params.end());
   }
   for (const auto& [name, t] : model.named_parameters()) {
     (void)t;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "models/hf_config.h"
 #include "models/model.h"
 #include "models/safetensors.h"
 
@@ -21,6 +22,10 @@ namespace lathe::models {
 // The model's parameters under their HF names and shapes, converted to `dtype`. Throws when
 // a parameter has no place in the layout (e.g. un-merged adapters).
 NamedTensors hf_state_dict(const CausalLM& model, DType dtype = DType::f32);
+// The one HF tensor of `rule` (models/hf_config.h) built from the model's parameters
+// (Conv1D transposed, c_attn fused), converted to `dtype`.
+
+Tensor hf_tensor(const CausalLM& model, const HfTensorRule& rule, DType dtype = DType::f32);
 
 // Writes the checkpoint into `dir` (created if missing). dtype: f32, bf16 or f16.
 // max_shard_bytes > 0 splits the tensors into shards of at most that many bytes (a larger

@@ -151,19 +151,23 @@ void load_hf_weights(CausalLM& model, const std::string& path) {
   // ---- copy ----
   autograd::NoGradGuard no_grad;
   for (const Planned& p : plan) {
-    Tensor src = st.get(p.rule->hf_name);
-    if (p.rule->kind == HfTensorRule::Kind::same) {
-      p.params[0].copy_(src);
-      continue;
-    }
-    // Conv1D: the HF tensor concatenates the transposed parameters along its last dim.
-    int64_t off = 0;
-    for (const Tensor& param : p.params) {
-      const int64_t n = param.size(0);
-      Tensor part = src.narrow(src.dim() - 1, off, n);
-      param.copy_(param.dim() == 2 ? part.transpose(0, 1) : part);
-      off += n;
-    }
+    copy_hf_tensor(*p.rule, st.get(p.rule->hf_name), p.params);
+  }
+}
+
+void copy_hf_tensor(const HfTensorRule& rule, const Tensor& src, const std::vector<Tensor>& params) {
+  autograd::NoGradGuard no_grad;
+  if (rule.kind == HfTensorRule::Kind::same) {
+    params[0].copy_(src);
+    return;
+  }
+  // Conv1D: the HF tensor concatenates the transposed parameters along its last dim.
+  int64_t off = 0;
+  for (const Tensor& param : params) {
+    const int64_t n = param.size(0);
+    Tensor part = src.narrow(src.dim() - 1, off, n);
+    param.copy_(param.dim() == 2 ? part.transpose(0, 1) : part);
+    off += n;
   }
 }
 

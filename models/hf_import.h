@@ -24,8 +24,10 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "models/hf_config.h"
 #include "models/model.h"
 
 namespace lathe::models {
@@ -39,5 +41,10 @@ std::unique_ptr<CausalLM> load_hf_model(const std::string& dir, DType param_dtyp
 // parameter's current dtype and copied in place (param.copy_), so layers keep their handles.
 // Everything is validated before the first parameter is written.
 void load_hf_weights(CausalLM& model, const std::string& path);
+
+// Copies the HF tensor `src` of `rule` (models/hf_config.h) into the lathe parameters it holds
+// (`params`, in rule.params order, shapes already checked): the inverse of hf_tensor().
+
+void copy_hf_tensor(const HfTensorRule& rule, const Tensor& src, const std::vector<Tensor>& params);
 
 }  // namespace lathe::models

@@ -133,7 +133,8 @@ int64_t read_i64(const H5Reader& r, const std::string& name) {
 // ---- parts --------------------------------------------------------------------------------
 
 void ModelPart::save(H5Writer& w) const {
-  for (const auto& [name, p] : model_->named_parameters()) w.write_tensor("model/" + name, p);
+  for (const auto& [name, p] : model_->named_parameters())
+    if (!trainable_only_ || p.requires_grad()) w.write_tensor("model/" + name, p);
 }
 
 void ModelPart::load(const H5Reader& r) {
@@ -141,6 +142,7 @@ void ModelPart::load(const H5Reader& r) {
   std::set<std::string> stored;
   for (const auto& n : r.list_datasets("model")) stored.insert(n);
   for (const auto& [name, p] : model_->named_parameters()) {
+    if (trainable_only_ && !p.requires_grad()) continue;
     if (!stored.count(name))
       throw CheckpointError(path + " has no tensor model/" + name +
                             ": the checkpoint was written for a different model (check the model section of the "

@@ -80,15 +80,19 @@ class CheckpointPart {
 
 // The parameters of a module as model/<name>. load: every parameter must be present with
 // its shape and dtype, and the file may hold no parameter the module lacks.
+// With `trainable_only` (adapter fine-tuning, peft/) only the parameters that require grad
+// are saved and expected back: the frozen base comes from model.init_from, not the checkpoint.
 class ModelPart : public CheckpointPart {
  public:
-  explicit ModelPart(autograd::Module& model) : model_(&model) {}
+  explicit ModelPart(autograd::Module& model, bool trainable_only = false)
+      : model_(&model), trainable_only_(trainable_only) {}
   std::string name() const override { return "model"; }
   void save(H5Writer& w) const override;
   void load(const H5Reader& r) override;
 
  private:
   autograd::Module* model_;
+  bool trainable_only_;
 };
 
 // The optimizer's state_dict as optim/<key>, and its name as the root attribute

@@ -21,6 +21,8 @@
 #include "train/init_from.h"
 #include "train/layerwise.h"
 #include "train/metrics.h"
+#include "train/peft_setup.h"
+#include "peft/adapter_io.h"
 #include "train/run_plan.h"
 
 namespace fs = std::filesystem;
@@ -188,7 +190,9 @@ void Trainer::setup() {
   // resumed run has its own, newer ones), then the subclass's changes, then the device.
   model_ = models::build_model(p.spec, p.cfg.train().seed());
   model_->train(true);
-  if (p.init.enabled() && from.empty()) {
+  // Adapter fine-tuning checkpoints only the adapters: the frozen base is loaded again.
+  const bool peft_on = peft_enabled(p.cfg);
+  if (p.init.enabled() && (from.empty() || peft_on)) {
     load_init_weights(p.init, *model_);
     result_.init_from = p.init.description;
   }
@@ -196,6 +200,16 @@ void Trainer::setup() {
   Generator& dropout = model_->dropout_generator();
   dropout.set_state(rank_dropout_seed(dropout.seed(), p.rank), dropout.offset());
   configure_model(*model_);
+  if (peft_on) {
+    // After the base weights, before the device move and the optimizer (which then holds
+    // state for the trainable parameters only).
+    peft_options_ = std::make_unique<peft::PeftOptions>(peft_options(p.cfg));
+    try {
+      peft_ = std::make_unique<peft::InjectResult>(peft::inject_lora(*model_, *peft_options_));
+    } catch (const lathe::Error& e) {
+      throw configs::ConfigError("config", {e.message()});
+    }
+  }
   if (!p.device.is_cpu()) model_->to(p.device);
 
   // Built after the move, so optimizer state is created on the parameters' device.
@@ -233,7 +247,7 @@ void Trainer::setup() {
 std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
   const RunPlan& p = *plan_;
   if (builtin_parts_.empty()) {
-    builtin_parts_.push_back(std::make_shared<ModelPart>(*model_));
+    builtin_parts_.push_back(std::make_shared<ModelPart>(*model_, /*trainable_only=*/peft_ != nullptr));
     builtin_parts_.push_back(std::make_shared<OptimizerPart>(*opt_, p.device));
     // Where the run stands: steps, tokens and the lr of the last update (the schedule is a
     // function of the step; lr records where it stood).
@@ -319,8 +333,18 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     << ", " << spec.n_head << " heads (" << spec.kv_heads() << " kv), d_ff " << spec.ff_dim() << ", vocab "
     << spec.vocab_size << ": " << result_.num_parameters << " parameters\n";
   if (p.init.enabled()) {
-    s << "init: " << (from.empty() ? "weights loaded from " : "resuming, so not loading ") << p.init.description << "\n";
+    if (peft_ && !from.empty())
+      s << "init: base weights loaded from " << p.init.description << " (the checkpoint holds the adapters)\n";
+    else
+      s << "init: " << (from.empty() ? "weights loaded from " : "resuming, so not loading ") << p.init.description
+        << "\n";
     for (const auto& n : p.init.notes) s << "note: " << n << "\n";
+  }
+  if (peft_) {
+    s << "peft: LoRA r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha << " on "
+      << peft_->adapters.size() << " linear layers";
+    if (!peft_->adapters.empty()) s << " (" << peft_->adapters.front().name << ", ...)";
+    s << "; " << peft::parameter_report(*model_).str() << "\n";
   }
   s << "data: " << p.data.description << " (tokenizer " << p.cfg.data().tokenizer() << " = " << p.tokenizer->id()
     << ")\n";
@@ -528,6 +552,13 @@ TrainResult Trainer::run() {
   }
   result_.finished = step_ == p.total_steps;
   result_.tokens_per_s = train_time_ > 0 ? session_tokens_ / train_time_ : 0.0;
+  if (peft_ && result_.finished && p.rank == 0) {
+    // The trained adapter in the Hugging Face peft layout (loads with PeftModel.from_pretrained).
+    const std::string dir = adapter_dir(p.cfg);
+    peft::save_adapter(*model_, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
+    result_.adapter_dir = dir;
+    message("adapter: " + dir);
+  }
   if (metrics_) {
     message("done: step " + std::to_string(step_) + "/" + std::to_string(p.total_steps) + ", " +
             fmt("%.0f", result_.tokens_per_s) + " tokens/s, " +

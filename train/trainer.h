@@ -12,6 +12,11 @@
 // random init, or model.init_from (a Hugging Face directory or a lathe checkpoint, loaded on
 // a fresh start; train/init_from.h).
 //
+// Adapter fine-tuning (a peft section, peft/): LoRA adapters are injected after the weights are
+// loaded and everything else is frozen; the optimizer then holds state for the adapters only,
+// checkpoints hold only the trainable tensors (a resume reloads the base from model.init_from),
+// and a finished run writes the adapter in the Hugging Face peft layout (train/peft_setup.h).
+//
 // Each optimizer step: the scheduled learning rate, train.grad_accum micro-batches (loss
 // scaled by 1/grad_accum), backward, gradient averaging across data-parallel ranks
 // (train/grad_sync.h), clip_grad_norm (train.grad_clip), one step of the optimizer.type
@@ -103,12 +108,20 @@ struct TrainResult {
   std::string init_from;        // model.init_from source (train/init_from.h) whose weights
                                 // were loaded, or "" (none, or not loaded: resumed instead)
   std::string last_checkpoint;  // step directory of the last checkpoint this call saved, or ""
+  std::string adapter_dir;      // where a finished peft run wrote its adapter (rank 0), or ""
   std::vector<StepRecord> steps;  // this call's steps, in order
   std::vector<EvalRecord> evals;
   std::vector<std::string> samples;  // text generated at evaluations (rank 0)
   double tokens_per_s = 0;  // training tokens (all ranks) per second of step time, this call
   int64_t num_parameters = 0;
 };
+
+}  // namespace lathe::train
+namespace lathe::peft {
+struct PeftOptions;
+struct InjectResult;
+}  // namespace lathe::peft
+namespace lathe::train {
 
 class CheckpointPart;
 class GradSync;
@@ -183,6 +196,9 @@ class Trainer {
   std::unique_ptr<RunPlan> plan_;
   std::unique_ptr<models::CausalLM> model_;
   std::unique_ptr<optim::Optimizer> opt_;
+  // The peft section's options and what inject_lora did (null without one).
+  std::unique_ptr<peft::PeftOptions> peft_options_;
+  std::unique_ptr<peft::InjectResult> peft_;
   std::vector<Tensor> params_;  // the optimizer's, for clipping
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;

@@ -1,0 +1,107 @@
+// LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021) with the
+// semantics of Hugging Face peft: y = base(x) + s * B(A(drop(x))), A [r, in], B [out, r],
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski, "A Rank Stabilization
+// Scaling Factor for Fine-Tuning with LoRA", 2023).
+//
+// LoraLinear takes a LinearLayer's slot (Module::replace_module) and keeps the base layer's
+// parameter names: the base weight stays `<module>.weight` (and `.bias`), frozen, and the
+// adapter adds `<module>.lora_A.weight` and `<module>.lora_B.weight`, so checkpoints,
+// optimizer groups and the Hugging Face layout of the base tensors are unchanged.
+//
+// The base weight is registered in both the base layer and this wrapper (one tensor, shared
+// TensorImpl), so Module::to and set_data reach both; a replace_parameter of the base weight
+// (a tensor-parallel shard) must therefore happen before the adapter is injected.
+//
+// It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
+// y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as
+// `<module>.lora_R.weight` when a subclass creates it, and merge/unmerge use the full
+// product s * B R A. Subclasses change which factors train and how they are initialised.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "autograd/module.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "models/linear.h"
+
+namespace lathe::peft {
+
+// Initialisation of A (B always starts at zero, so the adapter is a no-op at step 0).
+enum class LoraInit {
+  kaiming,   // peft's default (init_lora_weights=True): kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in))
+  gaussian,  // init_lora_weights="gaussian": N(0, (1/r)^2)
+  zeros,     // both factors zero (the state a load fills in)
+};
+const char* lora_init_name(LoraInit i);
+
+struct LoraOptions {
+  int64_t r = 8;
+  double alpha = 8;
+  double dropout = 0;  // on the adapter branch's input only
+  bool use_rslora = false;
+  LoraInit init = LoraInit::kaiming;
+};
+
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
+double lora_scaling(int64_t r, double alpha, bool use_rslora);
+
+class LoraLinear : public models::LinearLayer {
+ public:
+  // Wraps `base` (which keeps serving the forward); its weight is frozen here. A and B are
+  // created in f32 on the base weight's device and initialised from `gen` (init). `dropout_gen`
+  // (may be null when dropout is 0) draws the adapter-input dropout masks; it must outlive
+  // this layer (the model's dropout generator, whose state checkpoints save).
+  LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& opts, Generator& gen,
+             Generator* dropout_gen);
+
+  Tensor forward(const Tensor& x) const override;
+  std::string type_name() const override { return "LoraLinear"; }
+  // Also the wrapped base layer (not a child: its parameters are registered here).
+  void train(bool on = true) override;
+  int64_t in_features() const override { return base_->in_features(); }
+  int64_t out_features() const override { return base_->out_features(); }
+  Tensor base_weight() const override { return base_->base_weight(); }
+  Tensor base_bias() const override { return base_->base_bias(); }
+
+  const std::shared_ptr<models::LinearLayer>& base() const { return base_; }
+  Tensor lora_A() const { return A_->weight(); }
+  Tensor lora_B() const { return B_->weight(); }
+  Tensor lora_R() const { return R_ ? R_->weight() : Tensor(); }  // undefined for plain LoRA
+  int64_t rank() const { return r_; }
+  double alpha() const { return alpha_; }
+  bool use_rslora() const { return rslora_; }
+  double scaling() const { return scale_; }
+  double dropout() const { return dropout_; }
+
+  // s * B (R) A in f32 [out, in] (no autograd history).
+  Tensor delta_weight() const;
+  // W += s * B (R) A (computed in f32, rounded once to W's dtype); forward then runs the base
+  // alone. Unmerge subtracts the same delta (exact in f32 up to rounding, not in bf16).
+  void merge();
+  void unmerge();
+  bool merged() const { return merged_; }
+  // Trainable elements of the adapter factors (A, B, R that require grad).
+  int64_t adapter_parameters() const;
+
+ protected:
+  // For subclasses of the family: registers R [r, r] (`lora_R.weight`), zero, trainable.
+  void add_middle_factor();
+
+ private:
+  std::shared_ptr<models::LinearLayer> base_;
+  // The factors as bias-free Linears (children lora_A, lora_B, lora_R): their parameter is
+  // `weight`, which gives peft's names `lora_A.weight` and `lora_B.weight`.
+  std::shared_ptr<models::Linear> A_, B_, R_;
+  int64_t r_;
+  double alpha_;
+  bool rslora_;
+  double scale_;
+  double dropout_;
+  Generator* dropout_gen_;
+  bool merged_ = false;
+};
+
+}  // namespace lathe::peft
