@@ -56,15 +56,6 @@ peft::PeftOptions peft_options(const RunConfig& cfg) {
     case PeftConfig::NOLA: o.method = peft::Method::nola; break;
     case PeftConfig::SPIEL: break;  // rejected by validation
   }
-  // LoRA-SB / LoRA-XS: both references force alpha = r (s = 1).
-  if (o.method == peft::Method::lora_sb && !c.has_lora_alpha()) {
-    o.lora.alpha = static_cast<double>(o.lora.r);
-    for (auto& [k, v] : o.rank_pattern) {
-      bool has_alpha = false;
-      for (const auto& kv : o.alpha_pattern) has_alpha = has_alpha || kv.first == k;
-      if (!has_alpha) o.alpha_pattern.emplace_back(k, static_cast<double>(v));
-    }
-  }
   o.sb.gradient_init = c.sb_init() == PeftConfig::GRADIENT;
   o.sb.init_batches = c.sb_init_batches();
   o.sb.svd_niter = c.svd_niter();
