@@ -1,4 +1,4 @@
-// lathe export --checkpoint PATH|RUN_DIR --out DIR [--dtype f32|bf16|f16] [--max-shard-mb N]
+// lathe export --checkpoint PATH|RUN_DIR --out DIR [--dtype f32|bf16|f16] [--max-shard-mb N] [--merge | --adapter-only]
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -8,6 +8,8 @@
 #include "cli/commands.h"
 #include "core/fs.h"
 #include "models/hf_export.h"
+#include "peft/adapter_io.h"
+#include "train/peft_setup.h"
 #include "train/inference.h"
 
 namespace fs = std::filesystem;
@@ -18,6 +20,7 @@ namespace {
 
 const char* const kHelp =
     "usage: lathe export --checkpoint PATH|RUN_DIR --out DIR [--dtype f32|bf16|f16] [--max-shard-mb N]\n"
+    "                    [--merge | --adapter-only]\n"
     "\n"
     "Writes a trained model as a Hugging Face transformers checkpoint: DIR/config.json and\n"
     "DIR/model.safetensors (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM layout), plus\n"
@@ -37,6 +40,11 @@ const char* const kHelp =
     "  --dtype D          f32 (default), bf16 or f16 (round to nearest even)\n"
     "  --max-shard-mb N   split the weights into shards of at most N MiB with an index\n"
     "                     (model.safetensors.index.json); 0 = one file (default)\n"
+    "  --merge            for an adapter fine-tuning run (a peft section): merge the adapters\n"
+    "                     into the base weights (in f32) and write the merged model (the default)\n"
+    "  --adapter-only     for such a run: write only the adapter in the Hugging Face peft layout\n"
+    "                     (DIR/adapter_model.safetensors + adapter_config.json, for\n"
+    "                     PeftModel.from_pretrained(base, DIR)); no tokenizer files\n"
     "\n"
     "Exit codes: 0 ok, 1 runtime error (e.g. a model with no Hugging Face form, a write that\n"
     "failed), 2 usage error, 3 checkpoint unreadable or tokenizer file not copied.\n";
@@ -72,7 +80,9 @@ int run(const std::vector<std::string>& args) {
                             {{"--checkpoint", ArgKind::value},
                              {"--out", ArgKind::value},
                              {"--dtype", ArgKind::value},
-                             {"--max-shard-mb", ArgKind::value}});
+                             {"--max-shard-mb", ArgKind::value},
+                             {"--merge", ArgKind::flag},
+                             {"--adapter-only", ArgKind::flag}});
   std::string path = a.get("--checkpoint").value_or("");
   if (path.empty() && a.positional.size() == 1) path = a.positional[0];
   if (path.empty() || a.positional.size() > (a.has("--checkpoint") ? 0u : 1u))
@@ -88,7 +98,25 @@ int run(const std::vector<std::string>& args) {
   const int64_t shard_mb = a.get_int("--max-shard-mb", 0);
   if (shard_mb < 0) throw UsageError("lathe export: --max-shard-mb must be >= 0");
 
+  const bool adapter_only = a.has("--adapter-only");
+  if (adapter_only && a.has("--merge"))
+    throw UsageError("lathe export: --merge and --adapter-only exclude each other");
+
   train::LoadedRun run = train::load_trained(path);
+  if ((adapter_only || a.has("--merge")) && !run.peft)
+    throw UsageError("lathe export: " + run.file + " is not an adapter fine-tuning run (its config has no peft "
+                     "section); --merge and --adapter-only apply to those");
+  if (run.peft && adapter_only) {
+    peft::save_adapter(*run.model, out,
+                       peft::save_options(train::peft_options(run.cfg), *run.peft, run.cfg.model().init_from()));
+    std::printf("exported the adapter of %s (step %lld, %lld adapted layers, %s) to %s in the peft layout\n",
+                run.file.c_str(), static_cast<long long>(run.state.step),
+                static_cast<long long>(run.peft->adapters.size()),
+                peft::parameter_report(*run.model).str().c_str(), out.c_str());
+    return kExitOk;
+  }
+  // The merged model: W += s B A in f32, then the plain layers back in their slots.
+  if (run.peft) peft::unload_adapters(*run.model, /*merge=*/true);
   const data::Tokenizer& tokenizer = *run.tokenizer;
   models::HfTokenIds ids;
   ids.bos = tokenizer.bos_id();

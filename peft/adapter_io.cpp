@@ -245,9 +245,15 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
   // Biases and modules_to_save under their transformers names.
   std::set<std::string> saved_hf_modules;
   std::set<std::string> written;
+  const std::set<std::string> adapted_set(adapted_hf.begin(), adapted_hf.end());
   auto put_rule = [&](const models::HfTensorRule& rule) {
-    if (written.insert(rule.hf_name).second)
-      tensors.emplace_back(kPrefix + rule.hf_name, models::hf_tensor(model, rule, DType::f32).contiguous());
+    if (!written.insert(rule.hf_name).second) return;
+    // peft keeps the bias of a layer it wrapped under the wrapper's base_layer.
+    const std::string mod = module_of(rule.hf_name);
+    const std::string key = ends_with(rule.hf_name, ".bias") && adapted_set.count(mod)
+                                ? kPrefix + mod + ".base_layer.bias"
+                                : kPrefix + rule.hf_name;
+    tensors.emplace_back(key, models::hf_tensor(model, rule, DType::f32).contiguous());
   };
   for (const auto& rule : rules) {
     const bool is_bias = ends_with(rule.hf_name, ".bias");
@@ -408,7 +414,9 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
   // Biases and modules_to_save: tensors under their transformers names.
   std::vector<std::pair<const models::HfTensorRule*, Tensor>> extra;
   for (const auto& rule : rules) {
-    const std::string key = kPrefix + rule.hf_name;
+    std::string key = kPrefix + rule.hf_name;
+    if (!st.contains(key) && ends_with(rule.hf_name, ".bias"))
+      key = kPrefix + module_of(rule.hf_name) + ".base_layer.bias";  // peft's name for a wrapped layer's bias
     if (!st.contains(key)) continue;
     std::vector<Shape> shapes;
     for (const auto& pn : rule.params) shapes.push_back(model.parameter(pn).shape());

@@ -7,7 +7,8 @@
 //   Llama  base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
 //   GPT-2  base_model.model.transformer.h.0.attn.c_attn.lora_A.weight
 // Biases (bias "all" / "lora_only") and modules_to_save tensors are stored under their
-// transformers names with the same prefix ("base_model.model.lm_head.weight"). Module names
+// transformers names with the same prefix ("base_model.model.lm_head.weight"); the bias of
+// an adapted layer as peft (0.21) writes it, "<module>.base_layer.bias" (lathe reads both). Module names
 // come from models/hf_config.h's tensor layout (the same mapping as HF import and export).
 //
 // GPT-2's c_attn is one Conv1D for q, k and v (peft: fan_in_fan_out), while lathe has three

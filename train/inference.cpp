@@ -7,6 +7,7 @@
 #include "train/batches.h"
 #include "train/checkpoint_dir.h"
 #include "train/init_from.h"
+#include "train/peft_setup.h"
 #include "train/run_setup.h"
 
 namespace fs = std::filesystem;
@@ -42,7 +43,8 @@ RunConfig stored_config(const std::string& file, const TrainState& st, const std
 }
 
 // Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`.
-std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file) {
+std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file,
+                                             peft::InjectResult* inject = nullptr) {
   apply_tokenizer_vocab(cfg, tok);
   const models::ModelSpec spec = model_spec(cfg.model());
   try {
@@ -51,7 +53,19 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     throw ConfigError("config", {"model: " + e.message()});
   }
   auto model = models::build_model(spec, cfg.train().seed());
-  read_rank_checkpoint(file, *model, nullptr);
+  if (cfg.has_peft()) {
+    // An adapter fine-tuning checkpoint holds the trainable tensors only: the base comes from
+    // model.init_from (as the run loaded it), then the adapters are injected and filled.
+    RunConfig c = cfg;
+    const InitSource src = apply_init_from(c);
+    if (src.enabled()) load_init_weights(src, *model);
+    if (inject) *inject = peft::inject_lora(*model, peft_options(cfg));
+    else peft::inject_lora(*model, peft_options(cfg));
+    ModelPart part(*model, /*trainable_only=*/true);
+    read_rank_checkpoint(file, CheckpointParts{&part});
+  } else {
+    read_rank_checkpoint(file, *model, nullptr);
+  }
   model->eval();
   return model;
 }
@@ -115,7 +129,8 @@ LoadedRun load_trained(const std::string& path, const std::vector<std::string>& 
   r.state = read_train_state(r.file);
   r.cfg = stored_config(r.file, r.state, overrides);
   r.tokenizer = load_run_tokenizer(r.cfg);
-  r.model = model_from(r.cfg, *r.tokenizer, r.file);
+  if (r.cfg.has_peft()) r.peft = std::make_shared<peft::InjectResult>();
+  r.model = model_from(r.cfg, *r.tokenizer, r.file, r.peft.get());
   return r;
 }
 

@@ -10,6 +10,7 @@
 #include "configs/config.h"
 #include "data/tokenizer.h"
 #include "models/model.h"
+#include "peft/inject.h"
 #include "parallel/communicator.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -22,6 +23,9 @@ struct LoadedRun {
   std::unique_ptr<data::Tokenizer> tokenizer;
   TrainState state;  // step, tokens seen, ... of the checkpoint
   std::string file;  // the rank file the weights came from
+  // A peft run (cfg.peft set): the adapters injected into `model` (unmerged; the frozen base
+  // was loaded from model.init_from). Null otherwise.
+  std::shared_ptr<peft::InjectResult> peft;
 };
 
 // Loads the model weights (no optimizer state) and tokenizer of a checkpoint given as a rank

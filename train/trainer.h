@@ -12,6 +12,11 @@
 // random init, or model.init_from (a Hugging Face directory or a lathe checkpoint, loaded on
 // a fresh start; train/init_from.h).
 //
+// Adapter fine-tuning (a peft section, peft/): LoRA adapters are injected after the weights are
+// loaded and everything else is frozen; the optimizer then holds state for the adapters only,
+// checkpoints hold only the trainable tensors (a resume reloads the base from model.init_from),
+// and a finished run writes the adapter in the Hugging Face peft layout (train/peft_setup.h).
+//
 // Each optimizer step: train.grad_accum micro-batches (loss scaled by 1/grad_accum), backward,
 // gradient averaging across data-parallel ranks (train/grad_sync.h), clip_grad_norm
 // (train.grad_clip), the scheduled learning rate, one step of the optimizer.type optimizer,

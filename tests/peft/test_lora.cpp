@@ -5,6 +5,7 @@
 #include <set>
 
 #include "autograd/gradcheck.h"
+#include "bench/profiling_backend.h"
 #include "autograd/ops.h"
 #include "optim/registry.h"
 #include "peft/inject.h"
@@ -193,6 +194,38 @@ TEST(LoraLinear, GradcheckAndFrozenBase) {
   EXPECT_TRUE(l->lora_B().grad().defined());
   EXPECT_FALSE(l->base_weight().grad().defined());
   EXPECT_FALSE(l->base_bias().grad().defined());
+}
+
+// "Frozen means frozen" counted in kernel calls: the backward of a model whose base weights
+// are frozen runs exactly one matmul fewer per adapted linear than the same model with the
+// base weights trainable (the weight-gradient GEMM), and none of the frozen weights gets a
+// gradient.
+TEST(LoraLinear, FrozenBaseRunsNoWeightGradientGemm) {
+  const models::ModelSpec s = test::tiny_llama();
+  auto backward_matmuls = [&](bool train_base) {
+    auto m = models::build_model(s, 1);
+    PeftOptions o;
+    o.target.names = {"q_proj", "v_proj", "down_proj"};
+    const auto res = peft::inject_lora(*m, o);
+    if (train_base)
+      for (auto& [n, l] : peft::lora_layers(*m)) l->base_weight().set_requires_grad(true);
+    const Tensor ids = test::test_ids(2, 5, s.vocab_size), tgt = test::test_ids(2, 5, s.vocab_size, 9);
+    Tensor loss = m->loss(ids, tgt);
+    kernels::Backend& cpu = kernels::backend(Device::cpu());
+    bench::ProfilingBackend prof(cpu, Device::cpu());
+    kernels::register_backend(DeviceType::cpu, &prof);
+    loss.backward();
+    kernels::register_backend(DeviceType::cpu, &cpu);
+    int64_t frozen_grads = 0;
+    for (auto& [n, l] : peft::lora_layers(*m)) frozen_grads += l->base_weight().grad().defined();
+    EXPECT_EQ(frozen_grads, train_base ? static_cast<int64_t>(res.adapters.size()) : 0);
+    auto it = prof.stats().find("matmul");
+    return std::make_pair(it == prof.stats().end() ? int64_t{0} : it->second.calls,
+                          static_cast<int64_t>(res.adapters.size()));
+  };
+  const auto frozen = backward_matmuls(false), trained = backward_matmuls(true);
+  EXPECT_EQ(trained.first - frozen.first, frozen.second);
+  EXPECT_EQ(frozen.second, 2 * 3);
 }
 
 TEST(LoraLinear, DropoutOnlyOnTheAdapterBranchInTraining) {

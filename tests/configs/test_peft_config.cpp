@@ -1,0 +1,74 @@
+// The peft section of lathe.proto: defaults as in peft's LoraConfig, the example loads,
+// methods that are not implemented yet and bad values are errors naming the field.
+#include "config_test_util.h"
+
+namespace lathe::configs {
+namespace {
+
+using testing::load_errors;
+using testing::write_temp;
+
+bool any_has(const std::vector<std::string>& errs, const std::string& what) {
+  for (const auto& e : errs)
+    if (e.find(what) != std::string::npos) return true;
+  return false;
+}
+
+TEST(PeftConfig, DefaultsFollowPeft) {
+  const RunConfig cfg = parse_text("peft { }", "t");
+  ASSERT_TRUE(cfg.has_peft());
+  EXPECT_EQ(cfg.peft().method(), PeftConfig::LORA);
+  EXPECT_EQ(cfg.peft().r(), 8);
+  EXPECT_EQ(cfg.peft().lora_alpha(), 8);
+  EXPECT_EQ(cfg.peft().lora_dropout(), 0);
+  EXPECT_EQ(cfg.peft().bias(), PeftConfig::NONE);
+  EXPECT_EQ(cfg.peft().init(), PeftConfig::KAIMING);
+  EXPECT_FALSE(cfg.peft().use_rslora());
+  EXPECT_FALSE(parse_text("", "t").has_peft());
+  // LoRA-SB: an unset lora_alpha resolves to r (scale 1, as the references); a set one stays.
+  RunConfig sb = parse_text("peft { method: LORA_SB r: 24 }", "t");
+  resolve(sb);
+  EXPECT_EQ(sb.peft().lora_alpha(), 24);
+  RunConfig sb2 = parse_text("peft { method: LORA_SB r: 24 lora_alpha: 5 }", "t");
+  resolve(sb2);
+  EXPECT_EQ(sb2.peft().lora_alpha(), 5);
+}
+
+TEST(PeftConfig, ExampleLoadsAndValidates) {
+  RunConfig cfg;
+  ASSERT_NO_THROW(cfg = load_config("examples/lora/run.pbtxt"));
+  EXPECT_EQ(cfg.peft().target_modules_size(), 1);
+  EXPECT_EQ(cfg.peft().target_modules(0), "all-linear");
+  EXPECT_EQ(cfg.peft().r(), 8);
+}
+
+TEST(PeftConfig, ErrorsNameTheField) {
+  for (const char* m : {"SPIEL"}) {
+    const auto errs = load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }"));
+    EXPECT_TRUE(any_has(errs, std::string("peft.method: ") + m + " is not implemented yet")) << m;
+  }
+  for (const char* m : {"LORA_SB", "SORA", "NOLA"})
+    EXPECT_FALSE(any_has(load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }")),
+                         "peft.method")) << m;
+  {
+    const auto e = load_errors(write_temp("peft_sb.pbtxt", "peft { method: LORA_SB sb_init_batches: 0 svd_niter: -1 }"));
+    EXPECT_TRUE(any_has(e, "peft.sb_init_batches: must be > 0"));
+    EXPECT_TRUE(any_has(e, "peft.svd_niter: must be >= 0"));
+    const auto n = load_errors(write_temp("peft_n.pbtxt", "peft { method: NOLA nola_num_basis_b: 0 nola_chunk: -2 }"));
+    EXPECT_TRUE(any_has(n, "peft.nola_num_basis_b: must be > 0"));
+    EXPECT_TRUE(any_has(n, "peft.nola_chunk: must be > 0"));
+    const auto s = load_errors(write_temp("peft_s.pbtxt", "peft { method: SORA sora_lambda_max: 1 sora_schedule_interval: 0 }"));
+    EXPECT_TRUE(any_has(s, "peft.sora_schedule_interval: must be > 0"));
+  }
+  auto errs = load_errors(write_temp("peft_v.pbtxt",
+                                     "peft { r: 0 lora_alpha: -1 lora_dropout: 1 target_modules: \"q_proj\" "
+                                     "target_regex: \".*\" rank_pattern { key: \"v_proj\" value: 0 } }"));
+  EXPECT_TRUE(any_has(errs, "peft.r: must be > 0"));
+  EXPECT_TRUE(any_has(errs, "peft.lora_alpha"));
+  EXPECT_TRUE(any_has(errs, "peft.lora_dropout: must be in [0, 1)"));
+  EXPECT_TRUE(any_has(errs, "peft.target_regex: give target_modules or target_regex, not both"));
+  EXPECT_TRUE(any_has(errs, "peft.rank_pattern: rank for 'v_proj' must be > 0"));
+}
+
+}  // namespace
+}  // namespace lathe::configs
