@@ -19,6 +19,7 @@
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
+#include "train/inference.h"
 #include "train/trainer.h"
 
 namespace lathe::train {
@@ -102,6 +103,10 @@ TEST(PeftMethodsFinetune, LoraSbInitTrainsRAndExportsAsLora) {
   auto fresh = models::load_hf_model(base);
   peft::load_adapter(*fresh, r.adapter_dir);
   EXPECT_LT(max_diff(logits(t.model()), logits(*fresh)), 1e-5);
+  // eval / generate / export rebuild the model from the checkpoint: A and B come back too.
+  LoadedRun lr = load_trained(r.last_checkpoint, {});
+  ASSERT_NE(lr.peft, nullptr);
+  EXPECT_EQ(0, std::memcmp(logits(t.model()).raw_data(), logits(*lr.model).raw_data(), logits(*lr.model).nbytes()));
 }
 
 TEST(PeftMethodsFinetune, LoraSbResumeIsBitExact) {
