@@ -93,7 +93,7 @@ void LoraLinear::add_middle_factor() {
 Tensor LoraLinear::adapter_input(const Tensor& x, DType dt) const {
   // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
   // output's dtype. Under Autocast both run in the compute dtype.
-  Tensor h = x.dtype() == dt || models::Autocast::enabled() ? x : ag::cast(x, dt);
+  Tensor h = models::Autocast::enabled() ? models::autocast(x) : x.dtype() == dt ? x : ag::cast(x, dt);
   if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
   return h;
 }

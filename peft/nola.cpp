@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/ops.h"
+#include "models/autocast.h"
 
 namespace lathe::peft {
 
@@ -121,8 +122,9 @@ Tensor NolaLinear::B_diff() const {
 Tensor NolaLinear::forward(const Tensor& x) const {
   Tensor y = base()->forward(x);
   if (merged()) return y;
-  const Tensor h = ag::matmul(adapter_input(x, coef_A_.dtype()), A_diff(), false, true);  // [..., r]
-  return add_branch(y, ag::mul(ag::matmul(h, B_diff(), false, true), scaling()));
+  // Under Autocast the factors are used in the compute dtype (x is already in it).
+  const Tensor h = ag::matmul(adapter_input(x, coef_A_.dtype()), models::autocast(A_diff()), false, true);  // [..., r]
+  return add_branch(y, ag::mul(ag::matmul(h, models::autocast(B_diff()), false, true), scaling()));
 }
 
 Tensor NolaLinear::lora_A() const {

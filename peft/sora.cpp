@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "models/autocast.h"
 
 namespace lathe::peft {
 
@@ -58,9 +59,10 @@ Tensor SoraLinear::forward(const Tensor& x) const {
   Tensor y = base()->forward(x);
   if (merged()) return y;
   const Tensor a = LoraLinear::lora_A(), b = LoraLinear::lora_B();
-  Tensor h = ag::linear(adapter_input(x, a.dtype()), a);
+  // Under Autocast the factors and the gate are used in the compute dtype (x is already in it).
+  Tensor h = ag::linear(adapter_input(x, a.dtype()), models::autocast(a));
   h = ag::mul(h, gate_.dtype() == h.dtype() ? gate_ : ag::cast(gate_, h.dtype()));
-  return add_branch(y, ag::mul(ag::linear(h, b), scaling()));
+  return add_branch(y, ag::mul(ag::linear(h, models::autocast(b)), scaling()));
 }
 
 Tensor SoraLinear::delta_weight() const {

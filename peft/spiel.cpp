@@ -10,6 +10,7 @@
 #include "autograd/ops.h"
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "models/autocast.h"
 
 namespace lathe::peft {
 
@@ -103,8 +104,10 @@ void SparseDeltaLinear::train(bool on) {
 Tensor SparseDeltaLinear::forward(const Tensor& x) const {
   Tensor y = base_->forward(x);
   if (merged_) return y;
-  Tensor h = x.dtype() == values_.dtype() ? x : ag::cast(x, values_.dtype());
-  Tensor d = sparse_delta_linear(h, values_, rows_, cols_, out_features());
+  // Under Autocast the delta runs in the compute dtype (values cast, x already in it).
+  const bool ac = models::Autocast::enabled();
+  Tensor h = ac ? models::autocast(x) : x.dtype() == values_.dtype() ? x : ag::cast(x, values_.dtype());
+  Tensor d = sparse_delta_linear(h, ac ? models::autocast(values_) : values_, rows_, cols_, out_features());
   return ag::add(y, d.dtype() == y.dtype() ? d : ag::cast(d, y.dtype()));
 }
 

@@ -14,6 +14,7 @@
 #include "peft/inject.h"
 #include "peft/methods.h"
 #include "peft/nola.h"
+#include "models/autocast.h"
 #include "methods_test_util.h"
 #include "tests/common/test_helpers.h"
 
@@ -223,6 +224,44 @@ TEST_P(NolaModel, CoefficientsOnlyExportAndMerge) {
 
 INSTANTIATE_TEST_SUITE_P(Arch, NolaModel, ::testing::Values(true, false),
                          [](const auto& i) { return i.param ? "gpt2" : "llama"; });
+
+}  // namespace
+}  // namespace lathe
+
+namespace lathe {
+namespace {
+
+// Under bf16 Autocast (train.precision BF16) every method's layer runs in the compute dtype
+// and stays close to its f32 output.
+TEST(PeftMethodsAutocast, Bf16ForwardMatchesF32) {
+  peft::LoraOptions lo;
+  lo.r = 4;
+  lo.alpha = 8;
+  Generator gen(3);
+  std::vector<std::shared_ptr<peft::LoraLinear>> layers;
+  peft::NolaOptions no;
+  no.num_basis_A = no.num_basis_B = 6;
+  auto nola = std::make_shared<peft::NolaLinear>(test::method_linear(8, 6, true, 1), lo, no, 5, "m", nullptr);
+  test::randomize(nola->coef_A(), 1, 0.5);
+  test::randomize(nola->coef_B(), 2, 0.5);
+  auto sora = std::make_shared<peft::SoraLinear>(test::method_linear(8, 6, true, 2), lo, peft::SoraOptions{}, gen, nullptr);
+  test::randomize(sora->LoraLinear::lora_B(), 3, 0.5);
+  auto sb = std::make_shared<peft::LoraSbLinear>(test::method_linear(8, 6, true, 3), lo, nullptr);
+  sb->init_from_weight(peft::LoraSbOptions{}, gen);
+  test::randomize(sb->lora_R(), 4, 0.5);
+  Generator g(1);
+  const Tensor x = Tensor::randn({3, 8}, g, DType::f32);
+  for (const auto& l : std::vector<std::shared_ptr<peft::LoraLinear>>{nola, sora, sb}) {
+    const Tensor f32 = l->forward(x);
+    Tensor bf;
+    {
+      models::Autocast ac(DType::bf16);
+      bf = l->forward(x);
+      ag::sum(ag::cast(bf, DType::f32)).backward();  // the backward runs in bf16 too
+    }
+    EXPECT_LT(test::max_abs_diff(bf, f32), 0.1) << l->method_name();
+  }
+}
 
 }  // namespace
 }  // namespace lathe
