@@ -21,7 +21,7 @@ const char* const kHelp =
     "PROMPT_RESPONSE, ALPACA or CHAT, or HDF5 shards from lathe prepare) is trained on the\n"
     "response tokens only (data.mask_prompt).\n"
     "\n"
-    "With a peft section (e.g. peft { r: 8 lora_alpha: 16 target_modules: \"all-linear\" }) only\n"
+    "With a peft section (e.g. peft { method: LORA r: 8 target_modules: \"all-linear\" }) only\n"
     "LoRA adapters train, with Hugging Face peft's matching rules; checkpoints hold the adapters\n"
     "(the base is reloaded from model.init_from on --resume) and the run ends by writing\n"
     "<run_dir>/adapter (adapter_model.safetensors + adapter_config.json, the peft layout).\n"

@@ -226,9 +226,43 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.bucket_mb", p.bucket_mb());
 }
 
+// A peft field that differs from its default (a repeated or map field: non-empty), or "".
+std::string set_peft_field(const PeftConfig& p) {
+  const gp::Descriptor* d = p.GetDescriptor();
+  const gp::Reflection* r = p.GetReflection();
+  const PeftConfig& dflt = PeftConfig::default_instance();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const gp::FieldDescriptor* f = d->field(i);
+    if (f->name() == "method") continue;
+    if (f->is_repeated()) {
+      if (r->FieldSize(p, f) > 0) return f->name();
+      continue;
+    }
+    if (!r->HasField(p, f)) continue;
+    bool same = true;
+    switch (f->cpp_type()) {
+      case gp::FieldDescriptor::CPPTYPE_INT32: same = r->GetInt32(p, f) == r->GetInt32(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_UINT64: same = r->GetUInt64(p, f) == r->GetUInt64(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_DOUBLE: same = r->GetDouble(p, f) == r->GetDouble(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_BOOL: same = r->GetBool(p, f) == r->GetBool(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_ENUM: same = r->GetEnumValue(p, f) == r->GetEnumValue(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_STRING: same = r->GetString(p, f) == r->GetString(dflt, f); break;
+      default: break;
+    }
+    if (!same) return f->name();
+  }
+  return "";
+}
+
 void check_peft(const RunConfig& cfg, Checker& c) {
-  if (!cfg.has_peft()) return;
   const PeftConfig& p = cfg.peft();
+  if (p.method() == PeftConfig::OFF) {
+    const std::string f = set_peft_field(p);
+    if (!f.empty())
+      c.fail("peft.method", "is OFF (the default), but peft." + f +
+                                " is set; add method: LORA to the peft section to fine-tune with adapters");
+    return;
+  }
   if (p.method() == PeftConfig::SPIEL)
     c.fail("peft.method", "SPIEL is not implemented yet (implemented: LORA, LORA_SB, SORA, NOLA)");
   if (p.method() == PeftConfig::LORA_SB) {

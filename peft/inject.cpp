@@ -131,11 +131,11 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
   // modules_to_save: every module whose name (or HF name) matches, trained in full.
   std::set<std::string> matched_entries;
   if (!o.modules_to_save.empty()) {
-    std::map<std::string, std::string> hf_all;  // lathe -> HF module names for any parameter-holding module
+    const auto hf_all = hf_all_module_names(model.spec());  // norms and embeddings too
     for (auto& [name, m] : model.named_modules()) {
       if (name.empty()) continue;
-      auto it = hf.find(name);
-      const std::string h = it == hf.end() ? "" : it->second;
+      auto it = hf_all.find(name);
+      const std::string h = it == hf_all.end() ? "" : it->second;
       bool hit = false;
       for (const auto& e : o.modules_to_save) {
         NamePattern p;

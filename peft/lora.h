@@ -8,6 +8,10 @@
 // adapter adds `<module>.lora_A.weight` and `<module>.lora_B.weight`, so checkpoints,
 // optimizer groups and the Hugging Face layout of the base tensors are unchanged.
 //
+// The base weight is registered in both the base layer and this wrapper (one tensor, shared
+// TensorImpl), so Module::to and set_data reach both; a replace_parameter of the base weight
+// (a tensor-parallel shard) must therefore happen before the adapter is injected.
+//
 // It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
 // y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as
 // `<module>.lora_R.weight` when a subclass creates it, and merge/unmerge use the full

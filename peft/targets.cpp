@@ -103,6 +103,20 @@ std::vector<HfLinearModule> hf_linear_modules(const models::ModelSpec& spec) {
   return out;
 }
 
+std::map<std::string, std::string> hf_all_module_names(const models::ModelSpec& spec) {
+  std::map<std::string, std::string> out;
+  std::vector<models::HfTensorRule> rules;
+  try {
+    rules = models::hf_tensor_layout(spec, models::hf_default_prefix(spec.arch));
+  } catch (const lathe::Error&) {
+    return out;
+  }
+  auto module_of = [](const std::string& n) { return n.substr(0, n.rfind('.')); };
+  for (const auto& r : rules)
+    for (const auto& p : r.params) out[module_of(p)] = module_of(r.hf_name);
+  return out;
+}
+
 std::map<std::string, std::string> hf_module_names(const models::ModelSpec& spec) {
   std::map<std::string, std::string> out;
   for (const auto& m : hf_linear_modules(spec))

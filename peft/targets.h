@@ -58,6 +58,10 @@ std::vector<LinearInfo> linear_layers(const models::ModelSpec& spec);
 // tensor layout); empty when the spec has no Hugging Face form.
 std::map<std::string, std::string> hf_module_names(const models::ModelSpec& spec);
 
+// Every lathe module with parameters (linears, norms, embeddings) -> the Hugging Face module
+// holding them (final_norm -> transformer.ln_f); empty when the spec has no HF form.
+std::map<std::string, std::string> hf_all_module_names(const models::ModelSpec& spec);
+
 // One Hugging Face module that holds linear weights and the lathe modules it maps to (GPT-2
 // c_attn: q_proj, k_proj, v_proj, concatenated along the output; Conv1D = stored [in, out]).
 struct HfLinearModule {

@@ -53,7 +53,7 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     throw ConfigError("config", {"model: " + e.message()});
   }
   auto model = models::build_model(spec, cfg.train().seed());
-  if (cfg.has_peft()) {
+  if (peft_enabled(cfg)) {
     // An adapter fine-tuning checkpoint holds the trainable tensors only: the base comes from
     // model.init_from (as the run loaded it), then the adapters are injected and filled.
     RunConfig c = cfg;
@@ -133,7 +133,7 @@ LoadedRun load_trained(const std::string& path, const std::vector<std::string>& 
   r.state = read_train_state(r.file);
   r.cfg = stored_config(r.file, r.state, overrides);
   r.tokenizer = load_run_tokenizer(r.cfg);
-  if (r.cfg.has_peft()) r.peft = std::make_shared<peft::InjectResult>();
+  if (peft_enabled(r.cfg)) r.peft = std::make_shared<peft::InjectResult>();
   r.model = model_from(r.cfg, *r.tokenizer, r.file, r.peft.get());
   return r;
 }

@@ -28,6 +28,8 @@ std::vector<std::pair<std::string, V>> ordered(const Map& m) {
 
 }  // namespace
 
+bool peft_enabled(const RunConfig& cfg) { return cfg.peft().method() != PeftConfig::OFF; }
+
 peft::PeftOptions peft_options(const RunConfig& cfg) {
   const PeftConfig& c = cfg.peft();
   peft::PeftOptions o;
@@ -54,7 +56,8 @@ peft::PeftOptions peft_options(const RunConfig& cfg) {
     case PeftConfig::LORA_SB: o.method = peft::Method::lora_sb; break;
     case PeftConfig::SORA: o.method = peft::Method::sora; break;
     case PeftConfig::NOLA: o.method = peft::Method::nola; break;
-    case PeftConfig::SPIEL: break;  // rejected by validation
+    case PeftConfig::OFF:
+    case PeftConfig::SPIEL: break;  // not injected / rejected by validation
   }
   o.sb.gradient_init = c.sb_init() == PeftConfig::GRADIENT;
   o.sb.init_batches = c.sb_init_batches();

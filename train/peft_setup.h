@@ -16,6 +16,8 @@ namespace lathe::train {
 
 class TrainBatches;
 
+// Whether the run fine-tunes adapters (peft.method is not OFF).
+bool peft_enabled(const RunConfig& cfg);
 // cfg.peft() -> options (method and its options; the config was validated). The map fields have no order
 // in protobuf: rank_pattern / alpha_pattern keys are tried longest first, then by name.
 peft::PeftOptions peft_options(const RunConfig& cfg);

@@ -190,7 +190,7 @@ void Trainer::setup() {
   model_ = models::build_model(p.spec, p.cfg.train().seed());
   model_->train(true);
   // Adapter fine-tuning checkpoints only the adapters: the frozen base is loaded again.
-  const bool peft_on = p.cfg.has_peft();
+  const bool peft_on = peft_enabled(p.cfg);
   if (p.init.enabled() && (from.empty() || peft_on)) {
     load_init_weights(p.init, *model_);
     result_.init_from = p.init.description;

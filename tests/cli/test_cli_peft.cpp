@@ -43,7 +43,7 @@ TEST(CliPeft, FinetuneLoraExportAdapterAndMerged) {
                       "\" tokenizer: \"byte\" }\noptimizer { lr: 1e-2 }\n"
                       "train { steps: 16 micro_batch: 4 seq_len: 64 eval_batches: 1 log_interval: 1 }\n"
                       "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n"
-                      "peft { r: 8 lora_alpha: 16 target_modules: \"all-linear\" }\n");
+                      "peft { method: LORA r: 8 lora_alpha: 16 target_modules: \"all-linear\" }\n");
   Result r = run_lathe("finetune " + sh_quote(cfg));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("trainable params: "), std::string::npos) << r.out;

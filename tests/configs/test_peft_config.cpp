@@ -8,6 +8,15 @@ namespace {
 using testing::load_errors;
 using testing::write_temp;
 
+std::vector<std::string> load_errors_or_empty(const std::string& path) {
+  try {
+    load_config(path);
+  } catch (const ConfigError& e) {
+    return e.errors();
+  }
+  return {};
+}
+
 bool any_has(const std::vector<std::string>& errs, const std::string& what) {
   for (const auto& e : errs)
     if (e.find(what) != std::string::npos) return true;
@@ -16,15 +25,13 @@ bool any_has(const std::vector<std::string>& errs, const std::string& what) {
 
 TEST(PeftConfig, DefaultsFollowPeft) {
   const RunConfig cfg = parse_text("peft { }", "t");
-  ASSERT_TRUE(cfg.has_peft());
-  EXPECT_EQ(cfg.peft().method(), PeftConfig::LORA);
+  EXPECT_EQ(cfg.peft().method(), PeftConfig::OFF);  // adapters are opt-in: method: LORA
   EXPECT_EQ(cfg.peft().r(), 8);
   EXPECT_EQ(cfg.peft().lora_alpha(), 8);
   EXPECT_EQ(cfg.peft().lora_dropout(), 0);
   EXPECT_EQ(cfg.peft().bias(), PeftConfig::NONE);
   EXPECT_EQ(cfg.peft().init(), PeftConfig::KAIMING);
   EXPECT_FALSE(cfg.peft().use_rslora());
-  EXPECT_FALSE(parse_text("", "t").has_peft());
   // LoRA-SB: an unset lora_alpha resolves to r (scale 1, as the references); a set one stays.
   RunConfig sb = parse_text("peft { method: LORA_SB r: 24 }", "t");
   resolve(sb);
@@ -32,6 +39,13 @@ TEST(PeftConfig, DefaultsFollowPeft) {
   RunConfig sb2 = parse_text("peft { method: LORA_SB r: 24 lora_alpha: 5 }", "t");
   resolve(sb2);
   EXPECT_EQ(sb2.peft().lora_alpha(), 5);
+  // A config without a peft section, resolved (every section written out), is still valid.
+  EXPECT_TRUE(load_errors_or_empty(write_temp("peft_none.pbtxt", "name: \"x\" train { steps: 10 }")).empty());
+}
+
+TEST(PeftConfig, FieldsWithoutAMethodAreAnError) {
+  const auto errs = load_errors(write_temp("peft_nomethod.pbtxt", "peft { r: 4 }"));
+  EXPECT_TRUE(any_has(errs, "peft.method: is OFF (the default), but peft.r is set; add method: LORA")) << errs[0];
 }
 
 TEST(PeftConfig, ExampleLoadsAndValidates) {
@@ -61,7 +75,7 @@ TEST(PeftConfig, ErrorsNameTheField) {
     EXPECT_TRUE(any_has(s, "peft.sora_schedule_interval: must be > 0"));
   }
   auto errs = load_errors(write_temp("peft_v.pbtxt",
-                                     "peft { r: 0 lora_alpha: -1 lora_dropout: 1 target_modules: \"q_proj\" "
+                                     "peft { method: LORA r: 0 lora_alpha: -1 lora_dropout: 1 target_modules: \"q_proj\" "
                                      "target_regex: \".*\" rank_pattern { key: \"v_proj\" value: 0 } }"));
   EXPECT_TRUE(any_has(errs, "peft.r: must be > 0"));
   EXPECT_TRUE(any_has(errs, "peft.lora_alpha"));

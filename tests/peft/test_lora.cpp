@@ -7,6 +7,7 @@
 #include "autograd/gradcheck.h"
 #include "bench/profiling_backend.h"
 #include "autograd/ops.h"
+#include "models/autocast.h"
 #include "optim/registry.h"
 #include "peft/inject.h"
 #include "peft/lora.h"
@@ -251,6 +252,35 @@ TEST(LoraLinear, DropoutOnlyOnTheAdapterBranchInTraining) {
   EXPECT_LT(test::max_abs_diff(e, want), 1e-6);
 }
 
+// Under bf16 autocast the adapter branch computes in bf16 beside the base (the f32 factors are
+// cast on use), gradients come back to the f32 factors, and the result is the f32 one to
+// bf16 accuracy.
+TEST(LoraLinear, Bf16AutocastKeepsF32MasterFactors) {
+  const models::ModelSpec s = test::tiny_llama();
+  auto m = models::build_model(s, 1);
+  PeftOptions o;
+  o.target.names = {"all-linear"};
+  peft::inject_lora(*m, o);
+  for (auto& [n, l] : peft::lora_layers(*m)) test::randomize(l->lora_B(), std::hash<std::string>()(n), 0.2);
+  const Tensor ids = test::test_ids(2, 6, s.vocab_size);
+  const Tensor ref = test::eval_logits(*m, ids);
+  Tensor low;
+  {
+    models::Autocast ac(DType::bf16);
+    low = test::eval_logits(*m, ids);
+    m->zero_grad();
+    m->loss(ids, test::test_ids(2, 6, s.vocab_size, 5)).backward();
+  }
+  EXPECT_LT(test::max_abs_diff(low, ref), 0.1);
+  EXPECT_GT(test::max_abs_diff(low, ref), 0.0);  // it did run in bf16
+  for (auto& [n, l] : peft::lora_layers(*m)) {
+    ASSERT_TRUE(l->lora_A().grad().defined()) << n;
+    EXPECT_EQ(l->lora_A().grad().dtype(), DType::f32) << n;
+    EXPECT_EQ(l->lora_B().grad().dtype(), DType::f32) << n;
+    EXPECT_FALSE(l->base_weight().grad().defined()) << n;
+  }
+}
+
 class LoraModel : public ::testing::TestWithParam<bool> {};
 
 TEST_P(LoraModel, InjectFreezeMergeUnmerge) {
@@ -347,18 +377,19 @@ TEST(LoraInject, BiasModesAndModulesToSave) {
   for (auto& [name, p] : m->named_parameters()) all_bias += name.substr(name.size() - 5) == ".bias";
   EXPECT_EQ(count_trainable_bias(*m), all_bias);
   o.bias = peft::BiasMode::none;
-  o.modules_to_save = {"ln_f"};  // GPT-2's final LayerNorm, by its Hugging Face name
-  m = models::build_model(s, 1);
-  // ln_f is not a linear layer: HF names of non-linear modules are not known to the matcher,
-  // so only lathe names work for them.
-  test::expect_error([&] { peft::inject_lora(*m, o); }, {"peft.modules_to_save", "ln_f"});
-  o.modules_to_save = {"final_norm"};
-  m = models::build_model(s, 1);
-  auto res = peft::inject_lora(*m, o);
-  ASSERT_EQ(res.modules_to_save, std::vector<std::string>{"final_norm"});
-  EXPECT_TRUE(m->parameter("final_norm.weight").requires_grad());
-  EXPECT_TRUE(m->parameter("final_norm.bias").requires_grad());
+  for (const char* name : {"ln_f", "final_norm"}) {  // GPT-2's final LayerNorm, by its HF or lathe name
+    o.modules_to_save = {name};
+    m = models::build_model(s, 1);
+    auto res = peft::inject_lora(*m, o);
+    ASSERT_EQ(res.modules_to_save, std::vector<std::string>{"final_norm"});
+    EXPECT_TRUE(m->parameter("final_norm.weight").requires_grad());
+    EXPECT_TRUE(m->parameter("final_norm.bias").requires_grad());
+    EXPECT_FALSE(m->parameter("layers.1.mlp_norm.weight").requires_grad());
+  }
   test::expect_error([&] { peft::inject_lora(*m, o); }, {"already carries a LoRA adapter"});
+  o.modules_to_save = {"no_such_module"};
+  m = models::build_model(s, 1);
+  test::expect_error([&] { peft::inject_lora(*m, o); }, {"peft.modules_to_save", "no_such_module"});
 }
 
 }  // namespace

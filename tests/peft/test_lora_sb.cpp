@@ -174,7 +174,9 @@ TEST_P(LoraSbModel, OnlyRTrainsAndExportsAsPlainLora) {
   opt->step();
   for (const auto& [k, t] : opt->state_dict()) {
     (void)t;
-    if (k != "__step__") EXPECT_NE(k.find("lora_R"), std::string::npos) << k;
+    if (k != "__step__") {
+      EXPECT_NE(k.find("lora_R"), std::string::npos) << k;
+    }
   }
   for (auto& [n, l] : peft::lora_layers(*model)) test::randomize(l->lora_R(), std::hash<std::string>()(n), 0.05);
 

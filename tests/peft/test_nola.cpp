@@ -185,7 +185,9 @@ TEST_P(NolaModel, CoefficientsOnlyExportAndMerge) {
   opt->step();
   for (const auto& [k, t] : opt->state_dict()) {
     (void)t;
-    if (k != "__step__") EXPECT_NE(k.find("nola_coef"), std::string::npos) << k;
+    if (k != "__step__") {
+      EXPECT_NE(k.find("nola_coef"), std::string::npos) << k;
+    }
   }
   for (auto& [n, l] : peft::lora_layers(*model)) {
     auto* nl = dynamic_cast<peft::NolaLinear*>(l);

@@ -51,7 +51,9 @@ TEST(SoraProximal, ReferenceCodeThreshold) {
   const std::vector<double> want = {0.15, 0, 0, 0, -0.15, -0.4};
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_NEAR(got[i], want[i], 1e-6) << i;
-    if (want[i] == 0) EXPECT_EQ(got[i], 0.0) << i;
+    if (want[i] == 0) {
+      EXPECT_EQ(got[i], 0.0) << i;
+    }
   }
 }
 
@@ -175,7 +177,9 @@ TEST_P(SoraExport, PrunedExportEqualsForward) {
   const auto loaded = peft::load_adapter(*fresh, tmp.path());
   int64_t loaded_ranks = 0;
   for (const auto& a : loaded.injected.adapters) loaded_ranks += a.r;
-  if (!gpt2) EXPECT_LE(loaded_ranks, kept + static_cast<int64_t>(res.adapters.size()));
+  if (!gpt2) {
+    EXPECT_LE(loaded_ranks, kept + static_cast<int64_t>(res.adapters.size()));
+  }
   EXPECT_LT(loaded_ranks, static_cast<int64_t>(res.adapters.size()) * 4);
   EXPECT_LT(test::max_abs_diff(test::eval_logits(*fresh, ids), want), 1e-5);
   // Merge == unmerged.

@@ -4,6 +4,8 @@
 // reloads onto the base with the trained model's logits.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "autograd/grad_mode.h"
@@ -37,7 +39,7 @@ std::string write_base(const TmpDir& tmp) {
 }
 
 RunConfig peft_config(const std::string& run_dir, const std::string& base, int steps,
-                      const std::string& peft = "peft { r: 4 lora_alpha: 8 target_modules: \"c_attn\" "
+                      const std::string& peft = "peft { method: LORA r: 4 lora_alpha: 8 target_modules: \"c_attn\" "
                                                 "target_modules: \"mlp.fc\" lora_dropout: 0.1 }\n") {
   std::string t = test_util::tiny_config_text(run_dir, steps);
   t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
@@ -114,10 +116,10 @@ TEST(PeftFinetune, ConfigErrorsNameTheField) {
   o.out = nullptr;
   EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: SPIEL }\n"), o), "peft.method",
                    "SPIEL", "not implemented yet");
-  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { r: 0 }\n"), o), "peft.r");
-  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { target_modules: \"nope\" }\n"), o),
+  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA r: 0 }\n"), o), "peft.r");
+  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA target_modules: \"nope\" }\n"), o),
                    "peft.target_modules");
-  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { target_modules: \"c_attn\" target_regex: \".*\" }\n"), o),
+  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA target_modules: \"c_attn\" target_regex: \".*\" }\n"), o),
                    "peft.target_regex");
 }
 
