@@ -1,6 +1,7 @@
 #include "peft/spiel.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <set>
 #include <tuple>
@@ -61,6 +62,22 @@ Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& 
                         dv = kernels::reduce(kernels::ReduceOp::sum, kernels::binary(kernels::BinaryOp::mul, gp, xs), {0});
                       return std::vector<Tensor>{dx, dv};
                     });
+}
+
+SpielStep spiel_schedule(const SpielSchedule& s, int64_t c) {
+  LATHE_REQUIRE(s.reselection_steps > 0 && s.accumulation_steps >= 0 && s.accumulation_steps < s.reselection_steps)
+      << "SpIEL: need 0 <= accumulation steps (" << s.accumulation_steps << ") < reselection steps ("
+      << s.reselection_steps << ")";
+  SpielStep out;
+  out.begin_phase = (c + 1) % s.reselection_steps == 0;
+  if (c % s.reselection_steps == s.accumulation_steps && c <= s.total_steps) {
+    out.reselect = true;
+    const double frac = s.total_steps > 0 ? static_cast<double>(c) / static_cast<double>(s.total_steps) : 0.0;
+    if (c == s.accumulation_steps) out.p = 1.0;
+    else if (s.cosine) out.p = s.rate * (1 + std::cos(3.14159265358979323846 * frac)) / 2;
+    else out.p = s.rate * (1 - frac);
+  }
+  return out;
 }
 
 std::vector<int64_t> spiel_budget(const std::vector<int64_t>& numels, int64_t total) {

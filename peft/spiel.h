@@ -11,8 +11,10 @@
 //
 // Reselection (SpIEL-AG, accumulated gradients): drop the n smallest |values|, grow the n
 // candidates with the largest accumulated |gradient| that are not active; the number of active
-// entries stays exactly k. The schedule that runs it inside training, SM3 moments and the
-// per-element Adam age are not built yet (see the issue note).
+// entries stays exactly k. spiel_schedule says when a phase begins and when to reselect with
+// which fraction. Not built yet: the trainer wiring (PeftConfig SPIEL, dense-gradient hooks
+// during the selection phase, the SFT save layout), SM3 moments (SpIEL-MA) and the
+// per-element Adam age.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,26 @@ std::pair<Tensor, Tensor> sparse_rows_cols(const Tensor& indices, int64_t in);
 // y = x[..., in] -> [..., out] of the delta alone: sum_n values[n] x[..., cols[n]] at rows[n].
 // Differentiable in x and values (rows and cols are not).
 Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& rows, const Tensor& cols, int64_t out);
+
+// SpIEL's reselection schedule (SftSelector.step, run after every optimizer update with c =
+// updates completed): a selection phase (gradients accumulated) begins when c + 1 is a
+// multiple of reselection_steps (and at construction), and ends when c = accumulation_steps
+// (mod reselection_steps), unless c > total_steps, with a reselection of fraction p: 1 at the
+// first one (c = accumulation_steps, replacing the random init), else
+// rate * (1 - c / T), or rate * (1 + cos(pi c / T)) / 2 under the cosine policy.
+struct SpielSchedule {
+  int64_t reselection_steps = 20;
+  int64_t accumulation_steps = 5;
+  int64_t total_steps = 0;
+  double rate = 0.2;
+  bool cosine = false;
+};
+struct SpielStep {
+  bool begin_phase = false;
+  bool reselect = false;
+  double p = 0;  // when reselect
+};
+SpielStep spiel_schedule(const SpielSchedule& s, int64_t c);
 
 // SpIEL's budget split: k_m = int(total * numel_m / sum numel) per module (numels in order).
 std::vector<int64_t> spiel_budget(const std::vector<int64_t>& numels, int64_t total);

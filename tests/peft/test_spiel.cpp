@@ -3,6 +3,7 @@
 // exactly at init and through reselection, merge == unmerged.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 
 #include "autograd/gradcheck.h"
@@ -43,6 +44,28 @@ TEST(SparseDelta, GradientOnTheSelectedEntriesByFiniteDifferences) {
   auto f = [&](const std::vector<Tensor>& t) { return peft::sparse_delta_linear(t[0], t[1], rc.first, rc.second, out); };
   const auto r = ag::gradcheck(f, {Tensor::randn({3, in}, g, DType::f64), Tensor::randn({5}, g, DType::f64)});
   EXPECT_TRUE(r.ok) << r.message;
+}
+
+TEST(SpielSchedule, PhasesAndReselectionFractions) {
+  peft::SpielSchedule s;  // R = 20, S = 5, rate 0.2
+  s.total_steps = 100;
+  std::vector<int64_t> begins, reselects;
+  std::vector<double> ps;
+  for (int64_t c = 0; c <= 110; ++c) {
+    const auto st = peft::spiel_schedule(s, c);
+    if (st.begin_phase) begins.push_back(c);
+    if (st.reselect) {
+      reselects.push_back(c);
+      ps.push_back(st.p);
+    }
+  }
+  EXPECT_EQ(begins, (std::vector<int64_t>{19, 39, 59, 79, 99}));
+  EXPECT_EQ(reselects, (std::vector<int64_t>{5, 25, 45, 65, 85}));  // 105 > T: skipped
+  EXPECT_EQ(ps[0], 1.0);                                             // replaces the random init
+  EXPECT_NEAR(ps[1], 0.2 * (1 - 0.25), 1e-15);
+  EXPECT_NEAR(ps[4], 0.2 * (1 - 0.85), 1e-15);
+  s.cosine = true;
+  EXPECT_NEAR(peft::spiel_schedule(s, 45).p, 0.2 * (1 + std::cos(M_PI * 0.45)) / 2, 1e-15);
 }
 
 TEST(SpielBudget, ProportionalToNumel) {
