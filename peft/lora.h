@@ -15,7 +15,10 @@
 // It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
 // y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as
 // `<module>.lora_R.weight` when a subclass creates it, and merge/unmerge use the full
-// product s * B R A. Subclasses change which factors train and how they are initialised.
+// product s * B R A. Subclasses change which factors train and how they are initialised
+// (peft/lora_sb.h), or override forward, delta_weight and lora_factors (peft/sora.h,
+// peft/nola.h; NOLA has no A/B parameters: the NoFactors constructor); every member is saved
+// in the peft layout through lora_factors() as plain LoRA. peft/methods.h picks the member.
 #pragma once
 
 #include <cstdint>

@@ -14,6 +14,12 @@ LoraOptions zero_init(LoraOptions o) {
   return o;
 }
 
+// The zeros init draws nothing; LoraLinear's constructor still wants a generator.
+Generator& no_draws() {
+  static Generator g(0);
+  return g;
+}
+
 // A [r, in] = rows, B [out, r] = cols (f64 host tensors) copied into the factors' dtype and device.
 void set_factors(LoraLinear& l, const Tensor& a, const Tensor& b, const Tensor& r) {
   l.lora_A().copy_(a.to(l.lora_A().dtype()).to(l.lora_A().device()));
@@ -31,7 +37,7 @@ Tensor diag(const Tensor& s) {
 }  // namespace
 
 LoraSbLinear::LoraSbLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& opts, Generator* dropout_gen)
-    : LoraLinear(std::move(base), zero_init(opts), *std::make_unique<Generator>(0), dropout_gen) {
+    : LoraLinear(std::move(base), zero_init(opts), no_draws(), dropout_gen) {
   add_middle_factor();
   lora_A().set_requires_grad(false);
   lora_B().set_requires_grad(false);
