@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include <omp.h>
+
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
@@ -51,6 +53,21 @@ TEST(NolaBasis, DeterministicKeyedAndUniform) {
   m /= static_cast<double>(v.size());
   EXPECT_NEAR(m, 0.0, 0.06);
   EXPECT_NEAR(m2 / static_cast<double>(v.size()), 0.25 / 3, 0.02);
+}
+
+TEST(NolaBasis, BitwiseStableAcrossThreadCounts) {
+  // Each element is a function of (key, element) alone (counter-based Philox).
+  const NolaKey k{42, peft::nola_module_key("layers.1.attn.v_proj")};
+  const int prev = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const Tensor one = peft::nola_basis(k, NolaFactor::B, 17, {64, 257}, 0.1, DType::f32, Device::cpu());
+  omp_set_num_threads(4);
+  const Tensor four = peft::nola_basis(k, NolaFactor::B, 17, {64, 257}, 0.1, DType::f32, Device::cpu());
+  omp_set_num_threads(prev);
+  EXPECT_TRUE(test::bit_equal(one, four));
+  // Element e depends on e alone, not on the shape of the draw: a flat draw gives the same values.
+  const Tensor flat = peft::nola_basis(k, NolaFactor::B, 17, {64 * 257}, 0.1, DType::f32, Device::cpu());
+  EXPECT_TRUE(test::bit_equal(flat.reshape({64, 257}), one));
 }
 
 TEST(NolaBasis, CombineIsIndependentOfChunking) {
