@@ -60,6 +60,9 @@ int64_t default_d_ff(const ModelConfig& model) {
 void resolve(RunConfig& cfg) {
   ModelConfig* model = cfg.mutable_model();
   if (!model->has_bias()) model->set_bias(model->arch() == ModelConfig::GPT2);
+  // LoRA-SB / LoRA-XS: both references force lora_alpha = r (scale 1); an unset alpha follows.
+  if (cfg.has_peft() && cfg.peft().method() == PeftConfig::LORA_SB && !cfg.peft().has_lora_alpha())
+    cfg.mutable_peft()->set_lora_alpha(cfg.peft().r());
   materialize(&cfg);
 
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());

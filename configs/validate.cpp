@@ -289,8 +289,29 @@ void check_peft(const RunConfig& cfg, Checker& c) {
                                 " is set; add method: LORA to the peft section to fine-tune with adapters");
     return;
   }
-  if (p.method() != PeftConfig::LORA)
-    c.fail("peft.method", PeftConfig::Method_Name(p.method()) + " is not implemented yet (implemented: LORA)");
+  if (p.method() == PeftConfig::SPIEL)
+    c.fail("peft.method", "SPIEL is not implemented yet (implemented: LORA, LORA_SB, SORA, NOLA)");
+  if (p.method() == PeftConfig::LORA_SB) {
+    if (p.sb_init() == PeftConfig::GRADIENT) c.positive("peft.sb_init_batches", p.sb_init_batches());
+    if (p.svd_niter() < 0) c.fail("peft.svd_niter", "must be >= 0 (got " + show(p.svd_niter()) + ")");
+  }
+  if (p.method() == PeftConfig::SORA) {
+    if (!(p.sora_lambda() >= 0) || !std::isfinite(p.sora_lambda()))
+      c.fail("peft.sora_lambda", "must be a finite number >= 0 (got " + show(p.sora_lambda()) + ")");
+    if (!(p.sora_lambda_max() >= 0) || !std::isfinite(p.sora_lambda_max()))
+      c.fail("peft.sora_lambda_max", "must be a finite number >= 0 (got " + show(p.sora_lambda_max()) + ")");
+    if (p.sora_lambda_max() > 0) {
+      c.positive("peft.sora_schedule_levels", p.sora_schedule_levels());
+      c.positive("peft.sora_schedule_interval", p.sora_schedule_interval());
+      if (p.sora_schedule_start() < 0)
+        c.fail("peft.sora_schedule_start", "must be >= 0 (got " + show(p.sora_schedule_start()) + ")");
+    }
+  }
+  if (p.method() == PeftConfig::NOLA) {
+    c.positive("peft.nola_num_basis_a", p.nola_num_basis_a());
+    c.positive("peft.nola_num_basis_b", p.nola_num_basis_b());
+    c.positive("peft.nola_chunk", p.nola_chunk());
+  }
   c.positive("peft.r", p.r());
   c.positive("peft.lora_alpha", p.lora_alpha());
   c.in_range("peft.lora_dropout", p.lora_dropout(), 0, 1, false, true);

@@ -130,15 +130,16 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
   const std::vector<HfLinearModule> mods = hf_linear_modules(spec);
   LATHE_REQUIRE(!mods.empty()) << where << ": the " << models::arch_name(spec.arch)
                              << " model has no Hugging Face layout, so no peft layout either";
-  std::map<std::string, LoraLinear*> adapters;
+  // Every method of the family is written as plain LoRA (LoraLinear::lora_factors: LoRA-SB's
+  // A' = R A, NOLA's materialised factors, SoRA's pruned ranks with the gate folded into B).
+  std::map<std::string, const LoraFactors*> adapters;
+  std::map<std::string, LoraFactors> factors;
   for (auto& [name, l] : lora_layers(model)) {
     LATHE_REQUIRE(!l->merged()) << where << ": the adapter of " << name << " is merged; unmerge it before saving";
-    LATHE_REQUIRE(!l->lora_R().defined()) << where << ": " << name
-                                        << " has a middle factor R; the peft LoRA layout has none";
     LATHE_REQUIRE(l->use_rslora() == o.use_rslora)
         << where << ": " << name << " has use_rslora=" << l->use_rslora() << ", the adapter config says "
         << o.use_rslora << " (peft has one setting per adapter)";
-    adapters[name] = l;
+    adapters[name] = &(factors[name] = l->lora_factors());
   }
   LATHE_REQUIRE(!adapters.empty()) << where << ": the model carries no LoRA adapter";
   const std::vector<models::HfTensorRule> rules = models::hf_tensor_layout(spec, models::hf_default_prefix(spec.arch));
@@ -152,7 +153,7 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
   bool conv1d = false;
   autograd::NoGradGuard no_grad;
   for (const HfLinearModule& m : mods) {
-    std::vector<LoraLinear*> ls;
+    std::vector<const LoraFactors*> ls;
     bool any = false;
     for (const auto& n : m.lathe_names) {
       auto it = adapters.find(n);
@@ -165,16 +166,17 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
     Tensor A, B;
     int64_t r = 0;
     double alpha = 0;
+    // The scale of a plain-LoRA form (rank and alpha as exported).
+    auto scaling_of = [&](const LoraFactors* f) { return lora_scaling(f->r, f->alpha, o.use_rslora); };
     if (ls.size() == 1) {
-      A = ls[0]->lora_A().to(DType::f32);
-      B = ls[0]->lora_B().to(DType::f32);
-      r = ls[0]->rank();
-      alpha = ls[0]->alpha();
+      A = ls[0]->A;
+      B = ls[0]->B;
+      r = ls[0]->r;
+      alpha = ls[0]->alpha;
     } else {
       bool shared = true;
-      for (LoraLinear* l : ls)
-        shared = shared && l && l->rank() == ls[0]->rank() && l->alpha() == ls[0]->alpha() &&
-                 same_bits(l->lora_A(), ls[0]->lora_A());
+      for (const LoraFactors* l : ls)
+        shared = shared && l && l->r == ls[0]->r && l->alpha == ls[0]->alpha && same_bits(l->A, ls[0]->A);
       int64_t out_total = 0, in = 0;
       for (size_t i = 0; i < ls.size(); ++i) {
         auto lin = std::dynamic_pointer_cast<models::LinearLayer>(model.module(m.lathe_names[i]));
@@ -183,27 +185,27 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
       }
       if (shared) {
         // One adapter of rank r: A shared, B = [B_q; B_k; B_v].
-        r = ls[0]->rank();
-        alpha = ls[0]->alpha();
-        A = ls[0]->lora_A().to(DType::f32);
+        r = ls[0]->r;
+        alpha = ls[0]->alpha;
+        A = ls[0]->A;
         B = Tensor::zeros({out_total, r});
         int64_t off = 0;
-        for (LoraLinear* l : ls) {
-          B.narrow(0, off, l->out_features()).copy_(l->lora_B());
-          off += l->out_features();
+        for (const LoraFactors* l : ls) {
+          B.narrow(0, off, l->B.size(0)).copy_(l->B);
+          off += l->B.size(0);
         }
       } else {
         // Stacked ranks: A = [A_q; A_k; A_v], B = blockdiag(B_q, B_k, B_v).
         std::vector<double> rs, alphas;
         double s0 = 0;
         bool uniform = true;
-        for (LoraLinear* l : ls) {
-          rs.push_back(l ? static_cast<double>(l->rank()) : 0.0);
-          alphas.push_back(l ? l->alpha() : 0.0);
+        for (const LoraFactors* l : ls) {
+          rs.push_back(l ? static_cast<double>(l->r) : 0.0);
+          alphas.push_back(l ? l->alpha : 0.0);
           if (!l) continue;
-          if (s0 == 0) s0 = l->scaling();
-          uniform = uniform && l->scaling() == s0;
-          r += l->rank();
+          if (s0 == 0) s0 = scaling_of(l);
+          uniform = uniform && scaling_of(l) == s0;
+          r += l->r;
         }
         const double sq = o.use_rslora ? std::sqrt(static_cast<double>(r)) : static_cast<double>(r);
         alpha = uniform ? s0 * sq : sq;  // gives scale s0 (blocks as they are) or 1 (scales folded into B)
@@ -213,12 +215,12 @@ void save_adapter(models::CausalLM& model, const std::string& dir, const Adapter
         for (size_t i = 0; i < ls.size(); ++i) {
           auto lin = std::dynamic_pointer_cast<models::LinearLayer>(model.module(m.lathe_names[i]));
           const int64_t out = lin->out_features();
-          if (LoraLinear* l = ls[i]) {
-            A.narrow(0, col, l->rank()).copy_(l->lora_A());
-            Tensor blk = B.narrow(0, row, out).narrow(1, col, l->rank());
-            blk.copy_(l->lora_B());
-            if (!uniform) kernels::scale_(blk, l->scaling());
-            col += l->rank();
+          if (const LoraFactors* l = ls[i]) {
+            A.narrow(0, col, l->r).copy_(l->A);
+            Tensor blk = B.narrow(0, row, out).narrow(1, col, l->r);
+            blk.copy_(l->B);
+            if (!uniform) kernels::scale_(blk, scaling_of(l));
+            col += l->r;
           }
           row += out;
         }
@@ -435,6 +437,9 @@ LoadedAdapter load_adapter(models::CausalLM& model, const std::string& dir) {
     for (size_t i = 0; i < p.m->lathe_names.size(); ++i) {
       auto* l = dynamic_cast<LoraLinear*>(model.module(p.m->lathe_names[i]).get());
       if (!l) continue;
+      LATHE_REQUIRE(std::string(l->method_name()) == "LoRA")
+          << where << ": " << p.m->lathe_names[i] << " carries a " << l->method_name()
+          << " adapter; a peft LoRA adapter loads into plain LoRA layers (unload it first)";
       LATHE_REQUIRE(l->rank() == rank_of(p, i) && !l->merged())
           << where << ": " << p.m->lathe_names[i] << " carries an adapter of rank " << l->rank()
           << (l->merged() ? " (merged)" : "") << "; " << st_path << " gives rank " << rank_of(p, i);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "peft/methods.h"
 
 namespace lathe::peft {
 
@@ -93,7 +94,7 @@ std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, con
 
 int64_t lora_parameter_count(const models::ModelSpec& spec, const PeftOptions& opts) {
   int64_t n = 0;
-  for (const auto& a : plan_lora(linear_layers(spec), opts, spec.arch)) n += a.r * (a.in + a.out);
+  for (const auto& a : plan_lora(linear_layers(spec), opts, spec.arch)) n += adapter_parameter_count(opts, a);
   return n;
 }
 
@@ -124,7 +125,7 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
     LoraOptions lo = o.lora;
     lo.r = a.r;
     lo.alpha = a.alpha;
-    model.replace_module(a.name, std::make_shared<LoraLinear>(base, lo, gen, &model.dropout_generator()));
+    model.replace_module(a.name, make_adapter(base, a.name, lo, o, gen, &model.dropout_generator()));
   }
 
   // modules_to_save: every module whose name (or HF name) matches, trained in full.

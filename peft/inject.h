@@ -20,6 +20,9 @@
 #include "autograd/module.h"
 #include "models/model.h"
 #include "peft/lora.h"
+#include "peft/lora_sb.h"
+#include "peft/nola.h"
+#include "peft/sora.h"
 #include "peft/targets.h"
 
 namespace lathe::peft {
@@ -32,7 +35,20 @@ enum class BiasMode {
 };
 const char* bias_mode_name(BiasMode b);  // "none", "all", "lora_only"
 
+// The adapter of the LoRA family injected (peft/methods.h).
+enum class Method {
+  lora,     // LoraLinear
+  lora_sb,  // LoraSbLinear (LoRA-SB, or LoRA-XS with sb.gradient_init = false)
+  sora,     // SoraLinear
+  nola,     // NolaLinear
+};
+const char* method_name(Method m);
+
 struct PeftOptions {
+  Method method = Method::lora;
+  LoraSbOptions sb;
+  SoraOptions sora;
+  NolaOptions nola;
   // Empty = peft's default for the architecture: GPT-2 ["c_attn"], Llama ["q_proj", "v_proj"].
   NamePattern target;
   NamePattern exclude;
@@ -58,8 +74,9 @@ struct PlannedAdapter {
 // Throws naming the field when the targets match nothing or a regex is bad.
 std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, const PeftOptions& opts,
                                       models::Arch arch);
-// Trainable adapter elements of plan_lora(linear_layers(spec), opts): sum of r * (in + out)
-// (LoRA paper, section 4), computed without allocating the model.
+// Trainable adapter elements of plan_lora(linear_layers(spec), opts), computed without
+// allocating the model (peft/methods.h adapter_parameter_count per module: LoRA
+// r (in + out), LoRA-SB r^2, SoRA r (in + out) + r, NOLA k_A + k_B).
 int64_t lora_parameter_count(const models::ModelSpec& spec, const PeftOptions& opts);
 
 struct InjectResult {

@@ -28,25 +28,9 @@ double lora_scaling(int64_t r, double alpha, bool use_rslora) {
 
 LoraLinear::LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& o, Generator& gen,
                        Generator* dropout_gen)
-    : base_(std::move(base)),
-      r_(o.r),
-      alpha_(o.alpha),
-      rslora_(o.use_rslora),
-      scale_(lora_scaling(o.r, o.alpha, o.use_rslora)),
-      dropout_(o.dropout),
-      dropout_gen_(dropout_gen) {
-  LATHE_REQUIRE(base_ != nullptr) << "LoraLinear: no base layer";
-  LATHE_REQUIRE(dynamic_cast<LoraLinear*>(base_.get()) == nullptr)
-      << "LoraLinear: the layer already carries a LoRA adapter (one adapter per layer)";
-  LATHE_REQUIRE(o.dropout >= 0 && o.dropout < 1) << "LoRA: lora_dropout must be in [0, 1) (got " << o.dropout << ")";
-  LATHE_REQUIRE(o.dropout == 0 || dropout_gen != nullptr) << "LoraLinear: dropout needs a generator";
-  const Tensor w = base_->base_weight();
-  LATHE_REQUIRE(w.defined() && w.dim() == 2) << "LoraLinear: the base layer has no [out, in] weight";
+    : LoraLinear(std::move(base), o, dropout_gen, NoFactors{}) {
   const int64_t in = base_->in_features(), out = base_->out_features();
-  // The base parameters keep their names (`weight`, `bias`) under this module and are frozen:
-  // the same tensors, so the base layer's forward and every handle see one registry entry.
-  register_parameter("weight", w, false);
-  if (base_->base_bias().defined()) register_parameter("bias", base_->base_bias(), false);
+  const Tensor w = base_->base_weight();
   A_ = register_module("lora_A", std::make_shared<models::Linear>(in, o.r, false));
   B_ = register_module("lora_B", std::make_shared<models::Linear>(o.r, out, false));
   const Tensor a = A_->weight();
@@ -71,6 +55,29 @@ LoraLinear::LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOpti
   train(base_->is_training());
 }
 
+LoraLinear::LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& o, Generator* dropout_gen,
+                       NoFactors)
+    : base_(std::move(base)),
+      r_(o.r),
+      alpha_(o.alpha),
+      rslora_(o.use_rslora),
+      scale_(lora_scaling(o.r, o.alpha, o.use_rslora)),
+      dropout_(o.dropout),
+      dropout_gen_(dropout_gen) {
+  LATHE_REQUIRE(base_ != nullptr) << "LoraLinear: no base layer";
+  LATHE_REQUIRE(dynamic_cast<LoraLinear*>(base_.get()) == nullptr)
+      << "LoraLinear: the layer already carries a LoRA adapter (one adapter per layer)";
+  LATHE_REQUIRE(o.dropout >= 0 && o.dropout < 1) << "LoRA: lora_dropout must be in [0, 1) (got " << o.dropout << ")";
+  LATHE_REQUIRE(o.dropout == 0 || dropout_gen != nullptr) << "LoraLinear: dropout needs a generator";
+  const Tensor w = base_->base_weight();
+  LATHE_REQUIRE(w.defined() && w.dim() == 2) << "LoraLinear: the base layer has no [out, in] weight";
+  // The base parameters keep their names (`weight`, `bias`) under this module and are frozen:
+  // the same tensors, so the base layer's forward and every handle see one registry entry.
+  register_parameter("weight", w, false);
+  if (base_->base_bias().defined()) register_parameter("bias", base_->base_bias(), false);
+  train(base_->is_training());
+}
+
 void LoraLinear::train(bool on) {
   models::LinearLayer::train(on);
   if (base_) base_->train(on);
@@ -83,19 +90,36 @@ void LoraLinear::add_middle_factor() {
   if (!d.is_cpu()) R_->to(d);
 }
 
+Tensor LoraLinear::adapter_input(const Tensor& x, DType dt) const {
+  // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
+  // output's dtype. Under Autocast both run in the compute dtype.
+  Tensor h = models::Autocast::enabled() ? models::autocast(x) : x.dtype() == dt ? x : ag::cast(x, dt);
+  if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
+  return h;
+}
+
+Tensor LoraLinear::add_branch(const Tensor& y, const Tensor& delta) {
+  return ag::add(y, delta.dtype() != y.dtype() ? ag::cast(delta, y.dtype()) : delta);
+}
+
 Tensor LoraLinear::forward(const Tensor& x) const {
   Tensor y = base_->forward(x);
   if (merged_) return y;
-  const Tensor& a = A_->weight();
-  // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
-  // output's dtype. Under Autocast both run in the compute dtype.
-  Tensor h = x.dtype() == a.dtype() || models::Autocast::enabled() ? x : ag::cast(x, a.dtype());
-  if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
-  h = A_->forward(h);
+  Tensor h = A_->forward(adapter_input(x, A_->weight().dtype()));
   if (R_) h = R_->forward(h);
-  h = ag::mul(B_->forward(h), scale_);
-  if (h.dtype() != y.dtype()) h = ag::cast(h, y.dtype());
-  return ag::add(y, h);
+  return add_branch(y, ag::mul(B_->forward(h), scale_));
+}
+
+LoraFactors LoraLinear::lora_factors() const {
+  autograd::NoGradGuard no_grad;
+  LoraFactors f;
+  f.A = A_->weight().to(DType::f32);
+  // LoRA-XS / LoRA-SB: s B (R A) is plain LoRA with A' = R A.
+  if (R_) f.A = kernels::matmul(R_->weight().to(DType::f32), f.A);
+  f.B = B_->weight().to(DType::f32);
+  f.r = r_;
+  f.alpha = alpha_;
+  return f;
 }
 
 Tensor LoraLinear::delta_weight() const {

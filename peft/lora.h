@@ -15,7 +15,10 @@
 // It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
 // y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as
 // `<module>.lora_R.weight` when a subclass creates it, and merge/unmerge use the full
-// product s * B R A. Subclasses change which factors train and how they are initialised.
+// product s * B R A. Subclasses change which factors train and how they are initialised
+// (peft/lora_sb.h), or override forward, delta_weight and lora_factors (peft/sora.h,
+// peft/nola.h; NOLA has no A/B parameters: the NoFactors constructor); every member is saved
+// in the peft layout through lora_factors() as plain LoRA. peft/methods.h picks the member.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +51,15 @@ struct LoraOptions {
 // s = alpha / r, or alpha / sqrt(r) with rsLoRA.
 double lora_scaling(int64_t r, double alpha, bool use_rslora);
 
+// An adapter in plain LoRA form: scaling(r, alpha, rslora) * B A is the adapter's delta.
+// What every method of the family exports (LoRA-SB: A' = R A; NOLA: the materialised
+// factors; SoRA: the gate folded into B and zero ranks dropped), so stock peft loads it.
+struct LoraFactors {
+  Tensor A, B;  // f32 [r, in], [out, r]
+  int64_t r = 0;
+  double alpha = 0;
+};
+
 class LoraLinear : public models::LinearLayer {
  public:
   // Wraps `base` (which keeps serving the forward); its weight is frozen here. A and B are
@@ -67,8 +79,10 @@ class LoraLinear : public models::LinearLayer {
   Tensor base_bias() const override { return base_->base_bias(); }
 
   const std::shared_ptr<models::LinearLayer>& base() const { return base_; }
-  Tensor lora_A() const { return A_->weight(); }
-  Tensor lora_B() const { return B_->weight(); }
+  // The factors as parameters (NOLA, which has none, returns them materialised, without
+  // autograd history).
+  virtual Tensor lora_A() const { return A_->weight(); }
+  virtual Tensor lora_B() const { return B_->weight(); }
   Tensor lora_R() const { return R_ ? R_->weight() : Tensor(); }  // undefined for plain LoRA
   int64_t rank() const { return r_; }
   double alpha() const { return alpha_; }
@@ -77,16 +91,28 @@ class LoraLinear : public models::LinearLayer {
   double dropout() const { return dropout_; }
 
   // s * B (R) A in f32 [out, in] (no autograd history).
-  Tensor delta_weight() const;
+  virtual Tensor delta_weight() const;
+  // The adapter as plain LoRA factors (saving in the peft layout goes through this).
+  virtual LoraFactors lora_factors() const;
+  // The method's name for reports ("LoRA", "LoRA-SB", ...).
+  virtual const char* method_name() const { return "LoRA"; }
   // W += s * B (R) A (computed in f32, rounded once to W's dtype); forward then runs the base
   // alone. Unmerge subtracts the same delta (exact in f32 up to rounding, not in bf16).
   void merge();
   void unmerge();
   bool merged() const { return merged_; }
   // Trainable elements of the adapter factors (A, B, R that require grad).
-  int64_t adapter_parameters() const;
+  virtual int64_t adapter_parameters() const;
 
  protected:
+  // For members of the family without the A and B parameters (NOLA generates them): the
+  // base is wrapped and frozen as above, and no factor is created.
+  struct NoFactors {};
+  LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& opts, Generator* dropout_gen, NoFactors);
+  // The adapter branch's input: x in `dt` with the adapter dropout applied.
+  Tensor adapter_input(const Tensor& x, DType dt) const;
+  // y + delta, with delta cast to y's dtype.
+  static Tensor add_branch(const Tensor& y, const Tensor& delta);
   // For subclasses of the family: registers R [r, r] (`lora_R.weight`), zero, trainable.
   void add_middle_factor();
 

@@ -62,7 +62,11 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     if (inject) *inject = peft::inject_lora(*model, peft_options(cfg));
     else peft::inject_lora(*model, peft_options(cfg));
     ModelPart part(*model, /*trainable_only=*/true);
-    read_rank_checkpoint(file, CheckpointParts{&part});
+    CheckpointParts parts{&part};
+    // Frozen factors that came from data (LoRA-SB's A and B) are in the checkpoint too.
+    const auto frozen = frozen_adapter_part(*model);
+    if (frozen) parts.push_back(frozen.get());
+    read_rank_checkpoint(file, parts);
   } else {
     read_rank_checkpoint(file, *model, nullptr);
   }

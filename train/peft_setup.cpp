@@ -2,6 +2,15 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "models/autocast.h"
+#include "peft/lora_sb.h"
+#include "peft/sora.h"
+#include "train/batches.h"
+#include "train/hdf5_io.h"
 
 namespace lathe::train {
 
@@ -42,12 +51,102 @@ peft::PeftOptions peft_options(const RunConfig& cfg) {
   o.lora.use_rslora = c.use_rslora();
   o.lora.init = c.init() == PeftConfig::GAUSSIAN ? peft::LoraInit::gaussian : peft::LoraInit::kaiming;
   o.seed = c.seed() != 0 ? c.seed() : cfg.train().seed();
+  switch (c.method()) {
+    case PeftConfig::LORA: o.method = peft::Method::lora; break;
+    case PeftConfig::LORA_SB: o.method = peft::Method::lora_sb; break;
+    case PeftConfig::SORA: o.method = peft::Method::sora; break;
+    case PeftConfig::NOLA: o.method = peft::Method::nola; break;
+    case PeftConfig::OFF:
+    case PeftConfig::SPIEL: break;  // not injected / rejected by validation
+  }
+  o.sb.gradient_init = c.sb_init() == PeftConfig::GRADIENT;
+  o.sb.init_batches = c.sb_init_batches();
+  o.sb.svd_niter = c.svd_niter();
+  o.sora.threshold = c.sora_threshold() == PeftConfig::CODE ? peft::SoraThreshold::code : peft::SoraThreshold::paper;
+  o.sora.lambda = c.sora_lambda();
+  o.sora.lambda_max = c.sora_lambda_max();
+  o.sora.schedule_start = c.sora_schedule_start();
+  o.sora.schedule_levels = c.sora_schedule_levels();
+  o.sora.schedule_interval = c.sora_schedule_interval();
+  o.nola.num_basis_A = c.nola_num_basis_a();
+  o.nola.num_basis_B = c.nola_num_basis_b();
+  o.nola.chunk = c.nola_chunk();
   return o;
 }
 
 std::string adapter_dir(const RunConfig& cfg) {
   if (!cfg.peft().adapter_dir().empty()) return cfg.peft().adapter_dir();
   return (std::filesystem::path(cfg.run_dir()) / "adapter").string();
+}
+
+int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOptions& opts, TrainBatches& batches,
+                                     int64_t num_batches, double eta, Device device, bool bf16,
+                                     parallel::Communicator& comm) {
+  std::vector<std::pair<std::string, peft::LoraSbLinear*>> layers;
+  for (auto& [name, l] : peft::lora_layers(model))
+    if (auto* sb = dynamic_cast<peft::LoraSbLinear*>(l)) layers.emplace_back(name, sb);
+  if (layers.empty()) return 0;
+  LATHE_REQUIRE(num_batches > 0) << "peft.sb_init_batches must be > 0 (got " << num_batches << ")";
+  const bool was_training = model.is_training();
+  model.train(false);
+  // The base weights take gradients for these passes only. The adapters are still zero
+  // (A = B = R = 0), so the model is the base model and G is its gradient.
+  for (auto& [name, l] : layers) l->base_weight().set_requires_grad(true);
+  for (int64_t i = 0; i < num_batches; ++i) {
+    const data::LMBatch b = batches.next();
+    Tensor loss;
+    {
+      std::optional<models::Autocast> autocast;
+      if (bf16) autocast.emplace(DType::bf16);
+      loss = model.loss(b.ids.to(device), b.targets.to(device));
+    }
+    loss.backward();
+  }
+  std::vector<Tensor> grads;
+  for (auto& [name, l] : layers) {
+    Tensor g = l->base_weight().grad();
+    if (!g.defined()) g = Tensor::zeros(l->base_weight().shape(), DType::f32, l->base_weight().device());
+    if (comm.size() > 1) comm.all_reduce(g, parallel::ReduceOp::sum);
+    grads.push_back(g);
+  }
+  for (auto& [name, l] : layers) {
+    l->base_weight().set_grad(Tensor());
+    l->base_weight().set_requires_grad(false);
+  }
+  for (auto& [name, p] : model.named_parameters()) p.set_grad(Tensor());
+  for (size_t i = 0; i < layers.size(); ++i) layers[i].second->init_from_gradient(grads[i], eta, opts.sb);
+  model.train(was_training);
+  return static_cast<int64_t>(layers.size());
+}
+
+std::shared_ptr<CheckpointPart> frozen_adapter_part(models::CausalLM& model) {
+  std::vector<std::pair<std::string, Tensor>> frozen;
+  for (auto& [name, l] : peft::lora_layers(model)) {
+    if (!dynamic_cast<peft::LoraSbLinear*>(l)) continue;
+    frozen.emplace_back(name + ".lora_A.weight", l->lora_A());
+    frozen.emplace_back(name + ".lora_B.weight", l->lora_B());
+  }
+  if (frozen.empty()) return nullptr;
+  return std::make_shared<FunctionPart>(
+      "frozen adapter factors",
+      [frozen](H5Writer& w) {
+        for (const auto& [n, t] : frozen) w.write_tensor("peft/" + n, t);
+      },
+      [frozen](const H5Reader& r) {
+        for (const auto& [n, t] : frozen) {
+          if (!r.exists("peft/" + n))
+            throw CheckpointError(r.path() + " has no tensor peft/" + n +
+                                  ": it was not written by a LORA_SB run with these targets");
+          if (r.shape("peft/" + n) != t.shape())
+            throw CheckpointError("peft/" + n + ": the checkpoint " + r.path() + " holds shape " +
+                                  shape_str(r.shape("peft/" + n)) + ", the adapter has " + t.shape_str());
+          r.read_into("peft/" + n, t);
+        }
+      });
+}
+
+void after_optimizer_step(models::CausalLM& model, const peft::PeftOptions& opts, double lr, int64_t step) {
+  if (opts.method == peft::Method::sora) peft::sora_after_step(model, lr, step);
 }
 
 }  // namespace lathe::train

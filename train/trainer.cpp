@@ -219,6 +219,19 @@ void Trainer::setup() {
     for (const auto& np : g.params) params_.push_back(np.second);
   loader_ = std::make_unique<TrainBatches>(p.data, p.loader);
 
+  if (peft_) {
+    // LoRA-SB's frozen factors come from data: checkpointed, so a resume does not recompute them.
+    if (auto part = frozen_adapter_part(*model_)) parts_.push_back(part);
+    if (from.empty() && peft_options_->method == peft::Method::lora_sb && peft_options_->sb.gradient_init) {
+      // The gradient init before the first step: its own loader over the same data gives the
+      // run's first micro-batches without moving the run's data position. The step size is the
+      // first update's lr (LoRA-SB: the first Adam step at the first warm-up lr).
+      TrainBatches first(p.data, p.loader);
+      init_adapters_from_gradients(*model_, *peft_options_, first, peft_options_->sb.init_batches,
+                                   p.schedule.lr_at(1), p.device, p.bf16(), *p.comm);
+    }
+  }
+
   if (!from.empty()) {
     restore(from);
     result_.resumed_from = from;
@@ -341,7 +354,7 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     for (const auto& n : p.init.notes) s << "note: " << n << "\n";
   }
   if (peft_) {
-    s << "peft: LoRA r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha << " on "
+    s << "peft: " << peft::method_name(peft_options_->method) << " r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha << " on "
       << peft_->adapters.size() << " linear layers";
     if (!peft_->adapters.empty()) s << " (" << peft_->adapters.front().name << ", ...)";
     s << "; " << peft::parameter_report(*model_).str() << "\n";
@@ -466,6 +479,8 @@ StepRecord Trainer::train_step() {
     opt_->step();
     opt_->zero_grad();
   }
+  // SoRA's proximal step on the gates, after they were updated (either way above).
+  if (peft_) after_optimizer_step(*model_, *peft_options_, lr, step_ + 1);
   ++step_;
   last_lr_ = lr;
   tokens_seen_ += p.tokens_per_step;

@@ -32,6 +32,13 @@ TEST(PeftConfig, DefaultsFollowPeft) {
   EXPECT_EQ(cfg.peft().bias(), PeftConfig::NONE);
   EXPECT_EQ(cfg.peft().init(), PeftConfig::KAIMING);
   EXPECT_FALSE(cfg.peft().use_rslora());
+  // LoRA-SB: an unset lora_alpha resolves to r (scale 1, as the references); a set one stays.
+  RunConfig sb = parse_text("peft { method: LORA_SB r: 24 }", "t");
+  resolve(sb);
+  EXPECT_EQ(sb.peft().lora_alpha(), 24);
+  RunConfig sb2 = parse_text("peft { method: LORA_SB r: 24 lora_alpha: 5 }", "t");
+  resolve(sb2);
+  EXPECT_EQ(sb2.peft().lora_alpha(), 5);
   // A config without a peft section, resolved (every section written out), is still valid.
   EXPECT_TRUE(load_errors_or_empty(write_temp("peft_none.pbtxt", "name: \"x\" train { steps: 10 }")).empty());
 }
@@ -50,9 +57,22 @@ TEST(PeftConfig, ExampleLoadsAndValidates) {
 }
 
 TEST(PeftConfig, ErrorsNameTheField) {
-  for (const char* m : {"LORA_SB", "SORA", "NOLA", "SPIEL"}) {
+  for (const char* m : {"SPIEL"}) {
     const auto errs = load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }"));
     EXPECT_TRUE(any_has(errs, std::string("peft.method: ") + m + " is not implemented yet")) << m;
+  }
+  for (const char* m : {"LORA_SB", "SORA", "NOLA"})
+    EXPECT_FALSE(any_has(load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }")),
+                         "peft.method")) << m;
+  {
+    const auto e = load_errors(write_temp("peft_sb.pbtxt", "peft { method: LORA_SB sb_init_batches: 0 svd_niter: -1 }"));
+    EXPECT_TRUE(any_has(e, "peft.sb_init_batches: must be > 0"));
+    EXPECT_TRUE(any_has(e, "peft.svd_niter: must be >= 0"));
+    const auto n = load_errors(write_temp("peft_n.pbtxt", "peft { method: NOLA nola_num_basis_b: 0 nola_chunk: -2 }"));
+    EXPECT_TRUE(any_has(n, "peft.nola_num_basis_b: must be > 0"));
+    EXPECT_TRUE(any_has(n, "peft.nola_chunk: must be > 0"));
+    const auto s = load_errors(write_temp("peft_s.pbtxt", "peft { method: SORA sora_lambda_max: 1 sora_schedule_interval: 0 }"));
+    EXPECT_TRUE(any_has(s, "peft.sora_schedule_interval: must be > 0"));
   }
   auto errs = load_errors(write_temp("peft_v.pbtxt",
                                      "peft { method: LORA r: 0 lora_alpha: -1 lora_dropout: 1 target_modules: \"q_proj\" "

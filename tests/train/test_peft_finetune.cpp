@@ -114,8 +114,8 @@ TEST(PeftFinetune, ConfigErrorsNameTheField) {
   const std::string base = write_base(tmp);
   TrainOptions o;
   o.out = nullptr;
-  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA_SB }\n"), o), "peft.method",
-                   "LORA_SB", "not implemented yet");
+  EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: SPIEL }\n"), o), "peft.method",
+                   "SPIEL", "not implemented yet");
   EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA r: 0 }\n"), o), "peft.r");
   EXPECT_ERROR_HAS(train(peft_config(tmp / "r", base, 4, "peft { method: LORA target_modules: \"nope\" }\n"), o),
                    "peft.target_modules");
