@@ -88,6 +88,14 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "matmul");
     inner_.matmul(a, b, trans_a, trans_b, out);
   }
+  void svd(const Tensor& a, const SvdOut& out) override {
+    Timer t(*this, "svd");
+    inner_.svd(a, out);
+  }
+  void qr_q(const Tensor& a, const Tensor& q) override {
+    Timer t(*this, "qr_q");
+    inner_.qr_q(a, q);
+  }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
               const Tensor& pre) override {
     Timer t(*this, std::string("linear:") + activation_name(act));

@@ -81,6 +81,11 @@ class Backend : public DeviceOps {
                                   const Tensor& out, const Tensor& lse, bool causal, double scale,
                                   const AttentionGrads& grads) = 0;
 
+  // dense linear algebra (checked by the op layer: a contiguous 2-D f32/f64, outputs
+  // contiguous of a's dtype; qr_q has m >= k)
+  virtual void svd(const Tensor& a, const SvdOut& out) = 0;
+  virtual void qr_q(const Tensor& a, const Tensor& q) = 0;
+
   // element i kept when uniform(gen seed, offset + i) >= p
   virtual void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) = 0;
 

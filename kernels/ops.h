@@ -60,6 +60,19 @@ Tensor sum_to_shape(const Tensor& x, const Shape& shape);
 // BLAS is called on strided views without copying where their layout allows.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
+// Thin singular value decomposition of a 2-D f32/f64 matrix a [m, n]:
+// a = u diag(s) vt with u [m, k], s [k] descending and >= 0, vt [k, n], k = min(m, n).
+// LAPACK gesdd on the CPU, cuSOLVER gesvd on CUDA (both host-synchronising: GaLore calls it
+// once every T steps). Signs of singular vector pairs are implementation-defined. A
+// non-finite input or a run that does not converge is an error naming the shape.
+struct SvdOut {
+  Tensor u, s, vt;
+};
+SvdOut svd(const Tensor& a);
+// Orthonormal basis of the column space of a [m, k] (m >= k, f32/f64): the Q factor
+// [m, k] of the thin Householder QR (LAPACK geqrf + orgqr, cuSOLVER on CUDA).
+Tensor qr_q(const Tensor& a);
+
 // The activation a fused linear applies after its bias (gelu_tanh: GPT-2's MLP).
 enum class Activation : uint8_t { none, gelu_tanh };
 const char* activation_name(Activation act);

@@ -9,6 +9,7 @@
 
 #include "configs/config.h"
 #include "optim/adamw.h"
+#include "optim/galore.h"
 #include "optim/sgd.h"
 
 namespace lathe::optim {
@@ -39,6 +40,51 @@ std::unique_ptr<Optimizer> build_sgd(const lathe::OptimizerConfig& c, std::vecto
   return std::make_unique<SGD>(std::move(groups), o);
 }
 
+// GALORE and FIRA: optimizer.galore (and optimizer.fira); eps defaults to the reference
+// code's 1e-6 unless optimizer.eps is set explicitly.
+std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups,
+                                               bool fira) {
+  const std::string type = fira ? "FIRA" : "GALORE";
+  std::vector<std::string> errs;
+  if (c.has_adamw_variant() && c.adamw_variant() != lathe::OptimizerConfig::HF)
+    errs.push_back("optimizer.adamw_variant: " + type +
+                   " runs the HF-style AdamW of its reference code; leave it unset or set HF");
+  if (c.state_bits() != 32)
+    errs.push_back("optimizer.state_bits: " + std::to_string(c.state_bits()) + " is not implemented for " + type +
+                   " in this build (use 32)");
+  if (c.paged()) errs.push_back("optimizer.paged: not implemented for " + type + " in this build");
+  if (!fira && c.has_fira()) errs.push_back("optimizer.fira: set, but optimizer.type is GALORE (did you mean FIRA?)");
+  const lathe::GaLoreConfig& gc = c.galore();
+  GaLoreOptions o;
+  o.lr = c.lr();
+  o.beta1 = c.beta1();
+  o.beta2 = c.beta2();
+  o.eps = c.has_eps() ? c.eps() : 1e-6;
+  o.weight_decay = c.weight_decay();
+  o.rank = gc.rank();
+  o.update_proj_gap = gc.update_proj_gap();
+  o.scale = gc.scale();
+  switch (gc.proj_type()) {
+    case lathe::GaLoreConfig::STD: o.proj_type = ProjType::std_; break;
+    case lathe::GaLoreConfig::REVERSE_STD: o.proj_type = ProjType::reverse_std; break;
+    case lathe::GaLoreConfig::LEFT: o.proj_type = ProjType::left; break;
+    case lathe::GaLoreConfig::RIGHT: o.proj_type = ProjType::right; break;
+    case lathe::GaLoreConfig::FULL: o.proj_type = ProjType::full; break;
+  }
+  o.svd = gc.svd() == lathe::GaLoreConfig::RANDOMIZED ? SvdMethod::randomized : SvdMethod::exact;
+  o.svd_oversample = gc.svd_oversample();
+  o.svd_power_iters = gc.svd_power_iters();
+  o.target = gc.target();
+  if (gc.has_target() && gc.target().empty()) errs.push_back("optimizer.galore.target: empty (leave it unset for the default)");
+  o.fira = fira;
+  o.fira_form = c.fira().form() == lathe::FiraConfig::PAPER ? FiraForm::paper : FiraForm::code;
+  o.fira_gamma = c.fira().gamma();
+  for (const std::string& p : GaLore::check_options(groups, o))
+    errs.push_back(p.rfind("group ", 0) == 0 ? "optimizer.groups: " + p : "optimizer." + p);
+  if (!errs.empty()) throw ConfigError("config", errs);
+  return std::make_unique<GaLore>(std::move(groups), o);
+}
+
 // Built-ins are put in here rather than by static registrars in their own files: a static
 // library drops object files nothing refers to, and their registrars with them.
 struct Registry {
@@ -46,6 +92,10 @@ struct Registry {
   std::map<lathe::OptimizerConfig::Type, OptimizerFactory> factories{
       {lathe::OptimizerConfig::ADAMW, build_adamw},
       {lathe::OptimizerConfig::SGD, build_sgd},
+      {lathe::OptimizerConfig::GALORE,
+       [](const lathe::OptimizerConfig& c, std::vector<ParamGroup> g) { return build_galore_family(c, std::move(g), false); }},
+      {lathe::OptimizerConfig::FIRA,
+       [](const lathe::OptimizerConfig& c, std::vector<ParamGroup> g) { return build_galore_family(c, std::move(g), true); }},
   };
 };
 

@@ -4,6 +4,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/fused.h"
+#include "kernels/cpu/linalg.h"
 #include "kernels/cpu/nn.h"
 
 namespace lathe::kernels {
@@ -46,6 +47,8 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override {
     cpu::matmul(a, b, trans_a, trans_b, out);
   }
+  void svd(const Tensor& a, const SvdOut& out) override { cpu::svd(a, out); }
+  void qr_q(const Tensor& a, const Tensor& q) override { cpu::qr_q(a, q); }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
               const Tensor& pre) override {
     cpu::linear(x, w, bias, act, out, pre);

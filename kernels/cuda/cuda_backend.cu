@@ -50,6 +50,8 @@ class CudaBackend final : public Backend {
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) override { cuda::rope(x, cos, sin, inverse, out); }
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const AttentionOut& out) override { cuda::attention(q, k, v, causal, scale, out); }
   void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, bool causal, double scale, const AttentionGrads& grads) override { cuda::attention_backward(gout, q, k, v, out, lse, causal, scale, grads); }
+  void svd(const Tensor& a, const SvdOut& out) override { cuda::svd(a, out); }
+  void qr_q(const Tensor& a, const Tensor& q) override { cuda::qr_q(a, q); }
   void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) override { cuda::dropout(x, p, seed, offset, out); }
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override { cuda::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step); }
   void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override {

@@ -83,6 +83,10 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, bool causal, double scale, const AttentionGrads& grads);
 
+// linalg.cu (cuSOLVER; host-synchronising, for GaLore's basis refresh)
+void svd(const Tensor& a, const SvdOut& out);
+void qr_q(const Tensor& a, const Tensor& q);
+
 // misc.cu
 void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out);
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,

@@ -28,6 +28,8 @@ class AlmostCompleteBackend final : public Backend {
   void matmul(const Tensor&, const Tensor&, bool, bool, const Tensor&) override {}
   void linear(const Tensor&, const Tensor&, const Tensor&, Activation, const Tensor&, const Tensor&) override {}
   void softmax(const Tensor&, int64_t, bool, const Tensor&) override {}
+  void svd(const Tensor&, const SvdOut&) override {}
+  void qr_q(const Tensor&, const Tensor&) override {}
   void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {}
   void layer_norm(const Tensor&, const Tensor&, const Tensor&, double, const NormOut&) override {}
   void layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
