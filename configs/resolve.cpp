@@ -60,6 +60,12 @@ int64_t default_d_ff(const ModelConfig& model) {
 void resolve(RunConfig& cfg) {
   ModelConfig* model = cfg.mutable_model();
   if (!model->has_bias()) model->set_bias(model->arch() == ModelConfig::GPT2);
+  // GaLore and Fira reproduce their reference code by default: the HF-style AdamW inside,
+  // with its eps of 1e-6 (../shared/specs/optimizers.md, decisions).
+  OptimizerConfig* opt = cfg.mutable_optimizer();
+  const bool galore_family = opt->type() == OptimizerConfig::GALORE || opt->type() == OptimizerConfig::FIRA;
+  if (!opt->has_adamw_variant()) opt->set_adamw_variant(galore_family ? OptimizerConfig::HF : OptimizerConfig::TORCH);
+  if (!opt->has_eps() && galore_family) opt->set_eps(1e-6);
   materialize(&cfg);
 
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());

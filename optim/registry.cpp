@@ -41,7 +41,8 @@ std::unique_ptr<Optimizer> build_sgd(const lathe::OptimizerConfig& c, std::vecto
 }
 
 // GALORE and FIRA: optimizer.galore (and optimizer.fira); eps defaults to the reference
-// code's 1e-6 unless optimizer.eps is set explicitly.
+// code's 1e-6 unless optimizer.eps is set (configs::resolve writes that default into a
+// resolved config); an empty galore.target means the default target.
 std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups,
                                                bool fira) {
   const std::string type = fira ? "FIRA" : "GALORE";
@@ -53,7 +54,6 @@ std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, 
     errs.push_back("optimizer.state_bits: " + std::to_string(c.state_bits()) + " is not implemented for " + type +
                    " in this build (use 32)");
   if (c.paged()) errs.push_back("optimizer.paged: not implemented for " + type + " in this build");
-  if (!fira && c.has_fira()) errs.push_back("optimizer.fira: set, but optimizer.type is GALORE (did you mean FIRA?)");
   const lathe::GaLoreConfig& gc = c.galore();
   GaLoreOptions o;
   o.lr = c.lr();
@@ -75,7 +75,6 @@ std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, 
   o.svd_oversample = gc.svd_oversample();
   o.svd_power_iters = gc.svd_power_iters();
   o.target = gc.target();
-  if (gc.has_target() && gc.target().empty()) errs.push_back("optimizer.galore.target: empty (leave it unset for the default)");
   o.fira = fira;
   o.fira_form = c.fira().form() == lathe::FiraConfig::PAPER ? FiraForm::paper : FiraForm::code;
   o.fira_gamma = c.fira().gamma();

@@ -643,7 +643,6 @@ TEST(GaLore, ConfigErrorsNameTheField) {
   check([](auto& c) { c.mutable_galore()->set_target("nothing_like_this"); }, "optimizer.galore.target: \"nothing_like_this\" matches no");
   check([](auto& c) { c.set_state_bits(8); }, "optimizer.state_bits:");
   check([](auto& c) { c.set_adamw_variant(lathe::OptimizerConfig::TORCH); }, "optimizer.adamw_variant:");
-  check([](auto& c) { c.mutable_fira()->set_gamma(1.05); }, "optimizer.fira:");
   check(
       [](auto& c) {
         c.set_type(lathe::OptimizerConfig::FIRA);
@@ -672,4 +671,26 @@ TEST(GaLore, ConfigErrorsNameTheField) {
         (*g->mutable_options())["proj_type"] = "sideways";
       },
       "optimizer.groups: group 'attn': option proj_type:");
+}
+
+// A resolved config (every field written out) keeps the reference defaults for GaLore/Fira:
+// eps 1e-6 and the HF AdamW form, unless the file says otherwise.
+TEST(GaLore, ResolvedConfigKeepsTheReferenceDefaults) {
+  lathe::RunConfig cfg;
+  cfg.mutable_optimizer()->set_type(lathe::OptimizerConfig::FIRA);
+  configs::resolve(cfg);
+  EXPECT_DOUBLE_EQ(cfg.optimizer().eps(), 1e-6);
+  EXPECT_EQ(cfg.optimizer().adamw_variant(), lathe::OptimizerConfig::HF);
+  lathe::RunConfig adam;
+  configs::resolve(adam);
+  EXPECT_DOUBLE_EQ(adam.optimizer().eps(), 1e-8);
+  EXPECT_EQ(adam.optimizer().adamw_variant(), lathe::OptimizerConfig::TORCH);
+  lathe::RunConfig set;
+  set.mutable_optimizer()->set_type(lathe::OptimizerConfig::GALORE);
+  set.mutable_optimizer()->set_eps(1e-8);
+  configs::resolve(set);
+  EXPECT_DOUBLE_EQ(set.optimizer().eps(), 1e-8);
+  NamedParams named = {{"layers.0.attn.q_proj.weight", Tensor::zeros({4, 4}).set_requires_grad()}};
+  auto opt = make_optimizer(cfg.optimizer(), named);  // a resolved config builds (target "" = default)
+  EXPECT_STREQ(opt->name(), "Fira");
 }
