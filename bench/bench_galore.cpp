@@ -16,6 +16,8 @@
 //             category) next to the formula, and exits.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
