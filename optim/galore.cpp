@@ -5,12 +5,12 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "optim/blockwise8.h"
 #include "optim/fira.h"
 
 namespace lathe::optim {
 
 using kernels::BinaryOp;
-using kernels::UnaryOp;
 
 const char* const kDefaultGaLoreTarget = R"((.*\.)?(attn|mlp)\..*weight)";
 
@@ -22,16 +22,6 @@ uint64_t name_seed(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return h;
-}
-
-// The HF-style Adam moments of x (GaLore's and Fira's inner AdamW, spec section 1): updates M
-// and V in place and returns N = M / (sqrt(V) + eps) (bias correction is the caller's).
-Tensor adam_direction(const Tensor& x, const Tensor& m, const Tensor& v, double b1, double b2, double eps) {
-  kernels::scale_(m, b1);
-  kernels::add_(m, x, 1 - b1);
-  kernels::scale_(v, b2);
-  kernels::add_(v, kernels::binary(BinaryOp::mul, x, x), 1 - b2);
-  return kernels::binary(BinaryOp::div, m, kernels::affine(kernels::unary(UnaryOp::sqrt, v), 1.0, eps));
 }
 
 std::string group_label(const ParamGroup& g, size_t i) {
@@ -52,7 +42,15 @@ std::vector<std::string> GaLore::check_options(const std::vector<ParamGroup>& gr
   if (!std::isfinite(o.scale) || o.scale <= 0) p.push_back("galore.scale: must be a finite number > 0");
   if (o.svd_oversample < 0) p.push_back("galore.svd_oversample: must be >= 0");
   if (o.svd_power_iters < 0) p.push_back("galore.svd_power_iters: must be >= 0");
-  if (o.fira && !(o.fira_gamma >= 1) ) p.push_back("fira.gamma: must be >= 1 (it bounds the growth of the residual's norm)");
+  if (o.state_bits != 32 && o.state_bits != 8) p.push_back("state_bits: must be 8 or 32");
+  if (o.state_bits == 8 && (o.block_size < 64 || o.block_size > 4096 || (o.block_size & (o.block_size - 1)) != 0))
+    p.push_back("eight_bit.block_size: must be a power of two from 64 to 4096");
+  try {
+    std::regex re(o.f32_params, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    p.push_back("eight_bit.f32_params: \"" + o.f32_params + "\" is not a valid regex (" + e.what() + ")");
+  }
+  if (o.fira && !(o.fira_gamma >= 1)) p.push_back("fira.gamma: must be >= 1 (it bounds the growth of the residual's norm)");
   try {
     std::regex re(o.target.empty() ? kDefaultGaLoreTarget : o.target, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
@@ -105,6 +103,7 @@ GaLore::GaLore(std::vector<ParamGroup> groups, GaLoreOptions opts) : Optimizer(s
       LATHE_CHECK(p.dtype() == DType::f32) << name() << ": parameter '" << n << "' is " << dtype_name(p.dtype())
                                            << "; keep f32 master weights for the optimizer";
   projected_ = select_projected(groups_, opts_);
+  f32_re_ = std::regex(opts_.f32_params.empty() ? std::string("$^") : opts_.f32_params, std::regex::ECMAScript);
   set_lr(opts_.lr);
 }
 
@@ -127,20 +126,43 @@ GaLore::MatrixSettings GaLore::settings(const ParamGroup& g) const {
   return s;
 }
 
+bool GaLore::uses_8bit(const std::string& name, const Shape& moment_shape) const {
+  return opts_.state_bits == 8 && shape_numel(moment_shape) >= opts_.min_8bit_size && !std::regex_match(name, f32_re_);
+}
+
 StateMap GaLore::init_state(const std::string& name, const Tensor& param, const ParamGroup& group) const {
   const Device dev = param.device();
-  if (!projected(name))
-    return {{"exp_avg", Tensor::zeros(param.shape(), DType::f32, dev)},
-            {"exp_avg_sq", Tensor::zeros(param.shape(), DType::f32, dev)}};
-  const MatrixSettings s = settings(group);
-  const int64_t m = param.size(0), n = param.size(1), r = effective_rank(s.rank, m, n);
-  const ProjSides sides = proj_sides(s.proj_type, m, n);
-  const Shape ps = projected_shape(sides, m, n, r);
-  StateMap st{{"exp_avg", Tensor::zeros(ps, DType::f32, dev)}, {"exp_avg_sq", Tensor::zeros(ps, DType::f32, dev)}};
+  Shape ms = param.shape();
+  ProjSides sides;
+  int64_t m = 0, n = 0, r = 0;
+  if (projected(name)) {
+    const MatrixSettings s = settings(group);
+    m = param.size(0), n = param.size(1), r = effective_rank(s.rank, m, n);
+    sides = proj_sides(s.proj_type, m, n);
+    ms = projected_shape(sides, m, n, r);
+  }
+  StateMap st;
+  if (uses_8bit(name, ms))
+    st = init_moments8(ms, dev, opts_.block_size);
+  else
+    st = {{"exp_avg", Tensor::zeros(ms, DType::f32, dev)}, {"exp_avg_sq", Tensor::zeros(ms, DType::f32, dev)}};
   if (sides.left) st["ortho_left"] = Tensor::zeros({m, r}, DType::f32, dev);
   if (sides.right) st["ortho_right"] = Tensor::zeros({r, n}, DType::f32, dev);
-  if (opts_.fira) st["scaling_grad"] = Tensor::zeros({}, DType::f32, dev);
+  if (opts_.fira && projected(name)) st["scaling_grad"] = Tensor::zeros({}, DType::f32, dev);
   return st;
+}
+
+Tensor GaLore::adam_delta(const std::string& name, const Tensor& x, StateMap& state, int64_t step,
+                          kernels::AdamVariant variant) const {
+  Tensor delta = Tensor::zeros(x.shape(), DType::f32, x.device());
+  const Tensor xc = x.contiguous();
+  if (has_moments8(state))
+    adam_step8(delta, xc, state, "", 1.0, opts_.beta1, opts_.beta2, opts_.eps, 0.0, step, variant, opts_.block_size);
+  else
+    kernels::adamw_step(delta, xc, state.at("exp_avg"), state.at("exp_avg_sq"), 1.0, opts_.beta1, opts_.beta2,
+                        opts_.eps, 0.0, step, variant);
+  (void)name;
+  return delta;
 }
 
 void GaLore::refresh(const std::string& name, const Tensor& g, const Projector& p, int64_t step, int64_t gap) {
@@ -182,48 +204,45 @@ void GaLore::refresh(const std::string& name, const Tensor& g, const Projector& 
 
 void GaLore::update(const std::string& name, const Tensor& param, const Tensor& grad, StateMap& state,
                     const ParamGroup& group, int64_t step) {
+  using kernels::AdamVariant;
   const Tensor g = grad.to(DType::f32);
+  if (!projected(name)) {
+    // HF-style AdamW (spec section 1): the reference runs it on every parameter it does not
+    // project; decay after the update is inside the kernel.
+    if (has_moments8(state))
+      adam_step8(param, g, state, "", group.lr, opts_.beta1, opts_.beta2, opts_.eps, group.weight_decay, step,
+                 AdamVariant::hf, opts_.block_size);
+    else
+      kernels::adamw_step(param, g.contiguous(), state.at("exp_avg"), state.at("exp_avg_sq"), group.lr, opts_.beta1,
+                          opts_.beta2, opts_.eps, group.weight_decay, step, AdamVariant::hf);
+    return;
+  }
   const double bc1 = 1 - std::pow(opts_.beta1, static_cast<double>(step));
   const double bc2 = 1 - std::pow(opts_.beta2, static_cast<double>(step));
-  const double step_size = group.lr * std::sqrt(bc2) / bc1;
-  if (!projected(name)) {
-    // HF-style AdamW (spec section 1): the reference runs it on every parameter it does not project.
-    const Tensor n = adam_direction(g, state.at("exp_avg"), state.at("exp_avg_sq"), opts_.beta1, opts_.beta2, opts_.eps);
-    kernels::add_(param, n, -step_size);
+  const MatrixSettings s = settings(group);
+  Projector p;
+  if (auto it = state.find("ortho_left"); it != state.end()) p.left = it->second;
+  if (auto it = state.find("ortho_right"); it != state.end()) p.right = it->second;
+  // Refresh at updates 1, T+1, 2T+1, ... (the reference tests step % T == 0 before counting).
+  if ((step - 1) % s.gap == 0) refresh(name, g, p, step, s.gap);
+  const Tensor r = p.project(g);
+  const bool paper = opts_.fira && opts_.fira_form == FiraForm::paper;
+  // Code form (GaLore, Fira's code): delta = -lr_factor N with N = M / (sqrt(V) + eps) and
+  // lr_factor = sqrt(bc2)/bc1, the step W -= lr sqrt(bc2)/bc1 alpha back(N). Paper form (Fira
+  // Alg. 1): delta = -N_hat from bias-corrected moments, and alpha scales the residual too.
+  const Tensor delta = adam_delta(name, r, state, step, paper ? AdamVariant::torch : AdamVariant::hf);
+  if (!opts_.fira) {
+    kernels::add_(param, p.project_back(delta), group.lr * s.scale);
   } else {
-    const MatrixSettings s = settings(group);
-    Projector p;
-    if (auto it = state.find("ortho_left"); it != state.end()) p.left = it->second;
-    if (auto it = state.find("ortho_right"); it != state.end()) p.right = it->second;
-    // Refresh at updates 1, T+1, 2T+1, ... (the reference tests step % T == 0 before counting).
-    if ((step - 1) % s.gap == 0) refresh(name, g, p, step, s.gap);
-    const Tensor r = p.project(g);
-    const Tensor& m = state.at("exp_avg");
-    const Tensor& v = state.at("exp_avg_sq");
-    const Tensor n = adam_direction(r, m, v, opts_.beta1, opts_.beta2, opts_.eps);
-    if (!opts_.fira) {
-      kernels::add_(param, p.project_back(n), -step_size * s.scale);
-    } else if (opts_.fira_form == FiraForm::code) {
-      FiraTerm t;
-      t.scale = s.scale;
-      t.gamma = opts_.fira_gamma;
-      const Tensor res = fira_residual(g, r, n, p, state.at("scaling_grad"), step == 1, t);
-      kernels::add_(param, p.project_back(n), -step_size * s.scale);
-      kernels::add_(param, res, -step_size);
-    } else {
-      // Paper form (Fira Alg. 1): bias-corrected moments, eps outside the correction, and
-      // alpha on both the low-rank update and the residual.
-      const Tensor vhat = kernels::affine(kernels::unary(UnaryOp::sqrt, kernels::affine(v, 1.0 / bc2, 0.0)), 1.0, opts_.eps);
-      const Tensor nhat = kernels::binary(BinaryOp::div, kernels::affine(m, 1.0 / bc1, 0.0), vhat);
-      FiraTerm t;
-      t.paper = true;
-      t.scale = s.scale;
-      t.eps = opts_.eps;
-      t.gamma = opts_.fira_gamma;
-      const Tensor res = fira_residual(g, r, nhat, p, state.at("scaling_grad"), step == 1, t);
-      kernels::add_(param, p.project_back(nhat), -group.lr * s.scale);
-      kernels::add_(param, res, -group.lr * s.scale);
-    }
+    FiraTerm t;
+    t.paper = paper;
+    t.scale = s.scale;
+    t.eps = opts_.eps;
+    t.gamma = opts_.fira_gamma;
+    const double to_n = paper ? -1.0 : -bc1 / std::sqrt(bc2);  // delta -> the N that phi reads
+    const Tensor res = fira_residual(g, r, kernels::affine(delta, to_n, 0.0), p, state.at("scaling_grad"), step == 1, t);
+    kernels::add_(param, p.project_back(delta), group.lr * s.scale);
+    kernels::add_(param, res, paper ? -group.lr * s.scale : -group.lr * std::sqrt(bc2) / bc1);
   }
   // Decay after the update, on the updated weight (GaLore/Fira/HF AdamW order).
   if (group.weight_decay != 0) kernels::scale_(param, 1 - group.lr * group.weight_decay);

@@ -14,9 +14,12 @@
 // rescaled the projected gradient, under a norm-growth limiter; its state adds one f32
 // scalar `scaling_grad` per projected matrix.
 //
-// State per projected matrix: exp_avg, exp_avg_sq (the projected shape, f32), ortho_left
-// [m, r] and/or ortho_right [r, n] (f32), and for Fira scaling_grad (0-d f32). Per-group
-// options rank, update_proj_gap, scale, proj_type override the defaults for that group.
+// State per projected matrix: exp_avg, exp_avg_sq (the projected shape, f32; or the four
+// 8-bit entries of optim/blockwise8.h), ortho_left [m, r] and/or ortho_right [r, n] (f32),
+// and for Fira scaling_grad (0-d f32). Per-group options rank, update_proj_gap, scale,
+// proj_type override the defaults for that group. The Adam arithmetic is the fused
+// kernels::adamw_step (HF form) or adamw_step_8bit, run on the projected gradient into a zero
+// tensor, as galore-torch's 8-bit variant does.
 #pragma once
 
 #include <regex>
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "optim/optimizer.h"
 #include "optim/projector.h"
 
@@ -48,6 +52,14 @@ struct GaLoreOptions {
   int64_t svd_power_iters = 2;
   // ECMAScript regex over whole parameter names; empty: kDefaultTarget.
   std::string target;
+  // 8-bit moments (optim/blockwise8.h): with state_bits 8, a moment (the projected one for a
+  // projected matrix) with at least min_8bit_size elements, of a parameter whose name does not
+  // match f32_params, is stored as blockwise 8-bit codes (GaLoreAdamW8bit: min_8bit_size
+  // applies to the projected moment's element count).
+  int state_bits = 32;
+  int64_t block_size = 256;
+  int64_t min_8bit_size = 4096;
+  std::string f32_params;  // regex ("" = none)
   // Fira (off: GaLore).
   bool fira = false;
   FiraForm fira_form = FiraForm::code;
@@ -89,10 +101,17 @@ class GaLore : public Optimizer {
     ProjType proj_type;
   };
   MatrixSettings settings(const ParamGroup& group) const;
+  // Whether this parameter's moments (of shape `moment_shape`) are 8-bit.
+  bool uses_8bit(const std::string& name, const Shape& moment_shape) const;
 
  private:
   void refresh(const std::string& name, const Tensor& g, const Projector& p, int64_t step, int64_t gap);
+  // The Adam step of x (the projected or full gradient) into a zero tensor: with the HF form
+  // -sqrt(bc2)/bc1 * M / (sqrt(V) + eps), with the torch form -(M/bc1) / (sqrt(V/bc2) + eps).
+  Tensor adam_delta(const std::string& name, const Tensor& x, StateMap& state, int64_t step,
+                    kernels::AdamVariant variant) const;
   GaLoreOptions opts_;
+  std::regex f32_re_;
   std::set<std::string> projected_;
   int64_t skipped_refreshes_ = 0;
   bool warned_ = false;

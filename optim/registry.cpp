@@ -11,6 +11,7 @@
 #include "optim/adamw.h"
 #include "optim/galore.h"
 #include "optim/sgd.h"
+#include "optim/sgd_sai.h"
 
 namespace lathe::optim {
 
@@ -18,14 +19,48 @@ namespace {
 
 using configs::ConfigError;
 
-std::unique_ptr<Optimizer> build_adamw(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+}  // namespace
+
+// The token and position embeddings of lathe's models ("embed.weight", "pos_embed.weight", also
+// under a prefix): f32 moments by default with 8-bit states (Dettmers, transformers#14819).
+const char* const kDefaultF32Params = "(.*\\.)?(embed|pos_embed)\\.weight";
+
+PagingOptions paging_from_config(const lathe::OptimizerConfig& c) {
+  PagingOptions p;
+  p.enabled = c.paged();
+  p.min_numel = c.paging().min_numel();
+  p.dir = c.paging().dir();
+  return p;
+}
+
+AdamWOptions adamw_options_from_config(const lathe::OptimizerConfig& c) {
   AdamWOptions o;
   o.lr = c.lr();
   o.beta1 = c.beta1();
   o.beta2 = c.beta2();
   o.eps = c.eps();
   o.weight_decay = c.weight_decay();
-  return std::make_unique<AdamW>(std::move(groups), o);
+  o.variant = c.adamw_variant() == lathe::OptimizerConfig::HF ? kernels::AdamVariant::hf : kernels::AdamVariant::torch;
+  o.state_bits = c.state_bits();
+  o.block_size = c.eight_bit().block_size();
+  o.min_8bit_size = c.eight_bit().min_8bit_size();
+  o.f32_params = c.eight_bit().has_f32_params() ? c.eight_bit().f32_params() : std::string(kDefaultF32Params);
+  return o;
+}
+
+namespace {
+
+std::unique_ptr<Optimizer> build_adamw(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+  return std::make_unique<AdamW>(std::move(groups), adamw_options_from_config(c));
+}
+
+std::unique_ptr<Optimizer> build_sgd_sai(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+  SGDSaIOptions o;
+  o.lr = c.lr();
+  o.eps = c.eps();
+  o.momentum = c.sgd_sai().momentum();
+  o.normalize = c.sgd_sai().normalize();
+  return std::make_unique<SGDSaI>(std::move(groups), o);
 }
 
 std::unique_ptr<Optimizer> build_sgd(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
@@ -50,10 +85,6 @@ std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, 
   if (c.has_adamw_variant() && c.adamw_variant() != lathe::OptimizerConfig::HF)
     errs.push_back("optimizer.adamw_variant: " + type +
                    " runs the HF-style AdamW of its reference code; leave it unset or set HF");
-  if (c.state_bits() != 32)
-    errs.push_back("optimizer.state_bits: " + std::to_string(c.state_bits()) + " is not implemented for " + type +
-                   " in this build (use 32)");
-  if (c.paged()) errs.push_back("optimizer.paged: not implemented for " + type + " in this build");
   const lathe::GaLoreConfig& gc = c.galore();
   GaLoreOptions o;
   o.lr = c.lr();
@@ -75,6 +106,12 @@ std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, 
   o.svd_oversample = gc.svd_oversample();
   o.svd_power_iters = gc.svd_power_iters();
   o.target = gc.target();
+  // 8-bit moments and their exemptions as AdamW reads them (the embeddings keep f32 by default).
+  const AdamWOptions a = adamw_options_from_config(c);
+  o.state_bits = a.state_bits;
+  o.block_size = a.block_size;
+  o.min_8bit_size = a.min_8bit_size;
+  o.f32_params = a.f32_params;
   o.fira = fira;
   o.fira_form = c.fira().form() == lathe::FiraConfig::PAPER ? FiraForm::paper : FiraForm::code;
   o.fira_gamma = c.fira().gamma();
@@ -91,6 +128,7 @@ struct Registry {
   std::map<lathe::OptimizerConfig::Type, OptimizerFactory> factories{
       {lathe::OptimizerConfig::ADAMW, build_adamw},
       {lathe::OptimizerConfig::SGD, build_sgd},
+      {lathe::OptimizerConfig::SGD_SAI, build_sgd_sai},
       {lathe::OptimizerConfig::GALORE,
        [](const lathe::OptimizerConfig& c, std::vector<ParamGroup> g) { return build_galore_family(c, std::move(g), false); }},
       {lathe::OptimizerConfig::FIRA,
@@ -186,12 +224,24 @@ std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, con
     throw ConfigError("config", {"optimizer.type: " + (type_name.empty() ? std::to_string(cfg.type()) : type_name) +
                                  " is not implemented in this build (implemented: " + known + ")"});
   }
+  // The optimizer section's rules (configs/validate.cpp), for callers that did not validate the
+  // whole config: errors name the field.
+  {
+    lathe::RunConfig only;
+    *only.mutable_optimizer() = cfg;
+    std::vector<std::string> errs;
+    for (const std::string& e : configs::validate(only))
+      if (e.rfind("optimizer", 0) == 0) errs.push_back(e);
+    if (!errs.empty()) throw ConfigError("config", errs);
+  }
   GroupLayout layout = decay_layout(cfg.weight_decay(), cfg.decay_1d_params());
   std::vector<GroupSpec> all = specs;
   const std::vector<GroupSpec> from_config = group_specs_from_config(cfg);
   all.insert(all.end(), from_config.begin(), from_config.end());
   all.insert(all.end(), layout.specs.begin(), layout.specs.end());
-  return factory(cfg, assign_groups(named, all, layout.fallback));
+  std::unique_ptr<Optimizer> opt = factory(cfg, assign_groups(named, all, layout.fallback));
+  opt->set_paging(paging_from_config(cfg));
+  return opt;
 }
 
 }  // namespace lathe::optim

@@ -51,9 +51,16 @@ class AlmostCompleteBackend final : public Backend {
                           bool, double, const AttentionGrads&) override {}
   void dropout(const Tensor&, double, uint64_t, uint64_t, const DropoutOut&) override {}
   void adamw_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double, double, double,
-                  int64_t) override {}
+                  int64_t, AdamVariant) override {}
   void adamw_step_multi(const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&,
-                        const std::vector<Tensor>&, double, double, double, double, double, int64_t) override {}
+                        const std::vector<Tensor>&, double, double, double, double, double, int64_t,
+                        AdamVariant) override {}
+  void quantize_blockwise8(const Tensor&, const Tensor&, const Tensor&, int64_t, bool) override {}
+  void dequantize_blockwise8(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {}
+  void adamw_step_8bit(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                       double, double, double, double, int64_t, AdamVariant, int64_t) override {}
+  void sgd_sai_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double,
+                    bool) override {}
 };
 
 Backend& almost_complete_backend() {
