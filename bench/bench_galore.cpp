@@ -3,8 +3,8 @@
 //
 // refresh/<exact|randomized>/m/n/r   one basis refresh of an m x n gradient at rank r: the
 //             exact form (LAPACK gesdd of the whole matrix, as galore-torch) against the
-//             randomized range finder warm-started from the previous basis (oversample 8,
-//             2 subspace iterations: the config defaults). The gradient is a random rank-32
+//             randomized range finder warm-started from the previous basis (oversample 8;
+//             randomized: 2 subspace iterations, the config default; _q1 / _q0: 1 and 0). The gradient is a random rank-32
 //             matrix plus Gaussian noise at 10% of its norm (a gradient's spectrum decays).
 // step/<adamw|galore|fira>/d/ffn/r   one optimizer step (no refresh) over one transformer
 //             layer's seven linears (q, k, v, o: d x d; gate, up: ffn x d; down: d x ffn);
@@ -48,15 +48,18 @@ Tensor gradient_like(int64_t m, int64_t n, uint64_t seed) {
   return s;
 }
 
-void BM_refresh(benchmark::State& state, bool randomized) {
+// power_iters < 0: the exact SVD; otherwise the randomized refresh with that many iterations.
+void BM_refresh(benchmark::State& state, int power_iters) {
+  const bool randomized = power_iters >= 0;
   const int64_t m = state.range(0), n = state.range(1), r = state.range(2);
   const Tensor g = gradient_like(m, n, 1), g2 = gradient_like(m, n, 2);
   const ProjSides sides = proj_sides(ProjType::std_, m, n);
   Projector p;
   if (sides.left) p.left = Tensor::zeros({m, r});
   if (sides.right) p.right = Tensor::zeros({r, n});
-  RandomizedSvdOptions o;  // config defaults: oversample 8, 2 power iterations
+  RandomizedSvdOptions o;  // config default oversample 8
   o.seed = 7;
+  o.power_iters = std::max(power_iters, 0);
   refresh_exact(g, p);  // the previous basis the warm start begins from
   o.warm = true;
   uint64_t idx = 1;
@@ -128,8 +131,10 @@ void shapes_step(benchmark::internal::Benchmark* b) {
   b->Args({512, 1376, 128})->Args({1024, 2736, 256})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-BENCHMARK_CAPTURE(BM_refresh, exact, false)->Apply(shapes_refresh);
-BENCHMARK_CAPTURE(BM_refresh, randomized, true)->Apply(shapes_refresh);
+BENCHMARK_CAPTURE(BM_refresh, exact, -1)->Apply(shapes_refresh);
+BENCHMARK_CAPTURE(BM_refresh, randomized, 2)->Apply(shapes_refresh);     // the config default
+BENCHMARK_CAPTURE(BM_refresh, randomized_q1, 1)->Apply(shapes_refresh);
+BENCHMARK_CAPTURE(BM_refresh, randomized_q0, 0)->Apply(shapes_refresh);
 BENCHMARK_CAPTURE(BM_step, adamw, 0)->Apply(shapes_step);
 BENCHMARK_CAPTURE(BM_step, galore, 1)->Apply(shapes_step);
 BENCHMARK_CAPTURE(BM_step, fira, 2)->Apply(shapes_step);
