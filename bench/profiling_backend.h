@@ -88,6 +88,14 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "matmul");
     inner_.matmul(a, b, trans_a, trans_b, out);
   }
+  void svd(const Tensor& a, const SvdOut& out) override {
+    Timer t(*this, "svd");
+    inner_.svd(a, out);
+  }
+  void qr_q(const Tensor& a, const Tensor& q) override {
+    Timer t(*this, "qr_q");
+    inner_.qr_q(a, q);
+  }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
               const Tensor& pre) override {
     Timer t(*this, std::string("linear:") + activation_name(act));
@@ -165,15 +173,31 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "dropout");
     inner_.dropout(x, p, seed, offset, out);
   }
-  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override {
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override {
     Timer t(*this, "adamw_step");
-    inner_.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
+    inner_.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, variant);
   }
   void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                         const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step) override {
+                        double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override {
     Timer t(*this, "adamw_step_multi");
-    inner_.adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
+    inner_.adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step, variant);
+  }
+  void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed) override {
+    Timer t(*this, "quantize_blockwise8");
+    inner_.quantize_blockwise8(x, codes, absmax, block, is_signed);
+  }
+  void dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed, const Tensor& out) override {
+    Timer t(*this, "dequantize_blockwise8");
+    inner_.dequantize_blockwise8(codes, absmax, block, is_signed, out);
+  }
+  void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax, const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant, int64_t block) override {
+    Timer t(*this, "adamw_step_8bit");
+    inner_.adamw_step_8bit(param, grad, m_codes, m_absmax, v_codes, v_absmax, lr, beta1, beta2, eps, weight_decay, step, variant, block);
+  }
+  void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale, double lr, double momentum, double weight_decay, bool first) override {
+    Timer t(*this, "sgd_sai_step");
+    inner_.sgd_sai_step(param, grad, buf, scale, lr, momentum, weight_decay, first);
   }
 
  private:

@@ -63,6 +63,12 @@ void resolve(RunConfig& cfg) {
   // LoRA-SB / LoRA-XS: both references force lora_alpha = r (scale 1); an unset alpha follows.
   if (cfg.has_peft() && cfg.peft().method() == PeftConfig::LORA_SB && !cfg.peft().has_lora_alpha())
     cfg.mutable_peft()->set_lora_alpha(cfg.peft().r());
+  // GaLore and Fira reproduce their reference code by default: the HF-style AdamW inside,
+  // with its eps of 1e-6 (../shared/specs/optimizers.md, decisions).
+  OptimizerConfig* opt = cfg.mutable_optimizer();
+  const bool galore_family = opt->type() == OptimizerConfig::GALORE || opt->type() == OptimizerConfig::FIRA;
+  if (!opt->has_adamw_variant()) opt->set_adamw_variant(galore_family ? OptimizerConfig::HF : OptimizerConfig::TORCH);
+  if (!opt->has_eps() && galore_family) opt->set_eps(1e-6);
   materialize(&cfg);
 
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());

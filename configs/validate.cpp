@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "core/memory.h"
@@ -15,6 +16,7 @@
 #include "configs/config.h"
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/message.h>
 
 namespace lathe::configs {
@@ -187,6 +189,50 @@ void check_layerwise(const RunConfig& cfg, Checker& c) {
                "optimizer.layerwise: true does not work with optimizer.sgd_sai.normalize: true (the paper's form "
                "divides every tensor's g-SNR by the largest over all tensors, which needs every gradient at once); "
                "set optimizer.sgd_sai.normalize: false or optimizer.layerwise: false");
+}
+
+// SGD-SaI, 8-bit and paged optimizer states (optim/sgd_sai.h, optim/blockwise8.h, core/paged.h).
+void check_optimizer_states(const RunConfig& cfg, Checker& c) {
+  const OptimizerConfig& o = cfg.optimizer();
+  const std::string type = OptimizerConfig::Type_Name(o.type());
+  const bool adam_family =
+      o.type() == OptimizerConfig::ADAMW || o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA;
+  if (o.state_bits() != 32 && o.state_bits() != 8) {
+    c.fail("optimizer.state_bits", "must be 8 or 32 (got " + show(o.state_bits()) + ")");
+  } else if (o.state_bits() == 8 && !adam_family) {
+    c.fail("optimizer.state_bits", "8-bit states are for the Adam moments of ADAMW, GALORE and FIRA; optimizer.type " +
+                                       type + " keeps f32 state (set state_bits to 32)");
+  }
+  // A resolved config has every field written out (configs::resolve), so "set" means "set to
+  // something other than its default" here.
+  if (o.has_adamw_variant() && !adam_family && o.adamw_variant() != OptimizerConfig::TORCH)
+    c.fail("optimizer.adamw_variant", "applies to ADAMW, GALORE and FIRA, not to optimizer.type " + type);
+  if (o.has_eight_bit()) {
+    const int64_t b = o.eight_bit().block_size();
+    if (b < 64 || b > 4096 || (b & (b - 1)) != 0)
+      c.fail("optimizer.eight_bit.block_size", "must be a power of two from 64 to 4096 (got " + show(static_cast<int64_t>(b)) + ")");
+    c.non_negative("optimizer.eight_bit.min_8bit_size", o.eight_bit().min_8bit_size());
+    if (o.eight_bit().has_f32_params()) {
+      try {
+        std::regex re(o.eight_bit().f32_params(), std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        c.fail("optimizer.eight_bit.f32_params",
+               "\"" + o.eight_bit().f32_params() + "\" is not a valid regex (" + e.what() + ")");
+      }
+    }
+  }
+  if (o.has_sgd_sai()) {
+    if (o.type() != OptimizerConfig::SGD_SAI &&
+        !google::protobuf::util::MessageDifferencer::Equivalent(o.sgd_sai(), SgdSaiConfig()))
+      c.fail("optimizer.sgd_sai", "set, but optimizer.type is " + type + " (use type SGD_SAI)");
+    c.in_range("optimizer.sgd_sai.momentum", o.sgd_sai().momentum(), 0, 1, false, true);
+  }
+  if (o.type() == OptimizerConfig::SGD_SAI && o.sgd_momentum() != 0)
+    c.fail("optimizer.sgd_momentum", "is SGD's; SGD_SAI takes optimizer.sgd_sai.momentum (got sgd_momentum " +
+                                         show(o.sgd_momentum()) + ")");
+  if (o.has_paging()) {
+    c.non_negative("optimizer.paging.min_numel", o.paging().min_numel());
+  }
 }
 
 void check_schedule(const RunConfig& cfg, Checker& c) {
@@ -419,6 +465,7 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_data(cfg, c);
   check_optimizer(cfg, c);
   check_layerwise(cfg, c);
+  check_optimizer_states(cfg, c);
   check_schedule(cfg, c);
   check_train(cfg, c);
   check_rest(cfg, c);

@@ -219,7 +219,14 @@ std::string MemoryStats::str() const {
     out += buf;
   }
   std::snprintf(buf, sizeof buf, " total=%.2fMiB peak=%.2fMiB", total_current / 1048576.0, total_peak / 1048576.0);
-  return out + buf;
+  out += buf;
+  for (int i = 0; i < kNumMemCategories; ++i)
+    if (paged[i] != 0) {
+      std::snprintf(buf, sizeof buf, " paged_%s=%.2fMiB", mem_category_name(static_cast<MemCategory>(i)),
+                    paged[i] / 1048576.0);
+      out += buf;
+    }
+  return out;
 }
 
 MemoryStats memory_stats(DeviceType d) {
@@ -232,13 +239,18 @@ void reset_peak_memory(DeviceType d) {
   Counters& c = counters(d);
   std::lock_guard<std::mutex> lk(c.mu);
   c.s.peak = c.s.current;
+  c.s.paged_peak = c.s.paged;
   c.s.total_peak = c.s.total_current;
 }
 
-void memory_account(DeviceType d, MemCategory cat, int64_t delta) {
+void memory_account(DeviceType d, MemCategory cat, int64_t delta, bool paged) {
   Counters& c = counters(d);
   std::lock_guard<std::mutex> lk(c.mu);
   int i = static_cast<int>(cat);
+  if (paged) {
+    c.s.paged[i] += delta;
+    if (c.s.paged[i] > c.s.paged_peak[i]) c.s.paged_peak[i] = c.s.paged[i];
+  }
   c.s.current[i] += delta;
   c.s.total_current += delta;
   if (c.s.current[i] > c.s.peak[i]) c.s.peak[i] = c.s.current[i];

@@ -23,10 +23,15 @@ const char* mem_category_name(MemCategory c);
 struct MemoryStats {
   std::array<int64_t, kNumMemCategories> current{};  // bytes held now, by category
   std::array<int64_t, kNumMemCategories> peak{};     // highest value of current[c] seen
+  // The part of current[c] in paged memory (core/paged.h: file-backed on the CPU, managed
+  // memory on CUDA), and its peak.
+  std::array<int64_t, kNumMemCategories> paged{};
+  std::array<int64_t, kNumMemCategories> paged_peak{};
   int64_t total_current = 0;                          // sum of current
   int64_t total_peak = 0;                             // highest total_current seen
   int64_t current_of(MemCategory c) const { return current[static_cast<int>(c)]; }
   int64_t peak_of(MemCategory c) const { return peak[static_cast<int>(c)]; }
+  int64_t paged_of(MemCategory c) const { return paged[static_cast<int>(c)]; }
   std::string str() const;  // one line, human-readable MiB figures
 };
 
@@ -36,7 +41,8 @@ MemoryStats memory_stats(DeviceType d = DeviceType::cpu);
 void reset_peak_memory(DeviceType d = DeviceType::cpu);
 
 // Adjust the counters (used by Storage; allocators themselves do not count).
-void memory_account(DeviceType d, MemCategory c, int64_t delta_bytes);
+// paged: the bytes are paged memory (also counted in MemoryStats::paged).
+void memory_account(DeviceType d, MemCategory c, int64_t delta_bytes, bool paged = false);
 
 // Category given to new allocations on this thread while the guard lives.
 class MemCategoryGuard {

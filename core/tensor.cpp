@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/paged.h"
+
 #include "core/device_ops.h"
 
 #include <algorithm>
@@ -65,7 +67,11 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> s, const Shape& shape, DTyp
 
 Tensor Tensor::empty(const Shape& shape, DType dt, Device dev) {
   for (int64_t d : shape) LATHE_CHECK(d >= 0) << "negative size in shape " << lathe::shape_str(shape);
-  auto s = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dt), dev);
+  const int64_t numel = shape_numel(shape);
+  // Inside a PagedAllocGuard, large tensors get paged storage (core/paged.h).
+  const int64_t paged_min = paged_min_numel();
+  const bool paged = paged_min >= 0 && numel >= paged_min && numel > 0;
+  auto s = std::make_shared<Storage>(static_cast<size_t>(numel) * dtype_size(dt), dev, current_mem_category(), paged);
   return from_storage(std::move(s), shape, dt);
 }
 

@@ -83,16 +83,33 @@ class Backend : public DeviceOps {
                                   const Tensor& out, const Tensor& lse, bool causal, double scale, int64_t window,
                                   const AttentionGrads& grads) = 0;
 
+  // dense linear algebra (checked by the op layer: a contiguous 2-D f32/f64, outputs
+  // contiguous of a's dtype; qr_q has m >= k)
+  virtual void svd(const Tensor& a, const SvdOut& out) = 0;
+  virtual void qr_q(const Tensor& a, const Tensor& q) = 0;
+
   // element i kept when uniform(gen seed, offset + i) >= p
   virtual void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) = 0;
 
   virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr,
-                          double beta1, double beta2, double eps, double weight_decay, int64_t step) = 0;
+                          double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                          AdamVariant variant) = 0;
   // adamw_step over lists (checked by the op layer: one device, matching shapes, params/m/v
   // contiguous f32, grads contiguous f32 or bf16); empty tensors are skipped.
   virtual void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                                 const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                                double beta2, double eps, double weight_decay, int64_t step) = 0;
+                                double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) = 0;
+  // 8-bit blockwise states (checked by the op layer: contiguous, sizes match, block valid, numel > 0)
+  virtual void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block,
+                                   bool is_signed) = 0;
+  virtual void dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed,
+                                     const Tensor& out) = 0;
+  virtual void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax,
+                               const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2,
+                               double eps, double weight_decay, int64_t step, AdamVariant variant, int64_t block) = 0;
+  // buf undefined without momentum; scale 0-d f32 on the device; grad contiguous f32
+  virtual void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale,
+                            double lr, double momentum, double weight_decay, bool first) = 0;
 
  protected:
   [[noreturn]] void unsupported(const char* op, const Tensor& t) const;

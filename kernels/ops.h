@@ -60,6 +60,19 @@ Tensor sum_to_shape(const Tensor& x, const Shape& shape);
 // BLAS is called on strided views without copying where their layout allows.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
+// Thin singular value decomposition of a 2-D f32/f64 matrix a [m, n]:
+// a = u diag(s) vt with u [m, k], s [k] descending and >= 0, vt [k, n], k = min(m, n).
+// LAPACK gesdd on the CPU, cuSOLVER gesvd on CUDA (both host-synchronising: GaLore calls it
+// once every T steps). Signs of singular vector pairs are implementation-defined. A
+// non-finite input or a run that does not converge is an error naming the shape.
+struct SvdOut {
+  Tensor u, s, vt;
+};
+SvdOut svd(const Tensor& a);
+// Orthonormal basis of the column space of a [m, k] (m >= k, f32/f64): the Q factor
+// [m, k] of the thin Householder QR (LAPACK geqrf + orgqr, cuSOLVER on CUDA).
+Tensor qr_q(const Tensor& a);
+
 // The activation a fused linear applies after its bias (gelu_tanh: GPT-2's MLP).
 enum class Activation : uint8_t { none, gelu_tanh };
 const char* activation_name(Activation act);
@@ -187,17 +200,49 @@ struct DropoutOut {
 DropoutOut dropout(const Tensor& x, double p, Generator& gen);
 
 // ---- optimizer step ------------------------------------------------------------------------
+// How AdamW writes eps, the bias correction and weight decay (configs: adamw_variant).
+//  torch (torch.optim.AdamW): p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p), decay on the old p.
+//  hf (transformers' AdamW, used inside GaLore and Fira): p1 = p - lr sqrt(bc2)/bc1 m/(sqrt(v) + eps),
+//     then p = p1 - lr wd p1 (decay after the update). Equals torch with eps_eff = eps/sqrt(bc2).
+enum class AdamVariant : uint8_t { torch, hf };
+const char* adam_variant_name(AdamVariant v);
+
 // Fused AdamW (Loshchilov & Hutter) in place on f32 param/m/v with an f32 grad:
-// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p)
-// with bc1 = 1 - b1^step, bc2 = 1 - b2^step.
+// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; then the parameter update of `variant`, with
+// bc1 = 1 - b1^step, bc2 = 1 - b2^step.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                double beta2, double eps, double weight_decay, int64_t step);
+                double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant = AdamVariant::torch);
 // adamw_step over lists of tensors sharing lr, betas, eps, weight decay and step: on CUDA a
 // few multi-tensor launches (kernels/cuda/multi_tensor.h) instead of one per tensor; on the
 // CPU a loop of adamw_step. Bit-identical to calling adamw_step on each. params, ms, vs:
 // contiguous f32 on one device; grads f32 or bf16 (widened exactly), any layout.
 void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                       const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                      double beta2, double eps, double weight_decay, int64_t step);
+                      double beta2, double eps, double weight_decay, int64_t step,
+                      AdamVariant variant = AdamVariant::torch);
+
+// ---- 8-bit blockwise states (maps and layout: kernels/blockwise8.h) ---------------------------
+// x (f32, contiguous, any shape) -> codes (u8, x's numel, contiguous) and absmax (f32
+// [ceil(numel / block)]): per block absmax = max |x|, code = nearest entry of the signed or
+// unsigned map to x / absmax (ties to the higher entry), signed codes sign-corrected.
+void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed);
+// The inverse: f32 of codes' shape, map[code] * absmax[block].
+Tensor dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed);
+// AdamW with 8-bit moments (bitsandbytes' blockwise Adam kernel, one pass per block): for each
+// element, dequantise m (signed map) and v (unsigned map); if g is finite, update them as
+// adamw_step does and the parameter from the unquantised f32 m and v by `variant`; if g is
+// NaN or Inf, m = v = 0 and the parameter is left alone. Then the block's new absmax values
+// and codes are written in place. param f32 contiguous; grad f32; codes u8 with param's numel;
+// absmax f32 [ceil(numel / block)].
+void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax,
+                     const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2, double eps,
+                     double weight_decay, int64_t step, AdamVariant variant, int64_t block);
+
+// SGD-SaI's step (optim/sgd_sai.h) in place: buf (f32, param's shape, or undefined without
+// momentum) = first ? g : momentum buf + (1 - momentum) g; p = p (1 - lr wd) - lr scale buf
+// (buf replaced by g without momentum). scale: a 0-d f32 tensor on param's device (the
+// tensor's g-SNR, read there: no host sync).
+void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale, double lr,
+                  double momentum, double weight_decay, bool first);
 
 }  // namespace lathe::kernels

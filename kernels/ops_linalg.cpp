@@ -1,5 +1,7 @@
 // matmul: shape rules (trans flags, broadcast batch dims) and output allocation; the
 // product itself is the Backend's (OpenBLAS on the CPU, kernels/cpu/matmul.cpp).
+#include <algorithm>
+
 #include "kernels/backend.h"
 #include "kernels/ops.h"
 
@@ -130,6 +132,39 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x_in, const Tensor& 
   }
   if (need_db) r.db = sum_to_shape(g, {w.size(0)});
   return r;
+}
+
+}  // namespace lathe::kernels
+
+// ---- factorizations (GaLore's basis refresh) ------------------------------------------------
+namespace lathe::kernels {
+
+namespace {
+void check_factor_input(const char* op, const Tensor& a) {
+  LATHE_CHECK(a.defined()) << op << ": undefined input tensor";
+  LATHE_CHECK(a.dim() == 2) << op << ": needs a 2-D matrix, got " << a.shape_str();
+  LATHE_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::f64)
+      << op << ": needs f32 or f64 (cast first), got " << dtype_name(a.dtype()) << " " << a.shape_str();
+}
+}  // namespace
+
+SvdOut svd(const Tensor& a) {
+  check_factor_input("svd", a);
+  const int64_t m = a.size(0), n = a.size(1), k = std::min(m, n);
+  SvdOut out{Tensor::empty({m, k}, a.dtype(), a.device()), Tensor::empty({k}, a.dtype(), a.device()),
+             Tensor::empty({k, n}, a.dtype(), a.device())};
+  if (k == 0) return out;
+  backend(a.device()).svd(a.contiguous(), out);
+  return out;
+}
+
+Tensor qr_q(const Tensor& a) {
+  check_factor_input("qr_q", a);
+  LATHE_CHECK(a.size(0) >= a.size(1)) << "qr_q: needs at least as many rows as columns, got " << a.shape_str();
+  Tensor q = Tensor::empty(a.shape(), a.dtype(), a.device());
+  if (a.numel() == 0) return q;
+  backend(a.device()).qr_q(a.contiguous(), q);
+  return q;
 }
 
 }  // namespace lathe::kernels

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "kernels/blockwise8.h"
 #include "kernels/ops.h"
+#include "optim/blockwise8.h"
 
 namespace lathe::optim {
 
@@ -11,6 +13,15 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opts) : Optimizer(std:
   LATHE_CHECK(opts.beta1 >= 0 && opts.beta1 < 1) << "AdamW: beta1 must be in [0, 1), got " << opts.beta1;
   LATHE_CHECK(opts.beta2 >= 0 && opts.beta2 < 1) << "AdamW: beta2 must be in [0, 1), got " << opts.beta2;
   LATHE_CHECK(opts.eps > 0) << "AdamW: eps must be > 0, got " << opts.eps;
+  LATHE_CHECK(opts.state_bits == 32 || opts.state_bits == 8)
+      << "AdamW: state_bits must be 8 or 32, got " << opts.state_bits;
+  LATHE_CHECK(opts.state_bits == 32 || kernels::valid_quant_block(opts.block_size))
+      << "AdamW: 8-bit block size must be a power of two in [64, 4096], got " << opts.block_size;
+  try {
+    f32_re_ = std::regex(opts.f32_params.empty() ? std::string("$^") : opts.f32_params, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    LATHE_FAIL() << "AdamW: f32_params \"" << opts.f32_params << "\" is not a valid regex (" << e.what() << ")";
+  }
   for (auto& g : groups_)
     for (auto& [n, p] : g.params)
       LATHE_CHECK(p.dtype() == DType::f32) << "AdamW: parameter '" << n << "' is " << dtype_name(p.dtype())
@@ -18,15 +29,25 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opts) : Optimizer(std:
   set_lr(opts.lr);
 }
 
-StateMap AdamW::init_state(const std::string&, const Tensor& param, const ParamGroup&) const {
+bool AdamW::uses_8bit(const std::string& name, const Tensor& param) const {
+  return opts_.state_bits == 8 && param.numel() >= opts_.min_8bit_size && !std::regex_match(name, f32_re_);
+}
+
+StateMap AdamW::init_state(const std::string& name, const Tensor& param, const ParamGroup&) const {
+  if (uses_8bit(name, param)) return init_moments8(param.shape(), param.device(), opts_.block_size);
   return {{"exp_avg", Tensor::zeros(param.shape(), DType::f32, param.device())},
           {"exp_avg_sq", Tensor::zeros(param.shape(), DType::f32, param.device())}};
 }
 
 void AdamW::update(const std::string&, const Tensor& param, const Tensor& grad, StateMap& state,
                    const ParamGroup& group, int64_t step) {
+  if (!state.count("exp_avg")) {
+    adam_step8(param, grad, state, "", group.lr, opts_.beta1, opts_.beta2, opts_.eps, group.weight_decay, step,
+               opts_.variant, opts_.block_size);
+    return;
+  }
   kernels::adamw_step(param, grad.to(DType::f32), state.at("exp_avg"), state.at("exp_avg_sq"), group.lr, opts_.beta1,
-                      opts_.beta2, opts_.eps, group.weight_decay, step);
+                      opts_.beta2, opts_.eps, group.weight_decay, step, opts_.variant);
 }
 
 void AdamW::step() {
@@ -42,12 +63,19 @@ void AdamW::step() {
       std::vector<PendingUpdate> ups;
     };
     std::vector<Bucket> buckets;
+    std::vector<PendingUpdate> done8;
     for (const auto& u : pending) {
+      if (!u.state->count("exp_avg")) {  // 8-bit moments: one fused kernel per tensor
+        update(u.name, u.param, u.grad, *u.state, g, u.step);
+        done8.push_back(u);
+        continue;
+      }
       auto b = std::find_if(buckets.begin(), buckets.end(),
                             [&](const Bucket& k) { return k.dev == u.param.device() && k.step == u.step; });
       if (b == buckets.end()) b = buckets.insert(buckets.end(), Bucket{u.param.device(), u.step, {}});
       b->ups.push_back(u);
     }
+    commit_updates(done8);
     for (const Bucket& b : buckets) {
       std::vector<Tensor> ps, gs, ms, vs;
       for (const auto& u : b.ups) {
@@ -58,7 +86,8 @@ void AdamW::step() {
         ms.push_back(u.state->at("exp_avg"));
         vs.push_back(u.state->at("exp_avg_sq"));
       }
-      kernels::adamw_step_multi(ps, gs, ms, vs, g.lr, opts_.beta1, opts_.beta2, opts_.eps, g.weight_decay, b.step);
+      kernels::adamw_step_multi(ps, gs, ms, vs, g.lr, opts_.beta1, opts_.beta2, opts_.eps, g.weight_decay, b.step,
+                                opts_.variant);
       commit_updates(b.ups);
     }
   }

@@ -4,6 +4,7 @@
 #include <regex>
 
 #include "core/memory.h"
+#include "core/paged.h"
 #include "kernels/ops.h"
 
 namespace lathe::optim {
@@ -120,11 +121,9 @@ void Optimizer::update_one(const Slot& s) {
   Tensor grad = p.grad();
   if (!grad.defined()) return;
   auto it = state_.find(n);
-  if (it == state_.end()) {
-    MemCategoryGuard guard(MemCategory::optimizer_state);
-    it = state_.emplace(n, init_state(n, p, g)).first;
-  }
+  if (it == state_.end()) it = state_.emplace(n, make_state(n, p, g)).first;
   const int64_t t = param_steps_[n] + 1;
+  prefetch_state(it->second);
   update(n, p, grad, it->second, g, t);
   param_steps_[n] = t;  // counted once the update went through
 }
@@ -143,10 +142,8 @@ std::vector<Optimizer::PendingUpdate> Optimizer::pending_updates(size_t group) {
     Tensor grad = p.grad();
     if (!grad.defined()) continue;
     auto it = state_.find(n);
-    if (it == state_.end()) {
-      MemCategoryGuard guard(MemCategory::optimizer_state);
-      it = state_.emplace(n, init_state(n, p, g)).first;
-    }
+    if (it == state_.end()) it = state_.emplace(n, make_state(n, p, g)).first;
+    prefetch_state(it->second);
     out.push_back(PendingUpdate{n, p, grad, &it->second, param_steps_[n] + 1});
   }
   return out;
@@ -224,11 +221,7 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& sd) {
     }
     next_steps[pname] = t;
     // A parameter whose init_state is empty (SGD without momentum) has only its step.
-    StateMap fresh;
-    {
-      MemCategoryGuard guard(MemCategory::optimizer_state);
-      fresh = init_state(pname, p, g);
-    }
+    StateMap fresh = make_state(pname, p, g);
     if (fresh.empty() && entries.empty()) continue;
     for (const auto& [key, t_in] : entries) {
       auto f = fresh.find(key);
@@ -272,6 +265,33 @@ std::vector<int64_t> Optimizer::state_bytes() const {
     out.push_back(b);
   }
   return out;
+}
+
+std::vector<int64_t> Optimizer::paged_state_bytes() const {
+  std::vector<int64_t> out;
+  for (const auto& g : groups_) {
+    int64_t b = 0;
+    for (const auto& [n, p] : g.params) {
+      auto it = state_.find(n);
+      if (it == state_.end()) continue;
+      for (const auto& [k, t] : it->second)
+        if (t.storage()->paged()) b += static_cast<int64_t>(t.nbytes());
+    }
+    out.push_back(b);
+  }
+  return out;
+}
+
+StateMap Optimizer::make_state(const std::string& name, const Tensor& param, const ParamGroup& group) const {
+  MemCategoryGuard guard(MemCategory::optimizer_state);
+  if (!paging_.enabled) return init_state(name, param, group);
+  PagedAllocGuard paged(paging_.min_numel, paging_.dir);
+  return init_state(name, param, group);
+}
+
+void Optimizer::prefetch_state(const StateMap& state) {
+  for (const auto& [k, t] : state)
+    if (t.defined() && t.storage()->paged()) t.storage()->prefetch();
 }
 
 // ---- gradient norm ------------------------------------------------------------------------

@@ -70,6 +70,15 @@ struct GroupSpec {
 std::vector<ParamGroup> assign_groups(const NamedParams& named, const std::vector<GroupSpec>& specs,
                                       const GroupSpec& fallback);
 
+// Paged optimizer state (QLoRA's paged optimizers; core/paged.h): state tensors with at least
+// min_numel elements are allocated from the device's paged allocator (CUDA managed memory,
+// prefetched before each update; on the CPU a file-backed mapping under dir).
+struct PagingOptions {
+  bool enabled = false;
+  int64_t min_numel = 100000;
+  std::string dir;  // CPU backing files; "" = the system temp directory
+};
+
 class Optimizer {
  public:
   explicit Optimizer(std::vector<ParamGroup> groups);
@@ -117,9 +126,21 @@ class Optimizer {
   void load_state_dict(const std::map<std::string, Tensor>& sd);
   // Bytes of optimizer state per group (same order as groups()).
   std::vector<int64_t> state_bytes() const;
+  // The part of state_bytes() in paged memory, per group.
+  std::vector<int64_t> paged_state_bytes() const;
+
+  // Paged state for the state created from now on (set it before the first step).
+  void set_paging(PagingOptions p) { paging_ = std::move(p); }
+  const PagingOptions& paging() const { return paging_; }
 
  protected:
   std::vector<ParamGroup> groups_;
+
+  // init_state under the optimizer-state memory category and, when paging is on, the paged
+  // allocation guard; what every creation of state goes through.
+  StateMap make_state(const std::string& name, const Tensor& param, const ParamGroup& group) const;
+  // Moves the paged tensors of `state` to their device ahead of the update (no-op otherwise).
+  static void prefetch_state(const StateMap& state);
 
   // For a step() that updates several parameters in one call (AdamW's multi-tensor kernel):
   // begin_step() counts the step; pending_updates(g) lists what step() would update in group
@@ -146,6 +167,7 @@ class Optimizer {
   std::map<std::string, StateMap> state_;         // parameter name -> state
   std::map<std::string, int64_t> param_steps_;    // parameter name -> updates applied
   int64_t step_ = 0;
+  PagingOptions paging_;
 };
 
 // Squared L2 norm of all gradients of `params` as a 0-d f32 tensor on their device, with no

@@ -9,7 +9,9 @@
 
 #include "configs/config.h"
 #include "optim/adamw.h"
+#include "optim/galore.h"
 #include "optim/sgd.h"
+#include "optim/sgd_sai.h"
 
 namespace lathe::optim {
 
@@ -17,14 +19,48 @@ namespace {
 
 using configs::ConfigError;
 
-std::unique_ptr<Optimizer> build_adamw(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+}  // namespace
+
+// The token and position embeddings of lathe's models ("embed.weight", "pos_embed.weight", also
+// under a prefix): f32 moments by default with 8-bit states (Dettmers, transformers#14819).
+const char* const kDefaultF32Params = "(.*\\.)?(embed|pos_embed)\\.weight";
+
+PagingOptions paging_from_config(const lathe::OptimizerConfig& c) {
+  PagingOptions p;
+  p.enabled = c.paged();
+  p.min_numel = c.paging().min_numel();
+  p.dir = c.paging().dir();
+  return p;
+}
+
+AdamWOptions adamw_options_from_config(const lathe::OptimizerConfig& c) {
   AdamWOptions o;
   o.lr = c.lr();
   o.beta1 = c.beta1();
   o.beta2 = c.beta2();
   o.eps = c.eps();
   o.weight_decay = c.weight_decay();
-  return std::make_unique<AdamW>(std::move(groups), o);
+  o.variant = c.adamw_variant() == lathe::OptimizerConfig::HF ? kernels::AdamVariant::hf : kernels::AdamVariant::torch;
+  o.state_bits = c.state_bits();
+  o.block_size = c.eight_bit().block_size();
+  o.min_8bit_size = c.eight_bit().min_8bit_size();
+  o.f32_params = c.eight_bit().has_f32_params() ? c.eight_bit().f32_params() : std::string(kDefaultF32Params);
+  return o;
+}
+
+namespace {
+
+std::unique_ptr<Optimizer> build_adamw(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+  return std::make_unique<AdamW>(std::move(groups), adamw_options_from_config(c));
+}
+
+std::unique_ptr<Optimizer> build_sgd_sai(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
+  SGDSaIOptions o;
+  o.lr = c.lr();
+  o.eps = c.eps();
+  o.momentum = c.sgd_sai().momentum();
+  o.normalize = c.sgd_sai().normalize();
+  return std::make_unique<SGDSaI>(std::move(groups), o);
 }
 
 std::unique_ptr<Optimizer> build_sgd(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups) {
@@ -39,6 +75,52 @@ std::unique_ptr<Optimizer> build_sgd(const lathe::OptimizerConfig& c, std::vecto
   return std::make_unique<SGD>(std::move(groups), o);
 }
 
+// GALORE and FIRA: optimizer.galore (and optimizer.fira); eps defaults to the reference
+// code's 1e-6 unless optimizer.eps is set (configs::resolve writes that default into a
+// resolved config); an empty galore.target means the default target.
+std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, std::vector<ParamGroup> groups,
+                                               bool fira) {
+  const std::string type = fira ? "FIRA" : "GALORE";
+  std::vector<std::string> errs;
+  if (c.has_adamw_variant() && c.adamw_variant() != lathe::OptimizerConfig::HF)
+    errs.push_back("optimizer.adamw_variant: " + type +
+                   " runs the HF-style AdamW of its reference code; leave it unset or set HF");
+  const lathe::GaLoreConfig& gc = c.galore();
+  GaLoreOptions o;
+  o.lr = c.lr();
+  o.beta1 = c.beta1();
+  o.beta2 = c.beta2();
+  o.eps = c.has_eps() ? c.eps() : 1e-6;
+  o.weight_decay = c.weight_decay();
+  o.rank = gc.rank();
+  o.update_proj_gap = gc.update_proj_gap();
+  o.scale = gc.scale();
+  switch (gc.proj_type()) {
+    case lathe::GaLoreConfig::STD: o.proj_type = ProjType::std_; break;
+    case lathe::GaLoreConfig::REVERSE_STD: o.proj_type = ProjType::reverse_std; break;
+    case lathe::GaLoreConfig::LEFT: o.proj_type = ProjType::left; break;
+    case lathe::GaLoreConfig::RIGHT: o.proj_type = ProjType::right; break;
+    case lathe::GaLoreConfig::FULL: o.proj_type = ProjType::full; break;
+  }
+  o.svd = gc.svd() == lathe::GaLoreConfig::RANDOMIZED ? SvdMethod::randomized : SvdMethod::exact;
+  o.svd_oversample = gc.svd_oversample();
+  o.svd_power_iters = gc.svd_power_iters();
+  o.target = gc.target();
+  // 8-bit moments and their exemptions as AdamW reads them (the embeddings keep f32 by default).
+  const AdamWOptions a = adamw_options_from_config(c);
+  o.state_bits = a.state_bits;
+  o.block_size = a.block_size;
+  o.min_8bit_size = a.min_8bit_size;
+  o.f32_params = a.f32_params;
+  o.fira = fira;
+  o.fira_form = c.fira().form() == lathe::FiraConfig::PAPER ? FiraForm::paper : FiraForm::code;
+  o.fira_gamma = c.fira().gamma();
+  for (const std::string& p : GaLore::check_options(groups, o))
+    errs.push_back(p.rfind("group ", 0) == 0 ? "optimizer.groups: " + p : "optimizer." + p);
+  if (!errs.empty()) throw ConfigError("config", errs);
+  return std::make_unique<GaLore>(std::move(groups), o);
+}
+
 // Built-ins are put in here rather than by static registrars in their own files: a static
 // library drops object files nothing refers to, and their registrars with them.
 struct Registry {
@@ -46,6 +128,11 @@ struct Registry {
   std::map<lathe::OptimizerConfig::Type, OptimizerFactory> factories{
       {lathe::OptimizerConfig::ADAMW, build_adamw},
       {lathe::OptimizerConfig::SGD, build_sgd},
+      {lathe::OptimizerConfig::SGD_SAI, build_sgd_sai},
+      {lathe::OptimizerConfig::GALORE,
+       [](const lathe::OptimizerConfig& c, std::vector<ParamGroup> g) { return build_galore_family(c, std::move(g), false); }},
+      {lathe::OptimizerConfig::FIRA,
+       [](const lathe::OptimizerConfig& c, std::vector<ParamGroup> g) { return build_galore_family(c, std::move(g), true); }},
   };
 };
 
@@ -137,12 +224,24 @@ std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, con
     throw ConfigError("config", {"optimizer.type: " + (type_name.empty() ? std::to_string(cfg.type()) : type_name) +
                                  " is not implemented in this build (implemented: " + known + ")"});
   }
+  // The optimizer section's rules (configs/validate.cpp), for callers that did not validate the
+  // whole config: errors name the field.
+  {
+    lathe::RunConfig only;
+    *only.mutable_optimizer() = cfg;
+    std::vector<std::string> errs;
+    for (const std::string& e : configs::validate(only))
+      if (e.rfind("optimizer", 0) == 0) errs.push_back(e);
+    if (!errs.empty()) throw ConfigError("config", errs);
+  }
   GroupLayout layout = decay_layout(cfg.weight_decay(), cfg.decay_1d_params());
   std::vector<GroupSpec> all = specs;
   const std::vector<GroupSpec> from_config = group_specs_from_config(cfg);
   all.insert(all.end(), from_config.begin(), from_config.end());
   all.insert(all.end(), layout.specs.begin(), layout.specs.end());
-  return factory(cfg, assign_groups(named, all, layout.fallback));
+  std::unique_ptr<Optimizer> opt = factory(cfg, assign_groups(named, all, layout.fallback));
+  opt->set_paging(paging_from_config(cfg));
+  return opt;
 }
 
 }  // namespace lathe::optim

@@ -31,6 +31,15 @@ bool optimizer_registered(lathe::OptimizerConfig::Type type);
 // "optimizer.groups[1].pattern"); make_optimizer puts them before its default decay groups.
 std::vector<GroupSpec> group_specs_from_config(const lathe::OptimizerConfig& cfg);
 
+// The AdamW options of the config (variant, 8-bit states with their defaults: f32 moments for
+// the embeddings unless eight_bit.f32_params says otherwise) and its paging options; GaLore and
+// Fira read the same fields.
+struct AdamWOptions;
+AdamWOptions adamw_options_from_config(const lathe::OptimizerConfig& cfg);
+PagingOptions paging_from_config(const lathe::OptimizerConfig& cfg);
+
+// make_optimizer also applies the config's paging (optimizer.paged, optimizer.paging) to the
+// optimizer it builds, whatever its type.
 std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
                                           const std::vector<GroupSpec>& specs = {});
 

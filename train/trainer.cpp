@@ -43,7 +43,14 @@ std::string fmt(const char* f, double v) {
 }
 
 // The optimizer of optimizer.type (optim/registry.h), over the trainable parameters.
+// Paged CPU state is backed by files under optimizer.paging.dir, by default <run_dir>/paged
+// (each file removed when its state is freed).
 std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
+  if (cfg.optimizer().paged() && cfg.optimizer().paging().dir().empty()) {
+    lathe::OptimizerConfig oc = cfg.optimizer();
+    oc.mutable_paging()->set_dir(cfg.run_dir() + "/paged");
+    return optim::make_optimizer(oc, model.named_parameters());
+  }
   return optim::make_optimizer(cfg.optimizer(), model.named_parameters());
 }
 

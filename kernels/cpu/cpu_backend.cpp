@@ -4,7 +4,9 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/fused.h"
+#include "kernels/cpu/linalg.h"
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/optim.h"
 
 namespace lathe::kernels {
 
@@ -46,6 +48,8 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override {
     cpu::matmul(a, b, trans_a, trans_b, out);
   }
+  void svd(const Tensor& a, const SvdOut& out) override { cpu::svd(a, out); }
+  void qr_q(const Tensor& a, const Tensor& q) override { cpu::qr_q(a, q); }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
               const Tensor& pre) override {
     cpu::linear(x, w, bias, act, out, pre);
@@ -66,13 +70,31 @@ class CpuBackend final : public Backend {
     cpu::dropout(x, p, seed, offset, out);
   }
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, int64_t step) override {
-    cpu::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
+                  double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override {
+    cpu::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, variant);
   }
   void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                         const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step) override {
-    cpu::adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
+                        double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override {
+    cpu::adamw_step_multi(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step, variant);
+  }
+  void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block,
+                           bool is_signed) override {
+    cpu::quantize_blockwise8(x, codes, absmax, block, is_signed);
+  }
+  void dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed,
+                             const Tensor& out) override {
+    cpu::dequantize_blockwise8(codes, absmax, block, is_signed, out);
+  }
+  void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax,
+                       const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step, AdamVariant variant, int64_t block) override {
+    cpu::adamw_step_8bit(param, grad, m_codes, m_absmax, v_codes, v_absmax, lr, beta1, beta2, eps, weight_decay, step,
+                         variant, block);
+  }
+  void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale, double lr,
+                    double momentum, double weight_decay, bool first) override {
+    cpu::sgd_sai_step(param, grad, buf, scale, lr, momentum, weight_decay, first);
   }
 
   // ---- softmax, norms, embeddings, cross-entropy, rope, attention (cpu/nn.h) ----

@@ -45,8 +45,6 @@ void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tenso
 void check_index_range(const char* op, const Tensor& index, int64_t n);
 
 void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out);
-void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                double beta2, double eps, double weight_decay, int64_t step);
 
 namespace detail {
 

@@ -5,6 +5,7 @@
 #include "kernels/cpu/fused.h"
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/optim.h"
 
 namespace lathe::kernels::cpu {
 
@@ -34,12 +35,12 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act
 
 void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                       const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                      double beta2, double eps, double weight_decay, int64_t step) {
+                      double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) {
   for (size_t k = 0; k < params.size(); ++k) {
     if (params[k].numel() == 0) continue;
     // A bf16 gradient widens to f32 exactly, so the update equals adamw_step on grad.to(f32).
     const Tensor g = grads[k].dtype() == DType::f32 ? grads[k] : grads[k].to(DType::f32);
-    adamw_step(params[k], g, ms[k], vs[k], lr, beta1, beta2, eps, weight_decay, step);
+    cpu::adamw_step(params[k], g, ms[k], vs[k], lr, beta1, beta2, eps, weight_decay, step, variant);
   }
 }
 

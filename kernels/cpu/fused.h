@@ -14,6 +14,6 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act
             const Tensor& pre);
 void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                       const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                      double beta2, double eps, double weight_decay, int64_t step);
+                      double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant);
 
 }  // namespace lathe::kernels::cpu

@@ -1,4 +1,4 @@
-// CPU dropout and fused AdamW.
+// CPU dropout (the optimizer kernels are in cpu/optim.cpp).
 #include <cmath>
 
 #include "kernels/cpu/elementwise.h"
@@ -54,59 +54,6 @@ void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const Dr
     case DType::f16: return dropout_t<f16_t>(x, p, seed, offset, out);
     default: LATHE_FAIL() << "dropout: no cpu kernel for dtype " << dtype_name(x.dtype());
   }
-}
-
-namespace {
-
-// Hyper-parameters rounded to f32 once (the bias corrections computed in double first).
-struct AdamF {
-  float lr, beta1, beta2, omb1, omb2, eps, wd, bc1, bc2;
-};
-
-// One element, in f32 with each operation rounded once (ISO C++ mode: no FMA contraction),
-// in the same order as the CUDA kernel (kernels/cuda/misc.cu), so both agree bit for bit.
-inline void adamw_element(float& p, float& m, float& v, float g, const AdamF& a) {
-  const float mi = a.beta1 * m + a.omb1 * g;
-  const float vi = a.beta2 * v + (a.omb2 * g) * g;
-  const float denom = std::sqrt(vi / a.bc2) + a.eps;
-  const float upd = (mi / a.bc1) / denom + a.wd * p;
-  m = mi;
-  v = vi;
-  p = p - a.lr * upd;
-}
-
-}  // namespace
-
-// Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019), with Adam's
-// bias corrections; f32 parameters, gradients and state, computed in f32 (vectorized).
-void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                double beta2, double eps, double weight_decay, int64_t step) {
-  const AdamF a{static_cast<float>(lr),
-                static_cast<float>(beta1),
-                static_cast<float>(beta2),
-                static_cast<float>(1.0 - beta1),
-                static_cast<float>(1.0 - beta2),
-                static_cast<float>(eps),
-                static_cast<float>(weight_decay),
-                static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(step))),
-                static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(step)))};
-  const char* p0 = static_cast<const char*>(param.raw_data());
-  float* mp = m.data<float>();
-  float* vp = v.data<float>();
-  for_each_row<2>({&param, &grad}, [&](const std::array<char*, 2>& ptr, const std::array<int64_t, 2>& s, int64_t n) {
-    const int64_t first = (ptr[0] - p0) / int64_t(sizeof(float));
-    float* pp = reinterpret_cast<float*>(ptr[0]);
-    float* mr = mp + first;
-    float* vr = vp + first;
-    if (s[1] == int64_t(sizeof(float))) {
-      const float* g = reinterpret_cast<const float*>(ptr[1]);
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) adamw_element(pp[j], mr[j], vr[j], g[j], a);
-    } else {
-      for (int64_t j = 0; j < n; ++j)
-        adamw_element(pp[j], mr[j], vr[j], *reinterpret_cast<const float*>(ptr[1] + j * s[1]), a);
-    }
-  });
 }
 
 }  // namespace lathe::kernels::cpu

@@ -50,17 +50,25 @@ class CudaBackend final : public Backend {
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) override { cuda::rope(x, cos, sin, inverse, out); }
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window, const AttentionOut& out) override { cuda::attention(q, k, v, causal, scale, window, out); }
   void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads) override { cuda::attention_backward(gout, q, k, v, out, lse, causal, scale, window, grads); }
+  void svd(const Tensor& a, const SvdOut& out) override { cuda::svd(a, out); }
+  void qr_q(const Tensor& a, const Tensor& q) override { cuda::qr_q(a, q); }
   void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) override { cuda::dropout(x, p, seed, offset, out); }
-  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override { cuda::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step); }
-  void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override {
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override { cuda::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, variant); }
+  void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) override {
     if (cuda::multi_tensor_adamw_enabled()) {
-      cuda::adamw_multi_tensor(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step);
+      cuda::adamw_multi_tensor(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, step, variant);
       return;
     }
     for (size_t i = 0; i < params.size(); ++i)
       cuda::adamw_step(params[i], grads[i].dtype() == DType::f32 ? grads[i] : grads[i].to(DType::f32), ms[i], vs[i],
-                       lr, beta1, beta2, eps, weight_decay, step);
+                       lr, beta1, beta2, eps, weight_decay, step, variant);
   }
+  void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed) override { cuda::quantize_blockwise8(x, codes, absmax, block, is_signed); }
+  void dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed, const Tensor& out) override { cuda::dequantize_blockwise8(codes, absmax, block, is_signed, out); }
+  void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax, const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant, int64_t block) override {
+    cuda::adamw_step_8bit(param, grad, m_codes, m_absmax, v_codes, v_absmax, lr, beta1, beta2, eps, weight_decay, step, variant, block);
+  }
+  void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale, double lr, double momentum, double weight_decay, bool first) override { cuda::sgd_sai_step(param, grad, buf, scale, lr, momentum, weight_decay, first); }
 };
 
 }  // namespace

@@ -85,9 +85,23 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
 void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, bool causal, double scale, int64_t window, const AttentionGrads& grads);
 
+// linalg.cu (cuSOLVER; host-synchronising, for GaLore's basis refresh)
+void svd(const Tensor& a, const SvdOut& out);
+void qr_q(const Tensor& a, const Tensor& q);
+
 // misc.cu
 void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out);
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                double beta2, double eps, double weight_decay, int64_t step);
+                double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant);
+
+// optim.cu: 8-bit blockwise states and SGD-SaI
+void quantize_blockwise8(const Tensor& x, const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed);
+void dequantize_blockwise8(const Tensor& codes, const Tensor& absmax, int64_t block, bool is_signed,
+                           const Tensor& out);
+void adamw_step_8bit(const Tensor& param, const Tensor& grad, const Tensor& m_codes, const Tensor& m_absmax,
+                     const Tensor& v_codes, const Tensor& v_absmax, double lr, double beta1, double beta2, double eps,
+                     double weight_decay, int64_t step, AdamVariant variant, int64_t block);
+void sgd_sai_step(const Tensor& param, const Tensor& grad, const Tensor& buf, const Tensor& scale, double lr,
+                  double momentum, double weight_decay, bool first);
 
 }  // namespace lathe::kernels::cuda

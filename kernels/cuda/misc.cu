@@ -12,6 +12,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/multi_tensor.h"
+#include "kernels/optim_math.h"
 
 namespace lathe::kernels::cuda {
 
@@ -48,48 +49,16 @@ __global__ void dropout_kernel(const T* __restrict__ x, Indexer xi, T* __restric
 
 // ---- AdamW ------------------------------------------------------------------------------------
 
-// Hyper-parameters rounded to f32 once on the host, as the CPU kernel (kernels/cpu/misc.cpp).
-struct AdamArgs {
-  float lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bc1, bc2;
-};
+// The element math (both AdamW variants) is kernels/optim_math.h, shared with the CPU kernels
+// (kernels/cpu/optim.cpp): every operation a correctly rounded intrinsic, so both agree bit for bit.
+using AdamArgs = optim_math::AdamScalars;
 
-AdamArgs adam_args(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {
-  AdamArgs a;
-  a.lr = static_cast<float>(lr);
-  a.beta1 = static_cast<float>(beta1);
-  a.beta2 = static_cast<float>(beta2);
-  a.one_minus_beta1 = static_cast<float>(1.0 - beta1);
-  a.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  a.eps = static_cast<float>(eps);
-  a.weight_decay = static_cast<float>(weight_decay);
-  // std::pow in double on the host, as the CPU kernel: identical bias corrections.
-  a.bc1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(step)));
-  a.bc2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(step)));
-  return a;
-}
-
-// The CPU's expression tree, in f32 with every operation correctly rounded (no FMA
-// contraction: the _rn intrinsics), so CPU and CUDA agree bit for bit:
-//   m' = b1 m + (1 - b1) g
-//   v' = b2 v + ((1 - b2) g) g
-//   p' = p - lr ((m' / bc1) / (sqrt(v' / bc2) + eps) + wd p)
-// Weight decay is decoupled: applied to the old p inside the same update, scaled by lr.
-__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamArgs& a) {
-  const float mi = __fadd_rn(__fmul_rn(a.beta1, m), __fmul_rn(a.one_minus_beta1, g));
-  const float vi = __fadd_rn(__fmul_rn(a.beta2, v), __fmul_rn(__fmul_rn(a.one_minus_beta2, g), g));
-  const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
-  const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), denom), __fmul_rn(a.weight_decay, p));
-  m = mi;
-  v = vi;
-  p = __fsub_rn(p, __fmul_rn(a.lr, upd));
-}
-
-template <bool kGradContig>
+template <bool kGradContig, bool HF>
 __global__ void adamw_kernel(float* __restrict__ param, const float* __restrict__ grad, Indexer gi,
                              float* __restrict__ m, float* __restrict__ v, int64_t n, AdamArgs a) {
   LATHE_CUDA_GRID_STRIDE(i, n) {
     float pv = param[i], mv = m[i], vv = v[i];
-    adamw_element(pv, mv, vv, grad[kGradContig ? i : gi.offset(i)], a);
+    optim_math::adam_element<HF>(pv, mv, vv, grad[kGradContig ? i : gi.offset(i)], a);
     param[i] = pv;
     m[i] = mv;
     v[i] = vv;
@@ -120,6 +89,7 @@ struct MtTable {
 };
 static_assert(sizeof(MtTable) + sizeof(AdamArgs) < 4000, "kernel parameters must stay under 4 KB");
 
+template <bool HF>
 __global__ void __launch_bounds__(kMtThreads) adamw_multi_kernel(const __grid_constant__ MtTable t, AdamArgs a) {
   const int64_t total = t.chunk_start[t.count];
   for (int64_t c = blockIdx.x; c < total; c += gridDim.x) {
@@ -141,7 +111,7 @@ __global__ void __launch_bounds__(kMtThreads) adamw_multi_kernel(const __grid_co
       const bf16* __restrict__ g = static_cast<const bf16*>(t.g[k]);
       for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float pv = p[i], mv = m[i], vv = v[i];
-        adamw_element(pv, mv, vv, __bfloat162float(g[i]), a);
+        optim_math::adam_element<HF>(pv, mv, vv, __bfloat162float(g[i]), a);
         p[i] = pv;
         m[i] = mv;
         v[i] = vv;
@@ -150,7 +120,7 @@ __global__ void __launch_bounds__(kMtThreads) adamw_multi_kernel(const __grid_co
       const float* __restrict__ g = static_cast<const float*>(t.g[k]);
       for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float pv = p[i], mv = m[i], vv = v[i];
-        adamw_element(pv, mv, vv, g[i], a);
+        optim_math::adam_element<HF>(pv, mv, vv, g[i], a);
         p[i] = pv;
         m[i] = mv;
         v[i] = vv;
@@ -190,7 +160,7 @@ void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const Dr
 }
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
-                double beta2, double eps, double weight_decay, int64_t step) {
+                double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) {
   const int64_t n = param.numel();
   if (n == 0) return;
   LATHE_CHECK(param.dtype() == DType::f32 && grad.dtype() == DType::f32 && m.dtype() == DType::f32 &&
@@ -201,20 +171,20 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   const int dev = dev_of(param);
   set_device(dev);
   cudaStream_t s = stream(dev);
-  const AdamArgs a = adam_args(lr, beta1, beta2, eps, weight_decay, step);
-  if (grad.is_contiguous()) {
-    adamw_kernel<true><<<blocks_for(n), kThreads, 0, s>>>(ptr<float>(param), ptr<const float>(grad), Indexer(),
-                                                          ptr<float>(m), ptr<float>(v), n, a);
-  } else {
-    adamw_kernel<false><<<blocks_for(n), kThreads, 0, s>>>(ptr<float>(param), ptr<const float>(grad),
-                                                           make_indexer(grad), ptr<float>(m), ptr<float>(v), n, a);
-  }
+  const AdamArgs a = optim_math::adam_scalars(lr, beta1, beta2, eps, weight_decay, step);
+  const bool hf = variant == AdamVariant::hf;
+  const bool gc = grad.is_contiguous();
+  const Indexer gi = gc ? Indexer() : make_indexer(grad);
+  auto* kern = gc ? (hf ? adamw_kernel<true, true> : adamw_kernel<true, false>)
+                  : (hf ? adamw_kernel<false, true> : adamw_kernel<false, false>);
+  kern<<<blocks_for(n), kThreads, 0, s>>>(ptr<float>(param), ptr<const float>(grad), gi, ptr<float>(m), ptr<float>(v),
+                                          n, a);
   LATHE_CUDA_LAUNCH_CHECK("adamw_step");
 }
 
 void adamw_multi_tensor(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                         const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step) {
+                        double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant) {
   const char* op = "adamw_multi_tensor";
   LATHE_CHECK(grads.size() == params.size() && ms.size() == params.size() && vs.size() == params.size())
       << op << ": list lengths differ: " << params.size() << " params, " << grads.size() << " grads, " << ms.size()
@@ -244,14 +214,16 @@ void adamw_multi_tensor(const std::vector<Tensor>& params, const std::vector<Ten
   }
   set_device(dev.index);
   cudaStream_t s = stream(dev.index);
-  const AdamArgs a = adam_args(lr, beta1, beta2, eps, weight_decay, step);
+  const AdamArgs a = optim_math::adam_scalars(lr, beta1, beta2, eps, weight_decay, step);
+  const bool hf = variant == AdamVariant::hf;
   MtTable t{};
   auto flush = [&]() {
     if (t.count == 0) return;
     const int64_t total = t.chunk_start[t.count];
     if (total > 0) {
       const unsigned grid = static_cast<unsigned>(total < 65535LL * 32 ? total : 65535LL * 32);
-      adamw_multi_kernel<<<grid, kMtThreads, 0, s>>>(t, a);
+      if (hf) adamw_multi_kernel<true><<<grid, kMtThreads, 0, s>>>(t, a);
+      else adamw_multi_kernel<false><<<grid, kMtThreads, 0, s>>>(t, a);
       LATHE_CUDA_LAUNCH_CHECK(op);
     }
     t = MtTable{};

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/ops.h"
 
 namespace lathe::kernels::cuda {
 
@@ -18,6 +19,7 @@ namespace lathe::kernels::cuda {
 // no host synchronisation.
 void adamw_multi_tensor(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                         const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
-                        double beta2, double eps, double weight_decay, int64_t step);
+                        double beta2, double eps, double weight_decay, int64_t step,
+                        AdamVariant variant = AdamVariant::torch);
 
 }  // namespace lathe::kernels::cuda

@@ -14,11 +14,13 @@
 #include <string>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <sstream>
 #include <vector>
 
 #include "core/device_ops.h"
 #include "core/memory.h"
+#include "core/paged.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/device.h"
 
@@ -353,7 +355,66 @@ void copy_to_host(const Tensor& dst, const Tensor& src) {
   LATHE_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-void register_cuda() { register_allocator(DeviceType::cuda, &caching_allocator()); }
+// Paged optimizer state on CUDA (core/paged.h; QLoRA's paged optimizers): managed memory that
+// the driver may migrate to the host when the GPU runs short, prefetched to the GPU on the
+// compute stream before each update. Devices without concurrent managed access (Windows, WSL,
+// some virtualised GPUs: "operation not supported", xtuner#247) get plain device memory, and
+// prefetch does nothing.
+class ManagedAllocator final : public PagedAllocator {
+ public:
+  void* allocate(size_t nbytes, int device_index) override {
+    if (nbytes == 0) return nullptr;
+    set_device(device_index);
+    void* p = nullptr;
+    if (concurrent_managed(device_index)) {
+      LATHE_CUDA_CHECK(cudaMallocManaged(&p, nbytes, cudaMemAttachGlobal));
+      std::lock_guard<std::mutex> lk(mu_);
+      managed_[p] = nbytes;
+    } else {
+      LATHE_CUDA_CHECK(cudaMalloc(&p, nbytes));
+    }
+    return p;
+  }
+  void deallocate(void* p, size_t, int device_index) override {
+    if (!p) return;
+    set_device(device_index);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      managed_.erase(p);
+    }
+    LATHE_CUDA_CHECK(cudaFree(p));  // waits for the kernels that use it
+  }
+  void prefetch(void* p, size_t nbytes, int device_index) override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!managed_.count(p)) return;
+    }
+    set_device(device_index);
+    cudaMemLocation loc{};
+    loc.type = cudaMemLocationTypeDevice;
+    loc.id = device_index;
+    LATHE_CUDA_CHECK(cudaMemPrefetchAsync(p, nbytes, loc, 0, stream(device_index)));
+  }
+  const char* where() const override { return "managed memory"; }
+
+ private:
+  static bool concurrent_managed(int device_index) {
+    int v = 0;
+    return cudaDeviceGetAttribute(&v, cudaDevAttrConcurrentManagedAccess, device_index) == cudaSuccess && v != 0;
+  }
+  std::mutex mu_;
+  std::unordered_map<void*, size_t> managed_;
+};
+
+ManagedAllocator& managed_allocator() {
+  static ManagedAllocator* a = new ManagedAllocator();  // never destroyed, as the caching allocator
+  return *a;
+}
+
+void register_cuda() {
+  register_allocator(DeviceType::cuda, &caching_allocator());
+  register_paged_allocator(DeviceType::cuda, &managed_allocator());
+}
 
 }  // namespace lathe::kernels::cuda
 

@@ -28,6 +28,8 @@ class AlmostCompleteBackend final : public Backend {
   void matmul(const Tensor&, const Tensor&, bool, bool, const Tensor&) override {}
   void linear(const Tensor&, const Tensor&, const Tensor&, Activation, const Tensor&, const Tensor&) override {}
   void softmax(const Tensor&, int64_t, bool, const Tensor&) override {}
+  void svd(const Tensor&, const SvdOut&) override {}
+  void qr_q(const Tensor&, const Tensor&) override {}
   void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {}
   void layer_norm(const Tensor&, const Tensor&, const Tensor&, double, const NormOut&) override {}
   void layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -49,9 +51,16 @@ class AlmostCompleteBackend final : public Backend {
                           bool, double, int64_t, const AttentionGrads&) override {}
   void dropout(const Tensor&, double, uint64_t, uint64_t, const DropoutOut&) override {}
   void adamw_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double, double, double,
-                  int64_t) override {}
+                  int64_t, AdamVariant) override {}
   void adamw_step_multi(const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&,
-                        const std::vector<Tensor>&, double, double, double, double, double, int64_t) override {}
+                        const std::vector<Tensor>&, double, double, double, double, double, int64_t,
+                        AdamVariant) override {}
+  void quantize_blockwise8(const Tensor&, const Tensor&, const Tensor&, int64_t, bool) override {}
+  void dequantize_blockwise8(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {}
+  void adamw_step_8bit(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                       double, double, double, double, int64_t, AdamVariant, int64_t) override {}
+  void sgd_sai_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, double, double,
+                    bool) override {}
 };
 
 Backend& almost_complete_backend() {
