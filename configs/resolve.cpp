@@ -60,6 +60,13 @@ int64_t default_d_ff(const ModelConfig& model) {
 void resolve(RunConfig& cfg) {
   ModelConfig* model = cfg.mutable_model();
   if (!model->has_bias()) model->set_bias(model->arch() == ModelConfig::GPT2);
+  // Defaults that depend on other fields, before materialize() writes the plain ones.
+  OptimizerConfig* opt = cfg.mutable_optimizer();
+  if (!opt->has_adamw_variant())
+    opt->set_adamw_variant(opt->type() == OptimizerConfig::GALORE || opt->type() == OptimizerConfig::FIRA
+                               ? OptimizerConfig::HF
+                               : OptimizerConfig::TORCH);
+  if (!opt->eight_bit().has_f32_params()) opt->mutable_eight_bit()->set_f32_params(kDefaultEightBitF32Params);
   materialize(&cfg);
 
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());

@@ -176,8 +176,7 @@ void check_optimizer_states(const RunConfig& cfg, Checker& c) {
     c.fail("optimizer.state_bits", "8-bit states are for the Adam moments of ADAMW, GALORE and FIRA; optimizer.type " +
                                        type + " keeps f32 state (set state_bits to 32)");
   }
-  if (o.has_adamw_variant() && !adam_family)
-    c.fail("optimizer.adamw_variant", "applies to ADAMW, GALORE and FIRA, not to optimizer.type " + type);
+  // Sections are always present after resolve(); their fields are checked whatever the type.
   if (o.has_eight_bit()) {
     const int64_t b = o.eight_bit().block_size();
     if (b < 64 || b > 4096 || (b & (b - 1)) != 0)
@@ -193,10 +192,8 @@ void check_optimizer_states(const RunConfig& cfg, Checker& c) {
     }
   }
   if (o.has_sgd_sai()) {
-    if (o.type() != OptimizerConfig::SGD_SAI)
-      c.fail("optimizer.sgd_sai", "set, but optimizer.type is " + type + " (use type SGD_SAI)");
     c.in_range("optimizer.sgd_sai.momentum", o.sgd_sai().momentum(), 0, 1, false, true);
-    if (o.sgd_sai().normalize() && o.layerwise())
+    if (o.type() == OptimizerConfig::SGD_SAI && o.sgd_sai().normalize() && o.layerwise())
       c.fail("optimizer.sgd_sai.normalize",
              "the paper's normalisation divides by the largest g-SNR of all tensors, which layer-wise updates "
              "(optimizer.layerwise) do not know on the first step; use one or the other");
