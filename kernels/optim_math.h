@@ -14,8 +14,10 @@
 
 #if defined(__CUDACC__)
 #define LATHE_OM_HD __host__ __device__ __forceinline__
+#define LATHE_OM_UNROLL _Pragma("unroll")
 #else
 #define LATHE_OM_HD inline
+#define LATHE_OM_UNROLL _Pragma("GCC unroll 8")
 #endif
 
 namespace lathe::kernels::optim_math {
@@ -122,19 +124,19 @@ LATHE_OM_HD void adam_element(float& p, float& m, float& v, float g, const AdamS
 // ---- 8-bit blockwise states (bitsandbytes' dynamic quantisation) -------------------------------
 
 // Index of the entry of the sorted 256-entry table nearest to x (x in [-1, 1] after the block
-// scaling). Binary search for the pair table[lo] < x <= table[hi], then the midpoint decides;
-// a value exactly at the midpoint takes the higher index. Out-of-range values clamp.
+// scaling). A branch-free binary search counts the entries below x (pos), so table[pos - 1] < x
+// <= table[pos]; then the midpoint decides, a value exactly at the midpoint taking the higher
+// index. Out-of-range values clamp; NaN (never produced: non-finite gradients zero the state)
+// gives 0. Branch-free because the codes of neighbouring elements are unrelated: a branchy
+// search mispredicts about half its eight steps.
 LATHE_OM_HD uint8_t quant8_nearest(const float* table, float x) {
-  if (!(x > table[0])) return 0;  // also NaN (never produced: non-finite gradients zero the state)
-  if (x >= table[255]) return 255;
-  int lo = 0, hi = 255;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (table[mid] < x) lo = mid;
-    else hi = mid;
-  }
-  const float midpoint = fmul(fadd(table[lo], table[hi]), 0.5f);
-  return static_cast<uint8_t>(x >= midpoint ? hi : lo);
+  int pos = 0;
+  LATHE_OM_UNROLL
+  for (int step = 128; step >= 1; step >>= 1) pos += table[pos + step - 1] < x ? step : 0;
+  if (pos == 0) return 0;
+  if (pos == 256) return 255;
+  const float midpoint = fmul(fadd(table[pos - 1], table[pos]), 0.5f);
+  return static_cast<uint8_t>(x >= midpoint ? pos : pos - 1);
 }
 
 // For the signed map (the first moment): a code whose value has the other sign than x moves one
