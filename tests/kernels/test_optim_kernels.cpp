@@ -14,6 +14,7 @@
 #include "core/tensor.h"
 #include "kernels/blockwise8.h"
 #include "kernels/ops.h"
+#include "kernels/optim_math.h"
 #include "tests/kernels/kernel_test_util.h"
 
 using namespace lathe;
@@ -188,6 +189,38 @@ TEST_P(Quant8, NearestCodeAbsmaxAndErrorBound) {
     EXPECT_LE(mismatches, 2) << (is_signed ? "signed" : "unsigned");
     for (int64_t i = 512; i < 768; ++i) EXPECT_EQ(dq[i], 0.0f);
     EXPECT_EQ(c[600], is_signed ? 127 : 0);
+  }
+}
+
+// The CPU finds codes through a bucket table, CUDA by binary search (kernels/optim_math.h):
+// both must give the same code for every value, including the entries themselves, their
+// midpoints and the floats next to them, zeros of both signs, tiny and out-of-range values.
+TEST(Quant8Search, CpuBucketSearchEqualsBinarySearch) {
+  for (bool is_signed : {true, false}) {
+    const auto& t = quant_map8(is_signed);
+    std::vector<float> xs = {0.0f, -0.0f, 1e-30f, -1e-30f, 1.5f, -1.5f, 1.0f, -1.0f};
+    for (int j = 0; j < 256; ++j) {
+      const float mid = j < 255 ? (t[j] + t[j + 1]) * 0.5f : t[j];
+      for (float v : {t[j], mid})
+        for (float w : {v, std::nextafter(v, -2.0f), std::nextafter(v, 2.0f)}) xs.push_back(w);
+    }
+    const std::vector<float> r = randn_vec(20000, 17, 1.0);
+    for (size_t i = 0; i < r.size(); ++i) xs.push_back(static_cast<float>(r[i] * std::pow(10.0, -double(i % 9))));
+    // One block per value, led by 1.0 so that absmax = 1 and the code is the search's on x.
+    const int64_t block = 64, nb = static_cast<int64_t>(xs.size());
+    std::vector<float> data(static_cast<size_t>(nb * block), 0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      data[b * block] = 1.0f;
+      data[b * block + 1] = std::max(-1.0f, std::min(1.0f, xs[b]));
+    }
+    Tensor codes = Tensor::zeros({nb * block}, DType::u8), absmax = Tensor::zeros({nb});
+    quantize_blockwise8(fvec(data), codes, absmax, block, is_signed);
+    const auto c = codes.to_vector<uint8_t>();
+    for (int64_t b = 0; b < nb; ++b) {
+      const float x = data[b * block + 1];
+      ASSERT_EQ(int(c[b * block + 1]), int(optim_math::quant8_encode(t.data(), x, 1.0f, is_signed)))
+          << "x = " << x << (is_signed ? " signed" : " unsigned");
+    }
   }
 }
 
