@@ -80,4 +80,9 @@ void resolve(RunConfig& cfg);
 // of the Llama reference code, round_up(int(2*4*d_model/3), ffn_multiple_of).
 int64_t default_d_ff(const ModelConfig& model);
 
+// optimizer.eight_bit.f32_params when unset: the token and position embeddings of lathe's
+// models ("embed.weight", "pos_embed.weight", also under a prefix) keep f32 moments with 8-bit
+// states (Dettmers' guidance, transformers#14819). resolve() writes it into the config.
+inline constexpr const char* kDefaultEightBitF32Params = "(.*\\.)?(embed|pos_embed)\\.weight";
+
 }  // namespace lathe::configs

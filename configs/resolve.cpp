@@ -69,6 +69,7 @@ void resolve(RunConfig& cfg) {
   const bool galore_family = opt->type() == OptimizerConfig::GALORE || opt->type() == OptimizerConfig::FIRA;
   if (!opt->has_adamw_variant()) opt->set_adamw_variant(galore_family ? OptimizerConfig::HF : OptimizerConfig::TORCH);
   if (!opt->has_eps() && galore_family) opt->set_eps(1e-6);
+  if (!opt->eight_bit().has_f32_params()) opt->mutable_eight_bit()->set_f32_params(kDefaultEightBitF32Params);
   materialize(&cfg);
 
   if (cfg.run_dir().empty()) cfg.set_run_dir("runs/" + cfg.name());

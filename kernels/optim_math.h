@@ -14,8 +14,10 @@
 
 #if defined(__CUDACC__)
 #define LATHE_OM_HD __host__ __device__ __forceinline__
+#define LATHE_OM_UNROLL _Pragma("unroll")
 #else
 #define LATHE_OM_HD inline
+#define LATHE_OM_UNROLL _Pragma("GCC unroll 8")
 #endif
 
 namespace lathe::kernels::optim_math {
@@ -121,21 +123,30 @@ LATHE_OM_HD void adam_element(float& p, float& m, float& v, float g, const AdamS
 
 // ---- 8-bit blockwise states (bitsandbytes' dynamic quantisation) -------------------------------
 
-// Index of the entry of the sorted 256-entry table nearest to x (x in [-1, 1] after the block
-// scaling). Binary search for the pair table[lo] < x <= table[hi], then the midpoint decides;
-// a value exactly at the midpoint takes the higher index. Out-of-range values clamp.
-LATHE_OM_HD uint8_t quant8_nearest(const float* table, float x) {
-  if (!(x > table[0])) return 0;  // also NaN (never produced: non-finite gradients zero the state)
-  if (x >= table[255]) return 255;
-  int lo = 0, hi = 255;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (table[mid] < x) lo = mid;
-    else hi = mid;
-  }
-  const float midpoint = fmul(fadd(table[lo], table[hi]), 0.5f);
-  return static_cast<uint8_t>(x >= midpoint ? hi : lo);
+// The code of x (x in [-1, 1] after the block scaling) is the index of the nearest entry of the
+// sorted 256-entry table. Both searches below first find pos = the number of entries below x,
+// so table[pos - 1] < x <= table[pos]; then the midpoint decides, a value exactly at the
+// midpoint taking the higher index. Out-of-range values clamp; NaN (never produced:
+// non-finite gradients zero the state) gives 0.
+LATHE_OM_HD uint8_t quant8_from_pos(const float* table, int pos, float x) {
+  if (pos == 0) return 0;
+  if (pos == 256) return 255;
+  const float midpoint = fmul(fadd(table[pos - 1], table[pos]), 0.5f);
+  return static_cast<uint8_t>(x >= midpoint ? pos : pos - 1);
 }
+
+// pos by a branch-free binary search (the GPU's, from shared memory): the codes of neighbouring
+// elements are unrelated, so a branchy search would mispredict about half its eight steps.
+// The CPU finds the same pos faster through a bucket table (kernels/cpu/optim.cpp).
+LATHE_OM_HD uint8_t quant8_nearest(const float* table, float x) {
+  int pos = 0;
+  LATHE_OM_UNROLL
+  for (int step = 128; step >= 1; step >>= 1) pos += table[pos + step - 1] < x ? step : 0;
+  return quant8_from_pos(table, pos, x);
+}
+
+// x / absmax, 0 for an all-zero block (whose codes are then the zero entry).
+LATHE_OM_HD float quant8_scaled(float x, float absmax) { return absmax > 0.0f ? fdiv(x, absmax) : 0.0f; }
 
 // For the signed map (the first moment): a code whose value has the other sign than x moves one
 // step toward x's sign (bitsandbytes' rule; 0 counts as positive, so only a negative x that
@@ -151,7 +162,7 @@ LATHE_OM_HD uint8_t quant8_signfix(const float* table, uint8_t c, float x) {
 // Code of x within a block of absolute maximum absmax (codes of an all-zero block: the zero
 // entry, through x / absmax taken as 0).
 LATHE_OM_HD uint8_t quant8_encode(const float* table, float x, float absmax, bool is_signed) {
-  const float y = absmax > 0.0f ? fdiv(x, absmax) : 0.0f;
+  const float y = quant8_scaled(x, absmax);
   const uint8_t c = quant8_nearest(table, y);
   return is_signed ? quant8_signfix(table, c, y) : c;
 }

@@ -21,10 +21,6 @@ using configs::ConfigError;
 
 }  // namespace
 
-// The token and position embeddings of lathe's models ("embed.weight", "pos_embed.weight", also
-// under a prefix): f32 moments by default with 8-bit states (Dettmers, transformers#14819).
-const char* const kDefaultF32Params = "(.*\\.)?(embed|pos_embed)\\.weight";
-
 PagingOptions paging_from_config(const lathe::OptimizerConfig& c) {
   PagingOptions p;
   p.enabled = c.paged();
@@ -44,7 +40,8 @@ AdamWOptions adamw_options_from_config(const lathe::OptimizerConfig& c) {
   o.state_bits = c.state_bits();
   o.block_size = c.eight_bit().block_size();
   o.min_8bit_size = c.eight_bit().min_8bit_size();
-  o.f32_params = c.eight_bit().has_f32_params() ? c.eight_bit().f32_params() : std::string(kDefaultF32Params);
+  o.f32_params =
+      c.eight_bit().has_f32_params() ? c.eight_bit().f32_params() : std::string(configs::kDefaultEightBitF32Params);
   return o;
 }
 

@@ -9,9 +9,12 @@
 #include <cmath>
 #include <limits>
 
+#include "core/memory.h"
+#include "core/paged.h"
 #include "core/tensor.h"
 #include "kernels/blockwise8.h"
 #include "kernels/ops.h"
+#include "kernels/optim_math.h"
 #include "tests/kernels/kernel_test_util.h"
 
 using namespace lathe;
@@ -60,6 +63,7 @@ LATHE_DEVICE_TEST_SUITE(AdamWHf);
 LATHE_DEVICE_TEST_SUITE(Quant8);
 LATHE_DEVICE_TEST_SUITE(Adam8bit);
 LATHE_DEVICE_TEST_SUITE(SgdSaiKernel);
+LATHE_DEVICE_TEST_SUITE(PagedStorage);
 
 // ---- AdamW, HF form ------------------------------------------------------------------------------
 
@@ -185,6 +189,38 @@ TEST_P(Quant8, NearestCodeAbsmaxAndErrorBound) {
     EXPECT_LE(mismatches, 2) << (is_signed ? "signed" : "unsigned");
     for (int64_t i = 512; i < 768; ++i) EXPECT_EQ(dq[i], 0.0f);
     EXPECT_EQ(c[600], is_signed ? 127 : 0);
+  }
+}
+
+// The CPU finds codes through a bucket table, CUDA by binary search (kernels/optim_math.h):
+// both must give the same code for every value, including the entries themselves, their
+// midpoints and the floats next to them, zeros of both signs, tiny and out-of-range values.
+TEST(Quant8Search, CpuBucketSearchEqualsBinarySearch) {
+  for (bool is_signed : {true, false}) {
+    const auto& t = quant_map8(is_signed);
+    std::vector<float> xs = {0.0f, -0.0f, 1e-30f, -1e-30f, 1.5f, -1.5f, 1.0f, -1.0f};
+    for (int j = 0; j < 256; ++j) {
+      const float mid = j < 255 ? (t[j] + t[j + 1]) * 0.5f : t[j];
+      for (float v : {t[j], mid})
+        for (float w : {v, std::nextafter(v, -2.0f), std::nextafter(v, 2.0f)}) xs.push_back(w);
+    }
+    const std::vector<float> r = randn_vec(20000, 17, 1.0);
+    for (size_t i = 0; i < r.size(); ++i) xs.push_back(static_cast<float>(r[i] * std::pow(10.0, -double(i % 9))));
+    // One block per value, led by 1.0 so that absmax = 1 and the code is the search's on x.
+    const int64_t block = 64, nb = static_cast<int64_t>(xs.size());
+    std::vector<float> data(static_cast<size_t>(nb * block), 0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      data[b * block] = 1.0f;
+      data[b * block + 1] = std::max(-1.0f, std::min(1.0f, xs[b]));
+    }
+    Tensor codes = Tensor::zeros({nb * block}, DType::u8), absmax = Tensor::zeros({nb});
+    quantize_blockwise8(fvec(data), codes, absmax, block, is_signed);
+    const auto c = codes.to_vector<uint8_t>();
+    for (int64_t b = 0; b < nb; ++b) {
+      const float x = data[b * block + 1];
+      ASSERT_EQ(int(c[b * block + 1]), int(optim_math::quant8_encode(t.data(), x, 1.0f, is_signed)))
+          << "x = " << x << (is_signed ? " signed" : " unsigned");
+    }
   }
 }
 
@@ -349,6 +385,40 @@ TEST_P(SgdSaiKernel, MomentumAndNoMomentum) {
     EXPECT_EQ(pc.to_vector<float>(), back(pd).to_vector<float>());
     EXPECT_EQ(bc.to_vector<float>(), back(bd).to_vector<float>());
   }
+}
+
+// Paged storage (core/paged.h) on the device under test: file-backed on the CPU, managed memory
+// on CUDA (prefetched before use). Kernels on paged tensors give the same bits as on ordinary
+// ones, and the accounting counts the paged bytes while they live.
+TEST_P(PagedStorage, KernelsOnPagedStateMatchOrdinaryAndAreCounted) {
+  const int64_t n = 4096;
+  const MemoryStats before = memory_stats(dev().type);
+  Tensor pm, pv;
+  {
+    PagedAllocGuard guard(1000, "");
+    pm = on(Tensor::zeros({n}));  // made on the CPU, then moved: the copy on the device is paged too
+    pv = Tensor::zeros({n}, DType::f32, dev());
+    Tensor small = Tensor::zeros({10}, DType::f32, dev());
+    EXPECT_FALSE(small.storage()->paged());
+  }
+  EXPECT_TRUE(pv.storage()->paged());
+  EXPECT_TRUE(pm.storage()->paged());
+  EXPECT_EQ(memory_stats(dev().type).paged_of(MemCategory::other) - before.paged_of(MemCategory::other),
+            int64_t(2 * n * 4));
+  Tensor m = on(Tensor::zeros({n})), v = on(Tensor::zeros({n}));
+  Tensor p1 = on(fvec(randn_vec(n, 1, 1.0))), p2 = on(back(p1).clone());
+  for (int64_t t = 1; t <= 3; ++t) {
+    Tensor g = on(fvec(randn_vec(n, 80 + t, 0.01)));
+    pm.storage()->prefetch();
+    pv.storage()->prefetch();
+    adamw_step(p1, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, t);
+    adamw_step(p2, g, pm, pv, 1e-3, 0.9, 0.999, 1e-8, 0.01, t);
+  }
+  EXPECT_EQ(back(p1).to_vector<float>(), back(p2).to_vector<float>());
+  EXPECT_EQ(back(v).to_vector<float>(), back(pv).to_vector<float>());
+  pm = Tensor();
+  pv = Tensor();
+  EXPECT_EQ(memory_stats(dev().type).paged_of(MemCategory::other), before.paged_of(MemCategory::other));
 }
 
 TEST(OptimKernelErrors, NameTheProblem) {

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <regex>
 
 #include "configs/config.h"
 #include "core/memory.h"
@@ -260,9 +261,6 @@ TEST(OptimizerConfigRules, InvalidCombinationsNameTheField) {
   c.set_layerwise(true);
   EXPECT_TRUE(contains(err(c), "optimizer.sgd_sai.normalize") && contains(err(c), "layerwise")) << err(c);
   c = lathe::OptimizerConfig();
-  c.mutable_sgd_sai()->set_momentum(0.5);
-  EXPECT_TRUE(contains(err(c), "optimizer.sgd_sai") && contains(err(c), "ADAMW")) << err(c);
-  c = lathe::OptimizerConfig();
   c.set_type(lathe::OptimizerConfig::SGD_SAI);
   c.mutable_sgd_sai()->set_momentum(1.0);
   EXPECT_TRUE(contains(err(c), "optimizer.sgd_sai.momentum")) << err(c);
@@ -274,9 +272,9 @@ TEST(OptimizerConfigRules, InvalidCombinationsNameTheField) {
   c.mutable_eight_bit()->set_f32_params("(");
   EXPECT_TRUE(contains(err(c), "optimizer.eight_bit.f32_params")) << err(c);
   c = lathe::OptimizerConfig();
-  c.set_type(lathe::OptimizerConfig::SGD);
-  c.set_adamw_variant(lathe::OptimizerConfig::HF);
-  EXPECT_TRUE(contains(err(c), "optimizer.adamw_variant")) << err(c);
+  c.set_type(lathe::OptimizerConfig::SGD_SAI);
+  c.set_sgd_momentum(0.9);
+  EXPECT_TRUE(contains(err(c), "optimizer.sgd_momentum") && contains(err(c), "sgd_sai.momentum")) << err(c);
 }
 
 TEST(OptimizerConfigRules, ConfigSelectsTheOptimizers) {
@@ -299,4 +297,27 @@ TEST(OptimizerConfigRules, ConfigSelectsTheOptimizers) {
   EXPECT_EQ(a->options().state_bits, 8);
   EXPECT_TRUE(o->paging().enabled);
   EXPECT_EQ(o->paging().min_numel, 7);
+}
+
+TEST(OptimizerConfigRules, ResolveWritesTheDependentDefaults) {
+  // Every section is present after resolve (materialised defaults), so a full config with any
+  // optimizer type must still validate; the variant follows the type and the 8-bit exceptions
+  // are written out.
+  auto resolved = [](const std::string& text) {
+    lathe::RunConfig c = configs::parse_text(text + " train { steps: 1 }", "test");
+    configs::resolve(c);
+    const std::vector<std::string> errs = configs::validate(c);
+    EXPECT_TRUE(errs.empty()) << text << ": " << (errs.empty() ? "" : errs[0]);
+    return c;
+  };
+  lathe::RunConfig a = resolved("name: \"a\" optimizer { type: SGD_SAI }");
+  EXPECT_EQ(a.optimizer().adamw_variant(), lathe::OptimizerConfig::TORCH);
+  EXPECT_EQ(a.optimizer().eight_bit().f32_params(), configs::kDefaultEightBitF32Params);
+  lathe::RunConfig g = resolved("name: \"g\" optimizer { type: GALORE }");
+  EXPECT_EQ(g.optimizer().adamw_variant(), lathe::OptimizerConfig::HF);
+  lathe::RunConfig t = resolved("name: \"t\" optimizer { type: GALORE adamw_variant: TORCH }");
+  EXPECT_EQ(t.optimizer().adamw_variant(), lathe::OptimizerConfig::TORCH);
+  EXPECT_TRUE(std::regex_match("embed.weight", std::regex(configs::kDefaultEightBitF32Params)));
+  EXPECT_TRUE(std::regex_match("base.pos_embed.weight", std::regex(configs::kDefaultEightBitF32Params)));
+  EXPECT_FALSE(std::regex_match("layers.0.attn.q_proj.weight", std::regex(configs::kDefaultEightBitF32Params)));
 }
