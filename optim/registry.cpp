@@ -226,6 +226,10 @@ std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, con
   {
     lathe::RunConfig only;
     *only.mutable_optimizer() = cfg;
+    // Rules that tie the optimizer to other sections (layer-wise updates need train.grad_clip 0)
+    // belong to the whole config's validation, which the trainer runs; here the other sections
+    // are defaults and must not make them fire.
+    only.mutable_train()->set_grad_clip(0);
     std::vector<std::string> errs;
     for (const std::string& e : configs::validate(only))
       if (e.rfind("optimizer", 0) == 0) errs.push_back(e);

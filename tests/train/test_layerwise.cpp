@@ -52,6 +52,13 @@ const std::vector<OptimizerCase> kOptimizers = {
     {"SgdMomentum", "type: SGD lr: 0.05 sgd_momentum: 0.9 weight_decay: 0.01"},
     {"SgdNesterov", "type: SGD lr: 0.05 sgd_momentum: 0.9 nesterov: true"},
     {"SgdPlain", "type: SGD lr: 0.1"},
+    {"SgdSai", "type: SGD_SAI lr: 1e-3 weight_decay: 0.01"},
+    {"AdamW8bit", "type: ADAMW lr: 3e-3 weight_decay: 0.1 state_bits: 8 eight_bit { min_8bit_size: 0 }"},
+    {"GaLore", "type: GALORE lr: 3e-3 galore { rank: 4 update_proj_gap: 2 scale: 0.25 }"},
+    {"GaLoreRandomized8bit",
+     "type: GALORE lr: 3e-3 state_bits: 8 eight_bit { min_8bit_size: 0 } "
+     "galore { rank: 4 update_proj_gap: 2 svd: RANDOMIZED }"},
+    {"Fira", "type: FIRA lr: 3e-3 galore { rank: 4 update_proj_gap: 2 scale: 0.25 }"},
 };
 
 // The tiny trainer-test run (2-layer GPT-2, dropout on) with the given optimizer fields,
