@@ -7,6 +7,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/fs.h"
+#include "data/hf_tokenizer_files.h"
 #include "models/hf_export.h"
 #include "peft/adapter_io.h"
 #include "train/peft_setup.h"
@@ -162,7 +163,7 @@ int run(const std::vector<std::string>& args) {
   if (!has_json && !vocab.empty()) {
     std::vector<std::string> special;
     for (const auto& [content, id] : tokenizer.special_tokens()) special.push_back(content);
-    write_text("tokenizer.json", models::hf_tokenizer_json_from_vocab_merges(vocab.string(), merges.string(), special));
+    write_text("tokenizer.json", data::hf_tokenizer_json_from_vocab_merges(vocab.string(), merges.string(), special));
     std::printf("tokenizer: wrote %s (from %s + merges.txt)\n", (fs::path(out) / "tokenizer.json").string().c_str(),
                 vocab.string().c_str());
     has_json = true;
@@ -172,7 +173,7 @@ int run(const std::vector<std::string>& args) {
       return id ? tokenizer.id_to_token(*id).value_or("") : std::string();
     };
     write_text("tokenizer_config.json",
-               models::hf_tokenizer_config_json(content(ids.bos), content(ids.eos), content(ids.pad),
+               data::hf_tokenizer_config_json(content(ids.bos), content(ids.eos), content(ids.pad),
                                                 run.model->spec().max_seq_len));
     std::printf("tokenizer: wrote %s (PreTrainedTokenizerFast)\n",
                 (fs::path(out) / "tokenizer_config.json").string().c_str());

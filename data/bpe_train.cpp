@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "data/bpe.h"
+#include "data/hf_tokenizer_files.h"
 
 namespace lathe {
 namespace data {
@@ -203,13 +204,7 @@ std::string train_bpe_json(const std::vector<std::string>& files, const BpeTrain
   for (int32_t k = 0; k < n_special; ++k) {
     const int32_t id = n_tokens + k;
     vocab[opt.special_tokens[k]] = id;
-    added.push_back({{"id", id},
-                     {"content", opt.special_tokens[k]},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", true}});
+    added.push_back(special_added_token(id, opt.special_tokens[k]));
   }
   ojson merges_json = ojson::array();
   for (const auto& [x, y] : merges) merges_json.push_back({bytes_to_unicode(token[x]), bytes_to_unicode(token[y])});
@@ -226,25 +221,15 @@ std::string train_bpe_json(const std::vector<std::string>& files, const BpeTrain
               {"invert", false}},
              {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
   }
-  ojson j;
-  j["version"] = "1.0";
-  j["truncation"] = nullptr;
-  j["padding"] = nullptr;
-  j["added_tokens"] = added;
-  j["normalizer"] = nullptr;
-  j["pre_tokenizer"] = pre;
-  j["post_processor"] = nullptr;
-  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
-  j["model"] = {{"type", "BPE"},
-                {"dropout", nullptr},
-                {"unk_token", nullptr},
-                {"continuing_subword_prefix", nullptr},
-                {"end_of_word_suffix", nullptr},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
-                {"ignore_merges", false},
-                {"vocab", vocab},
-                {"merges", merges_json}};
+  BpeJsonParts parts;
+  parts.added_tokens = std::move(added);
+  parts.pre_tokenizer = std::move(pre);
+  parts.post_processor = nullptr;
+  parts.decoder = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  parts.affix = nullptr;
+  parts.vocab = std::move(vocab);
+  parts.merges = std::move(merges_json);
+  const ojson j = bpe_tokenizer_json(parts);
 
   stats.vocab_size = n_tokens + n_special;
   stats.num_merges = static_cast<int32_t>(merges.size());

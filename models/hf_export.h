@@ -47,16 +47,4 @@ void save_hf_model(const CausalLM& model, const std::string& dir, DType dtype = 
 // generation_config.json text for `tokens` (ids that are unknown are left out).
 std::string hf_generation_config_json(const HfTokenIds& tokens);
 
-// A Hugging Face tokenizer.json (model BPE, ByteLevel pre-tokenizer and decoder) holding the
-// GPT-2-format tokenizer of vocab.json + merges.txt, so that tokenizers/AutoTokenizer load
-// it as PreTrainedTokenizerFast whatever the model family. Tokens named in `special` (e.g.
-// "<|endoftext|>") that are in the vocabulary become special added tokens. Errors name the file.
-std::string hf_tokenizer_json_from_vocab_merges(const std::string& vocab_path, const std::string& merges_path,
-                                                const std::vector<std::string>& special);
-
-// tokenizer_config.json naming PreTrainedTokenizerFast (which loads tokenizer.json as is)
-// and the role tokens by content ("" = none); model_max_length = the model's context.
-std::string hf_tokenizer_config_json(const std::string& bos, const std::string& eos, const std::string& pad,
-                                     int64_t model_max_length);
-
 }  // namespace lathe::models

@@ -253,33 +253,31 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& sd) {
   param_steps_ = std::move(next_steps);
 }
 
-std::vector<int64_t> Optimizer::state_bytes() const {
+namespace {
+// Bytes per group of the state tensors that `count` accepts.
+template <typename Groups, typename State, typename Pred>
+std::vector<int64_t> group_state_bytes(const Groups& groups, const State& state, Pred count) {
   std::vector<int64_t> out;
-  for (const auto& g : groups_) {
+  for (const auto& g : groups) {
     int64_t b = 0;
     for (const auto& [n, p] : g.params) {
-      auto it = state_.find(n);
-      if (it == state_.end()) continue;
-      for (const auto& [k, t] : it->second) b += static_cast<int64_t>(t.nbytes());
+      auto it = state.find(n);
+      if (it == state.end()) continue;
+      for (const auto& [k, t] : it->second)
+        if (count(t)) b += static_cast<int64_t>(t.nbytes());
     }
     out.push_back(b);
   }
   return out;
 }
+}  // namespace
+
+std::vector<int64_t> Optimizer::state_bytes() const {
+  return group_state_bytes(groups_, state_, [](const Tensor&) { return true; });
+}
 
 std::vector<int64_t> Optimizer::paged_state_bytes() const {
-  std::vector<int64_t> out;
-  for (const auto& g : groups_) {
-    int64_t b = 0;
-    for (const auto& [n, p] : g.params) {
-      auto it = state_.find(n);
-      if (it == state_.end()) continue;
-      for (const auto& [k, t] : it->second)
-        if (t.storage()->paged()) b += static_cast<int64_t>(t.nbytes());
-    }
-    out.push_back(b);
-  }
-  return out;
+  return group_state_bytes(groups_, state_, [](const Tensor& t) { return t.storage()->paged(); });
 }
 
 StateMap Optimizer::make_state(const std::string& name, const Tensor& param, const ParamGroup& group) const {

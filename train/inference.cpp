@@ -42,9 +42,8 @@ RunConfig stored_config(const std::string& file, const TrainState& st, const std
   return cfg;
 }
 
-// Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`.
-std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file,
-                                             peft::InjectResult* inject = nullptr) {
+// cfg's model (vocab from the tokenizer when 0), its shape checked, weights as initialised.
+std::unique_ptr<models::CausalLM> build_checked_model(RunConfig& cfg, const data::Tokenizer& tok) {
   apply_tokenizer_vocab(cfg, tok);
   const models::ModelSpec spec = model_spec(cfg.model());
   try {
@@ -53,6 +52,13 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     throw ConfigError("config", {"model: " + e.message()});
   }
   auto model = models::build_model(spec, cfg.train().seed());
+  return model;
+}
+
+// Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`.
+std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file,
+                                             peft::InjectResult* inject = nullptr) {
+  auto model = build_checked_model(cfg, tok);
   if (peft_enabled(cfg)) {
     // An adapter fine-tuning checkpoint holds the trainable tensors only: the base comes from
     // model.init_from (as the run loaded it), then the adapters are injected and filled.
@@ -77,14 +83,7 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
 // Builds the model of cfg (whose model.init_from is a Hugging Face directory, already
 // applied by apply_init_from) and fills it with the directory's weights.
 std::unique_ptr<models::CausalLM> model_from_hf(RunConfig& cfg, const data::Tokenizer& tok, const InitSource& src) {
-  apply_tokenizer_vocab(cfg, tok);
-  const models::ModelSpec spec = model_spec(cfg.model());
-  try {
-    spec.validate();
-  } catch (const lathe::Error& e) {
-    throw ConfigError("config", {"model: " + e.message()});
-  }
-  auto model = models::build_model(spec, cfg.train().seed());
+  auto model = build_checked_model(cfg, tok);
   load_init_weights(src, *model);
   model->eval();
   return model;

@@ -16,6 +16,7 @@
 
 #include "autograd/grad_mode.h"
 #include "models/hf_config.h"
+#include "data/hf_tokenizer_files.h"
 #include "models/hf_export.h"
 #include "models/hf_import.h"
 #include "models/safetensors.h"
@@ -835,7 +836,7 @@ TEST_F(HfCheckpoint, TokenizerJsonFromVocabMerges) {
   const fs::path v = dir_ / "vocab.json", mg = dir_ / "merges.txt";
   std::ofstream(v) << R"({"a": 0, "b": 1, "\u0120": 2, "ab": 3, "\u0120ab": 4, "<|endoftext|>": 5})";
   std::ofstream(mg) << "#version: 0.2\na b\n\u0120 ab\r\n";
-  const json j = json::parse(hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {"<|endoftext|>", "<pad>"}));
+  const json j = json::parse(data::hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {"<|endoftext|>", "<pad>"}));
   EXPECT_EQ(j["model"]["type"], "BPE");
   EXPECT_EQ(j["model"]["vocab"].size(), 6u);
   EXPECT_EQ(j["model"]["vocab"]["\u0120ab"], 4);
@@ -848,8 +849,8 @@ TEST_F(HfCheckpoint, TokenizerJsonFromVocabMerges) {
   EXPECT_EQ(j["decoder"]["type"], "ByteLevel");
 
   std::ofstream(mg) << "a b\nbad\n";
-  EXPECT_THROW(hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {}), lathe::Error);
-  const json tc = json::parse(hf_tokenizer_config_json("", "<|endoftext|>", "", 64));
+  EXPECT_THROW(data::hf_tokenizer_json_from_vocab_merges(v.string(), mg.string(), {}), lathe::Error);
+  const json tc = json::parse(data::hf_tokenizer_config_json("", "<|endoftext|>", "", 64));
   EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
   EXPECT_TRUE(tc["bos_token"].is_null());
   EXPECT_EQ(tc["eos_token"], "<|endoftext|>");
