@@ -58,7 +58,7 @@ void refresh_exact(const Tensor& g, const Projector& p);
 
 struct RandomizedSvdOptions {
   int64_t oversample = 8;   // extra sketch columns beyond r
-  int64_t power_iters = 2;  // subspace iterations (each one multiply by G and by G^T)
+  int64_t power_iters = 1;  // subspace iterations (each one multiply by G and by G^T)
   uint64_t seed = 0;        // RNG stream of this matrix
   uint64_t refresh_index = 0;  // which refresh this is: the sketch's position in the stream
   bool warm = false;        // start from the projector's current basis (it must be orthonormal)

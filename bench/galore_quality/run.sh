@@ -34,6 +34,8 @@ for which in ${RUNS:-$ALL}; do
     adamw) run adamw ;;
     galore_exact) run galore_exact --set optimizer.type=GALORE $GAL ;;
     galore_randomized) run galore_randomized --set optimizer.type=GALORE $GAL --set optimizer.galore.svd=RANDOMIZED ;;
+    galore_randomized_q*) run $which --set optimizer.type=GALORE $GAL --set optimizer.galore.svd=RANDOMIZED \
+        --set optimizer.galore.svd_power_iters=${which#galore_randomized_q} ;;
     fira) run fira --set optimizer.type=FIRA $GAL ;;
     galore8bit) run galore8bit --set optimizer.type=GALORE $GAL --set optimizer.state_bits=8 ;;
     adamw8bit) run adamw8bit --set optimizer.state_bits=8 ;;
