@@ -28,7 +28,7 @@ run() {
   loss=$(grep '"val_loss"' $OUT/$name/metrics.jsonl | tail -1 | sed 's/.*"val_loss":\([0-9.eE+-]*\).*/\1/')
   echo "$name val_loss=$loss wall_s=$((end - start))"
 }
-ALL="adamw adamw8bit sgd_sai_lr1e-3 sgd_sai_lr3e-3 sgd_sai_lr1e-2 galore_exact galore_randomized galore8bit fira adamw_lr2.5e-3 adamw8bit_lr2.5e-3"
+ALL="adamw adamw8bit sgd_sai_lr1e-3 sgd_sai_lr3e-3 sgd_sai_lr1e-2 galore_exact galore_randomized galore8bit galore_natural fira adamw_lr2.5e-3 adamw8bit_lr2.5e-3"
 for which in ${RUNS:-$ALL}; do
   case $which in
     adamw) run adamw ;;
@@ -37,6 +37,7 @@ for which in ${RUNS:-$ALL}; do
     galore_randomized_q*) run $which --set optimizer.type=GALORE $GAL --set optimizer.galore.svd=RANDOMIZED \
         --set optimizer.galore.svd_power_iters=${which#galore_randomized_q} ;;
     fira) run fira --set optimizer.type=FIRA $GAL ;;
+    galore_natural) run galore_natural --set optimizer.type=GALORE $GAL --set optimizer.galore.natural=true ;;
     galore8bit) run galore8bit --set optimizer.type=GALORE $GAL --set optimizer.state_bits=8 ;;
     adamw8bit) run adamw8bit --set optimizer.state_bits=8 ;;
     adamw8bit_lr*) run $which --set optimizer.state_bits=8 --set optimizer.lr=${which#adamw8bit_lr} ;;
