@@ -4,7 +4,7 @@
 // refresh/<exact|randomized>/m/n/r   one basis refresh of an m x n gradient at rank r: the
 //             exact form (LAPACK gesdd of the whole matrix, as galore-torch) against the
 //             randomized range finder warm-started from the previous basis (oversample 8;
-//             randomized: 2 subspace iterations, the config default; _q1 / _q0: 1 and 0). The
+//             randomized_q2 / _q1 / _q0: 2, 1 (the config default) and 0 subspace iterations). The
 //             gradient is a random rank-32 matrix plus Gaussian noise at 10% of its norm (a
 //             gradient's spectrum decays); the warm start is the exact basis of another such
 //             matrix (the worst case: the new gradient shares nothing with the old basis). The
@@ -146,8 +146,8 @@ void shapes_step(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK_CAPTURE(BM_refresh, exact, -1)->Apply(shapes_refresh);
-BENCHMARK_CAPTURE(BM_refresh, randomized, 2)->Apply(shapes_refresh);     // the config default
-BENCHMARK_CAPTURE(BM_refresh, randomized_q1, 1)->Apply(shapes_refresh);
+BENCHMARK_CAPTURE(BM_refresh, randomized_q2, 2)->Apply(shapes_refresh);
+BENCHMARK_CAPTURE(BM_refresh, randomized_q1, 1)->Apply(shapes_refresh);  // the config default
 BENCHMARK_CAPTURE(BM_refresh, randomized_q0, 0)->Apply(shapes_refresh);
 BENCHMARK_CAPTURE(BM_step, adamw, 0)->Apply(shapes_step);
 BENCHMARK_CAPTURE(BM_step, galore, 1)->Apply(shapes_step);
