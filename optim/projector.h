@@ -10,7 +10,9 @@
 // Refreshing a basis: the exact form takes the top-r singular vectors of G in f32 (LAPACK or
 // cuSOLVER), as the reference code does. The randomized form is a range finder with subspace
 // iteration (Halko, Martinsson & Tropp, "Finding structure with randomness", 2011, Alg. 4.4
-// and 5.1), warm-started from the previous basis: its sketch is drawn from lathe's
+// and 5.1, one QR per iteration), warm-started from the previous basis (kept as is, with the
+// oversampling columns orthonormalised against it; Rayleigh-Ritz through the small Gram when
+// only one side is stored, bench/README.md section 9(a)): its sketch is drawn from lathe's
 // counter-based RNG at a position fixed by (seed, refresh index), so it is deterministic and
 // resumes exactly without extra state.
 #pragma once
