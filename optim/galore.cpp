@@ -7,6 +7,7 @@
 #include "kernels/ops.h"
 #include "optim/blockwise8.h"
 #include "optim/fira.h"
+#include "optim/natural_galore.h"
 
 namespace lathe::optim {
 
@@ -50,6 +51,13 @@ std::vector<std::string> GaLore::check_options(const std::vector<ParamGroup>& gr
   } catch (const std::regex_error& e) {
     p.push_back("eight_bit.f32_params: \"" + o.f32_params + "\" is not a valid regex (" + e.what() + ")");
   }
+  if (o.natural && o.fira)
+    p.push_back("galore.natural: Natural GaLore preconditions GaLore's projected gradient; it is not defined for "
+                "FIRA (use optimizer.type GALORE, or set galore.natural: false)");
+  if (o.natural_history < 1)
+    p.push_back("galore.natural_history: must be >= 1 (got " + std::to_string(o.natural_history) + ")");
+  if (!std::isfinite(o.natural_lambda) || o.natural_lambda <= 0)
+    p.push_back("galore.natural_lambda: must be a finite number > 0");
   if (o.fira && !(o.fira_gamma >= 1)) p.push_back("fira.gamma: must be >= 1 (it bounds the growth of the residual's norm)");
   try {
     std::regex re(o.target.empty() ? kDefaultGaLoreTarget : o.target, std::regex::ECMAScript);
@@ -149,6 +157,8 @@ StateMap GaLore::init_state(const std::string& name, const Tensor& param, const 
   if (sides.left) st["ortho_left"] = Tensor::zeros({m, r}, DType::f32, dev);
   if (sides.right) st["ortho_right"] = Tensor::zeros({r, n}, DType::f32, dev);
   if (opts_.fira && projected(name)) st["scaling_grad"] = Tensor::zeros({}, DType::f32, dev);
+  if (opts_.natural && projected(name))
+    st["natural_history"] = Tensor::zeros({opts_.natural_history, shape_numel(ms)}, DType::f32, dev);
   return st;
 }
 
@@ -230,7 +240,9 @@ void GaLore::update(const std::string& name, const Tensor& param, const Tensor& 
   // Code form (GaLore, Fira's code): delta = -lr_factor N with N = M / (sqrt(V) + eps) and
   // lr_factor = sqrt(bc2)/bc1, the step W -= lr sqrt(bc2)/bc1 alpha back(N). Paper form (Fira
   // Alg. 1): delta = -N_hat from bias-corrected moments, and alpha scales the residual too.
-  const Tensor delta = adam_delta(name, r, state, step, paper ? AdamVariant::torch : AdamVariant::hf);
+  // Natural GaLore: the Adam moments see the Fisher-preconditioned projected gradient.
+  const Tensor x = opts_.natural ? natural_gradient(r, state.at("natural_history"), step, opts_.natural_lambda) : r;
+  const Tensor delta = adam_delta(name, x, state, step, paper ? AdamVariant::torch : AdamVariant::hf);
   if (!opts_.fira) {
     kernels::add_(param, p.project_back(delta), group.lr * s.scale);
   } else {

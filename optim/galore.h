@@ -16,7 +16,8 @@
 //
 // State per projected matrix: exp_avg, exp_avg_sq (the projected shape, f32; or the four
 // 8-bit entries of optim/blockwise8.h), ortho_left [m, r] and/or ortho_right [r, n] (f32),
-// and for Fira scaling_grad (0-d f32). Per-group options rank, update_proj_gap, scale,
+// for Fira scaling_grad (0-d f32), and for Natural GaLore natural_history [s, numel(R)] (f32).
+// Per-group options rank, update_proj_gap, scale,
 // proj_type override the defaults for that group. The Adam arithmetic is the fused
 // kernels::adamw_step (HF form) or adamw_step_8bit, run on the projected gradient into a zero
 // tensor, as galore-torch's 8-bit variant does.
@@ -49,7 +50,7 @@ struct GaLoreOptions {
   ProjType proj_type = ProjType::std_;
   SvdMethod svd = SvdMethod::exact;
   int64_t svd_oversample = 8;
-  int64_t svd_power_iters = 2;
+  int64_t svd_power_iters = 1;
   // ECMAScript regex over whole parameter names; empty: kDefaultTarget.
   std::string target;
   // 8-bit moments (optim/blockwise8.h): with state_bits 8, a moment (the projected one for a
@@ -64,6 +65,13 @@ struct GaLoreOptions {
   bool fira = false;
   FiraForm fira_form = FiraForm::code;
   double fira_gamma = 1.01;
+  // Natural GaLore (optim/natural_galore.h): precondition each projected gradient by the
+  // inverse empirical Fisher of its last natural_history projected gradients (damping
+  // natural_lambda) before the Adam moments; GaLore only (not Fira). The reference's s = 20,
+  // lambda = 1e-3.
+  bool natural = false;
+  int64_t natural_history = 20;
+  double natural_lambda = 1e-3;
 };
 
 // The attention and MLP linears' weights of lathe's models ("layers.3.attn.q_proj.weight",
@@ -76,7 +84,7 @@ class GaLore : public Optimizer {
   // a group's options are errors naming the option (see check_options). A target that matches
   // no 2-D trainable parameter is an error (the run would silently be AdamW).
   GaLore(std::vector<ParamGroup> groups, GaLoreOptions opts);
-  const char* name() const override { return opts_.fira ? "Fira" : "GaLore"; }
+  const char* name() const override { return opts_.fira ? "Fira" : opts_.natural ? "NaturalGaLore" : "GaLore"; }
   StateMap init_state(const std::string& name, const Tensor& param, const ParamGroup& group) const override;
   void update(const std::string& name, const Tensor& param, const Tensor& grad, StateMap& state,
               const ParamGroup& group, int64_t step) override;

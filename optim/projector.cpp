@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <vector>
 
 #include "core/error.h"
@@ -85,8 +86,9 @@ void refresh_randomized(const Tensor& g32, const Projector& p, const RandomizedS
   const int64_t m = g.size(0), n = g.size(1);
   const int64_t r = p.left.defined() ? p.left.size(1) : p.right.size(0);
   // Sketch the column space of X, the orientation of G with fewer rows (X is pr x qc, pr <=
-  // qc), so the QR factorizations run on the short side.
-  const bool tall = m > n;
+  // qc), so the QR factorizations run on the short side; a square G with only a right basis
+  // (std) is sketched transposed, so the one basis needed is X's column space.
+  const bool tall = m > n || (m == n && !p.left.defined());
   const Tensor x = tall ? g.transpose(0, 1) : g;
   const int64_t pr = x.size(0), qc = x.size(1);
   const int64_t k = std::min(r + std::max<int64_t>(o.oversample, 0), pr);
@@ -95,36 +97,80 @@ void refresh_randomized(const Tensor& g32, const Projector& p, const RandomizedS
   // right basis transposed (X = G^T); with only the other side stored, one multiply maps it
   // there (X times the other side's vectors).
   Tensor warm;
+  bool warm_orthonormal = false;  // the previous basis itself (orthonormal), not a product
   if (o.warm) {
     const Tensor& same = tall ? p.right : p.left;
-    if (same.defined())
-      warm = tall ? same.transpose(0, 1) : same;
-    else
+    if (same.defined()) {
+      warm = (tall ? same.transpose(0, 1) : same).contiguous();
+      warm_orthonormal = warm.dtype() == DType::f32;
+    } else {
       warm = tall ? matmul(x, p.left) : matmul(x, p.right, false, true);
+    }
   }
   const int64_t rw = warm.defined() ? std::min(warm.size(1), k) : 0;
-  Tensor y;
+  if (rw > 0) warm = warm.narrow(1, 0, rw).contiguous();
+  // A previous basis from an old checkpoint or a degenerate gradient may not be orthonormal to
+  // f32 precision; then it only seeds the sketch (the full QR below). Costs pr r^2, a fraction
+  // of the QR it saves.
+  if (warm_orthonormal && rw > 0) {
+    const std::vector<float> wtw = matmul(warm, warm, /*trans_a=*/true).to_vector<float>();
+    float dev = 0.0f;
+    for (int64_t i = 0; i < rw; ++i)
+      for (int64_t j = 0; j < rw; ++j)
+        dev = std::max(dev, std::abs(wtw[static_cast<size_t>(i * rw + j)] - (i == j ? 1.0f : 0.0f)));
+    warm_orthonormal = dev < 1e-4f;
+  }
+  Tensor fresh;  // pr x (k - rw): X times Gaussian columns
   if (k - rw > 0) {
     Generator gen(o.seed);
     gen.set_state(o.seed, o.refresh_index * 2 * static_cast<uint64_t>(qc) * static_cast<uint64_t>(k));
     const Tensor omega = Tensor::randn({qc, k - rw}, gen, DType::f32, g.device());
-    y = matmul(x, omega);
-    if (rw > 0) y = kernels::concat({warm.narrow(1, 0, rw), y}, 1);
+    fresh = matmul(x, omega);
+  }
+  Tensor q;
+  if (warm_orthonormal && rw > 0) {
+    // The warm basis is already orthonormal: only the k - rw fresh columns need
+    // orthonormalising against it (block Gram-Schmidt, two passes for f32), instead of a QR of
+    // all k columns, which is most of a q = 0 refresh's time on the 512-wide shapes.
+    if (fresh.defined()) {
+      for (int pass = 0; pass < 2; ++pass)
+        kernels::add_(fresh, matmul(warm, matmul(warm, fresh, /*trans_a=*/true)), -1.0);
+      q = kernels::concat({warm, kernels::qr_q(fresh)}, 1);
+    } else {
+      q = warm;
+    }
   } else {
-    y = warm.narrow(1, 0, rw);
+    q = kernels::qr_q(rw > 0 ? (fresh.defined() ? kernels::concat({warm, fresh}, 1) : warm) : fresh);
   }
-  Tensor q = kernels::qr_q(y);
-  for (int64_t i = 0; i < o.power_iters; ++i) {
-    const Tensor z = kernels::qr_q(matmul(x, q, /*trans_a=*/true));  // qc x k
-    q = kernels::qr_q(matmul(x, z));                                   // pr x k
+  // Subspace iteration, one QR per iteration (Q <- qr(X X^T Q)): the second QR of Halko et
+  // al.'s Alg. 4.4 (after X^T Q) only guards against the squared spectrum losing small
+  // directions in f32, which matters for many iterations, not for the 0-2 used here;
+  // RandomizedRefreshSpansTheExactSubspace checks the result.
+  for (int64_t i = 0; i < o.power_iters; ++i) q = kernels::qr_q(matmul(x, matmul(x, q, /*trans_a=*/true)));
+  // Rayleigh-Ritz on the small k x qc matrix B = Q^T X: its left singular vectors rotate Q
+  // onto X's top singular directions. X = G: G's left basis is Q U and right is Vt; X = G^T
+  // swaps them (transposed).
+  const Tensor b = matmul(q, x, /*trans_a=*/true);
+  const bool need_short = tall ? p.right.defined() : p.left.defined();
+  const bool need_long = tall ? p.left.defined() : p.right.defined();
+  Tensor u, vxt;
+  if (need_long) {
+    const kernels::SvdOut f = kernels::svd(b);
+    u = f.u;
+    vxt = f.vt.narrow(0, 0, r);  // r x qc
+  } else {
+    // Only the short side (GaLore's std projection): B's left singular vectors are the
+    // eigenvectors of the k x k Gram matrix B B^T, whose SVD costs a fraction of B's (on
+    // 512 x 512 at r = 128: 0.3 ms for the Gram and 2 ms for its SVD against 4-6 ms).
+    // Squaring B's singular values only blurs directions below about 3e-4 of the largest
+    // (f32), which no refresh can order meaningfully anyway.
+    u = kernels::svd(matmul(b, b, false, /*trans_b=*/true)).u;
   }
-  // Rayleigh-Ritz: the SVD of the small k x qc matrix Q^T X gives X's top singular pairs.
-  const kernels::SvdOut f = kernels::svd(matmul(q, x, /*trans_a=*/true));
-  const Tensor ux = matmul(q, f.u.narrow(1, 0, r));  // pr x r
-  const Tensor vxt = f.vt.narrow(0, 0, r);           // r x qc
-  // X = G: G's left basis is ux and right is vxt; X = G^T swaps them (transposed).
-  if (p.left.defined()) p.left.copy_(tall ? vxt.transpose(0, 1) : ux);
-  if (p.right.defined()) p.right.copy_(tall ? ux.transpose(0, 1) : vxt);
+  if (need_short) {
+    const Tensor ux = matmul(q, u.narrow(1, 0, r));  // pr x r
+    (tall ? p.right : p.left).copy_(tall ? ux.transpose(0, 1) : ux);
+  }
+  if (need_long) (tall ? p.left : p.right).copy_(tall ? vxt.transpose(0, 1) : vxt);
 }
 
 void fill_canonical_basis(const Projector& p) {

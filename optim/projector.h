@@ -10,7 +10,9 @@
 // Refreshing a basis: the exact form takes the top-r singular vectors of G in f32 (LAPACK or
 // cuSOLVER), as the reference code does. The randomized form is a range finder with subspace
 // iteration (Halko, Martinsson & Tropp, "Finding structure with randomness", 2011, Alg. 4.4
-// and 5.1), warm-started from the previous basis: its sketch is drawn from lathe's
+// and 5.1, one QR per iteration), warm-started from the previous basis (kept as is, with the
+// oversampling columns orthonormalised against it; Rayleigh-Ritz through the small Gram when
+// only one side is stored, bench/README.md section 9(a)): its sketch is drawn from lathe's
 // counter-based RNG at a position fixed by (seed, refresh index), so it is deterministic and
 // resumes exactly without extra state.
 #pragma once
@@ -58,7 +60,7 @@ void refresh_exact(const Tensor& g, const Projector& p);
 
 struct RandomizedSvdOptions {
   int64_t oversample = 8;   // extra sketch columns beyond r
-  int64_t power_iters = 2;  // subspace iterations (each one multiply by G and by G^T)
+  int64_t power_iters = 1;  // subspace iterations (each one multiply by G and by G^T)
   uint64_t seed = 0;        // RNG stream of this matrix
   uint64_t refresh_index = 0;  // which refresh this is: the sketch's position in the stream
   bool warm = false;        // start from the projector's current basis (it must be orthonormal)

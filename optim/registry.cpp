@@ -112,6 +112,9 @@ std::unique_ptr<Optimizer> build_galore_family(const lathe::OptimizerConfig& c, 
   o.fira = fira;
   o.fira_form = c.fira().form() == lathe::FiraConfig::PAPER ? FiraForm::paper : FiraForm::code;
   o.fira_gamma = c.fira().gamma();
+  o.natural = gc.natural();
+  o.natural_history = gc.natural_history();
+  o.natural_lambda = gc.natural_lambda();
   for (const std::string& p : GaLore::check_options(groups, o))
     errs.push_back(p.rfind("group ", 0) == 0 ? "optimizer.groups: " + p : "optimizer." + p);
   if (!errs.empty()) throw ConfigError("config", errs);

@@ -3,6 +3,7 @@
 // resume, and a lost rank (dead or hung) ending the whole job with a message in bounded time.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -288,15 +289,14 @@ TEST(CliDataParallel, HungRankTimesOutWithRankAndOperation) {
 namespace lathe::cli_test {
 namespace {
 
-// Fira with the randomized refresh (basis every 3 updates), stopped at step 4 and resumed under
-// mpirun -np 2: the losses and both ranks' checkpoints (bases, projected moments,
-// scaling_grad) equal an uninterrupted 2-rank run's bit for bit. Each rank refreshes from the
-// same all-reduced gradient, so the replicas stay identical too.
-TEST(CliDataParallel, FiraRandomizedResumeUnderMpirunIsBitwiseIdentical) {
+// Stopped at step 4 and resumed under mpirun -np 2 with the optimizer `opt` sets: the losses and
+// both ranks' checkpoints equal an uninterrupted 2-rank run's bit for bit, and the replicas
+// stay identical (every rank updates from the same all-reduced gradient).
+// `must_hold`: optimizer-state names (suffixes after the parameter name) the checkpoint must
+// contain, so the test covers the state it is about.
+void expect_mpi_resume_exact(const std::string& opt, const std::vector<std::string>& must_hold = {}) {
   TmpDir tmp;
   const std::string cfg = write_dp_config(tmp, 7, 0.0, 60);
-  const std::string opt = " --set optimizer.type=FIRA --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
-                          " --set optimizer.galore.svd=RANDOMIZED";
   const std::string straight = tmp / "straight", resumed = tmp / "resumed";
   Timed s = run_mpi(2, "train " + sh_quote(cfg) + opt + " --set run_dir=" + sh_quote(straight));
   ASSERT_EQ(s.r.rc, 0) << s.r.out;
@@ -310,6 +310,28 @@ TEST(CliDataParallel, FiraRandomizedResumeUnderMpirunIsBitwiseIdentical) {
     train::test_util::expect_same_tensors(rank_file(straight, 7, rank), rank_file(resumed, 7, rank));
   }
   EXPECT_GT(expect_params_near(rank_file(straight, 7, 0), rank_file(straight, 7, 1), 0, 0), 10);
+  const std::vector<std::string> names = train::H5Reader(rank_file(straight, 7, 0)).list_datasets("optim");
+  for (const std::string& want : must_hold)
+    EXPECT_TRUE(std::any_of(names.begin(), names.end(),
+                            [&](const std::string& n) { return n.size() > want.size() && n.substr(n.size() - want.size()) == want; }))
+        << "no optimizer state '" << want << "' in the checkpoint";
+}
+
+// Fira with the randomized refresh (basis every 3 updates): bases, projected moments and
+// scaling_grad resume exactly; each rank refreshes from the same all-reduced gradient.
+TEST(CliDataParallel, FiraRandomizedResumeUnderMpirunIsBitwiseIdentical) {
+  expect_mpi_resume_exact(" --set optimizer.type=FIRA --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
+                          " --set optimizer.galore.svd=RANDOMIZED");
+}
+
+// Natural GaLore (history 3, so the ring buffer wraps on both sides of the stop) with 8-bit
+// moments: the gradient history, the uint8 codes and absmax of the 8-bit AdamW state (the
+// unprojected head) and the bases resume exactly.
+TEST(CliDataParallel, NaturalGaLoreEightBitResumeUnderMpirunIsBitwiseIdentical) {
+  expect_mpi_resume_exact(" --set optimizer.type=GALORE --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
+                          " --set optimizer.galore.natural=true --set optimizer.galore.natural_history=3"
+                          " --set optimizer.state_bits=8 --set optimizer.eight_bit.min_8bit_size=256",
+                          {"/natural_history", "/exp_avg_q8", "/exp_avg_sq_absmax", "/ortho_right"});
 }
 
 }  // namespace

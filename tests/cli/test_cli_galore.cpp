@@ -61,6 +61,13 @@ TEST(CliGaLore, FiraResumesBitExactly) {
       " --set optimizer.galore.scale=0.25");
 }
 
+// Natural GaLore: the history of projected gradients (3, so it wraps) resumes exactly too.
+TEST(CliGaLore, NaturalGaLoreResumesBitExactly) {
+  expect_resume_exact(
+      " --set optimizer.type=GALORE --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
+      " --set optimizer.galore.natural=true --set optimizer.galore.natural_history=3 --set optimizer.galore.scale=0.25");
+}
+
 TEST(CliGaLore, ConfigErrorNamesTheField) {
   TmpDir tmp;
   const std::string cfg = tmp / "tiny.pbtxt";

@@ -15,6 +15,7 @@
 #include "kernels/ops.h"
 #include "optim/fira.h"
 #include "optim/galore.h"
+#include "optim/natural_galore.h"
 #include "optim/projector.h"
 #include "optim/registry.h"
 
@@ -261,8 +262,43 @@ namespace {
 // from spec sections 2.3 and 3 in f64. The projection bases are taken from the optimizer's
 // state after each refresh (SVD signs are implementation-defined); everything else is
 // recomputed here.
+// Natural GaLore's preconditioner written out directly (spec section 6): (lambda I + H H^T)^{-1} g
+// with H the stored gradients as columns, by Gaussian elimination on the k x k matrix (no
+// Woodbury), in f64.
+std::vector<double> direct_natural(const std::vector<std::vector<double>>& hist, const std::vector<double>& g,
+                                   double lambda) {
+  const size_t k = g.size();
+  std::vector<std::vector<double>> a(k, std::vector<double>(k + 1, 0.0));
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = 0; j < k; ++j) {
+      double s = i == j ? lambda : 0.0;
+      for (const auto& h : hist) s += h[i] * h[j];
+      a[i][j] = s;
+    }
+    a[i][k] = g[i];
+  }
+  for (size_t c = 0; c < k; ++c) {  // partial pivoting
+    size_t piv = c;
+    for (size_t i = c + 1; i < k; ++i)
+      if (std::abs(a[i][c]) > std::abs(a[piv][c])) piv = i;
+    std::swap(a[c], a[piv]);
+    for (size_t i = 0; i < k; ++i) {
+      if (i == c) continue;
+      const double f = a[i][c] / a[c][c];
+      for (size_t j = c; j <= k; ++j) a[i][j] -= f * a[c][j];
+    }
+  }
+  std::vector<double> x(k);
+  for (size_t i = 0; i < k; ++i) x[i] = a[i][k] / a[i][i];
+  return x;
+}
+
 struct RefGaLore {
   bool fira = false, paper = false;
+  bool natural = false;
+  int64_t nat_s = 0;
+  double nat_lambda = 0;
+  std::vector<std::vector<double>> nat_hist;  // the last nat_s projected gradients
   double lr, b1 = 0.9, b2 = 0.999, eps = 1e-6, wd, alpha, gamma = 1.01;
   Mat w, m, v;   // weight, projected moments
   double prev_s = 0;
@@ -278,10 +314,16 @@ struct RefGaLore {
     if (left.defined()) r = mul(tr(a), r);
     if (right.defined()) r = mul(r, tr(bt));
     if (m.v.empty()) m = Mat(r.r, r.c), v = Mat(r.r, r.c);
+    Mat x = r;  // what the moments see
+    if (natural) {
+      nat_hist.push_back(r.v);
+      if (static_cast<int64_t>(nat_hist.size()) > nat_s) nat_hist.erase(nat_hist.begin());
+      x.v = direct_natural(nat_hist, r.v, nat_lambda);
+    }
     Mat n(r.r, r.c), nhat(r.r, r.c);
     for (size_t i = 0; i < r.v.size(); ++i) {
-      m.v[i] = b1 * m.v[i] + (1 - b1) * r.v[i];
-      v.v[i] = b2 * v.v[i] + (1 - b2) * r.v[i] * r.v[i];
+      m.v[i] = b1 * m.v[i] + (1 - b1) * x.v[i];
+      v.v[i] = b2 * v.v[i] + (1 - b2) * x.v[i] * x.v[i];
       n.v[i] = m.v[i] / (std::sqrt(v.v[i]) + eps);
       nhat.v[i] = (m.v[i] / bc1) / (std::sqrt(v.v[i] / bc2) + eps);
     }
@@ -336,6 +378,7 @@ struct Case {
   int64_t m, n, rank;
   const char* proj;
   bool fira, paper;
+  bool natural = false;
 };
 
 }  // namespace
@@ -350,6 +393,10 @@ TEST(GaLore, MatchesTheSpecFormulaOverSeveralStepsAcrossRefreshes) {
       {"galore full", 10, 6, 3, "full", false, false},     {"fira code tall", 10, 6, 3, "std", true, false},
       {"fira code wide", 6, 10, 3, "std", true, false},    {"fira paper tall", 10, 6, 3, "std", true, true},
       {"fira paper wide", 6, 10, 3, "std", true, true},
+      // Natural GaLore: history 3 over 5 updates, so the ring buffer wraps.
+      {"natural std tall", 10, 6, 3, "std", false, false, true},
+      {"natural std wide", 6, 10, 3, "std", false, false, true},
+      {"natural full", 10, 6, 3, "full", false, false, true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
@@ -366,6 +413,9 @@ TEST(GaLore, MatchesTheSpecFormulaOverSeveralStepsAcrossRefreshes) {
     o.fira = c.fira;
     o.fira_form = c.paper ? FiraForm::paper : FiraForm::code;
     o.target = "layers\\.0\\.attn\\.w";
+    o.natural = c.natural;
+    o.natural_history = 3;
+    o.natural_lambda = 0.5;
     ParamGroup gw, gb;
     gw.params = {{"layers.0.attn.w", w}};
     gw.weight_decay = 0.1;
@@ -376,6 +426,9 @@ TEST(GaLore, MatchesTheSpecFormulaOverSeveralStepsAcrossRefreshes) {
     RefGaLore ref;
     ref.fira = c.fira;
     ref.paper = c.paper;
+    ref.natural = c.natural;
+    ref.nat_s = 3;
+    ref.nat_lambda = 0.5;
     ref.lr = 0.01;
     ref.wd = 0.1;
     ref.alpha = 0.25;
@@ -399,6 +452,40 @@ TEST(GaLore, MatchesTheSpecFormulaOverSeveralStepsAcrossRefreshes) {
       if (c.fira) EXPECT_NEAR(st.at("scaling_grad").item(), ref.prev_s, 1e-4 * (1 + ref.prev_s)) << "step " << t;
     }
   }
+}
+
+// Natural GaLore's Woodbury form against (lambda I + H H^T)^{-1} g solved directly, in f64, at
+// the reference's lambda = 1e-3, for the first updates (fewer stored gradients than s) and
+// after the ring buffer wraps; gradients of mixed scales so H H^T / lambda is far from I.
+TEST(NaturalGaLore, WoodburyEqualsTheDirectInverseFisher) {
+  const int64_t s = 3, rows = 4, cols = 3, k = rows * cols;
+  const double lambda = 1e-3;
+  const Tensor hist = Tensor::zeros({s, k}, DType::f64);
+  std::vector<std::vector<double>> ref_hist;
+  for (int64_t t = 1; t <= 7; ++t) {
+    Mat r = randn_mat(rows, cols, 900 + t, t == 5 ? 10.0 : 0.1);
+    Tensor rt = Tensor::from_vector<double>(r.v, {rows, cols});
+    const Tensor out = natural_gradient(rt, hist, t, lambda);
+    ASSERT_EQ(out.shape(), rt.shape());
+    ref_hist.push_back(r.v);
+    if (static_cast<int64_t>(ref_hist.size()) > s) ref_hist.erase(ref_hist.begin());
+    const std::vector<double> want = direct_natural(ref_hist, r.v, lambda);
+    const std::vector<double> got = out.to_vector<double>();
+    double scale = 0;
+    for (double w : want) scale = std::max(scale, std::abs(w));
+    for (int64_t i = 0; i < k; ++i) EXPECT_NEAR(got[i], want[i], 1e-9 * scale) << "update " << t << " element " << i;
+    // And it is not the identity up to scale: the Fisher shrinks the directions of H.
+    if (t == 1) {
+      double nr = 0, nw = 0;
+      for (int64_t i = 0; i < k; ++i) nr += r.v[i] * r.v[i], nw += want[i] * want[i];
+      EXPECT_LT(std::sqrt(nw) * lambda, 0.5 * std::sqrt(nr));
+    }
+  }
+  // One stored gradient: g~ = g / (lambda + |g|^2) exactly (H = [g]).
+  const Tensor h1 = Tensor::zeros({1, 2}, DType::f64);
+  const Tensor one = natural_gradient(Tensor::from_vector<double>({3.0, 4.0}, {2}), h1, 1, 1.0);
+  EXPECT_NEAR(one.to_vector<double>()[0], 3.0 / 26.0, 1e-14);
+  EXPECT_NEAR(one.to_vector<double>()[1], 4.0 / 26.0, 1e-14);
 }
 
 // The basis changes at updates 1, T+1, 2T+1 and at no other.
@@ -528,9 +615,11 @@ TEST(GaLore, StateRoundTripResumesBitExactly) {
   struct V {
     bool fira, paper;
     SvdMethod svd;
+    bool natural = false;
   };
   for (V var : {V{false, false, SvdMethod::exact}, V{false, false, SvdMethod::randomized},
-                V{true, false, SvdMethod::randomized}, V{true, true, SvdMethod::exact}}) {
+                V{true, false, SvdMethod::randomized}, V{true, true, SvdMethod::exact},
+                V{false, false, SvdMethod::randomized, true}}) {
     GaLoreOptions o;
     o.lr = 0.01;
     o.weight_decay = 0.05;
@@ -539,6 +628,8 @@ TEST(GaLore, StateRoundTripResumesBitExactly) {
     o.svd = var.svd;
     o.fira = var.fira;
     o.fira_form = var.paper ? FiraForm::paper : FiraForm::code;
+    o.natural = var.natural;
+    o.natural_history = 3;  // wraps before the save at 4 and again after it
     o.target = ".*attn.*";
     auto make = [&](Tensor& w, Tensor& b) {
       w = to_tensor(randn_mat(12, 8, 1)).set_requires_grad();
@@ -569,6 +660,9 @@ TEST(GaLore, StateRoundTripResumesBitExactly) {
     EXPECT_EQ(b3.to_vector<float>(), b1.to_vector<float>());
     if (var.fira)
       EXPECT_EQ(d->param_state("attn.w").at("scaling_grad").item(), a->param_state("attn.w").at("scaling_grad").item());
+    if (var.natural)
+      EXPECT_EQ(d->param_state("attn.w").at("natural_history").to_vector<float>(),
+                a->param_state("attn.w").at("natural_history").to_vector<float>());
   }
 }
 
@@ -642,6 +736,14 @@ TEST(GaLore, ConfigErrorsNameTheField) {
   check([](auto& c) { c.mutable_galore()->set_target("(attn"); }, "optimizer.galore.target:");
   check([](auto& c) { c.mutable_galore()->set_target("nothing_like_this"); }, "optimizer.galore.target: \"nothing_like_this\" matches no");
   check([](auto& c) { c.set_state_bits(16); }, "optimizer.state_bits:");
+  check([](auto& c) { c.mutable_galore()->set_natural_history(0); }, "optimizer.galore.natural_history:");
+  check([](auto& c) { c.mutable_galore()->set_natural_lambda(0); }, "optimizer.galore.natural_lambda:");
+  check(
+      [](auto& c) {
+        c.set_type(lathe::OptimizerConfig::FIRA);
+        c.mutable_galore()->set_natural(true);
+      },
+      "optimizer.galore.natural:");
   check([](auto& c) { c.set_adamw_variant(lathe::OptimizerConfig::TORCH); }, "optimizer.adamw_variant:");
   check(
       [](auto& c) {

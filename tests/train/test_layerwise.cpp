@@ -59,6 +59,7 @@ const std::vector<OptimizerCase> kOptimizers = {
      "type: GALORE lr: 3e-3 state_bits: 8 eight_bit { min_8bit_size: 0 } "
      "galore { rank: 4 update_proj_gap: 2 svd: RANDOMIZED }"},
     {"Fira", "type: FIRA lr: 3e-3 galore { rank: 4 update_proj_gap: 2 scale: 0.25 }"},
+    {"NaturalGaLore", "type: GALORE lr: 3e-3 galore { rank: 4 update_proj_gap: 2 natural: true natural_history: 3 }"},
 };
 
 // The tiny trainer-test run (2-layer GPT-2, dropout on) with the given optimizer fields,
