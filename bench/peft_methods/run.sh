@@ -4,7 +4,7 @@
 #   PART=speed sh bench/peft_methods/run.sh [build/lathe] # LoRA vs full fine-tuning, bigger model
 # 1. a small GPT-2 (4 layers, d 128, byte tokenizer) pretrained on Tiny Shakespeare, exported;
 # 2. a synthetic instruction set (make_instructions.py, 4000 records, 10% validation);
-# 3. the same fine-tuning run (300 steps of 16 x 96 tokens, cosine schedule) with full
+# 3. the same fine-tuning run (150 steps of 16 x 96 tokens, cosine schedule) with full
 #    fine-tuning and each method at a matched budget of about 37k trainable parameters
 #    (LoRA r 4 on all linears = 36,864): LoRA r 4, LoRA-SB r 39 (24 x 39^2 = 36,504), SoRA r 4
 #    (+ gates), NOLA r 8 with 768 + 768 coefficients per layer, SpIEL with 36,864 entries.

@@ -259,7 +259,9 @@ TEST(SpielModel, MergedEqualsUnmergedAndUnmergeRestoresTheBase) {
     EXPECT_LT(test::max_abs_diff(test::eval_logits(*m, ids), unmerged), 1e-5);
     peft::unmerge_adapters(*m);
     for (auto& [n, p] : m->named_parameters())
-      if (w0.count(n)) EXPECT_LT(test::max_abs_diff(p, w0[n]), 1e-6) << n;
+      if (w0.count(n)) {
+        EXPECT_LT(test::max_abs_diff(p, w0[n]), 1e-6) << n;
+      }
     // merge_and_unload: plain layers with the merged weights.
     EXPECT_EQ(peft::unload_adapters(*m, true), (s.arch == models::Arch::gpt2 ? 6 : 7) * s.n_layer);
     EXPECT_TRUE(peft::spiel_layers(*m).empty());
@@ -339,7 +341,9 @@ TEST(SpielAdapterIO, SftLayoutRoundTripGpt2AndLlama) {
       const int64_t r = qi[i] / d, c = qi[i] % d;
       EXPECT_EQ(fi[i], gpt2 ? c * 3 * d + r : qi[i]) << i;
     }
-    if (gpt2) EXPECT_EQ(st.get(key + "values").numel(), 3 * q->budget());  // q, k and v
+    if (gpt2) {
+      EXPECT_EQ(st.get(key + "values").numel(), 3 * q->budget());  // q, k and v
+    }
     auto fresh = models::build_model(s, 3);
     const peft::InjectResult res = peft::load_spiel_adapter(*fresh, tmp / "ad");
     EXPECT_EQ(res.adapters.size(), peft::spiel_layers(*m).size());

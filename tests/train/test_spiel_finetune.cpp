@@ -103,7 +103,7 @@ TEST(SpielFinetune, BudgetKeptPhasesAndAgesThroughReselection) {
   for (int step = 1; step <= 12; ++step) {
     if (step == 6) before6 = all_indices(t.model());
     t.train_step();
-    const bool phase = step >= 3 && step < 6 ? true : step >= 7 && step < 10 ? true : step >= 11;
+    const bool phase = step < 2 || (step >= 3 && step < 6) || (step >= 7 && step < 10) || step >= 11;
     EXPECT_EQ(t.spiel()->in_phase(), phase) << "after step " << step;
     // Exactly the budget, distinct indices, in range, every step.
     for (auto& [n, l] : peft::spiel_layers(t.model())) {
@@ -131,7 +131,9 @@ TEST(SpielFinetune, BudgetKeptPhasesAndAgesThroughReselection) {
           EXPECT_TRUE(a[i] == 3.0f || a[i] == 6.0f) << n << " " << a[i];
           young += a[i] == 3.0f;
           // A slot whose index changed is a young one.
-          if (now.at(n)[i] != before6.at(n)[i]) EXPECT_EQ(a[i], 3.0f) << n << " slot " << i;
+          if (now.at(n)[i] != before6.at(n)[i]) {
+            EXPECT_EQ(a[i], 3.0f) << n << " slot " << i;
+          }
         }
         EXPECT_LE(young, budget[n] / 4) << n;
         regrown += young;
