@@ -124,8 +124,10 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
   std::vector<LinearInfo> layers;
   for (auto& [name, m] : model.named_modules()) {
     if (name.empty()) continue;
-    if (dynamic_cast<LoraLinear*>(m) != nullptr || dynamic_cast<SparseDeltaLinear*>(m) != nullptr)
-      LATHE_FAIL() << "peft: " << name << " already carries an adapter (unload it before injecting again)";
+    if (dynamic_cast<LoraLinear*>(m) != nullptr)
+      LATHE_FAIL() << "peft: " << name << " already carries a LoRA adapter (unload it before injecting again)";
+    if (dynamic_cast<SparseDeltaLinear*>(m) != nullptr)
+      LATHE_FAIL() << "peft: " << name << " already carries a SpIEL delta (unload it before injecting again)";
     auto* lin = dynamic_cast<models::LinearLayer*>(m);
     if (!lin) continue;
     const size_t dot = name.rfind('.');

@@ -79,7 +79,7 @@ TEST(PeftConfig, ErrorsNameTheField) {
     const auto sb = load_errors(write_temp("peft_sb2.pbtxt", "peft { method: SPIEL spiel_budget: -5 }"));
     EXPECT_TRUE(any_has(sb, "peft.spiel_budget: must be >= 0"));
     // A budget set, the density is not checked; the SPIEL fields without a method are an error.
-    EXPECT_TRUE(load_errors_or_empty(write_temp("peft_sb3.pbtxt", "peft { method: SPIEL spiel_budget: 100 spiel_density: 0 }")).empty());
+    EXPECT_TRUE(load_errors_or_empty(write_temp("peft_sb3.pbtxt", "name: \"x\" train { steps: 10 } peft { method: SPIEL spiel_budget: 100 spiel_density: 0 }")).empty());
     EXPECT_TRUE(any_has(load_errors(write_temp("peft_sb4.pbtxt", "peft { spiel_budget: 100 }")),
                         "peft.spiel_budget is set"));
   }
