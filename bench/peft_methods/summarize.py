@@ -1,6 +1,6 @@
 """Table of the PEFT benchmark runs: final validation loss, trainable parameters, peak memory
 (the allocator's accounting, mem_peak_mib of metrics.jsonl: the largest per-step peak) and the
-median step time (steps after the first 5). Usage: summarize.py RUN_DIR... (each has
+median step time (steps after the first 5, or the first half of a shorter run). Usage: summarize.py RUN_DIR... (each has
 metrics.jsonl and the console log RUN_DIR.log)."""
 import json
 import re
@@ -24,7 +24,8 @@ def summarize(run):
         trainable = int(m.group(1).replace(",", ""))
     else:  # full fine-tuning: every parameter
         trainable = int(re.search(r": (\d+) parameters", log).group(1))
-    ms = statistics.median([t for s, t in steps if s > 5] or [t for _, t in steps])
+    skip = min(5, len(steps) // 2)  # warm-up steps (allocator, thread pools) left out
+    ms = statistics.median([t for s, t in steps[skip:]])
     return val, trainable, peak, ms
 
 
