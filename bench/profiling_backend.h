@@ -149,6 +149,11 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "index_add");
     inner_.index_add(axis, index, src, out);
   }
+  void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols,
+                         const Tensor& out) override {
+    Timer t(*this, "sparse_delta_grad");
+    inner_.sparse_delta_grad(x, dy, rows, cols, out);
+  }
   void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing, const CrossEntropyOut& out) override {
     Timer t(*this, "cross_entropy");
     inner_.cross_entropy(logits, targets, ignore_index, smoothing, out);

@@ -10,6 +10,7 @@
 #include "data/hf_tokenizer_files.h"
 #include "models/hf_export.h"
 #include "peft/adapter_io.h"
+#include "peft/sft_io.h"
 #include "train/peft_setup.h"
 #include "train/inference.h"
 
@@ -45,7 +46,9 @@ const char* const kHelp =
     "                     into the base weights (in f32) and write the merged model (the default)\n"
     "  --adapter-only     for such a run: write only the adapter in the Hugging Face peft layout\n"
     "                     (DIR/adapter_model.safetensors + adapter_config.json, for\n"
-    "                     PeftModel.from_pretrained(base, DIR)); no tokenizer files\n"
+    "                     PeftModel.from_pretrained(base, DIR)); no tokenizer files. A SPIEL run\n"
+    "                     writes its sparse delta in the SFT layout of the SpIEL reference's\n"
+    "                     peft fork (values + indices per module; stock peft has no such type)\n"
     "\n"
     "Exit codes: 0 ok, 1 runtime error (e.g. a model with no Hugging Face form, a write that\n"
     "failed), 2 usage error, 3 checkpoint unreadable or tokenizer file not copied.\n";
@@ -108,12 +111,16 @@ int run(const std::vector<std::string>& args) {
     throw UsageError("lathe export: " + run.file + " is not an adapter fine-tuning run (its config has no peft "
                      "section); --merge and --adapter-only apply to those");
   if (run.peft && adapter_only) {
-    peft::save_adapter(*run.model, out,
-                       peft::save_options(train::peft_options(run.cfg), *run.peft, run.cfg.model().init_from()));
-    std::printf("exported the adapter of %s (step %lld, %lld adapted layers, %s) to %s in the peft layout\n",
+    const bool sparse = run.cfg.peft().method() == PeftConfig::SPIEL;
+    if (sparse)  // peft has no sparse type: the SpIEL fork's SFT layout (peft/sft_io.h)
+      peft::save_spiel_adapter(*run.model, out, run.cfg.model().init_from());
+    else
+      peft::save_adapter(*run.model, out,
+                         peft::save_options(train::peft_options(run.cfg), *run.peft, run.cfg.model().init_from()));
+    std::printf("exported the adapter of %s (step %lld, %lld adapted layers, %s) to %s in the %s layout\n",
                 run.file.c_str(), static_cast<long long>(run.state.step),
                 static_cast<long long>(run.peft->adapters.size()),
-                peft::parameter_report(*run.model).str().c_str(), out.c_str());
+                peft::parameter_report(*run.model).str().c_str(), out.c_str(), sparse ? "SFT (SpIEL)" : "peft");
     return kExitOk;
   }
   // The merged model: W += s B A in f32, then the plain layers back in their slots.

@@ -314,6 +314,7 @@ std::string set_peft_field(const PeftConfig& p) {
     bool same = true;
     switch (f->cpp_type()) {
       case gp::FieldDescriptor::CPPTYPE_INT32: same = r->GetInt32(p, f) == r->GetInt32(dflt, f); break;
+      case gp::FieldDescriptor::CPPTYPE_INT64: same = r->GetInt64(p, f) == r->GetInt64(dflt, f); break;
       case gp::FieldDescriptor::CPPTYPE_UINT64: same = r->GetUInt64(p, f) == r->GetUInt64(dflt, f); break;
       case gp::FieldDescriptor::CPPTYPE_DOUBLE: same = r->GetDouble(p, f) == r->GetDouble(dflt, f); break;
       case gp::FieldDescriptor::CPPTYPE_BOOL: same = r->GetBool(p, f) == r->GetBool(dflt, f); break;
@@ -335,8 +336,18 @@ void check_peft(const RunConfig& cfg, Checker& c) {
                                 " is set; add method: LORA to the peft section to fine-tune with adapters");
     return;
   }
-  if (p.method() == PeftConfig::SPIEL)
-    c.fail("peft.method", "SPIEL is not implemented yet (implemented: LORA, LORA_SB, SORA, NOLA)");
+  if (p.method() == PeftConfig::SPIEL) {
+    if (p.spiel_budget() < 0) c.fail("peft.spiel_budget", "must be >= 0 (got " + show(p.spiel_budget()) + ")");
+    if (p.spiel_budget() == 0) c.in_range("peft.spiel_density", p.spiel_density(), 0, 1, true, false);
+    c.positive("peft.spiel_reselection_steps", p.spiel_reselection_steps());
+    if (p.spiel_accumulation_steps() < 0 || p.spiel_accumulation_steps() >= p.spiel_reselection_steps())
+      c.fail("peft.spiel_accumulation_steps", "must be in [0, peft.spiel_reselection_steps) (got " +
+                                                  show(p.spiel_accumulation_steps()) + ", reselection steps " +
+                                                  show(p.spiel_reselection_steps()) + ")");
+    c.in_range("peft.spiel_reselection_rate", p.spiel_reselection_rate(), 0, 1, false, false);
+    if (p.lora_dropout() != 0)
+      c.fail("peft.lora_dropout", "does not apply to SPIEL (a sparse delta has no adapter branch to drop)");
+  }
   if (p.method() == PeftConfig::LORA_SB) {
     if (p.sb_init() == PeftConfig::GRADIENT) c.positive("peft.sb_init_batches", p.sb_init_batches());
     if (p.svd_niter() < 0) c.fail("peft.svd_niter", "must be >= 0 (got " + show(p.svd_niter()) + ")");

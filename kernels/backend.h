@@ -66,6 +66,9 @@ class Backend : public DeviceOps {
   virtual void index_select(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out) = 0;
   // out already holds a copy of x
   virtual void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out) = 0;
+  // x [T, in], dy [T, out] contiguous, one float dtype; rows, cols contiguous i64 [k]; out [k]
+  virtual void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols,
+                                 const Tensor& out) = 0;
 
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing,
                              const CrossEntropyOut& out) = 0;

@@ -130,6 +130,11 @@ Tensor scatter_add(const Tensor& x, int64_t axis, const Tensor& index, const Ten
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index);
 // out = x; out.select(axis, index[i]) += src.select(axis, i)  (backward of index_select)
 Tensor index_add(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& src);
+// SpIEL's sparse weight gradient (peft/spiel.h): out[n] = sum_t x[t, cols[n]] * dy[t, rows[n]]
+// for x [T, in] and dy [T, out] of one float dtype and i64 rows, cols [k] -> [k] in x's dtype
+// (accumulated in f32, f64 for f64): the entries (rows, cols) of dy^T x without the dense
+// [out, in] product. Indices are range-checked on the CPU (see index_add for CUDA).
+Tensor sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols);
 
 // ---- shape ops that copy ------------------------------------------------------------
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis);

@@ -94,6 +94,31 @@ Tensor index_add(const Tensor& x, int64_t axis, const Tensor& index, const Tenso
   return out;
 }
 
+Tensor sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols) {
+  const char* op = "sparse_delta_grad";
+  LATHE_CHECK(x.defined() && dy.defined() && rows.defined() && cols.defined()) << op << ": undefined input";
+  LATHE_CHECK(x.dim() == 2 && dy.dim() == 2 && x.size(0) == dy.size(0))
+      << op << ": x " << x.shape_str() << " and dy " << dy.shape_str() << " must be [T, in] and [T, out]";
+  LATHE_CHECK(is_floating(x.dtype()) && dy.dtype() == x.dtype())
+      << op << ": x and dy must share one float dtype, got " << dtype_name(x.dtype()) << " and "
+      << dtype_name(dy.dtype());
+  LATHE_CHECK(rows.dtype() == DType::i64 && cols.dtype() == DType::i64 && rows.dim() == 1 &&
+              cols.shape() == rows.shape())
+      << op << ": rows and cols must be i64 vectors of one length, got " << rows.shape_str() << " "
+      << dtype_name(rows.dtype()) << " and " << cols.shape_str() << " " << dtype_name(cols.dtype());
+  LATHE_CHECK(dy.device() == x.device() && rows.device() == x.device() && cols.device() == x.device())
+      << op << ": x on " << x.device().str() << ", dy on " << dy.device().str() << ", rows on "
+      << rows.device().str() << ", cols on " << cols.device().str();
+  Tensor out = Tensor::empty({rows.numel()}, x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  if (x.size(0) == 0) {
+    out.fill_(0.0);
+    return out;
+  }
+  backend(x.device()).sparse_delta_grad(x.contiguous(), dy.contiguous(), rows.contiguous(), cols.contiguous(), out);
+  return out;
+}
+
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis) {
   LATHE_CHECK(!xs.empty()) << "concat: no tensors given";
   for (size_t i = 0; i < xs.size(); ++i) LATHE_CHECK(xs[i].defined()) << "concat: tensor " << i << " is undefined";

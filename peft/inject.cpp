@@ -58,7 +58,9 @@ const char* bias_mode_name(BiasMode b) {
 
 std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, const PeftOptions& o, models::Arch arch) {
   NamePattern target = o.target;
-  if (target.empty()) {
+  if (target.empty() && o.method == Method::spiel) {
+    target.names = {"all-linear"};  // SpIEL's default: every linear inside the transformer
+  } else if (target.empty()) {
     // peft's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the two families.
     target.names = arch == models::Arch::gpt2 ? std::vector<std::string>{"c_attn"}
                                               : std::vector<std::string>{"q_proj", "v_proj"};
@@ -92,9 +94,27 @@ std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, con
   return out;
 }
 
+void plan_spiel_budgets(std::vector<PlannedAdapter>& adapters, const PeftOptions& o, int64_t model_params) {
+  const bool by_count = o.spiel.budget > 0;
+  const int64_t total =
+      by_count ? o.spiel.budget
+               : static_cast<int64_t>(o.spiel.density * static_cast<double>(model_params));  // SpIEL: int(N * density)
+  std::vector<int64_t> numels;
+  for (const auto& a : adapters) numels.push_back(a.in * a.out);
+  const std::vector<int64_t> k = spiel_budget(numels, total);
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    LATHE_REQUIRE(k[i] > 0) << (by_count ? "peft.spiel_budget" : "peft.spiel_density") << ": the budget of " << total
+                            << " entries gives " << adapters[i].name << " (" << numels[i]
+                            << " weights) no entry; raise it or target fewer modules";
+    adapters[i].k = k[i];
+  }
+}
+
 int64_t lora_parameter_count(const models::ModelSpec& spec, const PeftOptions& opts) {
+  auto plan = plan_lora(linear_layers(spec), opts, spec.arch);
+  if (opts.method == Method::spiel) plan_spiel_budgets(plan, opts, models::count_parameters(spec));
   int64_t n = 0;
-  for (const auto& a : plan_lora(linear_layers(spec), opts, spec.arch)) n += adapter_parameter_count(opts, a);
+  for (const auto& a : plan) n += adapter_parameter_count(opts, a);
   return n;
 }
 
@@ -106,6 +126,8 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
     if (name.empty()) continue;
     if (dynamic_cast<LoraLinear*>(m) != nullptr)
       LATHE_FAIL() << "peft: " << name << " already carries a LoRA adapter (unload it before injecting again)";
+    if (dynamic_cast<SparseDeltaLinear*>(m) != nullptr)
+      LATHE_FAIL() << "peft: " << name << " already carries a SpIEL delta (unload it before injecting again)";
     auto* lin = dynamic_cast<models::LinearLayer*>(m);
     if (!lin) continue;
     const size_t dot = name.rfind('.');
@@ -117,11 +139,16 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
   }
   InjectResult res;
   res.adapters = plan_lora(layers, o, model.spec().arch);
+  if (o.method == Method::spiel) plan_spiel_budgets(res.adapters, o, models::count_parameters(model.spec()));
 
   model.freeze();
   Generator gen(o.seed);
   for (const auto& a : res.adapters) {
     auto base = std::dynamic_pointer_cast<models::LinearLayer>(model.module(a.name));
+    if (o.method == Method::spiel) {  // a uniform random k-subset of each weight, values zero
+      model.replace_module(a.name, std::make_shared<SparseDeltaLinear>(base, a.k, gen));
+      continue;
+    }
     LoraOptions lo = o.lora;
     lo.r = a.r;
     lo.alpha = a.alpha;
@@ -159,7 +186,7 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& o) {
       if (is_bias(n) || n == "bias") p.set_requires_grad(true);
   } else if (o.bias == BiasMode::lora_only) {
     for (const auto& a : res.adapters) {
-      Tensor b = std::dynamic_pointer_cast<LoraLinear>(model.module(a.name))->base_bias();
+      Tensor b = std::dynamic_pointer_cast<models::LinearLayer>(model.module(a.name))->base_bias();
       if (b.defined()) b.set_requires_grad(true);
     }
   }
@@ -173,13 +200,24 @@ std::vector<std::pair<std::string, LoraLinear*>> lora_layers(autograd::Module& r
   return out;
 }
 
+std::vector<std::pair<std::string, SparseDeltaLinear*>> spiel_layers(autograd::Module& root) {
+  std::vector<std::pair<std::string, SparseDeltaLinear*>> out;
+  for (auto& [name, m] : root.named_modules())
+    if (auto* l = dynamic_cast<SparseDeltaLinear*>(m)) out.emplace_back(name, l);
+  return out;
+}
+
 void merge_adapters(autograd::Module& root) {
   for (auto& [n, l] : lora_layers(root))
+    if (!l->merged()) l->merge();
+  for (auto& [n, l] : spiel_layers(root))
     if (!l->merged()) l->merge();
 }
 
 void unmerge_adapters(autograd::Module& root) {
   for (auto& [n, l] : lora_layers(root))
+    if (l->merged()) l->unmerge();
+  for (auto& [n, l] : spiel_layers(root))
     if (l->merged()) l->unmerge();
 }
 
@@ -190,7 +228,13 @@ int64_t unload_adapters(autograd::Module& root, bool merge) {
     if (!merge && l->merged()) l->unmerge();
     root.replace_module(name, l->base());
   }
-  return static_cast<int64_t>(layers.size());
+  auto sparse = spiel_layers(root);
+  for (auto& [name, l] : sparse) {
+    if (merge && !l->merged()) l->merge();
+    if (!merge && l->merged()) l->unmerge();
+    root.replace_module(name, l->base());
+  }
+  return static_cast<int64_t>(layers.size() + sparse.size());
 }
 
 std::string ParameterReport::str() const {

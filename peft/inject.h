@@ -23,6 +23,7 @@
 #include "peft/lora_sb.h"
 #include "peft/nola.h"
 #include "peft/sora.h"
+#include "peft/spiel.h"
 #include "peft/targets.h"
 
 namespace lathe::peft {
@@ -41,6 +42,7 @@ enum class Method {
   lora_sb,  // LoraSbLinear (LoRA-SB, or LoRA-XS with sb.gradient_init = false)
   sora,     // SoraLinear
   nola,     // NolaLinear
+  spiel,    // SparseDeltaLinear (SpIEL sparse fine-tuning; not a LoraLinear)
 };
 const char* method_name(Method m);
 
@@ -49,7 +51,8 @@ struct PeftOptions {
   LoraSbOptions sb;
   SoraOptions sora;
   NolaOptions nola;
-  // Empty = peft's default for the architecture: GPT-2 ["c_attn"], Llama ["q_proj", "v_proj"].
+  SpielOptions spiel;
+  // Empty = peft's default (SPIEL: all-linear, every linear but the head) for the architecture: GPT-2 ["c_attn"], Llama ["q_proj", "v_proj"].
   NamePattern target;
   NamePattern exclude;
   // Per-module r and alpha (keys: peft/targets.h pattern_key), in the order given.
@@ -68,15 +71,19 @@ struct PlannedAdapter {
   int64_t in = 0, out = 0;
   int64_t r = 0;
   double alpha = 0;
+  int64_t k = 0;  // SpIEL: the module's budget of sparse entries
 };
 
 // Which of `layers` get an adapter and with what rank (no model needed: sizes from a spec).
 // Throws naming the field when the targets match nothing or a regex is bad.
 std::vector<PlannedAdapter> plan_lora(const std::vector<LinearInfo>& layers, const PeftOptions& opts,
                                       models::Arch arch);
+// SpIEL: each planned module's k from the budget (opts.spiel.budget, else int(density *
+// model_params)) split by spiel_budget; throws naming the field when a module gets none.
+void plan_spiel_budgets(std::vector<PlannedAdapter>& adapters, const PeftOptions& opts, int64_t model_params);
 // Trainable adapter elements of plan_lora(linear_layers(spec), opts), computed without
 // allocating the model (peft/methods.h adapter_parameter_count per module: LoRA
-// r (in + out), LoRA-SB r^2, SoRA r (in + out) + r, NOLA k_A + k_B).
+// r (in + out), LoRA-SB r^2, SoRA r (in + out) + r, NOLA k_A + k_B, SpIEL its budget).
 int64_t lora_parameter_count(const models::ModelSpec& spec, const PeftOptions& opts);
 
 struct InjectResult {
@@ -91,7 +98,9 @@ InjectResult inject_lora(models::CausalLM& model, const PeftOptions& opts);
 
 // The LoraLinear layers of a module tree, with their dotted names, in module order.
 std::vector<std::pair<std::string, LoraLinear*>> lora_layers(autograd::Module& root);
-// merge()/unmerge() on every adapter (see LoraLinear).
+// The SpIEL layers (SparseDeltaLinear), likewise.
+std::vector<std::pair<std::string, SparseDeltaLinear*>> spiel_layers(autograd::Module& root);
+// merge()/unmerge() on every adapter (see LoraLinear, SparseDeltaLinear).
 void merge_adapters(autograd::Module& root);
 void unmerge_adapters(autograd::Module& root);
 // Puts every wrapped base layer back in its slot; with `merge` the adapters are merged into

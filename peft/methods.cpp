@@ -10,6 +10,7 @@ const char* method_name(Method m) {
     case Method::lora_sb: return "LoRA-SB";
     case Method::sora: return "SoRA";
     case Method::nola: return "NOLA";
+    case Method::spiel: return "SpIEL";
   }
   return "?";
 }
@@ -28,6 +29,7 @@ std::shared_ptr<LoraLinear> make_adapter(std::shared_ptr<models::LinearLayer> ba
     }
     case Method::sora: return std::make_shared<SoraLinear>(std::move(base), lo, o.sora, gen, dropout_gen);
     case Method::nola: return std::make_shared<NolaLinear>(std::move(base), lo, o.nola, o.seed, name, dropout_gen);
+    case Method::spiel: break;  // not of the LoRA family: inject_lora builds SparseDeltaLinear
   }
   LATHE_FAIL() << "peft: unknown method";
   return nullptr;
@@ -39,6 +41,7 @@ int64_t adapter_parameter_count(const PeftOptions& o, const PlannedAdapter& a) {
     case Method::lora_sb: return a.r * a.r;                      // only R [r, r]
     case Method::sora: return a.r * (a.in + a.out) + a.r;        // A, B and the gate
     case Method::nola: return o.nola.num_basis_A + o.nola.num_basis_B;  // the coefficients
+    case Method::spiel: return a.k;                                     // the values (plus k indices)
   }
   return 0;
 }

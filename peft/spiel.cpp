@@ -29,7 +29,8 @@ std::pair<Tensor, Tensor> sparse_rows_cols(const Tensor& indices, int64_t in) {
   return {Tensor::from_vector<int64_t>(r, {k}).to(indices.device()), Tensor::from_vector<int64_t>(c, {k}).to(indices.device())};
 }
 
-Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& rows, const Tensor& cols, int64_t out) {
+Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& rows, const Tensor& cols, int64_t out,
+                           const Tensor& dense_sink) {
   LATHE_REQUIRE(values.dim() == 1 && rows.dim() == 1 && cols.dim() == 1 && values.numel() == rows.numel() &&
                 rows.numel() == cols.numel())
       << "sparse delta: values " << values.shape_str() << ", rows " << rows.shape_str() << " and cols "
@@ -41,25 +42,33 @@ Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& 
   for (int64_t d : lead) T *= d;
   const Tensor x2 = x.detach().contiguous().reshape({T, in});
   const Tensor v = values.detach();
-  const Tensor xs = kernels::index_select(x2, 1, cols);                       // [T, k]
-  const Tensor p = kernels::binary(kernels::BinaryOp::mul, xs, v.reshape({1, k}));
-  Tensor y = kernels::index_add(Tensor::zeros({T, out}, x.dtype(), x.device()), 1, rows, p);
+  Tensor y;
+  {
+    const Tensor p = kernels::binary(kernels::BinaryOp::mul, kernels::index_select(x2, 1, cols), v.reshape({1, k}));
+    y = kernels::index_add(Tensor::zeros({T, out}, x.dtype(), x.device()), 1, rows, p);
+  }
   Shape yshape = lead;
   yshape.push_back(out);
   y = y.reshape(yshape);
   const Shape xshape = x.shape();
+  // Saves x itself (the base linear keeps it too), not the [T, k] gather.
   return ag::record("sparse_delta_linear", y, {x, values},
-                    [xs, v, rows, cols, T, k, in, out, xshape](const std::vector<Tensor>& g, const std::vector<bool>& need) {
+                    [x2, v, rows, cols, T, k, in, out, xshape, dense_sink](const std::vector<Tensor>& g,
+                                                                           const std::vector<bool>& need) {
                       const Tensor g2 = g[0].contiguous().reshape({T, out});
-                      const Tensor gp = kernels::index_select(g2, 1, rows);  // dy[:, row_n]  [T, k]
                       Tensor dx, dv;
                       if (need[0]) {
+                        const Tensor gp = kernels::index_select(g2, 1, rows);  // dy[:, row_n]  [T, k]
                         const Tensor s = kernels::binary(kernels::BinaryOp::mul, gp, v.reshape({1, k}));
                         dx = kernels::index_add(Tensor::zeros({T, in}, g2.dtype(), g2.device()), 1, cols, s)
                                  .reshape(xshape);
                       }
-                      if (need[1])  // one dot product over tokens per selected entry
-                        dv = kernels::reduce(kernels::ReduceOp::sum, kernels::binary(kernels::BinaryOp::mul, gp, xs), {0});
+                      if (need[1])  // one dot product over tokens per selected entry, no dense dW
+                        dv = kernels::sparse_delta_grad(x2, g2, rows, cols);
+                      if (dense_sink.defined()) {
+                        const Tensor dw = kernels::matmul(g2, x2, true, false);  // [out, in]
+                        kernels::add_(dense_sink, dw.dtype() == DType::f32 ? dw : dw.to(DType::f32));
+                      }
                       return std::vector<Tensor>{dx, dv};
                     });
 }
@@ -124,8 +133,12 @@ Tensor SparseDeltaLinear::forward(const Tensor& x) const {
   // Under Autocast the delta runs in the compute dtype (values cast, x already in it).
   const bool ac = models::Autocast::enabled();
   Tensor h = ac ? models::autocast(x) : x.dtype() == values_.dtype() ? x : ag::cast(x, values_.dtype());
-  Tensor d = sparse_delta_linear(h, ac ? models::autocast(values_) : values_, rows_, cols_, out_features());
+  Tensor d = sparse_delta_linear(h, ac ? models::autocast(values_) : values_, rows_, cols_, out_features(), dense_grad_);
   return ag::add(y, d.dtype() == y.dtype() ? d : ag::cast(d, y.dtype()));
+}
+
+void SparseDeltaLinear::collect_dense_grad(bool on) {
+  dense_grad_ = on ? Tensor::zeros(base_weight().shape(), DType::f32, base_weight().device()) : Tensor();
 }
 
 Tensor SparseDeltaLinear::delta_weight() const {
@@ -161,13 +174,39 @@ std::vector<int64_t> SparseDeltaLinear::reselect(const Tensor& grad_acc, double 
   LATHE_REQUIRE(grad_acc.shape() == base_weight().shape())
       << "SpIEL reselect: the accumulated gradient has shape " << grad_acc.shape_str() << ", the weight "
       << base_weight().shape_str();
+  std::vector<float> g = grad_acc.to(DType::f32).to(Device::cpu()).contiguous().to_vector<float>();
+  std::vector<int64_t> cand(g.size());
+  std::iota(cand.begin(), cand.end(), 0);
+  for (float& x : g) x = std::abs(x);
+  return reselect_among(cand, g, p);
+}
+
+void SparseDeltaLinear::set_indices(const Tensor& indices, const std::string& what) {
+  const int64_t numel = base_weight().numel();
+  LATHE_REQUIRE(indices.dim() == 1 && indices.numel() == budget())
+      << what << ": " << indices.numel() << " SpIEL indices for a budget of " << budget();
+  const std::vector<int64_t> idx = indices.to(Device::cpu()).to(DType::i64).contiguous().to_vector<int64_t>();
+  std::set<int64_t> seen;
+  for (int64_t i : idx) {
+    LATHE_REQUIRE(i >= 0 && i < numel) << what << ": SpIEL index " << i << " is outside [0, " << numel << ") for a "
+                                       << base_weight().shape_str() << " weight";
+    LATHE_REQUIRE(seen.insert(i).second) << what << ": SpIEL index " << i << " appears twice";
+  }
+  ag::NoGradGuard ng;
+  indices_.copy_(Tensor::from_vector<int64_t>(idx, {budget()}).to(indices_.device()));
+  std::tie(rows_, cols_) = sparse_rows_cols(indices_, in_features());
+}
+
+std::vector<int64_t> SparseDeltaLinear::reselect_among(const std::vector<int64_t>& candidates,
+                                                       const std::vector<float>& g, double p) {
+  LATHE_REQUIRE(candidates.size() == g.size())
+      << "SpIEL reselect: " << candidates.size() << " candidates but " << g.size() << " scores";
   LATHE_REQUIRE(p >= 0 && p <= 1) << "SpIEL reselect: the fraction must be in [0, 1] (got " << p << ")";
   ag::NoGradGuard ng;
   const int64_t k = budget();
   const int64_t n = static_cast<int64_t>(static_cast<double>(k) * p);
   std::vector<float> v = values_.to(DType::f32).to(Device::cpu()).contiguous().to_vector<float>();
   std::vector<int64_t> idx = indices_.to(Device::cpu()).contiguous().to_vector<int64_t>();
-  const std::vector<float> g = grad_acc.to(DType::f32).to(Device::cpu()).contiguous().to_vector<float>();
   // Drop: the n smallest |value| (ties by position).
   std::vector<int64_t> pos(static_cast<size_t>(k));
   std::iota(pos.begin(), pos.end(), 0);
@@ -175,14 +214,16 @@ std::vector<int64_t> SparseDeltaLinear::reselect(const Tensor& grad_acc, double 
   std::vector<int64_t> drop(pos.begin(), pos.begin() + n);
   std::set<int64_t> kept;
   for (size_t i = static_cast<size_t>(n); i < pos.size(); ++i) kept.insert(idx[static_cast<size_t>(pos[i])]);
-  // Grow: the n largest |grad| not among the kept entries (ties by index).
-  std::vector<int64_t> cand(g.size());
-  std::iota(cand.begin(), cand.end(), 0);
-  std::stable_sort(cand.begin(), cand.end(), [&](int64_t a, int64_t b) { return std::abs(g[a]) > std::abs(g[b]); });
+  // Grow: the n largest scores not among the kept entries (ties by index).
+  std::vector<size_t> order(g.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return g[a] != g[b] ? g[a] > g[b] : candidates[a] < candidates[b];
+  });
   std::vector<int64_t> grow;
-  for (int64_t c : cand) {
+  for (size_t o : order) {
     if (static_cast<int64_t>(grow.size()) == n) break;
-    if (!kept.count(c)) grow.push_back(c);
+    if (!kept.count(candidates[o])) grow.push_back(candidates[o]);
   }
   // An index both dropped and regrown stays in its slot with its value.
   std::set<int64_t> grow_set(grow.begin(), grow.end());

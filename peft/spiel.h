@@ -11,10 +11,11 @@
 //
 // Reselection (SpIEL-AG, accumulated gradients): drop the n smallest |values|, grow the n
 // candidates with the largest accumulated |gradient| that are not active; the number of active
-// entries stays exactly k. spiel_schedule says when a phase begins and when to reselect with
-// which fraction. Not built yet: the trainer wiring (PeftConfig SPIEL, dense-gradient hooks
-// during the selection phase, the SFT save layout), SM3 moments (SpIEL-MA) and the
-// per-element Adam age.
+// entries stays exactly k. SpIEL-MA grows by the SM3 moments instead (row x column
+// accumulators, no dense gradient). spiel_schedule says when a phase begins and when to
+// reselect with which fraction. The trainer side (the dense gradients of a selection phase,
+// the values' Adam with a per-element age, the optimizer state of replaced entries,
+// checkpoints) is train/peft_spiel.h; the adapter file layout is peft/adapter_io.h.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +33,11 @@ namespace lathe::peft {
 // (through the host: done when the selection changes, not per step).
 std::pair<Tensor, Tensor> sparse_rows_cols(const Tensor& indices, int64_t in);
 // y = x[..., in] -> [..., out] of the delta alone: sum_n values[n] x[..., cols[n]] at rows[n].
-// Differentiable in x and values (rows and cols are not).
-Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& rows, const Tensor& cols, int64_t out);
+// Differentiable in x and values (rows and cols are not). With `dense_sink` defined (f32
+// [out, in]), backward also adds the dense weight gradient dy^T x into it (SpIEL-AG's
+// selection phase; the one place a dense gradient is formed).
+Tensor sparse_delta_linear(const Tensor& x, const Tensor& values, const Tensor& rows, const Tensor& cols, int64_t out,
+                           const Tensor& dense_sink = Tensor());
 
 // SpIEL's reselection schedule (SftSelector.step, run after every optimizer update with c =
 // updates completed): a selection phase (gradients accumulated) begins when c + 1 is a
@@ -58,6 +62,17 @@ SpielStep spiel_schedule(const SpielSchedule& s, int64_t c);
 // SpIEL's budget split: k_m = int(total * numel_m / sum numel) per module (numels in order).
 std::vector<int64_t> spiel_budget(const std::vector<int64_t>& numels, int64_t total);
 
+enum class SpielRegrow {
+  ag,  // SpIEL-AG: the largest accumulated |gradient| over a selection phase
+  ma,  // SpIEL-MA: the largest SM3 moment estimate row_acc[i] * col_acc[j]
+};
+struct SpielOptions {
+  SpielRegrow regrow = SpielRegrow::ag;
+  double density = 0.01;  // of all model parameters (embeddings included), when budget is 0
+  int64_t budget = 0;     // entries over all targeted weights; 0 = density
+  SpielSchedule schedule;  // total_steps filled in by the trainer
+};
+
 class SparseDeltaLinear : public models::LinearLayer {
  public:
   // k entries drawn uniformly without replacement from gen (sorted), values zero.
@@ -73,6 +88,9 @@ class SparseDeltaLinear : public models::LinearLayer {
   const std::shared_ptr<models::LinearLayer>& base() const { return base_; }
   Tensor values() const { return values_; }
   Tensor indices() const { return indices_; }
+  // indices split into rows and columns of W (i64 [k], on the indices' device).
+  Tensor rows() const { return rows_; }
+  Tensor cols() const { return cols_; }
   int64_t budget() const { return values_.numel(); }
   // The delta as a dense [out, in] f32 matrix (no autograd history).
   Tensor delta_weight() const;
@@ -80,17 +98,31 @@ class SparseDeltaLinear : public models::LinearLayer {
   void unmerge();
   bool merged() const { return merged_; }
 
+  // SpIEL-AG's selection phase: while on, every backward adds dL/dW (dense, f32 [out, in],
+  // summed over backwards) into dense_grad(); W itself stays frozen (no .grad, no state).
+  void collect_dense_grad(bool on);
+  bool collecting_dense_grad() const { return dense_grad_.defined(); }
+  Tensor dense_grad() const { return dense_grad_; }
+
   // SpIEL-AG reselection with `grad_acc` [out, in] (accumulated gradient of W over the
   // selection phase) and fraction p of the budget: drops the int(k p) smallest |values|,
   // grows as many of the largest |grad_acc| entries that are not active; an index both
   // dropped and regrown stays where it is (with its value). New entries start at zero.
   // Returns the positions (into values/indices) that were replaced.
   std::vector<int64_t> reselect(const Tensor& grad_acc, double p);
+  // The same with growth among `candidates` (flat indices) ranked by `scores` (largest first,
+  // ties by the lower index): reselect() is this with every entry a candidate, scored |grad|.
+  std::vector<int64_t> reselect_among(const std::vector<int64_t>& candidates, const std::vector<float>& scores,
+                                      double p);
+  // Replaces the indices (a checkpoint or an adapter file being loaded): k distinct flat
+  // indices in [0, out * in), errors naming `what` otherwise.
+  void set_indices(const Tensor& indices, const std::string& what);
 
  private:
   std::shared_ptr<models::LinearLayer> base_;
   Tensor values_, indices_;
   Tensor rows_, cols_;  // indices_ split (sparse_rows_cols), refreshed when indices_ change
+  Tensor dense_grad_;   // defined while collecting
   bool merged_ = false;
 };
 

@@ -56,9 +56,16 @@ peft::PeftOptions peft_options(const RunConfig& cfg) {
     case PeftConfig::LORA_SB: o.method = peft::Method::lora_sb; break;
     case PeftConfig::SORA: o.method = peft::Method::sora; break;
     case PeftConfig::NOLA: o.method = peft::Method::nola; break;
-    case PeftConfig::OFF:
-    case PeftConfig::SPIEL: break;  // not injected / rejected by validation
+    case PeftConfig::SPIEL: o.method = peft::Method::spiel; break;
+    case PeftConfig::OFF: break;  // not injected
   }
+  o.spiel.regrow = c.spiel_regrow() == PeftConfig::MA ? peft::SpielRegrow::ma : peft::SpielRegrow::ag;
+  o.spiel.density = c.spiel_density();
+  o.spiel.budget = c.spiel_budget();
+  o.spiel.schedule.reselection_steps = c.spiel_reselection_steps();
+  o.spiel.schedule.accumulation_steps = c.spiel_accumulation_steps();
+  o.spiel.schedule.rate = c.spiel_reselection_rate();
+  o.spiel.schedule.cosine = c.spiel_policy() == PeftConfig::COSINE;
   o.sb.gradient_init = c.sb_init() == PeftConfig::GRADIENT;
   o.sb.init_batches = c.sb_init_batches();
   o.sb.svd_niter = c.svd_niter();
@@ -126,13 +133,29 @@ std::shared_ptr<CheckpointPart> frozen_adapter_part(models::CausalLM& model) {
     frozen.emplace_back(name + ".lora_A.weight", l->lora_A());
     frozen.emplace_back(name + ".lora_B.weight", l->lora_B());
   }
-  if (frozen.empty()) return nullptr;
+  // SpIEL's indices (where the values sit; changed by every reselection).
+  std::vector<std::pair<std::string, peft::SparseDeltaLinear*>> sparse = peft::spiel_layers(model);
+  if (frozen.empty() && sparse.empty()) return nullptr;
   return std::make_shared<FunctionPart>(
       "frozen adapter factors",
-      [frozen](H5Writer& w) {
+      [frozen, sparse](H5Writer& w) {
         for (const auto& [n, t] : frozen) w.write_tensor("peft/" + n, t);
+        for (const auto& [n, l] : sparse) w.write_tensor("peft/" + n + ".sft_indices", l->indices());
       },
-      [frozen](const H5Reader& r) {
+      [frozen, sparse](const H5Reader& r) {
+        for (const auto& [n, l] : sparse) {
+          const std::string key = "peft/" + n + ".sft_indices";
+          if (!r.exists(key))
+            throw CheckpointError(r.path() + " has no tensor " + key + ": it was not written by a SPIEL run with these targets");
+          if (r.shape(key) != Shape{l->budget()})
+            throw CheckpointError(key + ": the checkpoint " + r.path() + " holds shape " + shape_str(r.shape(key)) +
+                                  ", the SpIEL budget of " + n + " is " + std::to_string(l->budget()));
+          try {
+            l->set_indices(r.read_tensor(key, DType::i64), r.path() + " " + key);
+          } catch (const lathe::Error& e) {
+            throw CheckpointError(e.message());
+          }
+        }
         for (const auto& [n, t] : frozen) {
           if (!r.exists("peft/" + n))
             throw CheckpointError(r.path() + " has no tensor peft/" + n +

@@ -23,6 +23,8 @@
 #include "train/metrics.h"
 #include "train/peft_setup.h"
 #include "peft/adapter_io.h"
+#include "peft/sft_io.h"
+#include "train/peft_spiel.h"
 #include "train/run_plan.h"
 
 namespace fs = std::filesystem;
@@ -221,6 +223,16 @@ void Trainer::setup() {
 
   // Built after the move, so optimizer state is created on the parameters' device.
   opt_ = make_optimizer(p.cfg, *model_);
+  if (peft_ && peft_options_->method == peft::Method::spiel) {
+    // SpIEL: its own Adam on the values (per-element age) around the run's optimizer, and the
+    // selection state in the checkpoint; the first selection phase starts now.
+    peft_options_->spiel.schedule.total_steps = p.total_steps;
+    spiel_ = std::make_shared<SpielSelector>(*model_, peft_options_->spiel, *p.comm);
+    const auto& oc = p.cfg.optimizer();
+    opt_ = spiel_->wrap(std::move(opt_), oc.beta1(), oc.beta2(), oc.eps());
+    parts_.push_back(spiel_->checkpoint_part());
+    if (from.empty()) spiel_->start();
+  }
   params_.clear();
   for (const auto& g : opt_->groups())
     for (const auto& np : g.params) params_.push_back(np.second);
@@ -361,8 +373,10 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     for (const auto& n : p.init.notes) s << "note: " << n << "\n";
   }
   if (peft_) {
-    s << "peft: " << peft::method_name(peft_options_->method) << " r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha << " on "
-      << peft_->adapters.size() << " linear layers";
+    s << "peft: " << peft::method_name(peft_options_->method);
+    if (spiel_) s << " (" << (peft_options_->spiel.regrow == peft::SpielRegrow::ma ? "MA" : "AG") << ")";
+    else s << " r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha;
+    s << " on " << peft_->adapters.size() << " linear layers";
     if (!peft_->adapters.empty()) s << " (" << peft_->adapters.front().name << ", ...)";
     s << "; " << peft::parameter_report(*model_).str() << "\n";
   }
@@ -488,6 +502,7 @@ StepRecord Trainer::train_step() {
   }
   // SoRA's proximal step on the gates, after they were updated (either way above).
   if (peft_) after_optimizer_step(*model_, *peft_options_, lr, step_ + 1);
+  if (spiel_) spiel_->after_step(step_ + 1);  // SpIEL's phases and reselections
   ++step_;
   last_lr_ = lr;
   tokens_seen_ += p.tokens_per_step;
@@ -577,7 +592,8 @@ TrainResult Trainer::run() {
   if (peft_ && result_.finished && p.rank == 0) {
     // The trained adapter in the Hugging Face peft layout (loads with PeftModel.from_pretrained).
     const std::string dir = adapter_dir(p.cfg);
-    peft::save_adapter(*model_, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
+    if (spiel_) peft::save_spiel_adapter(*model_, dir, p.cfg.model().init_from());
+    else peft::save_adapter(*model_, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
     result_.adapter_dir = dir;
     message("adapter: " + dir);
   }

@@ -127,6 +127,7 @@ class CheckpointPart;
 class GradSync;
 class LayerwiseUpdater;
 class MetricsLogger;
+class SpielSelector;
 class TrainBatches;
 struct RunPlan;
 
@@ -172,6 +173,8 @@ class Trainer {
   optim::Optimizer& optimizer();
   // The layer-wise updater (optimizer.layerwise), or null.
   const LayerwiseUpdater* layerwise() const { return layerwise_.get(); }
+  // SpIEL's selector (peft.method SPIEL), or null.
+  const SpielSelector* spiel() const { return spiel_.get(); }
   int64_t step() const { return step_; }
   const TrainResult& result() const { return result_; }
 
@@ -199,6 +202,7 @@ class Trainer {
   // The peft section's options and what inject_lora did (null without one).
   std::unique_ptr<peft::PeftOptions> peft_options_;
   std::unique_ptr<peft::InjectResult> peft_;
+  std::shared_ptr<SpielSelector> spiel_;  // peft.method SPIEL: reselection between steps (train/peft_spiel.h)
   std::vector<Tensor> params_;  // the optimizer's, for clipping
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;

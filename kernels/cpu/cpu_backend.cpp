@@ -66,6 +66,10 @@ class CpuBackend final : public Backend {
   void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out) override {
     cpu::index_add(axis, index, src, out);
   }
+  void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols,
+                         const Tensor& out) override {
+    cpu::sparse_delta_grad(x, dy, rows, cols, out);
+  }
   void dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, const DropoutOut& out) override {
     cpu::dropout(x, p, seed, offset, out);
   }

@@ -40,6 +40,7 @@ void gather(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& ou
 void scatter_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
 void index_select(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out);
 void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
+void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols, const Tensor& out);
 // Throws an Error naming `op`, the first bad index and the range when any value of the
 // (i64 or i32, any layout) tensor `index` lies outside [0, n).
 void check_index_range(const char* op, const Tensor& index, int64_t n);

@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
   void scatter_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out) override { cuda::scatter_add(axis, index, src, out); }
   void index_select(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out) override { cuda::index_select(x, axis, index, out); }
   void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out) override { cuda::index_add(axis, index, src, out); }
+  void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols, const Tensor& out) override { cuda::sparse_delta_grad(x, dy, rows, cols, out); }
   void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing, const CrossEntropyOut& out) override { cuda::cross_entropy(logits, targets, ignore_index, smoothing, out); }
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_loss, const Tensor& count, int64_t ignore_index, double smoothing, const Tensor& out) override { cuda::cross_entropy_backward(logits, targets, lse, grad_loss, count, ignore_index, smoothing, out); }
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) override { cuda::rope(x, cos, sin, inverse, out); }

@@ -68,6 +68,7 @@ void gather(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& ou
 void scatter_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
 void index_select(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out);
 void index_add(int64_t axis, const Tensor& index, const Tensor& src, const Tensor& out);
+void sparse_delta_grad(const Tensor& x, const Tensor& dy, const Tensor& rows, const Tensor& cols, const Tensor& out);
 
 // cross_entropy.cu
 void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double smoothing,

@@ -1,5 +1,5 @@
 // The peft section of lathe.proto: defaults as in peft's LoraConfig, the example loads,
-// methods that are not implemented yet and bad values are errors naming the field.
+// bad values (SPIEL's too) are errors naming the field.
 #include "config_test_util.h"
 
 namespace lathe::configs {
@@ -57,11 +57,7 @@ TEST(PeftConfig, ExampleLoadsAndValidates) {
 }
 
 TEST(PeftConfig, ErrorsNameTheField) {
-  for (const char* m : {"SPIEL"}) {
-    const auto errs = load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }"));
-    EXPECT_TRUE(any_has(errs, std::string("peft.method: ") + m + " is not implemented yet")) << m;
-  }
-  for (const char* m : {"LORA_SB", "SORA", "NOLA"})
+  for (const char* m : {"LORA_SB", "SORA", "NOLA", "SPIEL"})
     EXPECT_FALSE(any_has(load_errors(write_temp("peft_m.pbtxt", std::string("peft { method: ") + m + " }")),
                          "peft.method")) << m;
   {
@@ -73,6 +69,19 @@ TEST(PeftConfig, ErrorsNameTheField) {
     EXPECT_TRUE(any_has(n, "peft.nola_chunk: must be > 0"));
     const auto s = load_errors(write_temp("peft_s.pbtxt", "peft { method: SORA sora_lambda_max: 1 sora_schedule_interval: 0 }"));
     EXPECT_TRUE(any_has(s, "peft.sora_schedule_interval: must be > 0"));
+    const auto sp = load_errors(write_temp("peft_sp.pbtxt",
+                                           "peft { method: SPIEL spiel_density: 0 spiel_reselection_steps: 4 "
+                                           "spiel_accumulation_steps: 4 spiel_reselection_rate: 1.5 lora_dropout: 0.1 }"));
+    EXPECT_TRUE(any_has(sp, "peft.spiel_density: must be in (0, 1]"));
+    EXPECT_TRUE(any_has(sp, "peft.spiel_accumulation_steps: must be in [0, peft.spiel_reselection_steps)"));
+    EXPECT_TRUE(any_has(sp, "peft.spiel_reselection_rate: must be in [0, 1]"));
+    EXPECT_TRUE(any_has(sp, "peft.lora_dropout: does not apply to SPIEL"));
+    const auto sb = load_errors(write_temp("peft_sb2.pbtxt", "peft { method: SPIEL spiel_budget: -5 }"));
+    EXPECT_TRUE(any_has(sb, "peft.spiel_budget: must be >= 0"));
+    // A budget set, the density is not checked; the SPIEL fields without a method are an error.
+    EXPECT_TRUE(load_errors_or_empty(write_temp("peft_sb3.pbtxt", "name: \"x\" train { steps: 10 } peft { method: SPIEL spiel_budget: 100 spiel_density: 0 }")).empty());
+    EXPECT_TRUE(any_has(load_errors(write_temp("peft_sb4.pbtxt", "peft { spiel_budget: 100 }")),
+                        "peft.spiel_budget is set"));
   }
   auto errs = load_errors(write_temp("peft_v.pbtxt",
                                      "peft { method: LORA r: 0 lora_alpha: -1 lora_dropout: 1 target_modules: \"q_proj\" "

@@ -1,6 +1,8 @@
 // SpIEL sparse fine-tuning: the sparse delta's product equals the dense one, its gradient on
-// the selected entries by f64 finite differences (no dense weight gradient), the budget kept
-// exactly at init and through reselection, merge == unmerged.
+// the selected entries by f64 finite differences (no dense weight gradient), the sparse
+// gradient kernel against a reference loop (and CUDA against the CPU when a GPU is present),
+// the budget kept exactly at init and through reselection, merge == unmerged on a whole model,
+// no weight-gradient GEMM for the frozen base, and the SFT adapter layout round trip.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,9 +11,16 @@
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
+#include "bench/profiling_backend.h"
+#include "kernels/backend.h"
 #include "kernels/ops.h"
+#include "models/safetensors.h"
+#include "peft/inject.h"
+#include "peft/nola.h"
+#include "peft/sft_io.h"
 #include "peft/spiel.h"
 #include "methods_test_util.h"
+#include "tests/common/test_helpers.h"
 
 namespace lathe {
 namespace {
@@ -136,5 +145,216 @@ TEST(SparseDeltaLinear, ReselectKeepsTheBudgetDropsSmallestGrowsLargestGradient)
   EXPECT_EQ(got, (std::vector<int64_t>{0, 3, 7, 11}));
 }
 
+
+// dv[n] = sum_t x[t, cols[n]] dy[t, rows[n]], written out.
+std::vector<double> sparse_grad_reference(const std::vector<double>& x, const std::vector<double>& dy,
+                                          const std::vector<int64_t>& rows, const std::vector<int64_t>& cols,
+                                          int64_t T, int64_t in, int64_t out) {
+  std::vector<double> r(rows.size(), 0.0);
+  for (size_t n = 0; n < rows.size(); ++n)
+    for (int64_t t = 0; t < T; ++t)
+      r[n] += x[static_cast<size_t>(t * in + cols[n])] * dy[static_cast<size_t>(t * out + rows[n])];
+  return r;
+}
+
+TEST(SparseDeltaGradKernel, MatchesTheReferenceLoopAndRejectsBadIndices) {
+  const int64_t T = 37, in = 9, out = 6;
+  Generator g(4);
+  const Tensor x = Tensor::randn({T, in}, g, DType::f64), dy = Tensor::randn({T, out}, g, DType::f64);
+  const std::vector<int64_t> rows = {0, 5, 2, 2, 3}, cols = {8, 0, 4, 4, 1};  // a repeated entry too
+  const Tensor r = Tensor::from_vector<int64_t>(rows, {5}), c = Tensor::from_vector<int64_t>(cols, {5});
+  const auto want = sparse_grad_reference(x.to_vector<double>(), dy.to_vector<double>(), rows, cols, T, in, out);
+  const auto got = kernels::sparse_delta_grad(x, dy, r, c).to_vector<double>();
+  for (size_t n = 0; n < want.size(); ++n) EXPECT_NEAR(got[n], want[n], 1e-12) << n;
+  // f32 accumulates in f32: close to the f64 result.
+  const auto got32 = kernels::sparse_delta_grad(x.to(DType::f32), dy.to(DType::f32), r, c).to_vector<float>();
+  for (size_t n = 0; n < want.size(); ++n) EXPECT_NEAR(got32[n], want[n], 1e-4) << n;
+  // A strided x (a transposed view) gives the same numbers.
+  const Tensor xt = x.transpose(0, 1).contiguous().transpose(0, 1);
+  EXPECT_EQ(kernels::sparse_delta_grad(xt, dy, r, c).to_vector<double>(), got);
+  EXPECT_ERROR_HAS(kernels::sparse_delta_grad(x, dy, Tensor::from_vector<int64_t>({6}, {1}),
+                                              Tensor::from_vector<int64_t>({0}, {1})),
+                   "sparse_delta_grad (rows)");
+}
+
+// CUDA against the CPU on the same inputs (f32 and bf16), and NOLA's bases generated on the
+// device equal to the CPU's bit for bit (the counter-based stream is the same on both).
+TEST(SpielNolaCuda, ParityWithTheCpu) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const Device cuda = Device::cuda(0);
+  const int64_t T = 300, in = 64, out = 48, k = 200;
+  Generator g(11);
+  const Tensor x = Tensor::randn({T, in}, g), dy = Tensor::randn({T, out}, g);
+  std::vector<int64_t> rows, cols;
+  for (int64_t n = 0; n < k; ++n) {
+    rows.push_back((n * 7) % out);
+    cols.push_back((n * 13) % in);
+  }
+  const Tensor r = Tensor::from_vector<int64_t>(rows, {k}), c = Tensor::from_vector<int64_t>(cols, {k});
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor cpu = kernels::sparse_delta_grad(x.to(dt), dy.to(dt), r, c).to(DType::f32);
+    const Tensor dev =
+        kernels::sparse_delta_grad(x.to(dt).to(cuda), dy.to(dt).to(cuda), r.to(cuda), c.to(cuda)).to(Device::cpu());
+    EXPECT_LT(test::max_abs_diff(cpu, dev.to(DType::f32)), dt == DType::f32 ? 1e-3 : 0.25) << dtype_name(dt);
+  }
+  peft::NolaKey key{1234, peft::nola_module_key("layers.0.attn.q_proj")};
+  const Tensor bc = peft::nola_basis(key, peft::NolaFactor::A, 3, {8, 64}, 0.125, DType::f32, Device::cpu());
+  const Tensor bd = peft::nola_basis(key, peft::NolaFactor::A, 3, {8, 64}, 0.125, DType::f32, cuda);
+  EXPECT_TRUE(test::bit_equal(bc, bd.to(Device::cpu())));
+  const Tensor coef = Tensor::randn({40}, g);
+  const Tensor cc = peft::nola_combine(coef, key, peft::NolaFactor::B, {48, 8}, 16);
+  const Tensor cd = peft::nola_combine(coef.to(cuda), key, peft::NolaFactor::B, {48, 8}, 16);
+  EXPECT_LT(test::max_abs_diff(cc, cd.to(Device::cpu())), 1e-5);
+}
+
+peft::PeftOptions spiel_options(int64_t budget) {
+  peft::PeftOptions o;
+  o.method = peft::Method::spiel;
+  o.spiel.budget = budget;
+  o.seed = 5;
+  return o;
+}
+
+TEST(SpielInject, BudgetFromDensitySplitByNumelAndCountedWithoutTheModel) {
+  const models::ModelSpec s = test::tiny_llama();
+  auto m = models::build_model(s, 1);
+  peft::PeftOptions o = spiel_options(0);
+  o.spiel.density = 0.02;
+  const int64_t total = static_cast<int64_t>(0.02 * static_cast<double>(models::count_parameters(s)));
+  const peft::InjectResult res = peft::inject_lora(*m, o);
+  // Default targets: every linear but the head (7 per Llama layer).
+  EXPECT_EQ(res.adapters.size(), 7u * static_cast<size_t>(s.n_layer));
+  int64_t numel = 0, sum = 0;
+  for (const auto& a : res.adapters) numel += a.in * a.out;
+  for (const auto& a : res.adapters) {
+    EXPECT_EQ(a.k, static_cast<int64_t>(static_cast<long double>(total) * (a.in * a.out) / numel)) << a.name;
+    sum += a.k;
+  }
+  EXPECT_LE(sum, total);
+  EXPECT_GT(sum, total - static_cast<int64_t>(res.adapters.size()));  // int() loses < 1 per module
+  EXPECT_EQ(m->num_parameters(true), sum);
+  EXPECT_EQ(peft::lora_parameter_count(s, o), sum);
+  EXPECT_EQ(peft::spiel_layers(*m).size(), res.adapters.size());
+  for (auto& [n, l] : peft::spiel_layers(*m)) EXPECT_FALSE(l->base_weight().requires_grad()) << n;
+  // A budget too small for a module names the field.
+  EXPECT_ERROR_HAS(peft::inject_lora(*models::build_model(s, 1), spiel_options(3)), "peft.spiel_budget");
+}
+
+TEST(SpielModel, MergedEqualsUnmergedAndUnmergeRestoresTheBase) {
+  for (const models::ModelSpec& s : {test::tiny_gpt2(), test::tiny_llama()}) {
+    auto m = models::build_model(s, 3);
+    std::map<std::string, Tensor> w0;
+    for (auto& [n, p] : m->named_parameters()) w0[n] = p.clone();
+    peft::inject_lora(*m, spiel_options(900));
+    uint64_t seed = 40;
+    for (auto& [n, l] : peft::spiel_layers(*m)) test::randomize(l->values(), seed++, 0.3);
+    const Tensor ids = test::test_ids(2, 7, s.vocab_size);
+    const Tensor base = [&] {
+      auto b = models::build_model(s, 3);
+      return test::eval_logits(*b, ids);
+    }();
+    const Tensor unmerged = test::eval_logits(*m, ids);
+    EXPECT_GT(test::max_abs_diff(unmerged, base), 1e-3);  // the deltas change the model
+    peft::merge_adapters(*m);
+    EXPECT_LT(test::max_abs_diff(test::eval_logits(*m, ids), unmerged), 1e-5);
+    peft::unmerge_adapters(*m);
+    for (auto& [n, p] : m->named_parameters())
+      if (w0.count(n)) {
+        EXPECT_LT(test::max_abs_diff(p, w0[n]), 1e-6) << n;
+      }
+    // merge_and_unload: plain layers with the merged weights.
+    EXPECT_EQ(peft::unload_adapters(*m, true), (s.arch == models::Arch::gpt2 ? 6 : 7) * s.n_layer);
+    EXPECT_TRUE(peft::spiel_layers(*m).empty());
+    EXPECT_LT(test::max_abs_diff(test::eval_logits(*m, ids), unmerged), 1e-5);
+  }
+}
+
+// "Frozen means frozen" in kernel calls: the backward of a model with SpIEL deltas runs one
+// sparse_delta_grad per delta and exactly one matmul fewer per adapted linear than the same
+// model with the base weights trainable (the weight-gradient GEMM); with the dense gradient
+// collected (a selection phase) the GEMM comes back, into the layer's sink, equal to W's
+// gradient, while W itself gets none.
+TEST(SpielModel, FrozenBaseRunsNoWeightGradientGemm) {
+  const models::ModelSpec s = test::tiny_llama();
+  struct Counts {
+    int64_t matmul = 0, sparse = 0, layers = 0;
+  };
+  std::vector<Tensor> sinks, wgrads;
+  auto run = [&](int mode) {  // 0 frozen, 1 base trainable, 2 collecting dense gradients
+    auto m = models::build_model(s, 1);
+    peft::inject_lora(*m, spiel_options(600));
+    for (auto& [n, l] : peft::spiel_layers(*m)) {
+      if (mode == 1) l->base_weight().set_requires_grad(true);
+      if (mode == 2) l->collect_dense_grad(true);
+    }
+    const Tensor ids = test::test_ids(2, 5, s.vocab_size), tgt = test::test_ids(2, 5, s.vocab_size, 9);
+    Tensor loss = m->loss(ids, tgt);
+    kernels::Backend& cpu = kernels::backend(Device::cpu());
+    bench::ProfilingBackend prof(cpu, Device::cpu());
+    kernels::register_backend(DeviceType::cpu, &prof);
+    loss.backward();
+    kernels::register_backend(DeviceType::cpu, &cpu);
+    Counts c;
+    for (auto& [n, l] : peft::spiel_layers(*m)) {
+      ++c.layers;
+      EXPECT_EQ(l->base_weight().grad().defined(), mode == 1) << n;
+      EXPECT_TRUE(l->values().grad().defined()) << n;
+      if (mode == 1) wgrads.push_back(l->base_weight().grad());
+      if (mode == 2) sinks.push_back(l->dense_grad().clone());
+    }
+    auto it = prof.stats().find("matmul");
+    c.matmul = it == prof.stats().end() ? 0 : it->second.calls;
+    auto sp = prof.stats().find("sparse_delta_grad");
+    c.sparse = sp == prof.stats().end() ? 0 : sp->second.calls;
+    return c;
+  };
+  const Counts frozen = run(0), trained = run(1), collecting = run(2);
+  EXPECT_EQ(frozen.layers, 7 * s.n_layer);
+  EXPECT_EQ(frozen.sparse, frozen.layers);
+  EXPECT_EQ(trained.matmul - frozen.matmul, frozen.layers);
+  EXPECT_EQ(collecting.matmul - frozen.matmul, frozen.layers);
+  ASSERT_EQ(sinks.size(), wgrads.size());
+  for (size_t i = 0; i < sinks.size(); ++i) EXPECT_LT(test::max_abs_diff(sinks[i], wgrads[i]), 1e-6) << i;
+}
+
+// The SFT layout: keys, the Conv1D transposition and GPT-2's fused c_attn, and a round trip
+// that gives the same logits (bit for bit: the same entries in the same slots).
+TEST(SpielAdapterIO, SftLayoutRoundTripGpt2AndLlama) {
+  for (const models::ModelSpec& s : {test::tiny_gpt2(), test::tiny_llama()}) {
+    const bool gpt2 = s.arch == models::Arch::gpt2;
+    test::TmpDir tmp(gpt2 ? "sft_gpt2" : "sft_llama");
+    auto m = models::build_model(s, 3);
+    peft::inject_lora(*m, spiel_options(700));
+    uint64_t seed = 70;
+    for (auto& [n, l] : peft::spiel_layers(*m)) test::randomize(l->values(), seed++, 0.3);
+    peft::save_spiel_adapter(*m, tmp / "ad", "base-dir");
+    EXPECT_TRUE(peft::is_spiel_adapter(tmp / "ad"));
+    models::SafetensorsFile st(tmp / "ad/adapter_model.safetensors");
+    const std::string key = gpt2 ? "base_model.model.transformer.h.0.attn.c_attn.sft_delta."
+                                 : "base_model.model.model.layers.0.self_attn.q_proj.sft_delta.";
+    ASSERT_TRUE(st.contains(key + "values") && st.contains(key + "indices"));
+    auto* q = peft::spiel_layers(*m).front().second;
+    const auto qi = q->indices().to_vector<int64_t>();
+    const auto fi = st.get(key + "indices").to_vector<int64_t>();
+    const int64_t d = s.d_model;
+    for (size_t i = 0; i < qi.size(); ++i) {  // q's entries first; GPT-2's Conv1D is [in, 3d]
+      const int64_t r = qi[i] / d, c = qi[i] % d;
+      EXPECT_EQ(fi[i], gpt2 ? c * 3 * d + r : qi[i]) << i;
+    }
+    if (gpt2) {
+      EXPECT_EQ(st.get(key + "values").numel(), 3 * q->budget());  // q, k and v
+    }
+    auto fresh = models::build_model(s, 3);
+    const peft::InjectResult res = peft::load_spiel_adapter(*fresh, tmp / "ad");
+    EXPECT_EQ(res.adapters.size(), peft::spiel_layers(*m).size());
+    const Tensor ids = test::test_ids(2, 6, s.vocab_size);
+    EXPECT_TRUE(test::bit_equal(test::eval_logits(*fresh, ids), test::eval_logits(*m, ids)));
+    EXPECT_EQ(fresh->num_parameters(true), m->num_parameters(true));
+    // Loading into a model whose deltas have another budget names the tensor's module.
+    auto other = models::build_model(s, 3);
+    peft::inject_lora(*other, spiel_options(1400));
+    EXPECT_ERROR_HAS(peft::load_spiel_adapter(*other, tmp / "ad"), "whose SpIEL delta has a budget of");
+  }
+}
 }  // namespace
 }  // namespace lathe
