@@ -675,7 +675,10 @@ class Server {
               std::to_string(limit) + " s); left out of this round");
       log({{"event", "client_dropped"}, {"round", round}, {"client", c}, {"deadline_s", limit}});
     }
-    if (o_.keep_updates) res_.weights_before = effective_weights(*n_.model);
+    if (o_.keep_updates) {
+      res_.weights_before = effective_weights(*n_.model);
+      for (const auto& [name, t] : n_.params) res_.global_before[name] = t.to(Device::cpu()).clone();
+    }
     aggregate(round, got, rec);
     if (o_.keep_updates) res_.weights_after = effective_weights(*n_.model);
     st_.round = round;

@@ -75,6 +75,7 @@ struct FederationResult {
   // keep_updates (rank 0): the last round's accepted updates, and module -> W + s B (R) A.
   std::vector<ReceivedUpdate> last_updates;
   std::map<std::string, Tensor> weights_before, weights_after;
+  std::map<std::string, Tensor> global_before;  // the adapter tensors before that round
   // Rank 0: the global adapter tensors at the end (name -> tensor), for comparisons.
   std::map<std::string, Tensor> global;
 };
