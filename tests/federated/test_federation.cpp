@@ -14,6 +14,7 @@
 #include "autograd/ops.h"
 #include "configs/config.h"
 #include "federated/federation.h"
+#include "federated/privacy.h"
 #include "parallel/communicator.h"
 #include "parallel/single_process_communicator.h"
 #include "train/trainer.h"
@@ -289,6 +290,28 @@ TEST(Federation, FailedClientIsLeftOutOfItsRound) {
   EXPECT_EQ(r.rounds[0].aggregated, (std::vector<int>{1, 2}));
   EXPECT_EQ(r.rounds[0].dropped, std::vector<int>{0});
   EXPECT_EQ(r.rounds[1].aggregated, (std::vector<int>{0, 1, 2}));
+}
+
+TEST(Federation, DpRoundReportsTheAccountantsEpsilon) {
+  if (comm()->size() != 3) GTEST_SKIP() << "runs with -np 3";
+  RunConfig cfg = config("dp", {"federated.strategy=FFA_LORA", "federated.clients=2", "federated.rounds=2",
+                                "federated.privacy.clip_norm=0.5", "federated.privacy.noise_multiplier=1.1",
+                                "federated.privacy.delta=1e-5"});
+  FederationResult r = federate(cfg, quiet());
+  if (comm()->rank() != 0) return;
+  ASSERT_EQ(r.rounds.size(), 2u);
+  // Each client ran local_steps = 3 steps of micro_batch 4 per round: q = 4 / n_k; the round
+  // reports the largest epsilon (the smallest client's), composed over every step so far.
+  for (int round = 1; round <= 2; ++round) {
+    double worst = 0;
+    for (int64_t n : r.client_sizes) {
+      RdpAccountant acc;
+      acc.compose(4.0 / static_cast<double>(n), 1.1, 3 * round);
+      worst = std::max(worst, acc.epsilon(1e-5).first);
+    }
+    EXPECT_NEAR(r.rounds[static_cast<size_t>(round) - 1].epsilon, worst, 1e-12) << round;
+  }
+  EXPECT_GT(r.rounds[1].epsilon, r.rounds[0].epsilon);
 }
 
 TEST(Federation, ResumedEqualsUninterrupted) {
