@@ -160,7 +160,12 @@ void setup_node(Node& n, const RunConfig& input, std::shared_ptr<parallel::Commu
   cfg.mutable_train()->set_steps(n.fc.local_steps());
   // FLoRA: alpha_k = 2 r_k, so every client's scale is 2 whatever its rank.
   if (n.fc.strategy() == FederatedConfig::FLORA) cfg.mutable_peft()->set_lora_alpha(2.0 * cfg.peft().r());
+  // The trainer's plan of one client's run (federated off: train/run_setup refuses a federated
+  // config for lathe train); the section goes back into the stored config.
+  cfg.mutable_federated()->set_strategy(FederatedConfig::OFF);
   n.plan = train::plan_run(cfg, world, true, "never");
+  *n.plan.cfg.mutable_federated() = n.fc;
+  n.plan.config_text = configs::to_text(n.plan.cfg);
   const train::RunPlan& p = n.plan;
   n.model = models::build_model(p.spec, p.cfg.train().seed());
   n.model->train(true);
