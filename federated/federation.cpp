@@ -22,6 +22,7 @@
 #include "optim/optimizer.h"
 #include "optim/registry.h"
 #include "parallel/single_process_communicator.h"
+#include "peft/adapter_io.h"
 #include "peft/inject.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
@@ -77,6 +78,7 @@ struct Node {
   FederatedConfig fc;
   std::unique_ptr<models::CausalLM> model;
   peft::PeftOptions peft;
+  peft::InjectResult injected;
   std::vector<Adapter> adapters;
   std::map<std::string, Tensor> params;  // every adapter tensor by name
   Partition partition;
@@ -172,7 +174,7 @@ void setup_node(Node& n, const RunConfig& input, std::shared_ptr<parallel::Commu
   if (p.init.enabled()) train::load_init_weights(p.init, *n.model);
   n.peft = train::peft_options(p.cfg);
   try {
-    peft::inject_lora(*n.model, n.peft);
+    n.injected = peft::inject_lora(*n.model, n.peft);
   } catch (const lathe::Error& e) {
     throw ConfigError("config", {e.message()});
   }
@@ -553,6 +555,14 @@ class Server {
       s << "]";
       message(s.str());
     }
+    if (from.empty() && n_.plan.data.val_size() > 0) {
+      const auto& tc = cfg.train();
+      res_.initial_val_loss = train::evaluate_val(*n_.model, n_.plan.data, tc.micro_batch(), tc.eval_batches(), *n_.self,
+                                                  n_.plan.compute_dtype)
+                                  .loss;
+      message("federate: round 0: val loss " + std::to_string(res_.initial_val_loss));
+      log({{"event", "round"}, {"round", 0}, {"val_loss", res_.initial_val_loss}});
+    }
     sent_merges_.assign(static_cast<size_t>(world), 0);
     for (int r = 1; r < world; ++r) inbox_.push_back(std::make_unique<PendingRecv>(comm_, r, kTagUp));
     for (int round = st_.round + 1; round <= n_.fc.rounds(); ++round) {
@@ -566,6 +576,13 @@ class Server {
     }
     shutdown("");
     for (const auto& [name, t] : n_.params) res_.global[name] = t.to(Device::cpu()).clone();
+    // The global adapter in the Hugging Face peft layout (FLoRA's updates are in the base
+    // weights instead: its round checkpoints hold them).
+    if (st_.round == n_.fc.rounds() && n_.fc.strategy() != FederatedConfig::FLORA) {
+      const std::string dir = train::adapter_dir(cfg);
+      peft::save_adapter(*n_.model, dir, peft::save_options(n_.peft, n_.injected, cfg.model().init_from()));
+      message("federate: global adapter written to " + dir);
+    }
     if (metrics_) metrics_->finish();
   }
 
@@ -753,7 +770,18 @@ class Server {
       if (n_.fc.privacy().clip_norm() > 0) cr["epsilon"] = up.epsilon();
       log(cr);
     }
-    rec.epsilon = eps;
+    // Privacy spent is cumulative: the round reports the largest epsilon of any client so far
+    // (a client not sampled this round keeps what it spent before).
+    (void)eps;
+    const auto& pv = n_.fc.privacy();
+    if (pv.clip_norm() > 0)
+      for (size_t c = 0; c < st_.steps_done.size(); ++c) {
+        if (st_.steps_done[c] == 0) continue;
+        RdpAccountant acc;
+        acc.compose(static_cast<double>(n_.batch_rows()) / static_cast<double>(n_.partition[c].size()),
+                    pv.noise_multiplier(), st_.steps_done[c]);
+        rec.epsilon = std::max(rec.epsilon, acc.epsilon(pv.delta()).first);
+      }
     autograd::NoGradGuard ng;
     if (n_.fc.strategy() == FederatedConfig::FLORA) {
       FloraRound m;

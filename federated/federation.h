@@ -56,7 +56,7 @@ struct RoundRecord {
   double train_loss = 0;                          // weighted mean of the aggregated clients'
   int64_t bytes_up = 0, bytes_down = 0;
   double seconds = 0;
-  double epsilon = 0;  // DP: the largest epsilon spent by a client so far (0 without DP)
+  double epsilon = 0;  // DP: the largest epsilon any client has spent so far (0 without DP)
 };
 
 struct ReceivedUpdate {
@@ -70,6 +70,7 @@ struct FederationResult {
   int start_round = 0;  // rounds done before this call (resume)
   std::vector<RoundRecord> rounds;
   std::vector<int64_t> client_sizes;  // partition: samples per client
+  double initial_val_loss = -1;      // the global model before the first round (fresh start)
   int64_t setup_bytes = 0;            // the initial broadcast of the adapter tensors (per client rank)
   double scale = 1;                   // the adapters' s = alpha / r
   // keep_updates (rank 0): the last round's accepted updates, and module -> W + s B (R) A.
