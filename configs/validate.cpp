@@ -380,7 +380,25 @@ void check_peft(const RunConfig& cfg, Checker& c) {
 // The federated section (federated/): its own ranges and what each strategy needs of peft.
 void check_federated(const RunConfig& cfg, Checker& c) {
   const FederatedConfig& f = cfg.federated();
-  if (f.strategy() == FederatedConfig::OFF) return;
+  if (f.strategy() == FederatedConfig::OFF) {
+    // Fields set with no strategy would be silently ignored.
+    const FederatedConfig& d = FederatedConfig::default_instance();
+    std::string set;
+    if (f.clients() != d.clients()) set = "clients";
+    if (f.rounds() != d.rounds()) set = "rounds";
+    if (f.local_steps() != d.local_steps()) set = "local_steps";
+    if (f.local_epochs() != d.local_epochs()) set = "local_epochs";
+    if (f.client_fraction() != d.client_fraction()) set = "client_fraction";
+    if (f.partition() != d.partition()) set = "partition";
+    if (!f.label_field().empty()) set = "label_field";
+    if (f.round_deadline_s() != d.round_deadline_s()) set = "round_deadline_s";
+    if (f.client_ranks_size() > 0) set = "client_ranks";
+    if (f.privacy().clip_norm() != 0 || f.privacy().noise_multiplier() != 0) set = "privacy";
+    if (!set.empty())
+      c.fail("federated.strategy", "is OFF (the default), but federated." + set +
+                                       " is set; set strategy (FEDAVG, FFA_LORA, FLORA, FED_SB) and run lathe federate");
+    return;
+  }
   c.positive("federated.clients", f.clients());
   c.positive("federated.rounds", f.rounds());
   if (f.local_epochs() > 0) {

@@ -82,6 +82,8 @@ struct Node {
   std::vector<Adapter> adapters;
   std::map<std::string, Tensor> params;  // every adapter tensor by name
   Partition partition;
+  std::vector<int64_t> labels;           // per training sample, when the partition uses labels
+  std::vector<std::string> label_names;
   std::shared_ptr<parallel::Communicator> self = std::make_shared<parallel::SingleProcessCommunicator>();
   double scale = 1;
 
@@ -117,9 +119,9 @@ struct Node {
 int host_rank(int client, int world) { return 1 + client % (world - 1); }
 
 // The labels of the training samples from label_field of data.path.
-std::vector<int64_t> sample_labels(const Node& n) {
+std::vector<int64_t> sample_labels(Node& n) {
   const auto& cfg = n.plan.cfg;
-  std::vector<int64_t> records = read_jsonl_labels(cfg.data().path(), n.fc.label_field());
+  std::vector<int64_t> records = read_jsonl_labels(cfg.data().path(), n.fc.label_field(), &n.label_names);
   const auto& d = n.plan.data;
   std::vector<int64_t> out;
   if (d.instruction) {
@@ -136,14 +138,17 @@ std::vector<int64_t> sample_labels(const Node& n) {
   return out;
 }
 
-Partition make_partition(const Node& n) {
+Partition make_partition(Node& n) {
   const FederatedConfig& f = n.fc;
   const int64_t min_size = std::max<int64_t>(f.min_client_size(), n.batch_rows());
   try {
     switch (f.partition()) {
       case FederatedConfig::DIRICHLET:
-        return partition_dirichlet(sample_labels(n), f.clients(), f.dirichlet_alpha(), min_size, f.seed());
-      case FederatedConfig::BY_FIELD: return partition_by_field(sample_labels(n), f.clients(), min_size);
+        n.labels = sample_labels(n);
+        return partition_dirichlet(n.labels, f.clients(), f.dirichlet_alpha(), min_size, f.seed());
+      case FederatedConfig::BY_FIELD:
+        n.labels = sample_labels(n);
+        return partition_by_field(n.labels, f.clients(), min_size);
       default: return partition_iid(n.plan.data.train_size(), f.clients(), min_size, f.seed());
     }
   } catch (const ConfigError&) {
@@ -164,7 +169,7 @@ void setup_node(Node& n, const RunConfig& input, std::shared_ptr<parallel::Commu
   if (n.fc.strategy() == FederatedConfig::FLORA) cfg.mutable_peft()->set_lora_alpha(2.0 * cfg.peft().r());
   // The trainer's plan of one client's run (federated off: train/run_setup refuses a federated
   // config for lathe train); the section goes back into the stored config.
-  cfg.mutable_federated()->set_strategy(FederatedConfig::OFF);
+  cfg.clear_federated();
   n.plan = train::plan_run(cfg, world, true, "never");
   *n.plan.cfg.mutable_federated() = n.fc;
   n.plan.config_text = configs::to_text(n.plan.cfg);
@@ -545,7 +550,22 @@ class Server {
     std::vector<int64_t> sizes;
     for (const auto& c : n_.partition) sizes.push_back(static_cast<int64_t>(c.size()));
     res_.client_sizes = sizes;
-    log({{"event", "partition"}, {"partition", FederatedConfig::Partition_Name(n_.fc.partition())}, {"client_sizes", sizes}});
+    json part = {{"event", "partition"}, {"partition", FederatedConfig::Partition_Name(n_.fc.partition())},
+                 {"client_sizes", sizes}};
+    if (!n_.labels.empty()) {
+      // Per client, its samples of each label (label_names order), and the skew statistic.
+      std::vector<std::vector<int64_t>> counts;
+      for (const auto& c : n_.partition) {
+        std::vector<int64_t> h(n_.label_names.size(), 0);
+        for (int64_t i : c) ++h[static_cast<size_t>(n_.labels[static_cast<size_t>(i)])];
+        counts.push_back(h);
+      }
+      part["label_field"] = n_.fc.label_field();
+      part["labels"] = n_.label_names;
+      part["client_label_counts"] = counts;
+      part["label_skew"] = label_skew(n_.partition, n_.labels);
+    }
+    log(part);
     {
       std::ostringstream s;
       s << "federate: " << FederatedConfig::Strategy_Name(n_.fc.strategy()) << ", " << n_.fc.clients() << " clients on "

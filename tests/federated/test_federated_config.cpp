@@ -33,6 +33,7 @@ TEST(FederatedConfig, ErrorsNameTheField) {
       {{"train.epochs=1"}, "train.epochs: is not used by federated training"},
       {{"peft.bias=ALL"}, "peft.bias: federated training averages adapter factors only"},
       {{"peft.method=OFF"}, "peft.method: federated.strategy FEDAVG needs peft.method LORA"},
+      {{"federated.strategy=OFF"}, "federated.strategy: is OFF (the default), but federated."},
   };
   for (const auto& [sets, expected] : cases) {
     const std::string err = error_of(sets);

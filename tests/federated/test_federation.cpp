@@ -236,7 +236,7 @@ TEST(Federation, OneClientEqualsLocalFineTuning) {
     // The plain run: federated off, train.steps = local_steps; FFA-LoRA's frozen A is an
     // optimizer group with lr_scale 0 (AdamW then leaves it exactly as it is).
     RunConfig plain = cfg;
-    plain.mutable_federated()->set_strategy(FederatedConfig::OFF);
+    plain.clear_federated();
     plain.mutable_train()->set_steps(4);
     plain.set_run_dir(cfg.run_dir() + "_plain");
     plain.mutable_checkpoint()->set_dir(plain.run_dir() + "/checkpoints");
@@ -312,6 +312,25 @@ TEST(Federation, DpRoundReportsTheAccountantsEpsilon) {
     EXPECT_NEAR(r.rounds[static_cast<size_t>(round) - 1].epsilon, worst, 1e-12) << round;
   }
   EXPECT_GT(r.rounds[1].epsilon, r.rounds[0].epsilon);
+}
+
+// 100 virtual clients on 3 client ranks: sampled ones train one after another on their rank.
+TEST(Federation, HundredClientsOnFourProcesses) {
+  if (comm()->size() != 4) GTEST_SKIP() << "runs with -np 4";
+  RunConfig cfg = config("hundred", {"federated.clients=100", "federated.partition=IID", "federated.rounds=2",
+                                     "federated.client_fraction=0.1", "federated.local_steps=1"});
+  FederationResult r = federate(cfg, quiet());
+  if (comm()->rank() != 0) return;
+  ASSERT_EQ(r.client_sizes.size(), 100u);
+  int64_t total = 0;
+  for (int64_t n : r.client_sizes) total += n;
+  EXPECT_EQ(total, 800 - 0);  // every training sample (no prompt is cut at seq_len 96)
+  ASSERT_EQ(r.rounds.size(), 2u);
+  for (const auto& rd : r.rounds) {
+    EXPECT_EQ(rd.sampled.size(), 10u);
+    EXPECT_EQ(rd.aggregated, rd.sampled);
+  }
+  EXPECT_NE(r.rounds[0].sampled, r.rounds[1].sampled);  // a fresh sample each round
 }
 
 TEST(Federation, ResumedEqualsUninterrupted) {
