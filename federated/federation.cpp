@@ -392,6 +392,11 @@ void run_client_rank(Node& n, parallel::Communicator& comm) {
     ServerMessage msg;
     recv_message(comm, 0, kTagDown, &msg);
     if (msg.kind() == ServerMessage::STOP) {
+      // Goodbye (client -1): the server waits for it, so uploads still in flight are drained first.
+      ClientUpdate bye;
+      bye.set_client(-1);
+      bye.set_round(msg.round());
+      send_message(comm, 0, kTagUp, bye);
       if (!msg.error().empty()) LATHE_FAIL() << "the server stopped the federation: " << msg.error();
       return;
     }
@@ -611,18 +616,43 @@ class Server {
     stop.set_kind(ServerMessage::STOP);
     stop.set_error(error);
     for (int r = 1; r < comm_.size(); ++r) sends_.push_back(send_message_async(comm_, r, kTagDown, stop));
-    // Drain: a late upload still arriving is received and dropped, so no send is left hanging.
-    const double until = now_s() + 5.0;
-    while (now_s() < until) {
-      bool all = true;
-      for (auto& s : sends_) all = s.done() && all;
-      if (all) break;
-      drain_stale();
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Every client rank answers STOP with a goodbye after any upload it still had in flight
+    // (a straggler of the last round): those are received and dropped, so no rank is left
+    // blocked in a send. Bounded by the communicator timeout.
+    std::vector<bool> bye(inbox_.size(), false);
+    const double until = now_s() + comm_.timeout();
+    size_t byes = 0;
+    while (byes < inbox_.size() && now_s() < until) {
+      bool any = false;
+      for (size_t i = 0; i < inbox_.size(); ++i) {
+        if (bye[i] || !inbox_[i]->ready()) continue;
+        any = true;
+        ClientUpdate up;
+        inbox_[i]->take(&up);
+        if (up.client() == -1) {
+          bye[i] = true;
+          ++byes;
+          inbox_[i].reset();
+        } else {
+          inbox_[i] = std::make_unique<PendingRecv>(comm_, static_cast<int>(i) + 1, kTagUp);
+        }
+      }
+      if (!any) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    for (auto& s : sends_) s.done();
+    for (size_t i = 0; i < inbox_.size(); ++i)
+      if (!bye[i])
+        message("federate: client rank " + std::to_string(i + 1) + " did not acknowledge the end of the federation");
+    // Sends to a rank that never answered cannot be waited for: their Works are released once
+    // the rank is known dead (at MPI_Finalize/abort); the ones that completed are dropped here.
+    std::vector<PendingSend> left;
+    for (auto& s : sends_)
+      if (!s.done()) left.push_back(std::move(s));
     sends_.clear();
-    for (auto& in : inbox_) in->abandon();
+    for (auto& in : inbox_)
+      if (in) in->abandon();
     inbox_.clear();
+    stuck_ = std::move(left);
   }
 
  private:
@@ -636,15 +666,6 @@ class Server {
   }
   void log(json rec) {
     if (metrics_) metrics_->log_event(std::move(rec));
-  }
-
-  void drain_stale() {
-    for (size_t i = 0; i < inbox_.size(); ++i) {
-      if (!inbox_[i]->ready()) continue;
-      ClientUpdate up;
-      inbox_[i]->take(&up);
-      inbox_[i] = std::make_unique<PendingRecv>(comm_, static_cast<int>(i) + 1, kTagUp);
-    }
   }
 
   void run_round(int round) {
@@ -842,6 +863,7 @@ class Server {
   ServerState st_;
   std::vector<std::unique_ptr<PendingRecv>> inbox_;
   std::vector<PendingSend> sends_;
+  std::vector<PendingSend> stuck_;  // sends to ranks that never acknowledged the end
   std::vector<size_t> sent_merges_;
   std::unique_ptr<train::MetricsLogger> metrics_;
 };
