@@ -279,6 +279,22 @@ TEST(Federation, StragglerIsLeftOutAndRejoinsNextRound) {
   EXPECT_TRUE(r.rounds[1].dropped.empty());
 }
 
+// A straggler in the last round: the server leaves it out, then waits for its rank to
+// acknowledge the end (its late upload drained) instead of leaving it blocked in a send.
+TEST(Federation, LastRoundStragglerEndsCleanly) {
+  if (comm()->size() != 3) GTEST_SKIP() << "runs with -np 3";
+  RunConfig cfg = config("last_straggler", {"federated.clients=2", "federated.rounds=2", "federated.round_deadline_s=2"});
+  setenv("LATHE_FED_TEST_SLOW", "1:2:3", 1);
+  FederationResult r = federate(cfg, quiet());
+  unsetenv("LATHE_FED_TEST_SLOW");
+  comm()->barrier();  // every rank got out of federate
+  if (comm()->rank() != 0) return;
+  ASSERT_EQ(r.rounds.size(), 2u);
+  EXPECT_EQ(r.rounds[0].aggregated, (std::vector<int>{0, 1}));
+  EXPECT_EQ(r.rounds[1].aggregated, std::vector<int>{0});
+  EXPECT_EQ(r.rounds[1].dropped, std::vector<int>{1});
+}
+
 TEST(Federation, FailedClientIsLeftOutOfItsRound) {
   if (comm()->size() != 3) GTEST_SKIP() << "runs with -np 3";
   RunConfig cfg = config("failed", {"federated.clients=3", "federated.rounds=2"});
