@@ -7,11 +7,12 @@ namespace lathe::cli {
 
 // Defined in cli/cmd_<name>.cpp.
 extern const Command kCmdTrain, kCmdFinetune, kCmdEval, kCmdGenerate, kCmdPrepare, kCmdExport, kCmdTokenizer,
-    kCmdInspect, kCmdValidate;
+    kCmdInspect, kCmdValidate, kCmdFederate;
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {kCmdTrain,  kCmdFinetune,  kCmdEval,    kCmdGenerate, kCmdPrepare,
-                                             kCmdExport, kCmdTokenizer, kCmdInspect, kCmdValidate};
+                                             kCmdExport, kCmdTokenizer, kCmdInspect, kCmdValidate,
+                                             kCmdFederate};
   return table;
 }
 

@@ -249,7 +249,11 @@ void check_train(const RunConfig& cfg, Checker& c) {
   const TrainConfig& t = cfg.train();
   c.non_negative("train.steps", t.steps());
   c.non_negative("train.epochs", t.epochs());
-  if ((t.steps() > 0) == (t.epochs() > 0))
+    // lathe federate sets train.steps to federated.local_steps (the schedule spans one local round).
+  const bool federated = cfg.federated().strategy() != FederatedConfig::OFF;
+  if (federated && t.epochs() > 0)
+    c.fail("train.epochs", "is not used by federated training: set federated.local_steps or federated.local_epochs");
+  if (!federated && (t.steps() > 0) == (t.epochs() > 0))
     c.fail("train", "set exactly one of steps and epochs (got steps " + show(t.steps()) + ", epochs " +
                         show(t.epochs()) + ")");
   c.positive("train.micro_batch", t.micro_batch());
@@ -384,6 +388,94 @@ void check_peft(const RunConfig& cfg, Checker& c) {
     if (!(v > 0)) c.fail("peft.alpha_pattern", "alpha for '" + k + "' must be > 0 (got " + show(v) + ")");
 }
 
+// The federated section (federated/): its own ranges and what each strategy needs of peft.
+void check_federated(const RunConfig& cfg, Checker& c) {
+  const FederatedConfig& f = cfg.federated();
+  if (f.strategy() == FederatedConfig::OFF) {
+    // Fields set with no strategy would be silently ignored.
+    const FederatedConfig& d = FederatedConfig::default_instance();
+    std::string set;
+    if (f.clients() != d.clients()) set = "clients";
+    if (f.rounds() != d.rounds()) set = "rounds";
+    if (f.local_steps() != d.local_steps()) set = "local_steps";
+    if (f.local_epochs() != d.local_epochs()) set = "local_epochs";
+    if (f.client_fraction() != d.client_fraction()) set = "client_fraction";
+    if (f.partition() != d.partition()) set = "partition";
+    if (!f.label_field().empty()) set = "label_field";
+    if (f.round_deadline_s() != d.round_deadline_s()) set = "round_deadline_s";
+    if (f.client_ranks_size() > 0) set = "client_ranks";
+    if (f.privacy().clip_norm() != 0 || f.privacy().noise_multiplier() != 0) set = "privacy";
+    if (!set.empty())
+      c.fail("federated.strategy", "is OFF (the default), but federated." + set +
+                                       " is set; set strategy (FEDAVG, FFA_LORA, FLORA, FED_SB) and run lathe federate");
+    return;
+  }
+  c.positive("federated.clients", f.clients());
+  c.positive("federated.rounds", f.rounds());
+  if (f.local_epochs() > 0) {
+    c.positive("federated.local_epochs", f.local_epochs());
+  } else {
+    c.positive("federated.local_steps", f.local_steps());
+  }
+  c.in_range("federated.client_fraction", f.client_fraction(), 0, 1, true, false);
+  c.positive("federated.min_clients", f.min_clients());
+  if (f.min_clients() > f.clients())
+    c.fail("federated.min_clients", "must be <= federated.clients (" + show(f.clients()) + "), got " +
+                                        show(f.min_clients()));
+  c.positive("federated.min_client_size", f.min_client_size());
+  c.non_negative("federated.round_deadline_s", f.round_deadline_s());
+  c.positive("federated.server_timeout_s", f.server_timeout_s());
+  c.positive("federated.eval_interval", f.eval_interval());
+  if (f.partition() == FederatedConfig::DIRICHLET) c.positive("federated.dirichlet_alpha", f.dirichlet_alpha());
+  if (f.partition() != FederatedConfig::IID) {
+    const std::string part = FederatedConfig::Partition_Name(f.partition());
+    if (f.label_field().empty())
+      c.fail("federated.label_field", "must name a JSONL field for partition " + part);
+    if (cfg.data().source() != DataConfig::JSONL || cfg.data().val_path().empty())
+      c.fail("federated.partition", part +
+                                        " reads label_field from every record of data.path: it needs data.source "
+                                        "JSONL and data.val_path (so that every record is a training sample)");
+  }
+  const PeftConfig::Method m = cfg.peft().method();
+  const std::string strategy = FederatedConfig::Strategy_Name(f.strategy());
+  if (f.strategy() == FederatedConfig::FED_SB) {
+    if (m != PeftConfig::LORA_SB)
+      c.fail("peft.method", "federated.strategy FED_SB trains LoRA-SB adapters: set peft.method LORA_SB (got " +
+                                PeftConfig::Method_Name(m) + ")");
+  } else if (m != PeftConfig::LORA) {
+    c.fail("peft.method", "federated.strategy " + strategy + " needs peft.method LORA (got " +
+                              PeftConfig::Method_Name(m) + ")");
+  }
+  if (f.client_ranks_size() > 0) {
+    if (f.strategy() != FederatedConfig::FLORA)
+      c.fail("federated.client_ranks", "per-client ranks are for strategy FLORA (got " + strategy + ")");
+    for (int i = 0; i < f.client_ranks_size(); ++i)
+      if (f.client_ranks(i) <= 0 || f.client_ranks(i) > cfg.peft().r())
+        c.fail("federated.client_ranks", "entry " + std::to_string(i) + " must be in [1, peft.r = " +
+                                             show(cfg.peft().r()) + "] (got " + show(f.client_ranks(i)) + ")");
+  }
+  if (m != PeftConfig::OFF && (cfg.peft().rank_pattern_size() > 0 || cfg.peft().alpha_pattern_size() > 0))
+    c.fail("peft.rank_pattern", "per-module ranks are not supported with federated training (one r for all modules)");
+  if (cfg.peft().modules_to_save_size() > 0)
+    c.fail("peft.modules_to_save", "federated training averages adapter factors only; modules_to_save is not supported");
+  if (cfg.peft().bias() != PeftConfig::NONE)
+    c.fail("peft.bias", "federated training averages adapter factors only; bias must be NONE");
+  if (cfg.peft().lora_dropout() > 0 && f.privacy().clip_norm() > 0)
+    c.fail("peft.lora_dropout", "must be 0 with federated.privacy (per-example gradients are taken without dropout)");
+  const FederatedPrivacyConfig& pv = f.privacy();
+  c.non_negative("federated.privacy.clip_norm", pv.clip_norm());
+  c.non_negative("federated.privacy.noise_multiplier", pv.noise_multiplier());
+  if (pv.clip_norm() > 0) {
+    c.in_range("federated.privacy.delta", pv.delta(), 0, 1, true, true);
+    if (cfg.optimizer().layerwise())
+      c.fail("optimizer.layerwise", "is not supported with federated.privacy (DP-SGD sets the gradients itself)");
+  } else if (pv.noise_multiplier() > 0) {
+    c.fail("federated.privacy.noise_multiplier", "needs federated.privacy.clip_norm > 0 (noise is sigma x clip_norm)");
+  }
+  if (cfg.optimizer().layerwise())
+    c.fail("optimizer.layerwise", "is not supported by lathe federate (clients step the optimizer once per step)");
+}
+
 // Every floating field of the config must be finite, including those no rule above
 // covers (sgd_momentum, rope_theta of a GPT2, ...): nothing in lathe means "infinite".
 void check_finite(const gp::Message& msg, const std::string& prefix, Checker& c) {
@@ -481,6 +573,7 @@ std::vector<Issue> check(const RunConfig& cfg) {
   check_train(cfg, c);
   check_rest(cfg, c);
   check_peft(cfg, c);
+  check_federated(cfg, c);
   check_finite(cfg, "", c);
   check_sizes(cfg, c);
   return c.issues;

@@ -97,6 +97,11 @@ std::vector<std::string> unsupported_features(const RunConfig& cfg) {
   if (cfg.model().dtype() != ModelConfig::F32)
     out.push_back("model.dtype: " + ModelConfig::DType_Name(cfg.model().dtype()) +
                   " is not supported by this build's trainer (supported: F32)");
+  // A federated run trains through lathe federate (federated/), which plans it without this section.
+  if (cfg.federated().strategy() != FederatedConfig::OFF)
+    out.push_back("federated.strategy: " + FederatedConfig::Strategy_Name(cfg.federated().strategy()) +
+                  " makes this a federated run, which lathe train/finetune do not run; launch it with "
+                  "mpirun -np N lathe federate CONFIG");
   return out;
 }
 
