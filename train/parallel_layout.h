@@ -47,4 +47,16 @@ class ParallelLayout {
   parallel::TensorParallelShards shards_;
 };
 
+// The tensor-parallel degree a rank file was written with (its "parallel_layout"
+// attribute; 1 when it has none).
+int checkpoint_tensor_parallel(const std::string& rank_file);
+
+// Loads the full model weights of a checkpoint into `model` (a full, unsharded model): the
+// rank file itself when it was written without tensor parallelism, else the shards of the
+// tensor-parallel ranks 0..tp-1 of its step directory (data-parallel group 0), gathered
+// (parallel::gather_shards). What export, eval, generate and model.init_from use, so a TP
+// checkpoint can be read by one process or start a run of another layout. CheckpointError
+// naming the file and tensor when a shard is missing or does not fit.
+void load_full_model_weights(const std::string& rank_file, models::CausalLM& model);
+
 }  // namespace lathe::train

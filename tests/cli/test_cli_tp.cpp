@@ -126,6 +126,19 @@ TEST(CliTensorParallel, Tp2EqualsOneProcessWithDropoutClippingAndPaddedVocab) {
   EXPECT_TRUE(contains(r2.r.out, "(dp1 x tp2 x sp1)")) << r2.r.out;
   expect_losses_near(one, two, 6, 2e-6);
   expect_gathered_weights_near(rank_file(one, 6, 0), {rank_file(two, 6, 0), rank_file(two, 6, 1)}, 1e-4, 1e-5);
+  // One process reads the TP checkpoint by gathering its shards: eval gives the one-process
+  // run's validation loss, export writes the full (unpadded) vocabulary.
+  auto val_loss = [](const std::string& out) {
+    std::smatch m;
+    EXPECT_TRUE(std::regex_search(out, m, std::regex("val loss: +([0-9.]+)"))) << out;
+    return m.size() > 1 ? std::stod(m[1]) : -1.0;
+  };
+  Result ev1 = run_lathe("eval " + sh_quote(one)), ev2 = run_lathe("eval " + sh_quote(two));
+  ASSERT_EQ(ev2.rc, 0) << ev2.out;
+  EXPECT_NEAR(val_loss(ev2.out), val_loss(ev1.out), 1e-5);
+  Result x = run_lathe("export --checkpoint " + sh_quote(two) + " --out " + sh_quote(tmp / "exp"));
+  ASSERT_EQ(x.rc, 0) << x.out;
+  EXPECT_TRUE(fs::exists(tmp / "exp/model.safetensors"));
   // Rank 1's embedding shard: 200 rows, the padding rows still zero after training.
   Tensor e1 = train::H5Reader(rank_file(two, 6, 1)).read_tensor("model/embed.weight");
   ASSERT_EQ(e1.size(0), 200);
