@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "parallel/single_process_communicator.h"
 
 namespace lathe::parallel {
 
@@ -59,9 +60,20 @@ ProcessGroups::ProcessGroups(std::shared_ptr<Communicator> world, const LayoutSp
   tp_rank_ = c.tp;
   // One split per group, in the same order on every rank. A color is the rank's position in
   // the other two dimensions; the key orders by the group's own coordinate.
-  tp_ = world_->split(c.dp * sp + c.sp, c.tp);
-  sp_ = world_->split(c.dp * tp + c.tp, c.sp);
-  dp_ = world_->split(c.sp * tp + c.tp, c.dp);
+  // A group of the whole world is the world itself and a group of one needs no communicator
+  // of the backend (plain data parallelism keeps exactly the communicator it had, and no NCCL
+  // communicator is created for an unused dimension); the decision depends on the sizes
+  // only, so every rank makes the same splits.
+  auto group = [&](int size, int color, int key) -> std::shared_ptr<Communicator> {
+    if (size == world_->size()) return world_;
+    if (size == 1) return std::make_shared<SingleProcessCommunicator>();
+    auto g = world_->split(color, key);
+    g->set_timeout(world_->timeout());
+    return g;
+  };
+  tp_ = group(tp, c.dp * sp + c.sp, c.tp);
+  sp_ = group(sp, c.dp * tp + c.tp, c.sp);
+  dp_ = group(dp_size_, c.sp * tp + c.tp, c.dp);
 }
 
 }  // namespace lathe::parallel
