@@ -22,7 +22,7 @@ Tensor Block::attention_out(const Tensor& x, const Tensor& cos, const Tensor& si
 Tensor Block::mlp_out(const Tensor& x) const { return mlp->forward(mlp_norm->forward(x)); }
 
 Tensor Block::branch_dropout(const Tensor& o, Generator& gen) const {
-  return ag::dropout(o, dropout, gen, is_training());
+  return sequence_dropout(o, dropout, gen, is_training(), seq);
 }
 
 Tensor Block::attention_branch(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen,

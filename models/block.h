@@ -40,6 +40,8 @@ class Block : public autograd::Module {
   autograd::Slot<Norm> mlp_norm;
   autograd::Slot<FeedForward> mlp;
   double dropout;
+  // Megatron sequence parallelism: the branch outputs are sequence slices (set by the model).
+  const SequenceShard* seq = nullptr;
 };
 
 // The norm of spec's architecture (LayerNorm with spec.bias for GPT-2, RMSNorm for Llama).

@@ -120,6 +120,15 @@ Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_i
   return ag::cross_entropy(flat, targets.reshape({-1}), ignore_index);
 }
 
+Tensor sequence_dropout(const Tensor& x, double p, Generator& gen, bool training, const SequenceShard* seq) {
+  if (!seq || seq->size() == 1 || !training || p == 0.0) return ag::dropout(x, p, gen, training);
+  Shape full = x.shape();
+  full[1] *= seq->size();
+  const Tensor mask = kernels::dropout(Tensor::zeros(full, x.dtype(), x.device()), p, gen).mask;
+  const Tensor mine = seq->scatter(mask.to(x.dtype()), 1).contiguous();
+  return ag::mul(ag::mul(x, mine), 1.0 / (1.0 - p));
+}
+
 namespace {
 // Without a reducer (one rank) a branch output is already complete.
 class Complete final : public PendingSum {
@@ -151,6 +160,11 @@ class Transformer final : public CausalLM {
 
   const ModelSpec& spec() const override { return spec_; }
   std::string type_name() const override { return arch_name(spec_.arch); }
+
+  void set_sequence_parallel(std::shared_ptr<SequenceShard> seq) override {
+    CausalLM::set_sequence_parallel(std::move(seq));
+    for (auto& b : blocks_) b->seq = seq_.get();
+  }
 
   Tensor forward(const Tensor& ids) override { return full(head_logits(ids, nullptr, false)); }
 
@@ -204,16 +218,23 @@ class Transformer final : public CausalLM {
         << "forward: sequence length " << start + T << (cache ? " (cached positions + new tokens)" : "")
         << " exceeds model.max_seq_len " << spec_.max_seq_len;
     const DType master = embed_->weight().dtype();
-    Tensor x = embed_->forward(ids);
+    if (seq_) {
+      LATHE_CHECK(!cache && !last_only) << "forward: sequence parallelism has no incremental decoding (generate with "
+                                           "the gathered checkpoint: lathe generate)";
+      LATHE_CHECK(T % seq_->size() == 0) << "forward: sequence parallelism over " << seq_->size()
+                                         << " ranks needs a sequence length divisible by it, got " << T;
+    }
+    Tensor x = embed_->forward(ids);  // with sequence parallelism: this rank's slice
     Tensor cos, sin;
     if (spec_.arch == Arch::gpt2) {
-      x = ag::add(x, pos_->forward(positions(start, T)));  // [B, T, C] + [T, C]
+      Tensor pos = pos_->forward(positions(start, T));
+      x = ag::add(x, seq_ ? seq_->scatter(pos, 0) : pos);  // [B, T, C] + [T, C]
     } else {
       rope_for(start + T, master, cos, sin);
       cos = cos.narrow(0, start, T);
       sin = sin.narrow(0, start, T);
     }
-    x = ag::dropout(x, spec_.dropout, dropout_gen_, is_training());
+    x = sequence_dropout(x, spec_.dropout, dropout_gen_, is_training(), seq_.get());
     if (spec_.ladder_residual) {
       x = run_ladder(x, cos, sin, cache);
     } else {

@@ -139,6 +139,24 @@ class BranchReducer {
   virtual std::unique_ptr<PendingSum> start(const Tensor& partial) = 0;
 };
 
+// Megatron sequence parallelism (Korthikanti et al., 2022): outside the tensor-parallel
+// layers (embedding output, norms, dropout, residual adds) each rank holds the sequence slice
+// [rank T/size, (rank+1) T/size) of the activations; the parallel layers gather it and
+// reduce-scatter back. models/ only needs the slice rule: what scatter() keeps of a tensor
+// that every rank computed whole (its backward gathers the gradient).
+class SequenceShard {
+ public:
+  virtual ~SequenceShard() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t size() const = 0;
+  // This rank's slice of x along dim (x.size(dim) divisible by size()).
+  virtual Tensor scatter(const Tensor& x, int64_t dim) const = 0;
+};
+// Dropout of this rank's slice (dim 1) of a full [B, T, ...] tensor: the mask is drawn for
+// the whole sequence (the stream advances as for the whole tensor) and sliced, so the ranks
+// drop what one process drops at those positions. seq null: plain dropout.
+Tensor sequence_dropout(const Tensor& x, double p, Generator& gen, bool training, const SequenceShard* seq);
+
 class CausalLM : public autograd::Module {
  public:
   virtual ~CausalLM() = default;
@@ -165,6 +183,9 @@ class CausalLM : public autograd::Module {
     reducer_ = std::move(reducer);
   }
   const VocabOutput* vocab_output() const { return vocab_.get(); }
+  // Megatron sequence parallelism (the TP layers must already work on sequence slices).
+  virtual void set_sequence_parallel(std::shared_ptr<SequenceShard> seq) { seq_ = std::move(seq); }
+  const SequenceShard* sequence_shard() const { return seq_.get(); }
 
  protected:
   // The head's output for ids: [B, T, V] or this rank's vocabulary shard of it.
@@ -172,6 +193,7 @@ class CausalLM : public autograd::Module {
   Generator dropout_gen_;
   std::shared_ptr<VocabOutput> vocab_;
   std::shared_ptr<BranchReducer> reducer_;
+  std::shared_ptr<SequenceShard> seq_;
 };
 
 // Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:

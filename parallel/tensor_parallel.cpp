@@ -46,6 +46,78 @@ Tensor reduce_from_tp(const Tensor& x, const CommPtr& comm) {
                     [](const std::vector<Tensor>& g, const std::vector<bool>&) { return std::vector<Tensor>{g[0]}; });
 }
 
+namespace {
+// [B, T, ...] with the sequence cut in `n` slices -> [n, B, T/n, ...] contiguous (slice-major,
+// the block order of the chunked collectives), and back.
+Tensor slices_first(const Tensor& x, int n) {
+  Shape s = x.shape();
+  Shape v = {s[0], n, s[1] / n};
+  v.insert(v.end(), s.begin() + 2, s.end());
+  return x.reshape(v).transpose(0, 1).contiguous();
+}
+Tensor slices_back(const Tensor& y) {  // [n, B, Tl, ...] -> [B, n * Tl, ...]
+  Shape s = y.shape();
+  Shape out = {s[1], s[0] * s[2]};
+  out.insert(out.end(), s.begin() + 3, s.end());
+  return y.transpose(0, 1).contiguous().reshape(out);
+}
+Tensor all_gather_seq_raw(const Tensor& x, Communicator& c) {
+  Shape s = x.shape();
+  s.insert(s.begin(), c.size());
+  Tensor all = Tensor::empty(s, x.dtype(), x.device());
+  c.all_gather(x.contiguous(), all);
+  return slices_back(all);
+}
+Tensor reduce_scatter_seq_raw(const Tensor& x, Communicator& c) {
+  LATHE_CHECK(x.size(1) % c.size() == 0) << "sequence parallelism: sequence length " << x.size(1)
+                                         << " is not divisible by the " << c.size() << " ranks";
+  Tensor in = slices_first(x, c.size());
+  Shape s(in.shape().begin() + 1, in.shape().end());
+  Tensor out = Tensor::empty(s, x.dtype(), x.device());
+  c.reduce_scatter(in, out);
+  return out;
+}
+}  // namespace
+
+Tensor gather_seq(const Tensor& x, const CommPtr& comm) {
+  if (comm->size() == 1) return x;
+  CommPtr c = comm;
+  return ag::record("sp_gather", all_gather_seq_raw(x.detach(), *c), {x},
+                    [c](const std::vector<Tensor>& g, const std::vector<bool>&) {
+                      return std::vector<Tensor>{reduce_scatter_seq_raw(g[0], *c)};
+                    });
+}
+
+Tensor reduce_scatter_seq(const Tensor& x, const CommPtr& comm) {
+  if (comm->size() == 1) return x;
+  CommPtr c = comm;
+  return ag::record("sp_reduce_scatter", reduce_scatter_seq_raw(x.detach(), *c), {x},
+                    [c](const std::vector<Tensor>& g, const std::vector<bool>&) {
+                      return std::vector<Tensor>{all_gather_seq_raw(g[0], *c)};
+                    });
+}
+
+Tensor SequenceParallelShard::scatter(const Tensor& x, int64_t dim) const {
+  const int64_t n = comm_->size();
+  if (n == 1) return x;
+  LATHE_CHECK(x.size(dim) % n == 0) << "sequence parallelism: dim " << dim << " of " << x.shape_str()
+                                    << " is not divisible by the " << n << " ranks";
+  const int64_t len = x.size(dim) / n;
+  CommPtr c = comm_;
+  Tensor mine = x.detach().narrow(dim, comm_->rank() * len, len).contiguous();
+  return ag::record("sp_scatter", mine, {x}, [c, dim](const std::vector<Tensor>& g, const std::vector<bool>&) {
+    // The slices of every rank's gradient along dim, gathered in rank order.
+    Tensor moved = g[0].transpose(0, dim).contiguous();
+    Shape s = moved.shape();
+    s.insert(s.begin(), c->size());
+    Tensor all = Tensor::empty(s, moved.dtype(), moved.device());
+    c->all_gather(moved, all);
+    Shape merged(s.begin() + 1, s.end());
+    merged[0] *= c->size();
+    return std::vector<Tensor>{all.reshape(merged).transpose(0, dim).contiguous()};
+  });
+}
+
 int64_t padded_vocab(int64_t vocab, int tp, int64_t pad_multiple) {
   const int64_t m = std::max<int64_t>(1, pad_multiple) * tp;
   return (vocab + m - 1) / m * m;
@@ -53,8 +125,8 @@ int64_t padded_vocab(int64_t vocab, int tp, int64_t pad_multiple) {
 
 // ---- layers --------------------------------------------------------------------------------
 
-ColumnParallelLinear::ColumnParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm)
-    : comm_(std::move(comm)) {
+ColumnParallelLinear::ColumnParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool seq_parallel)
+    : comm_(std::move(comm)), seq_parallel_(seq_parallel) {
   weight_ = register_param("weight", weight.detach().clone());
   if (bias.defined()) bias_ = register_param("bias", bias.detach().clone());
 }
@@ -65,11 +137,13 @@ Tensor ColumnParallelLinear::forward_act(const Tensor& x, kernels::Activation ac
   const Tensor& w = weight_.get();
   LATHE_CHECK(x.size(-1) == w.size(1)) << "ColumnParallelLinear: input has " << x.size(-1)
                                        << " features, the layer expects " << w.size(1);
-  return ag::linear(autocast(copy_to_tp(x, comm_)), autocast(w), autocast(bias_.get()), act);
+  Tensor in = seq_parallel_ ? gather_seq(x, comm_) : copy_to_tp(x, comm_);
+  return ag::linear(autocast(in), autocast(w), autocast(bias_.get()), act);
 }
 
-RowParallelLinear::RowParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool reduce)
-    : comm_(std::move(comm)), reduce_(reduce) {
+RowParallelLinear::RowParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool reduce,
+                                     bool seq_parallel)
+    : comm_(std::move(comm)), reduce_(reduce), seq_parallel_(seq_parallel) {
   weight_ = register_param("weight", weight.detach().clone());
   if (bias.defined()) bias_ = register_param("bias", bias.detach().clone());
 }
@@ -83,12 +157,13 @@ Tensor RowParallelLinear::forward(const Tensor& x) const {
     const bool bias_here = comm_->rank() == 0;
     return ag::linear(autocast(x), autocast(w), bias_here ? autocast(bias_.get()) : Tensor());
   }
-  Tensor y = reduce_from_tp(ag::linear(autocast(x), autocast(w)), comm_);
+  Tensor partial = ag::linear(autocast(x), autocast(w));
+  Tensor y = seq_parallel_ ? reduce_scatter_seq(partial, comm_) : reduce_from_tp(partial, comm_);
   return bias_.defined() ? ag::add(y, autocast(bias_.get())) : y;
 }
 
-VocabParallelEmbedding::VocabParallelEmbedding(const Tensor& weight, int64_t start, CommPtr comm)
-    : Embedding(weight.size(0), weight.size(1)), start_(start), comm_(std::move(comm)) {
+VocabParallelEmbedding::VocabParallelEmbedding(const Tensor& weight, int64_t start, CommPtr comm, bool seq_parallel)
+    : Embedding(weight.size(0), weight.size(1)), start_(start), comm_(std::move(comm)), seq_parallel_(seq_parallel) {
   this->weight().copy_(weight);
 }
 
@@ -103,11 +178,11 @@ Tensor VocabParallelEmbedding::forward(const Tensor& ids) const {
   Tensor mine = kernels::where(ge, kernels::where(lt, scalar_like(1, w.dtype(), w), zero_f), zero_f);
   Tensor safe = kernels::where(mine, rel, scalar_like(0, DType::i64, id));
   Tensor e = ag::mul(ag::embedding(w, safe), mine.unsqueeze(-1));
-  return autocast(reduce_from_tp(e, comm_));
+  return autocast(seq_parallel_ ? reduce_scatter_seq(e, comm_) : reduce_from_tp(e, comm_));
 }
 
 Tensor VocabParallelEmbedding::logits(const Tensor& x) const {
-  return ag::linear(autocast(copy_to_tp(x, comm_)), autocast(weight()));
+  return ag::linear(autocast(seq_parallel_ ? gather_seq(x, comm_) : copy_to_tp(x, comm_)), autocast(weight()));
 }
 
 VocabParallelOutput::VocabParallelOutput(int64_t vocab, int64_t start, int64_t rows, CommPtr comm)
@@ -254,7 +329,7 @@ Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards,
 }
 
 TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const CommPtr& comm,
-                                               int64_t vocab_pad_multiple) {
+                                               int64_t vocab_pad_multiple, bool sp) {
   const models::ModelSpec& s = model.spec();
   TensorParallelShards out;
   out.tp = comm->size();
@@ -269,6 +344,9 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
   LATHE_CHECK(s.ff_dim() % t == 0) << "tensor parallelism: the MLP width model.d_ff (" << s.ff_dim()
                                    << ") is not divisible by parallel.tensor_parallel (" << t << ")";
   const bool reduce_rows = !s.ladder_residual;
+  LATHE_CHECK(!(sp && s.ladder_residual)) << "tensor parallelism: Megatron sequence parallelism and the Ladder "
+                                             "residual cannot be combined (the ladder defers an all-reduce, not a "
+                                             "reduce-scatter)";
   auto full_linear = [&](const std::string& path) {
     auto lin = std::dynamic_pointer_cast<models::Linear>(model.module(path));
     LATHE_CHECK(lin) << "tensor parallelism: " << path << " is a " << model.module(path)->type_name()
@@ -283,13 +361,15 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
   auto column = [&](const std::string& path) {
     auto lin = full_linear(path);
     model.replace_module(path, std::make_shared<ColumnParallelLinear>(shard(path + ".weight", lin->weight()),
-                                                                      shard(path + ".bias", lin->bias()), comm));
+                                                                      shard(path + ".bias", lin->bias()), comm, sp));
   };
   auto row = [&](const std::string& path) {
     auto lin = full_linear(path);
     model.replace_module(path, std::make_shared<RowParallelLinear>(shard(path + ".weight", lin->weight()),
-                                                                   lin->bias(), comm, reduce_rows));
-    if (!reduce_rows && lin->bias().defined()) out.partial_grad.push_back(path + ".bias");
+                                                                   lin->bias(), comm, reduce_rows, sp));
+    // The bias is added once (ladder: on rank 0) or on each sequence slice (SP): either way
+    // each rank's gradient covers part of it.
+    if ((!reduce_rows || sp) && lin->bias().defined()) out.partial_grad.push_back(path + ".bias");
   };
   for (int64_t i = 0; i < s.n_layer; ++i) {
     const std::string L = "layers." + std::to_string(i);
@@ -313,10 +393,17 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
   }
   const int64_t rows = out.padded_vocab / t, start = r * rows;
   auto emb = std::dynamic_pointer_cast<models::Embedding>(model.module("embed"));
-  model.replace_module("embed", std::make_shared<VocabParallelEmbedding>(shard("embed.weight", emb->weight()), start, comm));
+  model.replace_module("embed",
+                       std::make_shared<VocabParallelEmbedding>(shard("embed.weight", emb->weight()), start, comm, sp));
   if (!s.tie_embeddings) column("lm_head");
   model.set_tensor_parallel(std::make_shared<VocabParallelOutput>(s.vocab_size, start, rows, comm),
                             s.ladder_residual ? std::make_shared<TensorParallelReducer>(comm) : nullptr);
+  if (sp) {
+    model.set_sequence_parallel(std::make_shared<SequenceParallelShard>(comm));
+    // Megatron-SP: norms see only this rank's tokens, so their gradients are partial sums.
+    for (const auto& [name, p] : model.named_parameters())
+      if (name.find("norm.") != std::string::npos) out.partial_grad.push_back(name);
+  }
   return out;
 }
 

@@ -50,13 +50,32 @@ using CommPtr = std::shared_ptr<Communicator>;
 Tensor copy_to_tp(const Tensor& x, const CommPtr& comm);
 Tensor reduce_from_tp(const Tensor& x, const CommPtr& comm);
 
+// Megatron sequence parallelism's conjugate pair, along dim 1 (the sequence of [B, T, ...]):
+//   gather_seq          forward all-gather of the slices,  backward reduce-scatter
+//   reduce_scatter_seq  forward reduce-scatter (sum),       backward all-gather
+Tensor gather_seq(const Tensor& x, const CommPtr& comm);
+Tensor reduce_scatter_seq(const Tensor& x, const CommPtr& comm);
+
+// The models::SequenceShard of a TP group: rank r keeps slice r (backward: all-gather).
+class SequenceParallelShard : public models::SequenceShard {
+ public:
+  explicit SequenceParallelShard(CommPtr comm) : comm_(std::move(comm)) {}
+  int64_t rank() const override { return comm_->rank(); }
+  int64_t size() const override { return comm_->size(); }
+  Tensor scatter(const Tensor& x, int64_t dim) const override;
+
+ private:
+  CommPtr comm_;
+};
+
 // Rows of the padded vocabulary: V rounded up to a multiple of pad_multiple * tp.
 int64_t padded_vocab(int64_t vocab, int tp, int64_t pad_multiple);
 
 class ColumnParallelLinear : public models::LinearLayer {
  public:
   // weight [out/t, in] and bias [out/t] (undefined: none): this rank's rows, copied.
-  ColumnParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm);
+  // seq_parallel: the input is a sequence slice, gathered first (Megatron-SP) instead of f.
+  ColumnParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool seq_parallel = false);
   Tensor forward(const Tensor& x) const override;
   Tensor forward_act(const Tensor& x, kernels::Activation act) const override;
   std::string type_name() const override { return "ColumnParallelLinear"; }
@@ -68,12 +87,14 @@ class ColumnParallelLinear : public models::LinearLayer {
  private:
   autograd::ParamRef weight_, bias_;
   CommPtr comm_;
+  bool seq_parallel_;
 };
 
 class RowParallelLinear : public models::LinearLayer {
  public:
   // weight [out, in/t] (this rank's columns), bias [out] (replicated).
-  RowParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool reduce);
+  // seq_parallel: the sum is reduce-scattered to sequence slices (Megatron-SP) instead of g.
+  RowParallelLinear(const Tensor& weight, const Tensor& bias, CommPtr comm, bool reduce, bool seq_parallel = false);
   Tensor forward(const Tensor& x) const override;
   std::string type_name() const override { return "RowParallelLinear"; }
   int64_t in_features() const override { return weight_->size(1); }  // this rank's share
@@ -86,12 +107,15 @@ class RowParallelLinear : public models::LinearLayer {
   autograd::ParamRef weight_, bias_;
   CommPtr comm_;
   bool reduce_;
+  bool seq_parallel_;
 };
 
 class VocabParallelEmbedding : public models::Embedding {
  public:
   // weight: rows [start, start + rows) of the padded table.
-  VocabParallelEmbedding(const Tensor& weight, int64_t start, CommPtr comm);
+  // seq_parallel: forward returns this rank's sequence slice (reduce-scatter instead of g)
+  // and logits() gathers the slices first.
+  VocabParallelEmbedding(const Tensor& weight, int64_t start, CommPtr comm, bool seq_parallel = false);
   Tensor forward(const Tensor& ids) const override;
   Tensor logits(const Tensor& x) const override;
   std::string type_name() const override { return "VocabParallelEmbedding"; }
@@ -100,6 +124,7 @@ class VocabParallelEmbedding : public models::Embedding {
  private:
   int64_t start_;
   CommPtr comm_;
+  bool seq_parallel_;
 };
 
 class VocabParallelOutput : public models::VocabOutput {
@@ -141,7 +166,11 @@ struct TensorParallelShards {
 // Throws lathe::Error naming the numbers when heads, KV heads or the MLP width are not
 // divisible by comm->size(), or a slot holds something other than a plain Linear (an
 // adapter). With one rank nothing changes.
-TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const CommPtr& comm, int64_t vocab_pad_multiple);
+// sequence_parallel: Megatron-SP inside the TP group as well (the norm weights' and the
+// row-parallel biases' gradients are then partial sums: listed in partial_grad). Not with
+// the Ladder residual.
+TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const CommPtr& comm, int64_t vocab_pad_multiple,
+                                               bool sequence_parallel = false);
 
 // How each parameter of a TP model is split: dim 0 (rows: column-parallel weights and biases,
 // vocabulary tables) or dim 1 (row-parallel weights); -1 = replicated. By name, from the spec.

@@ -287,7 +287,8 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
 CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& parts, parallel::Communicator& comm,
                                const std::string& layout) {
   const int64_t saved_world = as_checkpoint_error("reading " + dir, [&] { return index_world_size(dir); });
-  if (!layout.empty()) {
+  // Another number of ranks is said as such (below); the layouts are named there too.
+  if (!layout.empty() && saved_world == comm.size()) {
     const std::string saved = as_checkpoint_error("reading " + dir, [&] { return index_layout(dir, saved_world); });
     if (saved != layout)
       throw CheckpointError(dir + " was written with the parallel layout " + saved + " (" +
@@ -300,7 +301,12 @@ CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& pa
   if (saved_world != comm.size())
     throw CheckpointError(dir + " was written by " + std::to_string(saved_world) + " rank(s), this run has " +
                           std::to_string(comm.size()) + ": resume with the same number of ranks (mpirun -np " +
-                          std::to_string(saved_world) + ") or start fresh with checkpoint.resume: \"never\"");
+                          std::to_string(saved_world) + ") or start fresh with checkpoint.resume: \"never\"" +
+                          (layout.empty() ? std::string()
+                                          : " (parallel layouts: the checkpoint's " +
+                                                as_checkpoint_error("reading " + dir,
+                                                                    [&] { return index_layout(dir, saved_world); }) +
+                                                ", this run's " + layout + ")"));
   const std::string file = rank_file(dir, comm.rank());
   const CheckpointMeta header = as_checkpoint_error("reading " + file, [&] {
     H5Reader r(file);

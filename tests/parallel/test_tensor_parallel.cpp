@@ -68,7 +68,7 @@ double max_rel_diff(const Tensor& a, const Tensor& b) {
 
 // One forward/backward of the sharded model against the reference; returns the loss.
 // Layouts that do not fit the world are left out.
-void check_layout(const ModelSpec& spec_in, int tp, int64_t pad_multiple) {
+void check_layout(const ModelSpec& spec_in, int tp, int64_t pad_multiple, bool sp = false) {
   auto world_comm = world();
   if (world_comm->size() % tp != 0) return;
   LayoutSpec ls;
@@ -93,7 +93,7 @@ void check_layout(const ModelSpec& spec_in, int tp, int64_t pad_multiple) {
   }
 
   auto model = models::build_model(spec, 1234);
-  TensorParallelShards shards = shard_for_tensor_parallel(*model, groups.tp(), pad_multiple);
+  TensorParallelShards shards = shard_for_tensor_parallel(*model, groups.tp(), pad_multiple, sp);
   EXPECT_EQ(shards.padded_vocab % (tp * pad_multiple), 0);
   // This DP rank's rows of the global batch.
   const int64_t b = B / dp;
@@ -161,6 +161,17 @@ TEST(TensorParallel, LadderTpEqualsLadderOneProcess) {
     SCOPED_TRACE("tp " + std::to_string(tp));
     check_layout(g, tp, 1);
     check_layout(l, tp, 1);
+  }
+}
+
+// Megatron-SP inside the TP group: norms, dropout (the slice of the whole sequence's mask) and
+// residual adds on sequence slices, all-gather / reduce-scatter around the parallel layers,
+// norm and row-bias gradients summed over the group.
+TEST(TensorParallel, MegatronSequenceParallelEqualsOneProcess) {
+  for (int tp : {2, 4}) {
+    SCOPED_TRACE("tp " + std::to_string(tp));
+    check_layout(gpt2_tiny(50), tp, 1, true);
+    check_layout(llama_tiny_gqa(61), tp, 1, true);
   }
 }
 
