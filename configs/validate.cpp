@@ -282,12 +282,23 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.vocab_pad_multiple", p.vocab_pad_multiple());
   const int32_t tp = p.tensor_parallel();
   if (p.sequence_parallel() > 1) {
-    if (p.sequence_parallel_mode() == ParallelConfig::MEGATRON)
-      c.fail("parallel.sequence_parallel", "MEGATRON sequence parallelism is not available yet (got " +
-                                               show(p.sequence_parallel()) + "); use 1");
-    else
+    if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
       c.fail("parallel.sequence_parallel", "ULYSSES sequence parallelism is not available in this build (got " +
                                                show(p.sequence_parallel()) + "); use 1");
+    } else {
+      // Megatron-SP slices the sequence over the TP ranks (equality with tensor_parallel is
+      // a layout rule, parallel/process_groups.h).
+      if (cfg.train().seq_len() > 0 && cfg.train().seq_len() % p.sequence_parallel() != 0)
+        c.fail("parallel.sequence_parallel", "train.seq_len (" + show(cfg.train().seq_len()) +
+                                                 ") must be divisible by sequence_parallel (" +
+                                                 show(p.sequence_parallel()) + ")");
+      if (m.ladder_residual())
+        c.fail("parallel.sequence_parallel", "MEGATRON sequence parallelism cannot be combined with "
+                                             "model.ladder_residual (the ladder defers an all-reduce, not a reduce-scatter)");
+      if (cfg.sample().at_eval())
+        c.fail("parallel.sequence_parallel", "MEGATRON sequence parallelism has no incremental decoding, so "
+                                             "sample.at_eval must be off (generate from the checkpoint with lathe generate)");
+    }
   }
   if (tp <= 1) return;
   const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();

@@ -28,7 +28,7 @@ ParallelLayout::ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::C
 
 void ParallelLayout::shard(models::CausalLM& model) {
   if (tensor_parallel() == 1) return;
-  shards_ = parallel::shard_for_tensor_parallel(model, groups_->tp(), vocab_pad_multiple_);
+  shards_ = parallel::shard_for_tensor_parallel(model, groups_->tp(), vocab_pad_multiple_, groups_->megatron_sp());
 }
 
 void ParallelLayout::finish_gradients(models::CausalLM& model) {

@@ -145,6 +145,22 @@ TEST(CliTensorParallel, Tp2EqualsOneProcessWithDropoutClippingAndPaddedVocab) {
   EXPECT_EQ(kernels::reduce(kernels::ReduceOp::norm, e1.narrow(0, 56, 144).contiguous(), {}, false).item(), 0.0);
 }
 
+// Megatron-SP inside TP = 2 (norms, dropout and residual adds on sequence halves): the same
+// losses and weights as one process, dropout on.
+TEST(CliTensorParallel, MegatronSequenceParallelEqualsOneProcess) {
+  TmpDir tmp;
+  const std::string cfg = write_tp_config(tmp, 5, 0.1);
+  const std::string one = tmp / "one", two = tmp / "two";
+  Result r1 = run_lathe("train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(one));
+  ASSERT_EQ(r1.rc, 0) << r1.out;
+  Timed r2 = run_mpi(2, "train " + sh_quote(cfg) + " --set run_dir=" + sh_quote(two) +
+                            " --set parallel.tensor_parallel=2 --set parallel.sequence_parallel=2");
+  ASSERT_EQ(r2.r.rc, 0) << r2.r.out;
+  EXPECT_TRUE(contains(r2.r.out, "(dp1 x tp2 x sp1 megatron-sp)")) << r2.r.out;
+  expect_losses_near(one, two, 5, 2e-6);
+  expect_gathered_weights_near(rank_file(one, 5, 0), {rank_file(two, 5, 0), rank_file(two, 5, 1)}, 1e-4, 1e-5);
+}
+
 // np 4 as dp2 x tp2 (micro-batch 4 per DP rank) against one process with micro-batch 8.
 TEST(CliTensorParallel, Dp2Tp2EqualsOneProcessWithTheWholeBatch) {
   TmpDir tmp;
