@@ -276,6 +276,60 @@ void check_train(const RunConfig& cfg, Checker& c) {
     c.fail("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device() + "\")");
 }
 
+// Tensor / sequence parallel degrees against the model (the world size is checked when the
+// process groups are built, where it is known: parallel/process_groups.h).
+void check_parallel_layout(const RunConfig& cfg, Checker& c) {
+  const ParallelConfig& p = cfg.parallel();
+  const ModelConfig& m = cfg.model();
+  c.positive("parallel.tensor_parallel", p.tensor_parallel());
+  c.positive("parallel.sequence_parallel", p.sequence_parallel());
+  c.positive("parallel.vocab_pad_multiple", p.vocab_pad_multiple());
+  const int32_t tp = p.tensor_parallel();
+  if (p.sequence_parallel() > 1) {
+    if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
+      c.fail("parallel.sequence_parallel", "ULYSSES sequence parallelism is not available in this build (got " +
+                                               show(p.sequence_parallel()) + "); use 1");
+    } else {
+      // Megatron-SP slices the sequence over the TP ranks (equality with tensor_parallel is
+      // a layout rule, parallel/process_groups.h).
+      if (cfg.train().seq_len() > 0 && cfg.train().seq_len() % p.sequence_parallel() != 0)
+        c.fail("parallel.sequence_parallel", "train.seq_len (" + show(cfg.train().seq_len()) +
+                                                 ") must be divisible by sequence_parallel (" +
+                                                 show(p.sequence_parallel()) + ")");
+      if (m.ladder_residual())
+        c.fail("parallel.sequence_parallel", "MEGATRON sequence parallelism cannot be combined with "
+                                             "model.ladder_residual (the ladder defers an all-reduce, not a reduce-scatter)");
+      if (cfg.sample().at_eval())
+        c.fail("parallel.sequence_parallel", "MEGATRON sequence parallelism has no incremental decoding, so "
+                                             "sample.at_eval must be off (generate from the checkpoint with lathe generate)");
+    }
+  }
+  if (tp <= 1) return;
+  const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
+  if (m.n_head() > 0 && m.n_head() % tp != 0)
+    c.fail("parallel.tensor_parallel", "model.n_head (" + show(m.n_head()) + ") must be divisible by tensor_parallel (" +
+                                           show(tp) + ")");
+  if (kv > 0 && kv % tp != 0)
+    c.fail("parallel.tensor_parallel", "the key/value heads (model.n_kv_head = " + show(kv) +
+                                           ") must be divisible by tensor_parallel (" + show(tp) +
+                                           "): each rank needs the KV heads of its query heads");
+  if (m.d_model() > 0) {
+    const int64_t ff = m.d_ff() > 0 ? m.d_ff() : default_d_ff(m);
+    if (ff % tp != 0)
+      c.fail("parallel.tensor_parallel", "the MLP width (model.d_ff = " + show(ff) +
+                                             ") must be divisible by tensor_parallel (" + show(tp) + ")");
+  }
+  const OptimizerConfig& o = cfg.optimizer();
+  if (o.type() == OptimizerConfig::SGD_SAI || o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA)
+    c.fail("parallel.tensor_parallel", "needs an element-wise optimizer (ADAMW or SGD): " +
+                                           OptimizerConfig::Type_Name(o.type()) +
+                                           " works on whole matrices, which tensor parallelism splits over ranks");
+  if (o.layerwise())
+    c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
+  if (cfg.peft().method() != PeftConfig::OFF)
+    c.fail("parallel.tensor_parallel", "adapters (peft) are not supported with tensor parallelism yet");
+}
+
 void check_rest(const RunConfig& cfg, Checker& c) {
   const CheckpointConfig& k = cfg.checkpoint();
   c.non_negative("checkpoint.interval", k.interval());
@@ -300,6 +354,7 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.non_negative("parallel.threads_per_rank", p.threads_per_rank());
   c.positive("parallel.collective_timeout_s", p.collective_timeout_s());
   c.positive("parallel.bucket_mb", p.bucket_mb());
+  check_parallel_layout(cfg, c);
 }
 
 // A peft field that differs from its default (a repeated or map field: non-empty), or "".

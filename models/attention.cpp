@@ -59,16 +59,19 @@ Attention::Attention(int64_t d_model, int64_t nh, int64_t nkv, bool bias, bool q
 
 Tensor Attention::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, KVCache* cache) const {
   LATHE_CHECK(x.dim() == 3) << "Attention: x must be [B, T, C], got " << x.shape_str();
-  const int64_t B = x.size(0), T = x.size(1);
+  Tensor q_out = q_proj->forward(x), k_out = k_proj->forward(x), v_out = v_proj->forward(x);
+  // T from the projections: under Megatron sequence parallelism x is a sequence slice and the
+  // (column-parallel) projections gather the whole sequence.
+  const int64_t B = x.size(0), T = q_out.size(1);
   // [B, T, heads * D] -> [B, heads, T, D]
   auto heads = [&](const Tensor& t, int64_t h, const char* what) {
     LATHE_CHECK(t.size(-1) == h * head_dim) << "Attention: " << what << " gives " << t.size(-1) << " features, "
                                             << "expected " << h << " heads x " << head_dim;
     return ag::transpose(ag::view(t, {B, T, h, head_dim}), 1, 2);
   };
-  Tensor q = heads(q_proj->forward(x), n_head, "q_proj");
-  Tensor k = heads(k_proj->forward(x), n_kv_head, "k_proj");
-  Tensor v = heads(v_proj->forward(x), n_kv_head, "v_proj");
+  Tensor q = heads(q_out, n_head, "q_proj");
+  Tensor k = heads(k_out, n_kv_head, "k_proj");
+  Tensor v = heads(v_out, n_kv_head, "v_proj");
   if (cos.defined()) {
     q = ag::rope(q, cos, sin);
     k = ag::rope(k, cos, sin);

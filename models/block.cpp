@@ -15,14 +15,22 @@ Block::Block(std::shared_ptr<Norm> an, std::shared_ptr<Attention> a, std::shared
   mlp = register_slot<FeedForward>("mlp", std::move(m));
 }
 
-Tensor Block::attention_branch(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen,
-                               KVCache* cache) const {
-  return ag::dropout(attn->forward(attn_norm->forward(x), cos, sin, cache), dropout, gen, is_training());
+Tensor Block::attention_out(const Tensor& x, const Tensor& cos, const Tensor& sin, KVCache* cache) const {
+  return attn->forward(attn_norm->forward(x), cos, sin, cache);
 }
 
-Tensor Block::mlp_branch(const Tensor& x, Generator& gen) const {
-  return ag::dropout(mlp->forward(mlp_norm->forward(x)), dropout, gen, is_training());
+Tensor Block::mlp_out(const Tensor& x) const { return mlp->forward(mlp_norm->forward(x)); }
+
+Tensor Block::branch_dropout(const Tensor& o, Generator& gen) const {
+  return sequence_dropout(o, dropout, gen, is_training(), seq);
 }
+
+Tensor Block::attention_branch(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen,
+                               KVCache* cache) const {
+  return branch_dropout(attention_out(x, cos, sin, cache), gen);
+}
+
+Tensor Block::mlp_branch(const Tensor& x, Generator& gen) const { return branch_dropout(mlp_out(x), gen); }
 
 Tensor Block::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen, KVCache* cache) const {
   Tensor y = ag::add(x, attention_branch(x, cos, sin, gen, cache));

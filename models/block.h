@@ -30,12 +30,18 @@ class Block : public autograd::Module {
   Tensor attention_branch(const Tensor& x, const Tensor& cos, const Tensor& sin, Generator& gen,
                           KVCache* cache = nullptr) const;
   Tensor mlp_branch(const Tensor& x, Generator& gen) const;
+  // The branches before their dropout (Ladder residual reduces them first).
+  Tensor attention_out(const Tensor& x, const Tensor& cos, const Tensor& sin, KVCache* cache = nullptr) const;
+  Tensor mlp_out(const Tensor& x) const;
+  Tensor branch_dropout(const Tensor& o, Generator& gen) const;
 
   autograd::Slot<Norm> attn_norm;
   autograd::Slot<Attention> attn;
   autograd::Slot<Norm> mlp_norm;
   autograd::Slot<FeedForward> mlp;
   double dropout;
+  // Megatron sequence parallelism: the branch outputs are sequence slices (set by the model).
+  const SequenceShard* seq = nullptr;
 };
 
 // The norm of spec's architecture (LayerNorm with spec.bias for GPT-2, RMSNorm for Llama).

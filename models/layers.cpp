@@ -11,6 +11,8 @@ Embedding::Embedding(int64_t num, int64_t dim) { weight_ = register_param("weigh
 
 Tensor Embedding::forward(const Tensor& ids) const { return autocast(ag::embedding(weight_.get(), ids)); }
 
+Tensor Embedding::logits(const Tensor& x) const { return ag::linear(autocast(x), autocast(weight_.get())); }
+
 namespace {
 // Norms compute in the weight's dtype and return x's (see Norm).
 Tensor in_dtype(const Tensor& x, DType dt) { return x.dtype() == dt ? x : ag::cast(x, dt); }

@@ -19,7 +19,11 @@ class Embedding : public autograd::Module {
   Embedding(int64_t num, int64_t dim);
   // ids (i64/i32, any shape) -> [*ids.shape, dim]; under Autocast the rows come back in the
   // compute dtype (gathered in f32 first: casting the whole table would cost V x dim).
-  Tensor forward(const Tensor& ids) const;
+  // Virtual so that a vocabulary-parallel shard (parallel/tensor_parallel.h) takes its place.
+  virtual Tensor forward(const Tensor& ids) const;
+  // The tied output head: x [..., dim] @ weight^T -> [..., num] (under Autocast in the
+  // compute dtype).
+  virtual Tensor logits(const Tensor& x) const;
   std::string type_name() const override { return "Embedding"; }
   Tensor weight() const { return weight_.get(); }
 

@@ -112,10 +112,34 @@ int64_t count_parameters(const ModelSpec& s) {
 Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
   LATHE_CHECK(ids.shape() == targets.shape()) << "loss: ids " << ids.shape_str() << " and targets "
                                               << targets.shape_str() << " differ in shape";
-  Tensor logits = forward(ids);
+  Tensor logits = head_logits(ids, nullptr, false);
   const int64_t V = logits.size(-1);
-  return ag::cross_entropy(ag::reshape(logits, {-1, V}), targets.reshape({-1}), ignore_index);
+  Tensor flat = ag::reshape(logits, {-1, V});
+  // A vocabulary shard is scored without gathering the [B*T, V] logits.
+  if (vocab_) return vocab_->cross_entropy(flat, targets.reshape({-1}), ignore_index);
+  return ag::cross_entropy(flat, targets.reshape({-1}), ignore_index);
 }
+
+Tensor sequence_dropout(const Tensor& x, double p, Generator& gen, bool training, const SequenceShard* seq) {
+  if (!seq || seq->size() == 1 || !training || p == 0.0) return ag::dropout(x, p, gen, training);
+  Shape full = x.shape();
+  full[1] *= seq->size();
+  const Tensor mask = kernels::dropout(Tensor::zeros(full, x.dtype(), x.device()), p, gen).mask;
+  const Tensor mine = seq->scatter(mask.to(x.dtype()), 1).contiguous();
+  return ag::mul(ag::mul(x, mine), 1.0 / (1.0 - p));
+}
+
+namespace {
+// Without a reducer (one rank) a branch output is already complete.
+class Complete final : public PendingSum {
+ public:
+  explicit Complete(Tensor t) : t_(std::move(t)) {}
+  Tensor wait() override { return t_; }
+
+ private:
+  Tensor t_;
+};
+}  // namespace
 
 namespace {
 
@@ -137,16 +161,55 @@ class Transformer final : public CausalLM {
   const ModelSpec& spec() const override { return spec_; }
   std::string type_name() const override { return arch_name(spec_.arch); }
 
-  Tensor forward(const Tensor& ids) override { return run(ids, nullptr, false); }
+  void set_sequence_parallel(std::shared_ptr<SequenceShard> seq) override {
+    CausalLM::set_sequence_parallel(std::move(seq));
+    for (auto& b : blocks_) b->seq = seq_.get();
+  }
+
+  Tensor forward(const Tensor& ids) override { return full(head_logits(ids, nullptr, false)); }
 
   Tensor forward_cached(const Tensor& ids, DecodeCache& cache, bool last_only) override {
     if (cache.layers.empty()) cache.layers.resize(static_cast<size_t>(spec_.n_layer));
     LATHE_CHECK(static_cast<int64_t>(cache.layers.size()) == spec_.n_layer)
         << "forward_cached: the cache holds " << cache.layers.size() << " layers, the model has " << spec_.n_layer;
-    return run(ids, &cache, last_only);
+    return full(head_logits(ids, &cache, last_only));
+  }
+
+ protected:
+  Tensor head_logits(const Tensor& ids, DecodeCache* cache, bool last_only) override {
+    return run(ids, cache, last_only);
   }
 
  private:
+  Tensor full(const Tensor& logits) const { return vocab_ ? vocab_->full_logits(logits) : logits; }
+
+  std::unique_ptr<PendingSum> reduce(const Tensor& partial) {
+    if (reducer_) return reducer_->start(partial);
+    return std::make_unique<Complete>(partial);
+  }
+
+  // Ladder residual (see ModelSpec::ladder_residual): each branch output is summed over the
+  // ranks asynchronously and added to the residual stream one sub-module later.
+  Tensor run_ladder(Tensor residual, const Tensor& cos, const Tensor& sin, DecodeCache* cache) {
+    std::unique_ptr<PendingSum> attn_out, mlp_out;
+    // Dropout after the sum: the masks are drawn in the replicated region, the same on every rank.
+    auto settle = [&](std::unique_ptr<PendingSum>& p) {
+      if (!p) return;
+      residual = ag::add(residual, ag::dropout(p->wait(), spec_.dropout, dropout_gen_, is_training()));
+      p.reset();
+    };
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const Block& b = *blocks_[i];
+      settle(attn_out);
+      attn_out = reduce(b.attention_out(residual, cos, sin, cache ? &cache->layers[i] : nullptr));
+      settle(mlp_out);
+      mlp_out = reduce(b.mlp_out(residual));
+    }
+    settle(attn_out);
+    settle(mlp_out);
+    return residual;
+  }
+
   Tensor run(const Tensor& ids, DecodeCache* cache, bool last_only) {
     LATHE_CHECK(ids.dim() == 2) << "forward: ids must be [batch, time], got " << ids.shape_str();
     const int64_t T = ids.size(1);
@@ -155,21 +218,32 @@ class Transformer final : public CausalLM {
         << "forward: sequence length " << start + T << (cache ? " (cached positions + new tokens)" : "")
         << " exceeds model.max_seq_len " << spec_.max_seq_len;
     const DType master = embed_->weight().dtype();
-    Tensor x = embed_->forward(ids);
+    if (seq_) {
+      LATHE_CHECK(!cache && !last_only) << "forward: sequence parallelism has no incremental decoding (generate with "
+                                           "the gathered checkpoint: lathe generate)";
+      LATHE_CHECK(T % seq_->size() == 0) << "forward: sequence parallelism over " << seq_->size()
+                                         << " ranks needs a sequence length divisible by it, got " << T;
+    }
+    Tensor x = embed_->forward(ids);  // with sequence parallelism: this rank's slice
     Tensor cos, sin;
     if (spec_.arch == Arch::gpt2) {
-      x = ag::add(x, pos_->forward(positions(start, T)));  // [B, T, C] + [T, C]
+      Tensor pos = pos_->forward(positions(start, T));
+      x = ag::add(x, seq_ ? seq_->scatter(pos, 0) : pos);  // [B, T, C] + [T, C]
     } else {
       rope_for(start + T, master, cos, sin);
       cos = cos.narrow(0, start, T);
       sin = sin.narrow(0, start, T);
     }
-    x = ag::dropout(x, spec_.dropout, dropout_gen_, is_training());
-    for (size_t i = 0; i < blocks_.size(); ++i)
-      x = blocks_[i]->forward(x, cos, sin, dropout_gen_, cache ? &cache->layers[i] : nullptr);
+    x = sequence_dropout(x, spec_.dropout, dropout_gen_, is_training(), seq_.get());
+    if (spec_.ladder_residual) {
+      x = run_ladder(x, cos, sin, cache);
+    } else {
+      for (size_t i = 0; i < blocks_.size(); ++i)
+        x = blocks_[i]->forward(x, cos, sin, dropout_gen_, cache ? &cache->layers[i] : nullptr);
+    }
     if (last_only) x = ag::narrow(x, 1, T - 1, 1);
     x = final_norm_->forward(x);
-    Tensor logits = lm_head_ ? lm_head_->forward(x) : ag::linear(autocast(x), autocast(embed_->weight()));
+    Tensor logits = lm_head_ ? lm_head_->forward(x) : embed_->logits(x);
     // Under Autocast the head ran in the compute dtype; the loss wants the master dtype.
     return logits.dtype() == master ? logits : ag::cast(logits, master);
   }

@@ -74,6 +74,12 @@ struct ModelSpec {
   // (the layers below attend over the whole context; Qwen2's max_window_layers).
   int64_t sliding_window = 0;
   int64_t full_attention_layers = 0;
+  // Ladder residual (Zhang et al., "Ladder-residual", ICML 2025): sub-module m (attn1, mlp1,
+  // attn2, ...) reads r_m = r_{m-1} + o_{m-2} instead of r_{m-1} + o_{m-1}, and the output is
+  // final_norm(r_2L + o_2L-1 + o_2L). The same parameters as the standard block, so a
+  // standard checkpoint loads into it; under tensor parallelism the all-reduce of o_{m-1}
+  // runs while module m computes (see BranchReducer).
+  bool ladder_residual = false;
 
   int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int64_t head_dim() const { return d_model / n_head; }
@@ -109,6 +115,48 @@ struct DecodeCache {
   }
 };
 
+// Seams for tensor parallelism (parallel/tensor_parallel.h fills them; a plain model has
+// none). models/ stays free of communication: these say what to do with a vocabulary shard
+// of the logits and with a branch output that is still a partial sum over ranks.
+class VocabOutput {
+ public:
+  virtual ~VocabOutput() = default;
+  // The full logits [..., V] from this rank's shard (padding columns dropped).
+  virtual Tensor full_logits(const Tensor& local) const = 0;
+  // Mean cross-entropy over non-ignored targets [N] of logits [N, local columns], computed
+  // without gathering the vocabulary.
+  virtual Tensor cross_entropy(const Tensor& local, const Tensor& targets, int64_t ignore_index) const = 0;
+};
+// A branch output summed over ranks, started now and waited for later (Ladder residual).
+class PendingSum {
+ public:
+  virtual ~PendingSum() = default;
+  virtual Tensor wait() = 0;
+};
+class BranchReducer {
+ public:
+  virtual ~BranchReducer() = default;
+  virtual std::unique_ptr<PendingSum> start(const Tensor& partial) = 0;
+};
+
+// Megatron sequence parallelism (Korthikanti et al., 2022): outside the tensor-parallel
+// layers (embedding output, norms, dropout, residual adds) each rank holds the sequence slice
+// [rank T/size, (rank+1) T/size) of the activations; the parallel layers gather it and
+// reduce-scatter back. models/ only needs the slice rule: what scatter() keeps of a tensor
+// that every rank computed whole (its backward gathers the gradient).
+class SequenceShard {
+ public:
+  virtual ~SequenceShard() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t size() const = 0;
+  // This rank's slice of x along dim (x.size(dim) divisible by size()).
+  virtual Tensor scatter(const Tensor& x, int64_t dim) const = 0;
+};
+// Dropout of this rank's slice (dim 1) of a full [B, T, ...] tensor: the mask is drawn for
+// the whole sequence (the stream advances as for the whole tensor) and sliced, so the ranks
+// drop what one process drops at those positions. seq null: plain dropout.
+Tensor sequence_dropout(const Tensor& x, double p, Generator& gen, bool training, const SequenceShard* seq);
+
 class CausalLM : public autograd::Module {
  public:
   virtual ~CausalLM() = default;
@@ -127,8 +175,25 @@ class CausalLM : public autograd::Module {
   // Generator for dropout masks (its state is saved in checkpoints).
   Generator& dropout_generator() { return dropout_gen_; }
 
+  // Tensor parallelism: the head's logits are a vocabulary shard (vocab), and in Ladder mode
+  // the branch outputs are partial sums that `reducer` completes (the row-parallel layers
+  // then leave the sum to it). Set by parallel::shard_for_tensor_parallel.
+  void set_tensor_parallel(std::shared_ptr<VocabOutput> vocab, std::shared_ptr<BranchReducer> reducer) {
+    vocab_ = std::move(vocab);
+    reducer_ = std::move(reducer);
+  }
+  const VocabOutput* vocab_output() const { return vocab_.get(); }
+  // Megatron sequence parallelism (the TP layers must already work on sequence slices).
+  virtual void set_sequence_parallel(std::shared_ptr<SequenceShard> seq) { seq_ = std::move(seq); }
+  const SequenceShard* sequence_shard() const { return seq_.get(); }
+
  protected:
+  // The head's output for ids: [B, T, V] or this rank's vocabulary shard of it.
+  virtual Tensor head_logits(const Tensor& ids, DecodeCache* cache, bool last_only) = 0;
   Generator dropout_gen_;
+  std::shared_ptr<VocabOutput> vocab_;
+  std::shared_ptr<BranchReducer> reducer_;
+  std::shared_ptr<SequenceShard> seq_;
 };
 
 // Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:

@@ -26,6 +26,11 @@
 //     ; rank(s) answering but not yet at collective #<seq>: 2 (last entered #<n>)
 //   and calls MPI_Abort with exit code 70 (kCommTimeoutExitCode: `mpirun` exits 70), or
 //   throws, with TimeoutAction::throw_error.
+//
+// Measurement knob (MPI backend): LATHE_COMM_LATENCY_US=N makes every all_reduce complete no
+// earlier than N microseconds after it was issued, modelling a slower interconnect. The delay
+// runs concurrently with whatever the caller does until it waits (so overlap can hide it);
+// a blocking all_reduce pays it in full.
 #pragma once
 
 #include <atomic>

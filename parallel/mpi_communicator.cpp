@@ -131,15 +131,21 @@ class MpiWork final : public Work {
       if (error_) std::rethrow_exception(error_);
       return true;
     }
-    int flag = 0;
-    MPI_Status st;
-    int rc;
-    {
-      MpiLock lock;
-      rc = MPI_Test(&req, &flag, &st);
+    if (!transferred_) {
+      int flag = 0;
+      int rc;
+      {
+        MpiLock lock;
+        rc = MPI_Test(&req, &flag, &status_);
+      }
+      if (rc != MPI_SUCCESS) return fail(make_error(comm_->error_message(rc, what_)));
+      if (!flag) return false;
+      transferred_ = true;
     }
-    if (rc != MPI_SUCCESS) return fail(make_error(comm_->error_message(rc, what_)));
-    if (!flag) return false;
+    // Injected latency (LATHE_COMM_LATENCY_US): the op counts as complete only once it has
+    // been in flight that long, as on a slower link; compute issued meanwhile overlaps it.
+    if (std::chrono::steady_clock::now() < ready_at) return false;
+    const MPI_Status st = status_;
     done_ = true;
     try {
       if (finish) finish(st);
@@ -200,6 +206,8 @@ class MpiWork final : public Work {
   }
 
   MPI_Request req = MPI_REQUEST_NULL;
+  // Not complete before this time (injected latency; the epoch = no delay).
+  std::chrono::steady_clock::time_point ready_at{};
   std::function<void(const MPI_Status&)> finish;  // runs once, on completion
   std::vector<Tensor> keep;                       // buffers MPI reads or writes
 
@@ -225,6 +233,8 @@ class MpiWork final : public Work {
   bool is_recv_;
   int64_t seq_;
   bool done_ = false;
+  bool transferred_ = false;  // MPI reported the transfer complete
+  MPI_Status status_{};
   std::exception_ptr error_;
 };
 
@@ -537,6 +547,11 @@ WorkPtr MpiCommunicator::all_reduce_async(const Tensor& t, ReduceOp op) {
   const int count = checked_count(what, buf.numel());
   auto w = std::make_shared<MpiWork>(this, what, false);
   w->keep = {buf};
+  static const int64_t latency_us = [] {
+    const char* v = std::getenv("LATHE_COMM_LATENCY_US");
+    return v ? std::max<int64_t>(0, std::atoll(v)) : 0;
+  }();
+  if (latency_us > 0) w->ready_at = std::chrono::steady_clock::now() + std::chrono::microseconds(latency_us);
   int rc;
   {
     MpiLock lock;

@@ -57,6 +57,15 @@ int64_t index_world_size(const std::string& dir) {
   return ws.get<int64_t>();
 }
 
+// The layout recorded in a step directory's COMPLETE index; a checkpoint from before layouts
+// were recorded is plain data parallelism over its world.
+std::string index_layout(const std::string& dir, int64_t world) {
+  const nlohmann::json index = read_complete(dir);
+  if (index.is_object() && index.contains("layout") && index["layout"].is_string())
+    return index["layout"].get<std::string>();
+  return "dp" + std::to_string(world) + " x tp1 x sp1";
+}
+
 // The file's format attributes; CheckpointError when it is not a checkpoint of this version.
 void check_format(const H5Reader& r) {
   const std::string& path = r.path();
@@ -197,6 +206,7 @@ static void write_rank_checkpoint_to(const std::string& path, const std::string&
       w.set_attr("/", "format_version", kCheckpointFormatVersion);
       w.set_attr("/", "rank", static_cast<int64_t>(meta.rank));
       w.set_attr("/", "world_size", static_cast<int64_t>(meta.world_size));
+      if (!meta.layout.empty()) w.set_attr("/", "parallel_layout", meta.layout);
       w.set_attr("/", "step", meta.step);
       w.set_attr("/", "config", meta.config_text);
       w.close();
@@ -260,7 +270,9 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
   if (comm.rank() == 0) {
     try {
       as_checkpoint_error("completing " + dir, [&] {
-        mark_complete(dir, {{"step", meta.step}, {"world_size", comm.size()}, {"tokens_seen", meta.tokens_seen}});
+        nlohmann::json index = {{"step", meta.step}, {"world_size", comm.size()}, {"tokens_seen", meta.tokens_seen}};
+        if (!meta.layout.empty()) index["layout"] = meta.layout;
+        mark_complete(dir, index);
         if (keep_last_k > 0) keep_last(ckpt_root, keep_last_k);
       });
     } catch (const CheckpointError& e) {
@@ -272,12 +284,29 @@ std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts&
   return dir;
 }
 
-CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& parts, parallel::Communicator& comm) {
+CheckpointMeta load_checkpoint(const std::string& dir, const CheckpointParts& parts, parallel::Communicator& comm,
+                               const std::string& layout) {
   const int64_t saved_world = as_checkpoint_error("reading " + dir, [&] { return index_world_size(dir); });
+  // Another number of ranks is said as such (below); the layouts are named there too.
+  if (!layout.empty() && saved_world == comm.size()) {
+    const std::string saved = as_checkpoint_error("reading " + dir, [&] { return index_layout(dir, saved_world); });
+    if (saved != layout)
+      throw CheckpointError(dir + " was written with the parallel layout " + saved + " (" +
+                            std::to_string(saved_world) + " ranks), this run has " + layout + " (" +
+                            std::to_string(comm.size()) +
+                            " ranks): its tensors are sharded for its layout and resharding is not supported; resume "
+                            "with the same parallel.tensor_parallel, parallel.sequence_parallel and mpirun -np, or "
+                            "start fresh with checkpoint.resume: \"never\"");
+  }
   if (saved_world != comm.size())
     throw CheckpointError(dir + " was written by " + std::to_string(saved_world) + " rank(s), this run has " +
                           std::to_string(comm.size()) + ": resume with the same number of ranks (mpirun -np " +
-                          std::to_string(saved_world) + ") or start fresh with checkpoint.resume: \"never\"");
+                          std::to_string(saved_world) + ") or start fresh with checkpoint.resume: \"never\"" +
+                          (layout.empty() ? std::string()
+                                          : " (parallel layouts: the checkpoint's " +
+                                                as_checkpoint_error("reading " + dir,
+                                                                    [&] { return index_layout(dir, saved_world); }) +
+                                                ", this run's " + layout + ")"));
   const std::string file = rank_file(dir, comm.rank());
   const CheckpointMeta header = as_checkpoint_error("reading " + file, [&] {
     H5Reader r(file);

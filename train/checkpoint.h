@@ -137,6 +137,9 @@ struct CheckpointMeta {
   int world_size = 1;
   int rank = 0;
   std::string config_text;
+  // The parallel layout the tensors are sharded for (parallel::layout_name, "dp2 x tp2 x sp1");
+  // "" = not recorded (then taken as world_size data-parallel ranks).
+  std::string layout;
 };
 
 using CheckpointParts = std::vector<CheckpointPart*>;
@@ -153,9 +156,11 @@ CheckpointMeta read_rank_checkpoint(const std::string& path, const CheckpointPar
 std::string save_checkpoint(const std::string& ckpt_root, const CheckpointParts& parts, const CheckpointMeta& meta,
                             parallel::Communicator& comm, int keep_last);
 // Collective: each rank loads `parts` from its own file of a complete step directory.
-// Refuses a checkpoint written by another number of ranks (CheckpointError saying both).
+// Refuses a checkpoint written by another number of ranks (CheckpointError saying both) and,
+// when `layout` is given, one written with another parallel layout (naming both layouts;
+// resharding is not supported).
 CheckpointMeta load_checkpoint(const std::string& step_dir, const CheckpointParts& parts,
-                               parallel::Communicator& comm);
+                               parallel::Communicator& comm, const std::string& layout = "");
 
 // ---- the fixed set of parts of a training run (model, optimizer, TrainState) ------------
 

@@ -1,6 +1,8 @@
 // Loading trained runs for evaluation and generation; see inference.h.
 #include "train/inference.h"
 
+#include "train/parallel_layout.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -74,7 +76,8 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     if (frozen) parts.push_back(frozen.get());
     read_rank_checkpoint(file, parts);
   } else {
-    read_rank_checkpoint(file, *model, nullptr);
+    // A tensor-parallel checkpoint's shards are gathered into the full model.
+    load_full_model_weights(file, *model);
   }
   model->eval();
   return model;

@@ -1,6 +1,8 @@
 // Starting from pretrained weights; see init_from.h.
 #include "train/init_from.h"
 
+#include "train/parallel_layout.h"
+
 #include <filesystem>
 
 #include <google/protobuf/text_format.h>
@@ -157,7 +159,7 @@ void load_init_weights(const InitSource& source, models::CausalLM& model) {
   switch (source.kind) {
     case InitSource::Kind::none: return;
     case InitSource::Kind::hugging_face: models::load_hf_weights(model, source.weights); return;
-    case InitSource::Kind::lathe: read_rank_checkpoint(source.weights, model, nullptr); return;
+    case InitSource::Kind::lathe: load_full_model_weights(source.weights, model); return;
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include "kernels/device.h"
 #include "parallel/nccl/nccl_communicator.h"
+#include "train/parallel_layout.h"
 #include "parallel/threads.h"
 
 namespace lathe::train {
@@ -76,6 +77,9 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
   // CUDA tensors (gradients) go through NCCL; host tensors still through the host transport.
   if (p.device.is_cuda() && p.world > 1) p.comm = parallel::communicator_for(p.comm, p.device);
   p.comm->set_timeout(cfg.parallel().collective_timeout_s());
+  // The groups split comm, so they inherit its timeout.
+  p.layout = std::make_shared<ParallelLayout>(cfg, p.comm);
+  const int data_ranks = p.layout->data_size();
   p.compute_dtype = cfg.train().precision() == TrainConfig::BF16 ? DType::bf16 : DType::f32;
   p.peak_tflops = peak_tflops_for(cfg, p.device);
   if (apply_threads) {
@@ -98,11 +102,12 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
   p.data = load_run_data(cfg, *tok, p.comm.get());
   p.tokenizer = std::move(tok);
   p.loader.micro_batch = tc.micro_batch();
-  p.loader.rank = p.rank;
-  p.loader.world_size = p.world;
+  // Tensor-parallel ranks of one data-parallel group read the same rows.
+  p.loader.rank = p.layout->data_rank();
+  p.loader.world_size = data_ranks;
   p.loader.seed = tc.seed();
   p.loader.shuffle = cfg.data().shuffle();
-  p.global_batch = static_cast<int64_t>(tc.micro_batch()) * p.world;
+  p.global_batch = static_cast<int64_t>(tc.micro_batch()) * data_ranks;
   p.batches_per_epoch = p.data.train_size() / p.global_batch;
   if (p.batches_per_epoch == 0)
     throw ConfigError("config", {"train.micro_batch: the training split has " + std::to_string(p.data.train_size()) +
@@ -114,7 +119,7 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
     throw ConfigError("config", {"train.epochs: " + std::to_string(tc.epochs()) + " epoch(s) of " +
                                  std::to_string(p.batches_per_epoch) + " batches is less than one step of " +
                                  std::to_string(tc.grad_accum()) + " micro-batches (train.grad_accum)"});
-  p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * p.world * tc.seq_len();
+  p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * data_ranks * tc.seq_len();
   p.flops_per_token = flops_per_token(p.spec, tc.seq_len());
   p.schedule = make_schedule(cfg, p.total_steps);
 

@@ -24,6 +24,8 @@
 
 namespace lathe::train {
 
+class ParallelLayout;
+
 struct RunPlan {
   RunConfig cfg;            // resolved and validated; model.vocab_size known
   std::string config_text;  // configs::to_text(cfg): what checkpoints and metrics store
@@ -36,6 +38,9 @@ struct RunPlan {
   // comm is the NCCL communicator (parallel::communicator_for).
   std::shared_ptr<parallel::Communicator> comm;
   int rank = 0, world = 1;
+  // The data x tensor x sequence parallel grid over comm (train/parallel_layout.h); the
+  // data split and gradient averaging use its data-parallel group.
+  std::shared_ptr<ParallelLayout> layout;
   int threads = 0;  // OpenMP/BLAS threads per rank to apply (0 = leave as they are)
 
   // Device and precision: where the model, batches and optimizer state live, and the dtype
@@ -47,9 +52,9 @@ struct RunPlan {
   // Batches and length.
   data::LMLoaderOptions loader;  // this rank's training loader options
   int64_t batches_per_epoch = 0;
-  int64_t global_batch = 0;      // micro_batch * world
+  int64_t global_batch = 0;      // micro_batch * data-parallel ranks
   int64_t total_steps = 0;
-  int64_t tokens_per_step = 0;   // micro_batch * grad_accum * world * seq_len
+  int64_t tokens_per_step = 0;   // micro_batch * grad_accum * data-parallel ranks * seq_len
   double flops_per_token = 0;    // 6N + 6LCT
   optim::Schedule schedule;
 

@@ -37,6 +37,7 @@ models::ModelSpec model_spec(const ModelConfig& m) {
   s.qkv_bias = m.qkv_bias();
   s.sliding_window = m.sliding_window();
   s.full_attention_layers = m.full_attention_layers();
+  s.ladder_residual = m.ladder_residual();
   const RopeScalingConfig& r = m.rope_scaling();
   if (r.type() == RopeScalingConfig::LLAMA3) {
     s.rope_scaling.type = models::RopeScaling::Type::llama3;
@@ -48,6 +49,8 @@ models::ModelSpec model_spec(const ModelConfig& m) {
   return s;
 }
 
+// ladder_residual is left as the config says: it rewires a source's standard weights
+// (Ladder conversion from model.init_from) rather than describing the source.
 void set_model_config(ModelConfig* m, const models::ModelSpec& s) {
   m->set_arch(s.arch == models::Arch::llama ? ModelConfig::LLAMA : ModelConfig::GPT2);
   m->set_vocab_size(static_cast<int32_t>(s.vocab_size));

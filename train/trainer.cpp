@@ -21,6 +21,7 @@
 #include "train/init_from.h"
 #include "train/layerwise.h"
 #include "train/metrics.h"
+#include "train/parallel_layout.h"
 #include "train/peft_setup.h"
 #include "peft/adapter_io.h"
 #include "peft/sft_io.h"
@@ -207,8 +208,11 @@ void Trainer::setup() {
   }
   // Each data-parallel rank its own dropout stream (rank 0 keeps the model's).
   Generator& dropout = model_->dropout_generator();
-  dropout.set_state(rank_dropout_seed(dropout.seed(), p.rank), dropout.offset());
+  // Keyed by the data-parallel rank: the tensor-parallel ranks of a group draw the same masks.
+  dropout.set_state(rank_dropout_seed(dropout.seed(), p.layout->data_rank()), dropout.offset());
   configure_model(*model_);
+  // This rank's tensor-parallel shard, before the device move, the optimizer and the restore.
+  p.layout->shard(*model_);
   if (peft_on) {
     // After the base weights, before the device move and the optimizer (which then holds
     // state for the trainable parameters only).
@@ -261,11 +265,11 @@ void Trainer::setup() {
   // Data parallelism (train/grad_sync.h): identical replicas to start from (rank 0's weights
   // broadcast, or a checksum check of the ranks' resumed files), then gradients averaged in
   // buckets launched from gradient-ready hooks while backward runs.
-  sync_initial_state(*model_, *p.comm, !from.empty());
+  sync_initial_state(*model_, *p.layout->data_comm(), !from.empty());
   std::vector<std::pair<std::string, Tensor>> trainable;
   for (const auto& np : model_->named_parameters())
     if (np.second.requires_grad()) trainable.push_back(np);
-  grad_sync_ = std::make_unique<GradSync>(trainable, p.comm, p.cfg.parallel().bucket_mb());
+  grad_sync_ = std::make_unique<GradSync>(trainable, p.layout->data_comm(), p.cfg.parallel().bucket_mb());
   // optimizer.layerwise: each parameter stepped from its hook / its reduced bucket
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
@@ -332,7 +336,7 @@ std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
 
 void Trainer::restore(const std::string& dir) {
   LATHE_CHECK(model_ && opt_ && loader_) << "Trainer::restore: the model is not built (call setup())";
-  const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm);
+  const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm, plan_->layout->name());
   restored_config_ = meta.config_text;
   result_.start_step = result_.end_step = step_;
   last_lr_ = step_ > 0 ? plan_->schedule.lr_at(step_) : 0.0;
@@ -346,6 +350,7 @@ std::string Trainer::save() {
   meta.world_size = p.world;
   meta.rank = p.rank;
   meta.config_text = p.config_text;
+  meta.layout = p.layout->name();
   result_.last_checkpoint =
       save_checkpoint(p.ckpt_root, checkpoint_parts(), meta, *p.comm, p.cfg.checkpoint().keep_last());
   if (metrics_) metrics_->log_event({{"event", "checkpoint"}, {"step", step_}, {"path", result_.last_checkpoint}});
@@ -382,8 +387,8 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
   }
   s << "data: " << p.data.description << " (tokenizer " << p.cfg.data().tokenizer() << " = " << p.tokenizer->id()
     << ")\n";
-  s << "batch: " << tc.micro_batch() << " sequences x " << tc.grad_accum() << " micro-steps x " << p.world
-    << " rank(s) x " << tc.seq_len() << " tokens = " << p.tokens_per_step << " tokens/step; " << p.total_steps
+  s << "batch: " << tc.micro_batch() << " sequences x " << tc.grad_accum() << " micro-steps x "
+    << p.layout->data_size() << " data-parallel rank(s) x " << tc.seq_len() << " tokens = " << p.tokens_per_step << " tokens/step; " << p.total_steps
     << " steps";
   if (tc.epochs() > 0) s << " (" << tc.epochs() << " epochs of " << p.batches_per_epoch << " batches)";
   s << "\nflops/token = 6N + 6LCT = 6*" << result_.num_parameters << " + 6*" << spec.n_layer << "*" << spec.d_model
@@ -395,6 +400,7 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     s << "; CPU: no peak, achieved GFLOP/s reported)";
   s << "\ndevice: " << describe_device(p.device) << ", precision: " << (p.bf16() ? "bf16" : "f32") << ", "
     << p.world << " rank(s)";
+  if (p.layout->tensor_parallel() > 1) s << " (" << p.layout->name() << ")";
   if (p.threads > 0) s << ", " << p.threads << " thread(s) per rank";
   s << "\n";
   if (from.empty()) {
@@ -466,7 +472,7 @@ StepRecord Trainer::train_step() {
     batches.push_back(loader_->next());
     counts.push_back(count_targets(batches.back().targets));
   }
-  const TokenWeights weights = token_weights(std::move(counts), *p.comm);
+  const TokenWeights weights = token_weights(std::move(counts), *p.layout->data_comm());
   // Once per optimizer step, before any backward: layer-wise updates happen inside it.
   const double lr = p.schedule.lr_at(step_ + 1);
   opt_->set_lr(lr);
@@ -492,9 +498,14 @@ StepRecord Trainer::train_step() {
     scaled.backward();
   }
   grad_sync_->after_backward();
+  p.layout->finish_gradients(*model_);
   double grad_norm = 0;
   if (layerwise_) {
     grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
+  } else if (p.layout->tensor_parallel() > 1) {
+    grad_norm = p.layout->clip_grad_norm(model_->named_parameters(), tc.grad_clip());
+    opt_->step();
+    opt_->zero_grad();
   } else {
     grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
@@ -508,7 +519,7 @@ StepRecord Trainer::train_step() {
   tokens_seen_ += p.tokens_per_step;
   std::vector<double> micro_losses;
   for (const Tensor& l : losses) micro_losses.push_back(l.item());
-  const double loss = weights.global_mean_loss(micro_losses, *p.comm);
+  const double loss = weights.global_mean_loss(micro_losses, *p.layout->data_comm());
   if (!std::isfinite(loss))
     LATHE_FAIL() << "train: the loss became " << loss << " at step " << step_
                  << " (diverged; try a lower optimizer.lr or train.grad_clip)";
@@ -527,8 +538,8 @@ EvalResult Trainer::evaluate() {
   const RunPlan& p = *plan_;
   if (p.data.val_size() == 0) return {};
   const int64_t at = step_;
-  EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(), *p.comm,
-                               p.compute_dtype);
+  EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(),
+                               *p.layout->data_comm(), p.compute_dtype);
   result_.evals.push_back({at, ev});
   if (metrics_) {
     metrics_->log_event({{"event", "eval"}, {"step", at}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity},
@@ -540,7 +551,8 @@ EvalResult Trainer::evaluate() {
     message("eval @ step " + std::to_string(at) + ": val loss " + fmt("%.4f", ev.loss) + ", perplexity " +
             fmt("%.3f", ev.perplexity) + " (" + std::to_string(ev.tokens) + " tokens)");
   }
-  if (p.rank == 0 && p.cfg.sample().at_eval()) {
+  // Every tensor-parallel rank of data-parallel group 0 takes part in generating (rank 0 logs).
+  if (p.layout->data_rank() == 0 && p.cfg.sample().at_eval()) {
     std::string text = sample_text(*model_, *p.tokenizer, p.cfg.sample());
     result_.samples.push_back(text);
     if (metrics_)

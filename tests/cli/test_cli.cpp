@@ -283,6 +283,8 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
     std::string args = "train " + sh_quote(f) + " --steps 2 --set run_dir=" + sh_quote(tmp.path()) +
                        " --set train.micro_batch=4 --set sample.max_new_tokens=4 --set checkpoint.resume=never"
                        " --set parallel.threads_per_rank=1" + inputs.overrides_for(cfg);
+    // One process: tensor-parallel examples run unsharded here (under mpirun in test_cli_tp.cpp).
+    if (cfg.parallel().tensor_parallel() > 1) args += " --set parallel.tensor_parallel=1";
     if (cfg.data().val_fraction() > 0) args += " --set train.eval_interval=1 --set train.eval_batches=1";
     if (!cfg.model().init_from().empty()) args.replace(0, 5, "finetune");  // "train" -> "finetune"
     Result r = run_lathe(args);

@@ -1,0 +1,93 @@
+#include "train/parallel_layout.h"
+
+#include <cmath>
+
+#include <filesystem>
+#include <regex>
+
+#include "kernels/ops.h"
+#include "train/checkpoint.h"
+#include "train/checkpoint_dir.h"
+#include "train/hdf5_io.h"
+#include "train/run_setup.h"
+
+namespace lathe::train {
+
+ParallelLayout::ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::Communicator> world) {
+  const ParallelConfig& pc = cfg.parallel();
+  parallel::LayoutSpec spec;
+  spec.tensor_parallel = pc.tensor_parallel();
+  spec.sequence_parallel = pc.sequence_parallel();
+  spec.sp_mode = pc.sequence_parallel_mode() == ParallelConfig::ULYSSES ? parallel::SpMode::ulysses
+                                                                        : parallel::SpMode::megatron;
+  const std::vector<std::string> errors = parallel::layout_errors(world->size(), spec);
+  if (!errors.empty()) throw configs::ConfigError("config", errors);
+  groups_ = std::make_unique<parallel::ProcessGroups>(std::move(world), spec);
+  vocab_pad_multiple_ = pc.vocab_pad_multiple();
+}
+
+void ParallelLayout::shard(models::CausalLM& model) {
+  if (tensor_parallel() == 1) return;
+  shards_ = parallel::shard_for_tensor_parallel(model, groups_->tp(), vocab_pad_multiple_, groups_->megatron_sp());
+}
+
+void ParallelLayout::finish_gradients(models::CausalLM& model) {
+  if (!shards_.partial_grad.empty()) parallel::all_reduce_partial_grads(model, shards_.partial_grad, *groups_->tp());
+}
+
+double ParallelLayout::clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm) {
+  const double norm = parallel::tp_grad_norm(params, shards_, *groups_->tp());
+  if (max_norm > 0 && norm > max_norm) {
+    const double s = max_norm / (norm + 1e-6);  // as optim::clip_grad_norm
+    for (const auto& np : params) {
+      Tensor g = np.second.grad();
+      if (g.defined()) kernels::scale_(g, s);
+    }
+  }
+  return norm;
+}
+
+int checkpoint_tensor_parallel(const std::string& file) {
+  H5Reader r(file);
+  if (!r.has_attr("/", "parallel_layout")) return 1;
+  const std::string layout = r.attr_string("/", "parallel_layout");
+  std::smatch m;
+  if (!std::regex_search(layout, m, std::regex(" x tp([0-9]+) x ")))
+    throw CheckpointError(file + ": unreadable parallel_layout attribute \"" + layout + "\"");
+  return std::stoi(m[1]);
+}
+
+void load_full_model_weights(const std::string& file, models::CausalLM& model) {
+  const int tp = checkpoint_tensor_parallel(file);
+  if (tp == 1) {
+    read_rank_checkpoint(file, model, nullptr);
+    return;
+  }
+  const std::string dir = std::filesystem::path(file).parent_path().string();
+  std::vector<std::unique_ptr<H5Reader>> shards;
+  for (int r = 0; r < tp; ++r) {
+    const std::string f = rank_file(dir, r);
+    if (!std::filesystem::exists(f))
+      throw CheckpointError(file + " is rank " + std::to_string(r) + "'s shard of a tensor_parallel " + std::to_string(tp) +
+                            " checkpoint, and " + f + " (another shard) is missing: the full model needs all " +
+                            std::to_string(tp) + " files of its step directory");
+    shards.push_back(std::make_unique<H5Reader>(f));
+  }
+  for (const auto& [name, p] : model.named_parameters()) {
+    std::vector<Tensor> parts;
+    for (int r = 0; r < tp; ++r) {
+      try {
+        parts.push_back(shards[static_cast<size_t>(r)]->read_tensor("model/" + name));
+      } catch (const lathe::Error& e) {
+        throw CheckpointError(rank_file(dir, r) + ": model/" + name + ": " + e.message());
+      }
+    }
+    Tensor full = parallel::gather_shards(name, parts, model.spec());
+    if (full.shape() != p.shape())
+      throw CheckpointError(dir + ": model/" + name + " gathered from " + std::to_string(tp) + " shards is " +
+                            full.shape_str() + ", the model expects " + p.shape_str());
+    p.copy_(full);
+  }
+}
+
+}  // namespace lathe::train

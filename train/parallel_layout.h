@@ -1,0 +1,62 @@
+// The parallel layout of a run, as the trainer sees it: the process groups of the config's
+// parallel section (world = data x tensor x sequence parallel ranks, parallel/process_groups.h)
+// and what each step asks of them. The Trainer owns one and asks it instead of reading ranks:
+//   data_comm()           the data-parallel group: data sharding, token weights, gradient
+//                         averaging, loss means, evaluation sums, replica checks
+//   shard(model)          this rank's tensor-parallel shard of the full model (after the
+//                         weights are loaded, before the optimizer is built)
+//   finish_gradients()    after the data-parallel average: gradients that are partial sums
+//                         over the TP group (Ladder row-parallel biases) are summed
+//   clip_grad_norm()      the norm of the whole model's gradient, shards counted once
+// With tensor_parallel = 1 every call is what plain data parallelism did before.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "configs/config.h"
+#include "models/model.h"
+#include "parallel/process_groups.h"
+#include "parallel/tensor_parallel.h"
+
+namespace lathe::train {
+
+class ParallelLayout {
+ public:
+  // Collective over world. ConfigError (exit 2) naming the fields and numbers when the layout
+  // does not fit the world.
+  ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::Communicator> world);
+
+  const parallel::ProcessGroups& groups() const { return *groups_; }
+  const std::shared_ptr<parallel::Communicator>& data_comm() const { return groups_->dp(); }
+  int data_rank() const { return groups_->dp_rank(); }
+  int data_size() const { return groups_->dp_size(); }
+  int tensor_parallel() const { return groups_->tp_size(); }
+  // "dp2 x tp2 x sp1": recorded in checkpoints, compared on resume, printed in the banner.
+  std::string name() const { return groups_->name(); }
+
+  void shard(models::CausalLM& model);
+  void finish_gradients(models::CausalLM& model);
+  double clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm);
+
+ private:
+  std::unique_ptr<parallel::ProcessGroups> groups_;
+  int64_t vocab_pad_multiple_ = 128;
+  parallel::TensorParallelShards shards_;
+};
+
+// The tensor-parallel degree a rank file was written with (its "parallel_layout"
+// attribute; 1 when it has none).
+int checkpoint_tensor_parallel(const std::string& rank_file);
+
+// Loads the full model weights of a checkpoint into `model` (a full, unsharded model): the
+// rank file itself when it was written without tensor parallelism, else the shards of the
+// tensor-parallel ranks 0..tp-1 of its step directory (data-parallel group 0), gathered
+// (parallel::gather_shards). What export, eval, generate and model.init_from use, so a TP
+// checkpoint can be read by one process or start a run of another layout. CheckpointError
+// naming the file and tensor when a shard is missing or does not fit.
+void load_full_model_weights(const std::string& rank_file, models::CausalLM& model);
+
+}  // namespace lathe::train
