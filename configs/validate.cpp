@@ -296,6 +296,13 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.non_negative("parallel.threads_per_rank", p.threads_per_rank());
   c.positive("parallel.collective_timeout_s", p.collective_timeout_s());
   c.positive("parallel.bucket_mb", p.bucket_mb());
+  if (p.zero_stage() != 0 && p.zero_stage() != 1)
+    c.fail("parallel.zero_stage", "must be 0 (off) or 1 (sharded optimizer state) (got " + show(p.zero_stage()) + ")");
+  if (p.zero_stage() == 1 && cfg.optimizer().layerwise())
+    c.fail_raw("parallel.zero_stage",
+               "parallel.zero_stage: 1 does not work with optimizer.layerwise: true (ZeRO-1 steps each rank's shard "
+               "after one reduce-scatter of the whole gradient, layer-wise updates step each parameter during "
+               "backward); set one of them off");
 }
 
 // A peft field that differs from its default (a repeated or map field: non-empty), or "".

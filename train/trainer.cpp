@@ -24,6 +24,7 @@
 #include "train/peft_setup.h"
 #include "peft/adapter_io.h"
 #include "train/run_plan.h"
+#include "train/zero_setup.h"
 
 namespace fs = std::filesystem;
 
@@ -221,6 +222,11 @@ void Trainer::setup() {
 
   // Built after the move, so optimizer state is created on the parameters' device.
   opt_ = make_optimizer(p.cfg, *model_);
+  // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
+  if (p.cfg.parallel().zero_stage() == 1) {
+    zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.comm);
+    opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
+  }
   params_.clear();
   for (const auto& g : opt_->groups())
     for (const auto& np : g.params) params_.push_back(np.second);
@@ -253,7 +259,8 @@ void Trainer::setup() {
   std::vector<std::pair<std::string, Tensor>> trainable;
   for (const auto& np : model_->named_parameters())
     if (np.second.requires_grad()) trainable.push_back(np);
-  grad_sync_ = std::make_unique<GradSync>(trainable, p.comm, p.cfg.parallel().bucket_mb());
+  // With ZeRO the sharder reduce-scatters instead (no bucketed all-reduce).
+  grad_sync_ = std::make_unique<GradSync>(zero_ ? decltype(trainable){} : trainable, p.comm, p.cfg.parallel().bucket_mb());
   // optimizer.layerwise: each parameter stepped from its hook / its reduced bucket
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
@@ -267,6 +274,8 @@ void Trainer::setup() {
 std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
   const RunPlan& p = *plan_;
   if (builtin_parts_.empty()) {
+    // First, so that a checkpoint of another ZeRO layout is refused before any state loads.
+    builtin_parts_.push_back(layout_part(layout_description(zero_.get())));
     builtin_parts_.push_back(std::make_shared<ModelPart>(*model_, /*trainable_only=*/peft_ != nullptr));
     builtin_parts_.push_back(std::make_shared<OptimizerPart>(*opt_, p.device));
     // Where the run stands: steps, tokens and the lr of the last update (the schedule is a
@@ -320,6 +329,7 @@ std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
 
 void Trainer::restore(const std::string& dir) {
   LATHE_CHECK(model_ && opt_ && loader_) << "Trainer::restore: the model is not built (call setup())";
+  check_resume_layout(dir, layout_description(zero_.get()), plan_->world);
   const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm);
   restored_config_ = meta.config_text;
   result_.start_step = result_.end_step = step_;
@@ -482,8 +492,11 @@ StepRecord Trainer::train_step() {
   if (layerwise_) {
     grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
   } else {
-    grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
+    if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
+    grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
+                      : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
+    if (zero_) zero_->all_gather_parameters();
     opt_->zero_grad();
   }
   // SoRA's proximal step on the gates, after they were updated (either way above).
