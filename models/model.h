@@ -126,9 +126,14 @@ class CausalLM : public autograd::Module {
   Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
   // Generator for dropout masks (its state is saved in checkpoints).
   Generator& dropout_generator() { return dropout_gen_; }
+  // The position of forward()'s first token (learned positions and RoPE), 0 by default:
+  // sequence parallelism feeds each rank a slice starting there (parallel/ulysses.h).
+  void set_position_offset(int64_t start) { position_offset_ = start; }
+  int64_t position_offset() const { return position_offset_; }
 
  protected:
   Generator dropout_gen_;
+  int64_t position_offset_ = 0;
 };
 
 // Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:
