@@ -296,6 +296,14 @@ void check_rest(const RunConfig& cfg, Checker& c) {
   c.non_negative("parallel.threads_per_rank", p.threads_per_rank());
   c.positive("parallel.collective_timeout_s", p.collective_timeout_s());
   c.positive("parallel.bucket_mb", p.bucket_mb());
+  c.positive("parallel.sequence_parallel", p.sequence_parallel());
+  if (p.sequence_parallel() > 1 && p.sequence_parallel_mode() != ParallelConfig::ULYSSES)
+    c.fail("parallel.sequence_parallel_mode",
+           "MEGATRON sequence parallelism is not implemented in this build; set sequence_parallel_mode: ULYSSES "
+           "for sequence_parallel " + show(p.sequence_parallel()));
+  if (p.sequence_parallel() > 1 && cfg.model().n_head() > 0 && cfg.model().n_head() % p.sequence_parallel() != 0)
+    c.fail("parallel.sequence_parallel", "must divide model.n_head (" + show(cfg.model().n_head()) +
+                                             ") for Ulysses (got " + show(p.sequence_parallel()) + ")");
   if (p.zero_stage() != 0 && p.zero_stage() != 1)
     c.fail("parallel.zero_stage", "must be 0 (off) or 1 (sharded optimizer state) (got " + show(p.zero_stage()) + ")");
   if (p.zero_stage() == 1 && cfg.optimizer().layerwise())

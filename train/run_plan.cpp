@@ -76,6 +76,13 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
   // CUDA tensors (gradients) go through NCCL; host tensors still through the host transport.
   if (p.device.is_cuda() && p.world > 1) p.comm = parallel::communicator_for(p.comm, p.device);
   p.comm->set_timeout(cfg.parallel().collective_timeout_s());
+  p.sp = cfg.parallel().sequence_parallel();
+  if (p.world % p.sp != 0)
+    throw ConfigError("config", {"parallel.sequence_parallel: " + std::to_string(p.sp) + " does not divide the " +
+                                 std::to_string(p.world) + " ranks of this job"});
+  p.sp_rank = p.rank % p.sp;
+  p.dp = p.world / p.sp;
+  p.dp_rank = p.rank / p.sp;
   p.compute_dtype = cfg.train().precision() == TrainConfig::BF16 ? DType::bf16 : DType::f32;
   p.peak_tflops = peak_tflops_for(cfg, p.device);
   if (apply_threads) {
@@ -98,11 +105,11 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
   p.data = load_run_data(cfg, *tok, p.comm.get());
   p.tokenizer = std::move(tok);
   p.loader.micro_batch = tc.micro_batch();
-  p.loader.rank = p.rank;
-  p.loader.world_size = p.world;
+  p.loader.rank = p.dp_rank;
+  p.loader.world_size = p.dp;
   p.loader.seed = tc.seed();
   p.loader.shuffle = cfg.data().shuffle();
-  p.global_batch = static_cast<int64_t>(tc.micro_batch()) * p.world;
+  p.global_batch = static_cast<int64_t>(tc.micro_batch()) * p.dp;
   p.batches_per_epoch = p.data.train_size() / p.global_batch;
   if (p.batches_per_epoch == 0)
     throw ConfigError("config", {"train.micro_batch: the training split has " + std::to_string(p.data.train_size()) +
@@ -114,7 +121,14 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
     throw ConfigError("config", {"train.epochs: " + std::to_string(tc.epochs()) + " epoch(s) of " +
                                  std::to_string(p.batches_per_epoch) + " batches is less than one step of " +
                                  std::to_string(tc.grad_accum()) + " micro-batches (train.grad_accum)"});
-  p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * p.world * tc.seq_len();
+  p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * p.dp * tc.seq_len();
+  if (p.sp > 1) {
+    const int64_t padded = (tc.seq_len() + p.sp - 1) / p.sp * p.sp;
+    if (padded > p.spec.max_seq_len)
+      throw ConfigError("config", {"parallel.sequence_parallel: train.seq_len " + std::to_string(tc.seq_len()) +
+                                   " padded to a multiple of " + std::to_string(p.sp) + " is " + std::to_string(padded) +
+                                   ", more than model.max_seq_len " + std::to_string(p.spec.max_seq_len)});
+  }
   p.flops_per_token = flops_per_token(p.spec, tc.seq_len());
   p.schedule = make_schedule(cfg, p.total_steps);
 

@@ -36,6 +36,10 @@ struct RunPlan {
   // comm is the NCCL communicator (parallel::communicator_for).
   std::shared_ptr<parallel::Communicator> comm;
   int rank = 0, world = 1;
+  // Sequence parallelism (parallel.sequence_parallel, Ulysses): groups of sp consecutive ranks
+  // share each batch, rank sp_rank of its group holding a slice of every sequence; the loader
+  // shards over the dp = world / sp groups.
+  int sp = 1, sp_rank = 0, dp = 1, dp_rank = 0;
   int threads = 0;  // OpenMP/BLAS threads per rank to apply (0 = leave as they are)
 
   // Device and precision: where the model, batches and optimizer state live, and the dtype

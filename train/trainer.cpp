@@ -25,6 +25,7 @@
 #include "peft/adapter_io.h"
 #include "train/run_plan.h"
 #include "train/zero_setup.h"
+#include "parallel/ulysses.h"
 
 namespace fs = std::filesystem;
 
@@ -265,6 +266,17 @@ void Trainer::setup() {
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
 
+  // Ulysses sequence parallelism (parallel/ulysses.h): the attention of every layer runs over
+  // the whole sequence of its group from this rank's slice.
+  if (p.sp > 1) {
+    sp_comm_ = p.comm->split(p.dp_rank, p.sp_rank);
+    try {
+      parallel::set_ulysses(*model_, sp_comm_);
+    } catch (const lathe::Error& e) {
+      throw configs::ConfigError("config", {"parallel.sequence_parallel: " + e.message()});
+    }
+  }
+
   print_banner(from, restored_config_.empty() ? std::vector<std::string>{}
                                               : lines_not_in(p.config_text, restored_config_));
   open_metrics(from);
@@ -275,7 +287,7 @@ std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
   const RunPlan& p = *plan_;
   if (builtin_parts_.empty()) {
     // First, so that a checkpoint of another ZeRO layout is refused before any state loads.
-    builtin_parts_.push_back(layout_part(layout_description(zero_.get())));
+    builtin_parts_.push_back(layout_part(layout_description(zero_.get(), plan_->sp)));
     builtin_parts_.push_back(std::make_shared<ModelPart>(*model_, /*trainable_only=*/peft_ != nullptr));
     builtin_parts_.push_back(std::make_shared<OptimizerPart>(*opt_, p.device));
     // Where the run stands: steps, tokens and the lr of the last update (the schedule is a
@@ -329,7 +341,7 @@ std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
 
 void Trainer::restore(const std::string& dir) {
   LATHE_CHECK(model_ && opt_ && loader_) << "Trainer::restore: the model is not built (call setup())";
-  check_resume_layout(dir, layout_description(zero_.get()), plan_->world);
+  check_resume_layout(dir, layout_description(zero_.get(), plan_->sp), plan_->world);
   const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm);
   restored_config_ = meta.config_text;
   result_.start_step = result_.end_step = step_;
@@ -460,6 +472,14 @@ StepRecord Trainer::train_step() {
   std::vector<int64_t> counts;
   for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
     batches.push_back(loader_->next());
+    if (p.sp > 1) {
+      // This rank's slice of its group's batch (targets shifted before slicing, padded).
+      data::LMBatch& b = batches.back();
+      const parallel::SequenceSlice s = parallel::slice_sequence(b.ids, b.targets, p.sp_rank, p.sp);
+      b.ids = s.ids;
+      b.targets = s.targets;
+      model_->set_position_offset(s.start);
+    }
     counts.push_back(count_targets(batches.back().targets));
   }
   const TokenWeights weights = token_weights(std::move(counts), *p.comm);
@@ -524,6 +544,18 @@ EvalResult Trainer::evaluate() {
   setup();
   const RunPlan& p = *plan_;
   if (p.data.val_size() == 0) return {};
+  // Evaluation and sampling see whole sequences on every rank: plain attention meanwhile.
+  struct WholeSequences {
+    models::CausalLM& m;
+    std::shared_ptr<parallel::Communicator> sp;
+    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_) : m(m_), sp(std::move(sp_)) {
+      if (sp) parallel::set_ulysses(m, nullptr);
+      m.set_position_offset(0);
+    }
+    ~WholeSequences() {
+      if (sp) parallel::set_ulysses(m, sp);
+    }
+  } whole(*model_, sp_comm_);
   const int64_t at = step_;
   EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(), *p.comm,
                                p.compute_dtype);

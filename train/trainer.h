@@ -206,6 +206,7 @@ class Trainer {
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;
   std::unique_ptr<parallel::ZeroSharder> zero_;  // parallel.zero_stage 1 (train/zero_setup.h)
+  std::shared_ptr<parallel::Communicator> sp_comm_;  // parallel.sequence_parallel > 1 (Ulysses)
   std::unique_ptr<LayerwiseUpdater> layerwise_;  // optimizer.layerwise; uses opt_ and grad_sync_
   std::unique_ptr<MetricsLogger> metrics_;
   std::vector<std::shared_ptr<CheckpointPart>> builtin_parts_, parts_;

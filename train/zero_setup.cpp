@@ -76,8 +76,11 @@ std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerCon
   return opt;
 }
 
-std::string layout_description(const parallel::ZeroSharder* sharder) {
-  return sharder ? sharder->layout().describe() : kPlainDp;
+std::string layout_description(const parallel::ZeroSharder* sharder, int sequence_parallel) {
+  std::string d = sharder ? sharder->layout().describe() : kPlainDp;
+  // Older checkpoints (and sp 1) carry the data-parallel part alone.
+  if (sequence_parallel > 1) d += "; Ulysses sequence parallelism over " + std::to_string(sequence_parallel) + " ranks";
+  return d;
 }
 
 std::shared_ptr<CheckpointPart> layout_part(std::string description) {
@@ -102,7 +105,7 @@ void check_resume_layout(const std::string& step_dir, const std::string& descrip
     return;  // load_checkpoint reports an unreadable file with its own message
   }
   if (saved_world == world) return;
-  if (saved == kPlainDp && description == kPlainDp) return;  // load_checkpoint's rank-count message
+  if (saved == description && saved == kPlainDp) return;  // load_checkpoint's rank-count message
   throw CheckpointError(refusal(step_dir + " (written by " + std::to_string(saved_world) + " rank(s), this run has " +
                                     std::to_string(world) + ")",
                                 saved, description));

@@ -39,8 +39,9 @@ std::unique_ptr<parallel::ZeroSharder> make_zero_sharder(const lathe::OptimizerC
 std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
                                                       const parallel::ZeroSharder& sharder);
 
-// What the "parallel layout" part records for a run with this sharder (null: no ZeRO).
-std::string layout_description(const parallel::ZeroSharder* sharder);
+// What the "parallel layout" part records for a run with this sharder (null: no ZeRO) and
+// this sequence-parallel degree.
+std::string layout_description(const parallel::ZeroSharder* sharder, int sequence_parallel = 1);
 
 // The checkpoint part that records the layout and refuses another on load.
 std::shared_ptr<CheckpointPart> layout_part(std::string description);
