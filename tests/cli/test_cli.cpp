@@ -284,6 +284,9 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
                        " --set train.micro_batch=4 --set sample.max_new_tokens=4 --set checkpoint.resume=never"
                        " --set parallel.threads_per_rank=1" + inputs.overrides_for(cfg);
     if (cfg.data().val_fraction() > 0) args += " --set train.eval_interval=1 --set train.eval_batches=1";
+    // One process here: a sequence-parallel example (examples/ulysses, run under mpirun in
+    // tests/parallel) trains its config unsplit.
+    if (cfg.parallel().sequence_parallel() > 1) args += " --set parallel.sequence_parallel=1";
     if (!cfg.model().init_from().empty()) args.replace(0, 5, "finetune");  // "train" -> "finetune"
     Result r = run_lathe(args);
     ASSERT_EQ(r.rc, 0) << r.out;
