@@ -287,8 +287,13 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   const int32_t tp = p.tensor_parallel();
   if (p.sequence_parallel() > 1) {
     if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
-      c.fail("parallel.sequence_parallel", "ULYSSES sequence parallelism is not available in this build (got " +
-                                               show(p.sequence_parallel()) + "); use 1");
+      if (m.n_head() > 0 && m.n_head() % p.sequence_parallel() != 0)
+        c.fail("parallel.sequence_parallel", "must divide model.n_head (" + show(m.n_head()) +
+                                                 ") for Ulysses (got " + show(p.sequence_parallel()) + ")");
+      if (tp > 1)
+        c.fail("parallel.sequence_parallel_mode", "ULYSSES sequence parallelism cannot be combined with "
+                                                  "tensor_parallel " + show(tp) + " yet; use MEGATRON inside the "
+                                                  "tensor-parallel group, or tensor_parallel 1");
     } else {
       // Megatron-SP slices the sequence over the TP ranks (equality with tensor_parallel is
       // a layout rule, parallel/process_groups.h).
@@ -304,6 +309,19 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                              "sample.at_eval must be off (generate from the checkpoint with lathe generate)");
     }
   }
+  if (p.zero_stage() != 0 && p.zero_stage() != 1)
+    c.fail("parallel.zero_stage", "must be 0 (off) or 1 (sharded optimizer state) (got " + show(p.zero_stage()) + ")");
+  if (p.zero_stage() == 1 && cfg.optimizer().layerwise())
+    c.fail_raw("parallel.zero_stage",
+               "parallel.zero_stage: 1 does not work with optimizer.layerwise: true (ZeRO-1 steps each rank's shard "
+               "after one reduce-scatter of the whole gradient, layer-wise updates step each parameter during "
+               "backward); set one of them off");
+  if (p.zero_stage() == 1 && cfg.peft().method() == PeftConfig::SPIEL)
+    c.fail("parallel.zero_stage", "ZeRO-1 does not shard SpIEL's own optimizer (values with per-element ages) yet; "
+                                  "use zero_stage 0 with peft.method SPIEL");
+  if (p.zero_stage() == 1 && tp > 1)
+    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with tensor_parallel " + show(tp) +
+                                      " yet (it shards over every replica of the whole model); use zero_stage 0");
   if (tp <= 1) return;
   const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
   if (m.n_head() > 0 && m.n_head() % tp != 0)

@@ -92,7 +92,8 @@ Tensor Attention::forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
   }
   // Causal with S >= T keys: query t sees keys up to t + (S - T), i.e. its own position (and
   // with a window, the window - 1 before it).
-  Tensor y = ag::attention(q, k, v, /*causal=*/true, 1.0 / std::sqrt(static_cast<double>(head_dim)), window);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  Tensor y = core && !cache ? core(q, k, v, scale, window) : ag::attention(q, k, v, /*causal=*/true, scale, window);
   y = ag::reshape(ag::transpose(y, 1, 2), {B, T, n_head * head_dim});
   return o_proj->forward(y);
 }

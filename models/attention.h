@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "autograd/module.h"
@@ -52,6 +53,11 @@ class Attention : public autograd::Module {
   autograd::Slot<LinearLayer> q_proj, k_proj, v_proj, o_proj;
   int64_t n_head, n_kv_head, head_dim;
   int64_t window = 0;  // sliding window (0 = none); set by make_attention from the spec
+  // Replaces the attention kernel on q [B, n_head, T, D], k, v [B, n_kv_head, T, D] (after
+  // RoPE) when set and no cache is used; returns [B, n_head, T, D]. Sequence parallelism sets
+  // it (Ulysses: parallel/ulysses.h) to attend over the whole sequence from a slice of it.
+  using Core = std::function<Tensor(const Tensor& q, const Tensor& k, const Tensor& v, double scale, int64_t window)>;
+  Core core;
 };
 
 }  // namespace lathe::models

@@ -213,7 +213,7 @@ class Transformer final : public CausalLM {
   Tensor run(const Tensor& ids, DecodeCache* cache, bool last_only) {
     LATHE_CHECK(ids.dim() == 2) << "forward: ids must be [batch, time], got " << ids.shape_str();
     const int64_t T = ids.size(1);
-    const int64_t start = cache ? cache->length() : 0;  // position of ids' first token
+    const int64_t start = cache ? cache->length() : position_offset_;  // position of ids' first token
     LATHE_CHECK(start + T <= spec_.max_seq_len)
         << "forward: sequence length " << start + T << (cache ? " (cached positions + new tokens)" : "")
         << " exceeds model.max_seq_len " << spec_.max_seq_len;

@@ -174,6 +174,10 @@ class CausalLM : public autograd::Module {
   Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
   // Generator for dropout masks (its state is saved in checkpoints).
   Generator& dropout_generator() { return dropout_gen_; }
+  // The position of forward()'s first token (learned positions and RoPE), 0 by default:
+  // sequence parallelism feeds each rank a slice starting there (parallel/ulysses.h).
+  void set_position_offset(int64_t start) { position_offset_ = start; }
+  int64_t position_offset() const { return position_offset_; }
 
   // Tensor parallelism: the head's logits are a vocabulary shard (vocab), and in Ladder mode
   // the branch outputs are partial sums that `reducer` completes (the row-parallel layers
@@ -194,6 +198,7 @@ class CausalLM : public autograd::Module {
   std::shared_ptr<VocabOutput> vocab_;
   std::shared_ptr<BranchReducer> reducer_;
   std::shared_ptr<SequenceShard> seq_;
+  int64_t position_offset_ = 0;
 };
 
 // Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:

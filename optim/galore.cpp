@@ -92,7 +92,10 @@ std::vector<std::string> GaLore::check_options(const std::vector<ParamGroup>& gr
   }
   if (o.fira && o.proj_type == ProjType::full)
     p.push_back("galore.proj_type: Fira needs a one-sided projection (std, reverse_std, left or right), not FULL");
-  if (p.empty() && select_projected(groups, o).empty())
+  // A ZeRO shard (parallel/zero.h) may own no projected matrix; the whole model was checked.
+  bool shard = false;
+  for (const auto& g : groups) shard = shard || g.option_bool("zero_shard", false);
+  if (p.empty() && !shard && select_projected(groups, o).empty())
     p.push_back("galore.target: \"" + (o.target.empty() ? std::string(kDefaultGaLoreTarget) : o.target) +
                 "\" matches no trainable 2-D parameter, so nothing would be projected (check the parameter names "
                 "with 'lathe inspect')");

@@ -207,8 +207,7 @@ bool optimizer_registered(lathe::OptimizerConfig::Type type) {
   return r.factories.count(type) > 0;
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
-                                          const std::vector<GroupSpec>& specs) {
+std::unique_ptr<Optimizer> make_optimizer_for_groups(const lathe::OptimizerConfig& cfg, std::vector<ParamGroup> groups) {
   OptimizerFactory factory;
   std::string known;
   {
@@ -238,14 +237,19 @@ std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, con
       if (e.rfind("optimizer", 0) == 0) errs.push_back(e);
     if (!errs.empty()) throw ConfigError("config", errs);
   }
+  std::unique_ptr<Optimizer> opt = factory(cfg, std::move(groups));
+  opt->set_paging(paging_from_config(cfg));
+  return opt;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
+                                          const std::vector<GroupSpec>& specs) {
   GroupLayout layout = decay_layout(cfg.weight_decay(), cfg.decay_1d_params());
   std::vector<GroupSpec> all = specs;
   const std::vector<GroupSpec> from_config = group_specs_from_config(cfg);
   all.insert(all.end(), from_config.begin(), from_config.end());
   all.insert(all.end(), layout.specs.begin(), layout.specs.end());
-  std::unique_ptr<Optimizer> opt = factory(cfg, assign_groups(named, all, layout.fallback));
-  opt->set_paging(paging_from_config(cfg));
-  return opt;
+  return make_optimizer_for_groups(cfg, assign_groups(named, all, layout.fallback));
 }
 
 }  // namespace lathe::optim

@@ -42,5 +42,8 @@ PagingOptions paging_from_config(const lathe::OptimizerConfig& cfg);
 // optimizer it builds, whatever its type.
 std::unique_ptr<Optimizer> make_optimizer(const lathe::OptimizerConfig& cfg, const NamedParams& named,
                                           const std::vector<GroupSpec>& specs = {});
+// The optimizer of `cfg` over groups assigned by the caller (ZeRO builds one over a rank's
+// shard pieces with the groups of the whole model: parallel/zero.h); same checks and paging.
+std::unique_ptr<Optimizer> make_optimizer_for_groups(const lathe::OptimizerConfig& cfg, std::vector<ParamGroup> groups);
 
 }  // namespace lathe::optim

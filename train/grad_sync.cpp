@@ -34,7 +34,8 @@ int64_t env_int(const char* name) {
 GradSync::GradSync(const std::vector<std::pair<std::string, Tensor>>& params,
                    std::shared_ptr<parallel::Communicator> comm, double bucket_mb) {
   LATHE_CHECK(comm != nullptr) << "GradSync: no communicator";
-  if (comm->size() <= 1) return;
+  // No parameters: someone else synchronizes the gradients (ZeRO's reduce-scatter).
+  if (comm->size() <= 1 || params.empty()) return;
   parallel::BucketReducerOptions o;
   o.bucket_mb = bucket_mb;
   o.overlap = !env_flag("LATHE_DP_NO_OVERLAP");

@@ -30,7 +30,12 @@ class ParallelLayout {
   ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::Communicator> world);
 
   const parallel::ProcessGroups& groups() const { return *groups_; }
-  const std::shared_ptr<parallel::Communicator>& data_comm() const { return groups_->dp(); }
+  // The ranks holding replicas of the same weights: the data-parallel group, and with Ulysses
+  // (tensor_parallel 1) also the sequence-parallel peers, whose token-weighted gradients and
+  // loss sums complete each other's sequences.
+  const std::shared_ptr<parallel::Communicator>& data_comm() const {
+    return groups_->sp_size() > 1 && groups_->tp_size() == 1 ? groups_->world() : groups_->dp();
+  }
   int data_rank() const { return groups_->dp_rank(); }
   int data_size() const { return groups_->dp_size(); }
   int tensor_parallel() const { return groups_->tp_size(); }

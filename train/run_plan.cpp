@@ -80,6 +80,11 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
   // The groups split comm, so they inherit its timeout.
   p.layout = std::make_shared<ParallelLayout>(cfg, p.comm);
   const int data_ranks = p.layout->data_size();
+  // Ulysses sequence parallelism (tensor_parallel 1): the layout's sequence-parallel group.
+  p.sp = p.layout->groups().sp_size();
+  p.sp_rank = p.layout->groups().sp_rank();
+  p.dp = data_ranks;
+  p.dp_rank = p.layout->data_rank();
   p.compute_dtype = cfg.train().precision() == TrainConfig::BF16 ? DType::bf16 : DType::f32;
   p.peak_tflops = peak_tflops_for(cfg, p.device);
   if (apply_threads) {
@@ -120,6 +125,13 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
                                  std::to_string(p.batches_per_epoch) + " batches is less than one step of " +
                                  std::to_string(tc.grad_accum()) + " micro-batches (train.grad_accum)"});
   p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * data_ranks * tc.seq_len();
+  if (p.sp > 1) {
+    const int64_t padded = (tc.seq_len() + p.sp - 1) / p.sp * p.sp;
+    if (padded > p.spec.max_seq_len)
+      throw ConfigError("config", {"parallel.sequence_parallel: train.seq_len " + std::to_string(tc.seq_len()) +
+                                   " padded to a multiple of " + std::to_string(p.sp) + " is " + std::to_string(padded) +
+                                   ", more than model.max_seq_len " + std::to_string(p.spec.max_seq_len)});
+  }
   p.flops_per_token = flops_per_token(p.spec, tc.seq_len());
   p.schedule = make_schedule(cfg, p.total_steps);
 

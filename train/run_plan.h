@@ -41,6 +41,10 @@ struct RunPlan {
   // The data x tensor x sequence parallel grid over comm (train/parallel_layout.h); the
   // data split and gradient averaging use its data-parallel group.
   std::shared_ptr<ParallelLayout> layout;
+  // Sequence parallelism (parallel.sequence_parallel, Ulysses): groups of sp consecutive ranks (the layout's sequence-parallel group)
+  // share each batch, rank sp_rank of its group holding a slice of every sequence; the loader
+  // shards over the dp = world / sp groups.
+  int sp = 1, sp_rank = 0, dp = 1, dp_rank = 0;
   int threads = 0;  // OpenMP/BLAS threads per rank to apply (0 = leave as they are)
 
   // Device and precision: where the model, batches and optimizer state live, and the dtype

@@ -27,6 +27,8 @@
 #include "peft/sft_io.h"
 #include "train/peft_spiel.h"
 #include "train/run_plan.h"
+#include "train/zero_setup.h"
+#include "parallel/ulysses.h"
 
 namespace fs = std::filesystem;
 
@@ -227,6 +229,11 @@ void Trainer::setup() {
 
   // Built after the move, so optimizer state is created on the parameters' device.
   opt_ = make_optimizer(p.cfg, *model_);
+  // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
+  if (p.cfg.parallel().zero_stage() == 1) {
+    zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
+    opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
+  }
   if (peft_ && peft_options_->method == peft::Method::spiel) {
     // SpIEL: its own Adam on the values (per-element age) around the run's optimizer, and the
     // selection state in the checkpoint; the first selection phase starts now.
@@ -269,10 +276,23 @@ void Trainer::setup() {
   std::vector<std::pair<std::string, Tensor>> trainable;
   for (const auto& np : model_->named_parameters())
     if (np.second.requires_grad()) trainable.push_back(np);
-  grad_sync_ = std::make_unique<GradSync>(trainable, p.layout->data_comm(), p.cfg.parallel().bucket_mb());
+  // With ZeRO the sharder reduce-scatters instead (no bucketed all-reduce).
+  grad_sync_ = std::make_unique<GradSync>(zero_ ? decltype(trainable){} : trainable, p.layout->data_comm(),
+                                          p.cfg.parallel().bucket_mb());
   // optimizer.layerwise: each parameter stepped from its hook / its reduced bucket
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
+
+  // Ulysses sequence parallelism (parallel/ulysses.h): the attention of every layer runs over
+  // the whole sequence of its group from this rank's slice.
+  if (p.sp > 1) {
+    sp_comm_ = p.layout->groups().sp();
+    try {
+      parallel::set_ulysses(*model_, sp_comm_);
+    } catch (const lathe::Error& e) {
+      throw configs::ConfigError("config", {"parallel.sequence_parallel: " + e.message()});
+    }
+  }
 
   print_banner(from, restored_config_.empty() ? std::vector<std::string>{}
                                               : lines_not_in(p.config_text, restored_config_));
@@ -283,6 +303,8 @@ void Trainer::setup() {
 std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
   const RunPlan& p = *plan_;
   if (builtin_parts_.empty()) {
+    // First, so that a checkpoint of another ZeRO layout is refused before any state loads.
+    builtin_parts_.push_back(layout_part(layout_description(zero_.get(), plan_->sp)));
     builtin_parts_.push_back(std::make_shared<ModelPart>(*model_, /*trainable_only=*/peft_ != nullptr));
     builtin_parts_.push_back(std::make_shared<OptimizerPart>(*opt_, p.device));
     // Where the run stands: steps, tokens and the lr of the last update (the schedule is a
@@ -336,6 +358,7 @@ std::vector<CheckpointPart*> Trainer::checkpoint_parts() {
 
 void Trainer::restore(const std::string& dir) {
   LATHE_CHECK(model_ && opt_ && loader_) << "Trainer::restore: the model is not built (call setup())";
+  check_resume_layout(dir, layout_description(zero_.get(), plan_->sp), plan_->world);
   const CheckpointMeta meta = load_checkpoint(dir, checkpoint_parts(), *plan_->comm, plan_->layout->name());
   restored_config_ = meta.config_text;
   result_.start_step = result_.end_step = step_;
@@ -470,6 +493,14 @@ StepRecord Trainer::train_step() {
   std::vector<int64_t> counts;
   for (int32_t micro = 0; micro < tc.grad_accum(); ++micro) {
     batches.push_back(loader_->next());
+    if (p.sp > 1) {
+      // This rank's slice of its group's batch (targets shifted before slicing, padded).
+      data::LMBatch& b = batches.back();
+      const parallel::SequenceSlice s = parallel::slice_sequence(b.ids, b.targets, p.sp_rank, p.sp);
+      b.ids = s.ids;
+      b.targets = s.targets;
+      model_->set_position_offset(s.start);
+    }
     counts.push_back(count_targets(batches.back().targets));
   }
   const TokenWeights weights = token_weights(std::move(counts), *p.layout->data_comm());
@@ -507,8 +538,11 @@ StepRecord Trainer::train_step() {
     opt_->step();
     opt_->zero_grad();
   } else {
-    grad_norm = optim::clip_grad_norm(params_, tc.grad_clip());
+    if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
+    grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
+                      : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
+    if (zero_) zero_->all_gather_parameters();
     opt_->zero_grad();
   }
   // SoRA's proximal step on the gates, after they were updated (either way above).
@@ -537,6 +571,18 @@ EvalResult Trainer::evaluate() {
   setup();
   const RunPlan& p = *plan_;
   if (p.data.val_size() == 0) return {};
+  // Evaluation and sampling see whole sequences on every rank: plain attention meanwhile.
+  struct WholeSequences {
+    models::CausalLM& m;
+    std::shared_ptr<parallel::Communicator> sp;
+    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_) : m(m_), sp(std::move(sp_)) {
+      if (sp) parallel::set_ulysses(m, nullptr);
+      m.set_position_offset(0);
+    }
+    ~WholeSequences() {
+      if (sp) parallel::set_ulysses(m, sp);
+    }
+  } whole(*model_, sp_comm_);
   const int64_t at = step_;
   EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(),
                                *p.layout->data_comm(), p.compute_dtype);

@@ -117,6 +117,9 @@ struct TrainResult {
 };
 
 }  // namespace lathe::train
+namespace lathe::parallel {
+class ZeroSharder;
+}  // namespace lathe::parallel
 namespace lathe::peft {
 struct PeftOptions;
 struct InjectResult;
@@ -206,6 +209,8 @@ class Trainer {
   std::vector<Tensor> params_;  // the optimizer's, for clipping
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;
+  std::unique_ptr<parallel::ZeroSharder> zero_;  // parallel.zero_stage 1 (train/zero_setup.h)
+  std::shared_ptr<parallel::Communicator> sp_comm_;  // parallel.sequence_parallel > 1 (Ulysses)
   std::unique_ptr<LayerwiseUpdater> layerwise_;  // optimizer.layerwise; uses opt_ and grad_sync_
   std::unique_ptr<MetricsLogger> metrics_;
   std::vector<std::shared_ptr<CheckpointPart>> builtin_parts_, parts_;

@@ -286,6 +286,9 @@ TEST(Cli, EveryCpuConfigRunsTwoSteps) {
     // One process: tensor-parallel examples run unsharded here (under mpirun in test_cli_tp.cpp).
     if (cfg.parallel().tensor_parallel() > 1) args += " --set parallel.tensor_parallel=1";
     if (cfg.data().val_fraction() > 0) args += " --set train.eval_interval=1 --set train.eval_batches=1";
+    // One process here: a sequence-parallel example (examples/ulysses, run under mpirun in
+    // tests/parallel) trains its config unsplit.
+    if (cfg.parallel().sequence_parallel() > 1) args += " --set parallel.sequence_parallel=1";
     if (!cfg.model().init_from().empty()) args.replace(0, 5, "finetune");  // "train" -> "finetune"
     Result r = run_lathe(args);
     ASSERT_EQ(r.rc, 0) << r.out;

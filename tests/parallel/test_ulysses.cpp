@@ -1,0 +1,230 @@
+// Ulysses sequence parallelism (parallel/ulysses.h) under mpirun (ctest runs -np 2 and -np 4):
+// the re-sharding all-to-alls against their formula and by f64 finite differences, and whole
+// GPT-2 and Llama (GQA, RoPE) models with the sequence split over the ranks against one
+// process on the same batch (losses and gradients, f32 tolerance), with a sequence length
+// that no group size divides.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "autograd/autograd.h"
+#include "autograd/grad_mode.h"
+#include "models/model.h"
+#include "parallel/ulysses.h"
+
+namespace lathe::parallel {
+namespace {
+
+namespace ag = lathe::autograd;
+
+std::shared_ptr<Communicator> comm() { return world(); }
+
+// A deterministic tensor, the same on every rank for the same seed.
+Tensor randn(const Shape& s, uint64_t seed, DType dt = DType::f64) {
+  Generator g(seed);
+  return Tensor::randn(s, g).to(dt).contiguous();
+}
+
+TEST(Ulysses, SeqToHeadsIsTheHeadSliceOfTheWholeSequence) {
+  auto c = comm();
+  const int P = c->size(), r = c->rank();
+  const int64_t B = 2, H = 2 * P, Tl = 3, D = 4;
+  Tensor full = randn({B, H, P * Tl, D}, 5);
+  Tensor mine = full.narrow(2, r * Tl, Tl).contiguous();
+  Tensor heads = seq_to_heads(mine, c);
+  ASSERT_EQ(heads.shape(), (Shape{B, H / P, P * Tl, D}));
+  Tensor expect = full.narrow(1, r * (H / P), H / P).contiguous();
+  EXPECT_EQ(heads.contiguous().to_vector<double>(), expect.to_vector<double>());
+  // And back: the round trip is the identity.
+  Tensor back = heads_to_seq(heads, c);
+  EXPECT_EQ(back.contiguous().to_vector<double>(), mine.to_vector<double>());
+}
+
+// L = sum over ranks of <w_r, heads_to_seq(seq_to_heads(x_r) * s)>: the analytic gradient
+// (every rank's backward, whose all-to-alls meet) against central differences of L, one
+// element of one rank at a time (every rank evaluates L each time, so the collectives match).
+TEST(Ulysses, AllToAllBackwardByFiniteDifferences) {
+  auto c = comm();
+  const int P = c->size(), r = c->rank();
+  const int64_t B = 1, H = P, Tl = 2, D = 2;
+  Tensor x = randn({B, H, Tl, D}, 100 + static_cast<uint64_t>(r));
+  Tensor s = randn({B, 1, P * Tl, D}, 7);  // makes the head layout matter
+  Tensor w = randn({B, H, Tl, D}, 200 + static_cast<uint64_t>(r));
+  auto local = [&](const Tensor& in) {
+    Tensor y = heads_to_seq(ag::mul(seq_to_heads(in, c), s), c);
+    return ag::sum(ag::mul(y, w));
+  };
+  Tensor leaf = x.clone();
+  leaf.set_requires_grad(true);
+  local(leaf).backward();
+  const std::vector<double> analytic = leaf.grad().contiguous().to_vector<double>();
+  const double eps = 1e-6;
+  double worst = 0;
+  for (int p = 0; p < P; ++p)
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      auto total = [&](double delta) {
+        ag::NoGradGuard ng;
+        Tensor xi = x.clone();
+        if (r == p) xi.view({-1}).narrow(0, i, 1).fill_(x.to_vector<double>()[static_cast<size_t>(i)] + delta);
+        Tensor l = local(xi).to(DType::f64).contiguous().reshape({1});
+        c->all_reduce(l, ReduceOp::sum);
+        return l.to_vector<double>()[0];
+      };
+      const double numeric = (total(eps) - total(-eps)) / (2 * eps);
+      if (r == p) worst = std::max(worst, std::abs(numeric - analytic[static_cast<size_t>(i)]));
+    }
+  EXPECT_LT(worst, 1e-7);
+}
+
+models::ModelSpec spec(models::Arch arch, int64_t n_kv_head) {
+  models::ModelSpec s;
+  s.arch = arch;
+  s.vocab_size = 64;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_kv_head = n_kv_head;
+  s.d_model = 32;
+  s.max_seq_len = 32;
+  if (arch == models::Arch::llama) {
+    s.bias = false;
+    s.tie_embeddings = false;
+  }
+  return s;
+}
+
+// One batch [B, T] with targets shifted from a T + 1 token stream (the loader's layout).
+void make_batch(int64_t B, int64_t T, int64_t V, Tensor& ids, Tensor& targets) {
+  std::vector<int64_t> v;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t <= T; ++t) v.push_back((t * 7 + b * 13 + (t * t * 5) % 11) % V);
+  Tensor stream = Tensor::from_vector<int64_t>(v, {B, T + 1});
+  ids = stream.narrow(1, 0, T).contiguous();
+  targets = stream.narrow(1, 1, T).contiguous();
+  // A few ignored labels, as instruction data has.
+  targets.narrow(1, 2, 1).fill_(-100);
+}
+
+struct Result {
+  double loss;
+  std::map<std::string, std::vector<double>> grads;
+};
+
+Result one_process(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets) {
+  auto m = models::build_model(s, 3);
+  Tensor loss = m->loss(ids, targets);
+  loss.backward();
+  Result r{loss.item(), {}};
+  for (const auto& [n, p] : m->named_parameters()) r.grads[n] = p.grad().to(DType::f64).contiguous().to_vector<double>();
+  return r;
+}
+
+// The same batch sliced over the ranks: each rank's mean loss weighted by its share of the
+// counted tokens, the gradients summed over the group.
+Result sequence_parallel(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets) {
+  auto c = comm();
+  auto m = models::build_model(s, 3);
+  set_ulysses(*m, c);
+  SequenceSlice sl = slice_sequence(ids, targets, c->rank(), c->size());
+  m->set_position_offset(sl.start);
+  auto count = [](const Tensor& t) {
+    int64_t n = 0;
+    for (int64_t v : t.contiguous().to_vector<int64_t>()) n += v != -100;
+    return n;
+  };
+  const int64_t mine = count(sl.targets), total = count(targets);
+  Tensor loss = m->loss(sl.ids, sl.targets);
+  ag::mul(loss, static_cast<double>(mine) / static_cast<double>(total)).backward();
+  Tensor l = Tensor::from_vector<double>({loss.item() * static_cast<double>(mine) / static_cast<double>(total)}, {1});
+  c->all_reduce(l, ReduceOp::sum);
+  Result r{l.to_vector<double>()[0], {}};
+  for (const auto& [n, p] : m->named_parameters()) {
+    Tensor g = p.grad().contiguous().clone();
+    c->all_reduce(g, ReduceOp::sum);
+    r.grads[n] = g.to(DType::f64).to_vector<double>();
+  }
+  return r;
+}
+
+struct ModelCase {
+  std::string name;
+  models::Arch arch;
+  int64_t n_kv_head;
+  int64_t T;
+};
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
+
+class UlyssesModel : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(UlyssesModel, EqualsOneProcess) {
+  const ModelCase& mc = GetParam();
+  const models::ModelSpec s = spec(mc.arch, mc.n_kv_head);
+  Tensor ids, targets;
+  make_batch(2, mc.T, s.vocab_size, ids, targets);
+  const Result ref = one_process(s, ids, targets);
+  const Result sp = sequence_parallel(s, ids, targets);
+  EXPECT_NEAR(sp.loss, ref.loss, 1e-5 * std::abs(ref.loss));
+  ASSERT_EQ(sp.grads.size(), ref.grads.size());
+  for (const auto& [n, g] : ref.grads) {
+    const auto& h = sp.grads.at(n);
+    ASSERT_EQ(h.size(), g.size()) << n;
+    double worst = 0, scale = 1e-6;
+    for (size_t i = 0; i < g.size(); ++i) {
+      worst = std::max(worst, std::abs(g[i] - h[i]));
+      scale = std::max(scale, std::abs(g[i]));
+    }
+    EXPECT_LT(worst, 1e-4 * scale) << n << " (largest |grad| " << scale << ")";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, UlyssesModel,
+                         ::testing::Values(ModelCase{"Gpt2_T13", models::Arch::gpt2, 0, 13},
+                                           ModelCase{"Gpt2_T16", models::Arch::gpt2, 0, 16},
+                                           ModelCase{"LlamaGqa_T13", models::Arch::llama, 2, 13},
+                                           ModelCase{"LlamaMqa_T15", models::Arch::llama, 1, 15}),
+                         [](const ::testing::TestParamInfo<ModelCase>& info) { return info.param.name; });
+
+TEST(Ulysses, SliceShiftsLabelsAcrossBoundariesAndPads) {
+  // ids 0..6, targets 1..7: T = 7 over 4 ranks pads to 8, slices of 2.
+  std::vector<int64_t> idv, tgv;
+  for (int64_t t = 0; t < 7; ++t) {
+    idv.push_back(10 + t);
+    tgv.push_back(11 + t);
+  }
+  Tensor ids = Tensor::from_vector<int64_t>(idv, {1, 7}), targets = Tensor::from_vector<int64_t>(tgv, {1, 7});
+  SequenceSlice s1 = slice_sequence(ids, targets, 1, 4);
+  EXPECT_EQ(s1.start, 2);
+  EXPECT_EQ(s1.padded_len, 8);
+  EXPECT_EQ(s1.ids.to_vector<int64_t>(), (std::vector<int64_t>{12, 13}));
+  EXPECT_EQ(s1.targets.to_vector<int64_t>(), (std::vector<int64_t>{13, 14}));  // 14: the next slice's first id
+  SequenceSlice s3 = slice_sequence(ids, targets, 3, 4);
+  EXPECT_EQ(s3.ids.to_vector<int64_t>(), (std::vector<int64_t>{16, 0}));
+  EXPECT_EQ(s3.targets.to_vector<int64_t>(), (std::vector<int64_t>{17, -100}));
+}
+
+TEST(Ulysses, HeadsThatDoNotSplitAreAnError) {
+  auto c = comm();
+  const int P = c->size();
+  EXPECT_EQ(ulysses_heads_problem(4 * P, P, P), "");
+  EXPECT_EQ(ulysses_heads_problem(4 * P, 1, P), "");  // replicated
+  EXPECT_NE(ulysses_heads_problem(3, 3, 2), "");
+  EXPECT_NE(ulysses_heads_problem(12, 3, 4), "");  // 3 KV heads over 4 ranks
+  models::ModelSpec s = spec(models::Arch::gpt2, 0);
+  s.n_head = 2;
+  s.d_model = 32;
+  auto m = models::build_model(s, 1);
+  if (P > 2) {
+    try {
+      set_ulysses(*m, c);
+      ADD_FAILURE() << "2 heads over " << P << " ranks were accepted";
+    } catch (const lathe::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("layers.0.attn"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lathe::parallel

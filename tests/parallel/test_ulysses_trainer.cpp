@@ -1,0 +1,125 @@
+// Ulysses through the whole trainer (parallel.sequence_parallel, sequence_parallel_mode:
+// ULYSSES) under mpirun, in the test_zero binary: the job's ranks as sp-rank groups train the
+// same global batches as one process (losses and final weights to f32 tolerance), with a
+// sequence length no degree divides; and the config errors.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "parallel/single_process_communicator.h"
+#include "tests/train/trainer_test_util.h"
+#include "train/trainer.h"
+
+namespace lathe::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Each rank's own directory (the one-process reference runs on every rank).
+std::string rank_dir(const std::string& tag) {
+  Tensor pid = Tensor::from_vector<int64_t>({static_cast<int64_t>(::getpid())}, {1});
+  parallel::world()->broadcast(pid, 0);
+  return (fs::temp_directory_path() / ("lathe_sp_" + tag + "_" + std::to_string(pid.to_vector<int64_t>()[0]))).string();
+}
+
+// A 4-head GPT-2 or Llama (GQA 2 KV heads), no dropout, seq_len 15 (no degree divides it).
+RunConfig sp_config(const std::string& run_dir, const std::string& arch, int sp, int micro_batch) {
+  std::string t = test_util::tiny_config_text(run_dir, 3);
+  const std::string model = arch == "GPT2"
+                                ? "model { arch: GPT2 n_layer: 2 n_head: 4 d_model: 32 max_seq_len: 32 dropout: 0 }"
+                                : "model { arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32 }";
+  t.replace(t.find("model {"), t.find("}\n", t.find("model {")) + 1 - t.find("model {"), model);
+  t.replace(t.find("micro_batch: 4"), 14, "micro_batch: " + std::to_string(micro_batch) + " seq_len: 15");
+  t.replace(t.find("eval_interval: 4"), 16, "eval_interval: 3");
+  t.replace(t.find("checkpoint { interval: 4"), 24, "checkpoint { interval: 0");
+  t.replace(t.find("parallel { threads_per_rank: 1"), 30,
+            "parallel { threads_per_rank: 1 collective_timeout_s: 30 sequence_parallel: " + std::to_string(sp) +
+                " sequence_parallel_mode: ULYSSES");
+  return configs::parse_text(t, "ulysses trainer");
+}
+
+class UlyssesTrainer : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
+  auto world = parallel::world();
+  const int n = world->size(), r = world->rank();
+  const std::vector<int> degrees = n == 2 ? std::vector<int>{2} : std::vector<int>{2, 4};
+  for (int sp : degrees) {
+    SCOPED_TRACE("sequence_parallel " + std::to_string(sp));
+    const int dp = n / sp;
+    const std::string root = rank_dir(GetParam() + std::to_string(sp));
+    TrainOptions o;
+    o.out = nullptr;
+    o.comm = world;
+    Trainer split(sp_config(root, GetParam(), sp, 2), o);
+    const TrainResult a = split.run();
+    // The reference: one process with the whole global batch (dp groups x 2 rows).
+    TrainOptions one;
+    one.out = nullptr;
+    one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
+    // Evaluation shards over every rank (2 rows each, 2 batches): the same rows in 2 * sp
+    // batches of 2 * dp.
+    RunConfig ref = sp_config(root + "_one_" + std::to_string(r), GetParam(), 1, 2 * dp);
+    ref.mutable_train()->set_eval_batches(2 * sp);
+    Trainer whole(ref, one);
+    const TrainResult b = whole.run();
+    ASSERT_EQ(a.steps.size(), 3u);
+    ASSERT_EQ(b.steps.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * b.steps[i].loss) << "step " << i + 1;
+      EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-4 * b.steps[i].grad_norm) << "step " << i + 1;
+    }
+    // Evaluation ran on whole sequences with plain attention: the same validation loss.
+    ASSERT_FALSE(a.evals.empty());
+    EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
+    double worst = 0;
+    for (const auto& [name, p] : split.model().named_parameters()) {
+      const auto x = p.to(DType::f64).contiguous().to_vector<double>();
+      const auto y = whole.model().parameter(name).to(DType::f64).contiguous().to_vector<double>();
+      for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+    }
+    EXPECT_LT(worst, 2e-5);
+    world->barrier();
+    std::error_code ec;
+    fs::remove_all(root + "_one_" + std::to_string(r), ec);
+    if (r == 0) fs::remove_all(root, ec);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA"));
+
+TEST(UlyssesTrainerConfig, Errors) {
+  auto world = parallel::world();
+  const std::string root = rank_dir("errors");
+  TrainOptions o;
+  o.out = nullptr;
+  o.comm = world;
+  auto expect_config_error = [&](RunConfig cfg, const std::string& field) {
+    try {
+      train(cfg, o);
+      ADD_FAILURE() << "accepted; expected an error naming " << field;
+    } catch (const configs::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  };
+  RunConfig megatron = sp_config(root, "GPT2", 2, 2);
+  megatron.mutable_parallel()->set_sequence_parallel_mode(ParallelConfig::MEGATRON);
+  expect_config_error(megatron, "parallel.sequence_parallel_mode");
+  RunConfig heads = sp_config(root, "GPT2", 2, 2);
+  heads.mutable_model()->set_n_head(1);
+  expect_config_error(heads, "parallel.sequence_parallel");
+  if (world->size() == 4) expect_config_error(sp_config(root, "GPT2", 3, 2), "parallel.sequence_parallel");
+  world->barrier();
+  std::error_code ec;
+  if (world->rank() == 0) fs::remove_all(root, ec);
+}
+
+}  // namespace
+}  // namespace lathe::train

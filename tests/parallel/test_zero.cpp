@@ -1,0 +1,403 @@
+// ZeRO-1 (parallel/zero.h, train/zero_setup.h) under mpirun (ctest runs -np 2 and -np 4):
+// the whole trainer with parallel.zero_stage 1 against the same run with plain data
+// parallelism, on the same ranks and the same global batches.
+//
+// Why bit for bit at np 2: the mean of two ranks' gradients is (a + b) / 2 whether it comes
+// from the all-reduce or the reduce-scatter, and each rank's optimizer runs the same
+// per-element arithmetic on its pieces as on the whole tensors (flat pieces of AdamW and SGD
+// are elementwise; GaLore, Fira, 8-bit and SGD-SaI own whole tensors). With 4 ranks the MPI
+// library may sum in another order, so the comparison there is to f32 tolerance. Clipping
+// sums the squared norms per piece instead of per tensor: tolerance as well.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "core/memory.h"
+#include "models/hf_export.h"
+#include "models/model.h"
+#include "parallel/zero.h"
+#include "tests/train/trainer_test_util.h"
+#include "train/checkpoint.h"
+#include "train/checkpoint_dir.h"
+#include "train/trainer.h"
+
+namespace lathe::train {
+namespace {
+
+namespace fs = std::filesystem;
+using parallel::Communicator;
+
+std::shared_ptr<Communicator> world() { return parallel::world(); }
+
+// A directory every rank sees under the same name (rank 0's pid), removed at the end.
+class SharedDir {
+ public:
+  explicit SharedDir(Communicator& comm) : comm_(comm) {
+    Tensor pid = Tensor::from_vector<int64_t>({static_cast<int64_t>(::getpid())}, {1});
+    comm.broadcast(pid, 0);
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = (fs::temp_directory_path() / ("lathe_zero_" + std::string(info->name()) + "_" +
+                                           std::to_string(pid.to_vector<int64_t>()[0])))
+                .string();
+    if (comm.rank() == 0) {
+      fs::remove_all(path_);
+      fs::create_directories(path_);
+    }
+    comm.barrier();
+  }
+  ~SharedDir() {
+    comm_.barrier();
+    std::error_code ec;
+    if (comm_.rank() == 0) fs::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
+
+ private:
+  Communicator& comm_;
+  std::string path_;
+};
+
+TrainOptions opts(std::shared_ptr<Communicator> comm = world()) {
+  TrainOptions o;
+  o.out = nullptr;
+  o.comm = std::move(comm);
+  return o;
+}
+
+// The tiny trainer-test run (2-layer GPT-2, dropout on) with the given optimizer fields.
+RunConfig config(const std::string& run_dir, const std::string& opt_fields, int zero, int grad_accum = 1,
+                 double clip = 0, int steps = 4, const std::string& extra = "") {
+  std::string text = test_util::tiny_config_text(run_dir, steps);
+  auto replace = [&](const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) text.replace(at, from.size(), to);
+  };
+  replace("optimizer { lr: 3e-3 weight_decay: 0.1 }", "optimizer { " + opt_fields + " }");
+  replace("grad_accum: 2", "grad_accum: " + std::to_string(grad_accum) + " grad_clip: " + std::to_string(clip));
+  replace("warmup_steps: 3", "warmup_steps: 2");
+  replace("eval_interval: 4", "eval_interval: 0");
+  replace("checkpoint { interval: 4 ", "checkpoint { interval: 0 ");
+  replace("parallel { threads_per_rank: 1 }",
+          "parallel { threads_per_rank: 1 collective_timeout_s: 30 zero_stage: " + std::to_string(zero) + " }");
+  return configs::parse_text(text + extra, "zero_test");
+}
+
+struct OptimizerCase {
+  std::string name;
+  std::string fields;
+  parallel::ZeroPartition partition;
+};
+void PrintTo(const OptimizerCase& c, std::ostream* os) { *os << c.name; }
+const std::vector<OptimizerCase> kOptimizers = {
+    {"AdamW", "type: ADAMW lr: 3e-3 weight_decay: 0.1", parallel::ZeroPartition::flat},
+    {"AdamWHf", "type: ADAMW lr: 3e-3 weight_decay: 0.1 adamw_variant: HF", parallel::ZeroPartition::flat},
+    {"SgdMomentum", "type: SGD lr: 0.05 sgd_momentum: 0.9 weight_decay: 0.01", parallel::ZeroPartition::flat},
+    {"AdamW8bit", "type: ADAMW lr: 3e-3 weight_decay: 0.1 state_bits: 8 eight_bit { min_8bit_size: 0 }",
+     parallel::ZeroPartition::per_parameter},
+    {"SgdSai", "type: SGD_SAI lr: 1e-3 weight_decay: 0.01", parallel::ZeroPartition::per_parameter},
+    {"GaLore", "type: GALORE lr: 3e-3 galore { rank: 4 update_proj_gap: 2 scale: 0.25 }",
+     parallel::ZeroPartition::per_parameter},
+    {"Fira", "type: FIRA lr: 3e-3 galore { rank: 4 update_proj_gap: 2 scale: 0.25 }",
+     parallel::ZeroPartition::per_parameter},
+};
+
+// Largest |a - b| over every parameter of two models (they must have the same names).
+double max_param_diff(models::CausalLM& a, models::CausalLM& b, bool* bitwise) {
+  double worst = 0;
+  *bitwise = true;
+  auto pb = b.named_parameters();
+  std::map<std::string, Tensor> bm(pb.begin(), pb.end());
+  for (const auto& [n, p] : a.named_parameters()) {
+    EXPECT_TRUE(bm.count(n)) << n;
+    if (!bm.count(n)) continue;
+    Tensor x = p.contiguous(), y = bm[n].contiguous();
+    if (std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) != 0) *bitwise = false;
+    const auto xv = x.to(DType::f64).to_vector<double>(), yv = y.to(DType::f64).to_vector<double>();
+    for (size_t i = 0; i < xv.size(); ++i) worst = std::max(worst, std::abs(xv[i] - yv[i]));
+  }
+  return worst;
+}
+
+// Elements of the optimizer's parameters (a ZeRO rank: its pieces).
+int64_t optimizer_numel(Trainer& t) {
+  int64_t n = 0;
+  for (const auto& g : t.optimizer().groups())
+    for (const auto& np : g.params) n += np.second.numel();
+  return n;
+}
+
+int64_t trainable_numel(Trainer& t) {
+  int64_t n = 0;
+  for (const auto& [name, p] : t.model().named_parameters())
+    if (p.requires_grad()) n += p.numel();
+  return n;
+}
+
+// Runs plain DP and ZeRO-1 on the same config; compares losses, grad norms and parameters.
+void expect_zero_equals_plain(const std::string& opt_fields, int grad_accum, double clip, const std::string& extra,
+                              parallel::ZeroPartition partition) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  Trainer plain(config(dir / "plain", opt_fields, 0, grad_accum, clip, 4, extra), opts());
+  const TrainResult a = plain.run();
+  Trainer zero(config(dir / "zero", opt_fields, 1, grad_accum, clip, 4, extra), opts());
+  const TrainResult b = zero.run();
+  ASSERT_EQ(a.steps.size(), 4u);
+  ASSERT_EQ(b.steps.size(), 4u);
+  // ZeRO really ran: this rank's optimizer holds only its share, and the shares add up.
+  const int64_t total = trainable_numel(zero), mine = optimizer_numel(zero);
+  EXPECT_EQ(optimizer_numel(plain), total);
+  EXPECT_LT(mine, total);
+  Tensor sum = Tensor::from_vector<int64_t>({mine}, {1});
+  comm->all_reduce(sum, parallel::ReduceOp::sum);
+  EXPECT_EQ(sum.to_vector<int64_t>()[0], total);
+  if (partition == parallel::ZeroPartition::per_parameter) {
+    // Whole tensors: every piece has its parameter's shape.
+    for (const auto& g : zero.optimizer().groups())
+      for (const auto& [n, piece] : g.params) EXPECT_EQ(piece.shape(), zero.model().parameter(n).shape()) << n;
+  }
+  const bool exact = comm->size() == 2 && clip == 0;
+  for (size_t i = 0; i < a.steps.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    // The norm sums per piece instead of per tensor: equal to rounding only.
+    EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-5 * a.steps[i].grad_norm);
+    if (exact)
+      EXPECT_EQ(a.steps[i].loss, b.steps[i].loss);
+    else
+      EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * std::abs(a.steps[i].loss));
+  }
+  bool bitwise = false;
+  const double diff = max_param_diff(plain.model(), zero.model(), &bitwise);
+  if (exact)
+    EXPECT_TRUE(bitwise) << "max |plain - zero| = " << diff;
+  else
+    EXPECT_LT(diff, 2e-5);
+  // The replicas agree with each other after the all-gather.
+  for (const auto& [n, p] : zero.model().named_parameters()) {
+    Tensor c = p.contiguous().clone();
+    comm->broadcast(c, 0);
+    EXPECT_EQ(0, std::memcmp(c.raw_data(), p.contiguous().raw_data(), p.nbytes())) << n << " differs from rank 0's";
+  }
+}
+
+class ZeroEquivalence : public ::testing::TestWithParam<OptimizerCase> {};
+
+TEST_P(ZeroEquivalence, SameParametersAsPlainDataParallel) {
+  expect_zero_equals_plain(GetParam().fields, 1, 0, "", GetParam().partition);
+}
+
+TEST_P(ZeroEquivalence, WithGradientAccumulation) {
+  expect_zero_equals_plain(GetParam().fields, 3, 0, "", GetParam().partition);
+}
+
+INSTANTIATE_TEST_SUITE_P(Optimizers, ZeroEquivalence, ::testing::ValuesIn(kOptimizers),
+                         [](const ::testing::TestParamInfo<OptimizerCase>& info) { return info.param.name; });
+
+TEST(Zero, GlobalNormClipping) {
+  // A small max norm so that clipping acts in every step (the tiny model's norm is ~1).
+  expect_zero_equals_plain(kOptimizers[0].fields, 2, 0.05, "", parallel::ZeroPartition::flat);
+}
+
+// LoRA adapters on a pretrained base: only the trainable adapter tensors are sharded.
+TEST(Zero, LoraAdapters) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  const std::string base = dir / "base";
+  if (comm->rank() == 0) {
+    models::ModelSpec s;
+    s.arch = models::Arch::gpt2;
+    s.vocab_size = 256;
+    s.n_layer = 2;
+    s.n_head = 2;
+    s.d_model = 32;
+    s.max_seq_len = 32;
+    models::save_hf_model(*models::build_model(s, 77), base);
+  }
+  comm->barrier();
+  auto cfg = [&](const std::string& run, int zero) {
+    std::string t = test_util::tiny_config_text(run, 4);
+    t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
+    t.replace(t.find("model {"), 7, "model { init_from: \"" + base + "\"");
+    t.replace(t.find("lr: 3e-3"), 8, "lr: 1e-2");
+    t.replace(t.find("threads_per_rank: 1"), 19, "threads_per_rank: 1 zero_stage: " + std::to_string(zero));
+    t.replace(t.find("checkpoint { interval: 4"), 24, "checkpoint { interval: 0");
+    return configs::parse_text(t + "peft { method: LORA r: 4 lora_alpha: 8 target_modules: \"c_attn\" "
+                                   "target_modules: \"mlp.fc\" }\n",
+                               "zero lora");
+  };
+  Trainer plain(cfg(dir / "plain", 0), opts());
+  plain.run();
+  Trainer zero(cfg(dir / "zero", 1), opts());
+  zero.run();
+  int64_t adapters = 0;
+  for (const auto& [n, p] : zero.model().named_parameters())
+    if (p.requires_grad()) {
+      EXPECT_NE(n.find("lora_"), std::string::npos) << n;
+      adapters += p.numel();
+    }
+  EXPECT_EQ(trainable_numel(zero), adapters);
+  EXPECT_LT(optimizer_numel(zero), adapters);
+  bool bitwise = false;
+  const double diff = max_param_diff(plain.model(), zero.model(), &bitwise);
+  if (comm->size() == 2)
+    EXPECT_TRUE(bitwise) << "max |plain - zero| = " << diff;
+  else
+    EXPECT_LT(diff, 2e-5);
+}
+
+// Stopped after step 2 and resumed: every rank's final checkpoint (weights, its optimizer-state
+// shard, data position, RNG) equals that of a run that never stopped, bit for bit.
+TEST(Zero, ResumeIsBitExact) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  for (const auto& oc : {kOptimizers[0], kOptimizers[5]}) {
+    SCOPED_TRACE(oc.name);
+    const std::string a_dir = dir / (oc.name + "_straight"), b_dir = dir / (oc.name + "_stopped");
+    train(config(a_dir, oc.fields, 1, 2), opts());
+    TrainOptions stop = opts();
+    stop.stop_after = 2;
+    ASSERT_EQ(train(config(b_dir, oc.fields, 1, 2), stop).end_step, 2);
+    TrainOptions resume = opts();
+    resume.resume = "latest";
+    const TrainResult b = train(config(b_dir, oc.fields, 1, 2), resume);
+    ASSERT_EQ(b.start_step, 2);
+    ASSERT_TRUE(b.finished);
+    const int r = comm->rank();
+    test_util::expect_same_tensors(rank_file(step_dir(a_dir + "/checkpoints", 4), r),
+                                   rank_file(step_dir(b_dir + "/checkpoints", 4), r));
+    // The file holds this rank's shard only.
+    H5Reader f(rank_file(step_dir(b_dir + "/checkpoints", 4), r));
+    EXPECT_NE(f.attr_string("/", "optimizer_layout").find("ZeRO-1 over " + std::to_string(comm->size())),
+              std::string::npos);
+  }
+}
+
+// A checkpoint of another layout is refused with both layouts named.
+TEST(Zero, ResumeUnderAnotherLayoutIsRefused) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  const std::string fields = kOptimizers[0].fields;
+  train(config(dir / "plain", fields, 0, 1, 0, 2), opts());
+  TrainOptions resume = opts();
+  resume.resume = "latest";
+  try {
+    train(config(dir / "plain", fields, 1, 1, 0, 4), resume);
+    ADD_FAILURE() << "a plain data-parallel checkpoint was resumed with zero_stage 1";
+  } catch (const CheckpointError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("plain data parallelism"), std::string::npos) << m;
+    EXPECT_NE(m.find("ZeRO-1 over " + std::to_string(comm->size())), std::string::npos) << m;
+  }
+  // Another data-parallel size: ranks 0 and 1 write a ZeRO checkpoint, every rank resumes it.
+  if (comm->size() < 4) return;
+  auto pair = comm->split(comm->rank() < 2 ? 0 : -1, comm->rank());
+  if (pair) train(config(dir / "dp2", fields, 1, 1, 0, 2), opts(pair));
+  comm->barrier();
+  try {
+    train(config(dir / "dp2", fields, 1, 1, 0, 4), resume);
+    ADD_FAILURE() << "a ZeRO checkpoint of 2 ranks was resumed on 4";
+  } catch (const CheckpointError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("ZeRO-1 over 2 data-parallel"), std::string::npos) << m;
+    EXPECT_NE(m.find("ZeRO-1 over 4 data-parallel"), std::string::npos) << m;
+  }
+}
+
+// Optimizer-state bytes per rank (the allocator's MemCategory::optimizer_state) are about 1/dp
+// of plain data parallelism's: exactly their share for the flat partition, the per-parameter
+// bin packing's share otherwise.
+TEST(Zero, OptimizerStateBytesPerRank) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  const int dp = comm->size();
+  for (const auto& oc : {kOptimizers[0], kOptimizers[5]}) {
+    SCOPED_TRACE(oc.name);
+    int64_t max_single = 0;  // the largest one parameter's state (plain DP)
+    auto measure = [&](int zero) {
+      const int64_t before = memory_stats().current_of(MemCategory::optimizer_state);
+      Trainer t(config(dir / (oc.name + std::to_string(zero)), oc.fields, zero, 1, 0, 2), opts());
+      t.run();
+      if (zero == 0)
+        for (const auto& g : t.optimizer().groups())
+          for (const auto& np : g.params) {
+            int64_t b = 0;
+            for (const auto& kv : t.optimizer().param_state(np.first)) b += static_cast<int64_t>(kv.second.nbytes());
+            max_single = std::max(max_single, b);
+          }
+      return memory_stats().current_of(MemCategory::optimizer_state) - before;
+    };
+    const int64_t plain = measure(0), zero = measure(1);
+    ASSERT_GT(plain, 0);
+    Tensor v = Tensor::from_vector<int64_t>({zero, zero, -zero}, {3});
+    Tensor sum = v.narrow(0, 0, 1).clone(), mx = v.narrow(0, 1, 2).clone();
+    comm->all_reduce(sum, parallel::ReduceOp::sum);
+    comm->all_reduce(mx, parallel::ReduceOp::max);
+    const int64_t total = sum.to_vector<int64_t>()[0], largest = mx.to_vector<int64_t>()[0],
+                  smallest = -mx.to_vector<int64_t>()[1];
+    if (comm->rank() == 0)
+      std::printf("[zero memory] %s dp %d: optimizer state per rank plain %lld B, ZeRO-1 %lld..%lld B (%.3f of plain)\n",
+                  oc.name.c_str(), dp, static_cast<long long>(plain), static_cast<long long>(smallest),
+                  static_cast<long long>(largest), static_cast<double>(largest) / static_cast<double>(plain));
+    if (oc.partition == parallel::ZeroPartition::flat) {
+      // The shards partition the state: their sum is plain DP's, the largest is one 1/dp share.
+      EXPECT_EQ(total, plain);
+      EXPECT_LE(largest, plain / dp + 64);
+    } else {
+      // Whole tensors: every tensor's state lives on exactly one rank, and the greedy packing
+      // keeps the largest shard within one 1/dp share plus one tensor's state.
+      EXPECT_EQ(total, plain);
+      EXPECT_LE(largest, plain / dp + max_single);
+      EXPECT_LT(largest, plain);
+    }
+  }
+}
+
+TEST(Zero, LayoutArithmetic) {
+  // Flat: the concatenation cut into equal ranges, the last one short.
+  const auto flat = parallel::plan_zero_layout({5, 3, 4}, 3, parallel::ZeroPartition::flat);
+  EXPECT_EQ(flat.shard_numel, 4);
+  ASSERT_EQ(flat.ranks[0].size(), 1u);  // [0, 4) of param 0
+  EXPECT_EQ(flat.ranks[0][0].numel, 4);
+  ASSERT_EQ(flat.ranks[1].size(), 2u);  // element 4 of param 0, [0, 3) of param 1
+  EXPECT_EQ(flat.ranks[1][0].offset, 4);
+  EXPECT_EQ(flat.ranks[1][1].packed, 1);
+  EXPECT_EQ(flat.ranks[2][0].param, 2u);
+  EXPECT_EQ(flat.owned_numel(2), 4);
+  // Per parameter: largest first onto the least loaded rank.
+  const auto per = parallel::plan_zero_layout({5, 3, 4, 1}, 2, parallel::ZeroPartition::per_parameter);
+  ASSERT_EQ(per.ranks[0].size(), 2u);  // 5, then 1
+  EXPECT_EQ(per.ranks[0][1].param, 3u);
+  EXPECT_EQ(per.ranks[0][1].packed, 5);
+  EXPECT_EQ(per.owned_numel(1), 7);  // 4 and 3
+  EXPECT_EQ(per.shard_numel, 7);
+}
+
+TEST(Zero, ConfigErrors) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  try {
+    train(config(dir / "r", kOptimizers[0].fields, 2), opts());
+    ADD_FAILURE() << "zero_stage 2 was accepted";
+  } catch (const configs::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.zero_stage"), std::string::npos) << e.what();
+  }
+  try {
+    train(config(dir / "r", kOptimizers[0].fields + " layerwise: true", 1), opts());
+    ADD_FAILURE() << "zero_stage 1 with optimizer.layerwise was accepted";
+  } catch (const configs::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.layerwise"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace lathe::train
