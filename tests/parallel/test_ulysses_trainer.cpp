@@ -109,9 +109,16 @@ TEST(UlyssesTrainerConfig, Errors) {
       EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
     }
   };
+  // MEGATRON shards the sequence inside the tensor-parallel group: sequence_parallel 2 with
+  // tensor_parallel 1 is not a layout.
   RunConfig megatron = sp_config(root, "GPT2", 2, 2);
   megatron.mutable_parallel()->set_sequence_parallel_mode(ParallelConfig::MEGATRON);
-  expect_config_error(megatron, "parallel.sequence_parallel_mode");
+  megatron.mutable_train()->set_seq_len(16);
+  expect_config_error(megatron, "parallel.sequence_parallel");
+  // Ulysses does not combine with tensor parallelism yet.
+  RunConfig with_tp = sp_config(root, "GPT2", 2, 2);
+  with_tp.mutable_parallel()->set_tensor_parallel(2);
+  expect_config_error(with_tp, "parallel.sequence_parallel_mode");
   RunConfig heads = sp_config(root, "GPT2", 2, 2);
   heads.mutable_model()->set_n_head(1);
   expect_config_error(heads, "parallel.sequence_parallel");
