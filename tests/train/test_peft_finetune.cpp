@@ -23,34 +23,15 @@ namespace {
 
 using lathe::test::TmpDir;
 
-// A tiny GPT-2 "pretrained" base in the Hugging Face layout (random weights).
-std::string write_base(const TmpDir& tmp) {
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 32;
-  auto m = models::build_model(s, 77);
-  const std::string dir = tmp / "base";
-  models::save_hf_model(*m, dir);
-  return dir;
-}
-
 RunConfig peft_config(const std::string& run_dir, const std::string& base, int steps,
                       const std::string& peft = "peft { method: LORA r: 4 lora_alpha: 8 target_modules: \"c_attn\" "
                                                 "target_modules: \"mlp.fc\" lora_dropout: 0.1 }\n") {
-  std::string t = test_util::tiny_config_text(run_dir, steps);
-  t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
-  t.replace(t.find("model {"), 7, "model { init_from: \"" + base + "\"");
-  t.replace(t.find("lr: 3e-3"), 8, "lr: 1e-2");
-  return configs::parse_text(t + peft, "peft test");
+  return test_util::finetune_config(run_dir, base, steps, peft);
 }
 
 TEST(PeftFinetune, OnlyAdaptersTrainAndCheckpoint) {
   TmpDir tmp("peft_ft");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(peft_config(tmp / "run", base, 12), o);
@@ -90,7 +71,7 @@ TEST(PeftFinetune, OnlyAdaptersTrainAndCheckpoint) {
 
 TEST(PeftFinetune, ResumeIsBitExact) {
   TmpDir tmp("peft_ft");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   const TrainResult full = train(peft_config(tmp / "full", base, 8), o);
@@ -111,7 +92,7 @@ TEST(PeftFinetune, ResumeIsBitExact) {
 
 TEST(PeftFinetune, ConfigErrorsNameTheField) {
   TmpDir tmp("peft_ft");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   // SPIEL with a budget that leaves a module without an entry (found when injecting).

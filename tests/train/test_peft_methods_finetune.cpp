@@ -26,38 +26,14 @@ namespace lathe::train {
 namespace {
 
 using lathe::test::TmpDir;
-
-std::string write_base(const TmpDir& tmp) {
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 32;
-  auto m = models::build_model(s, 77);
-  const std::string dir = tmp / "base";
-  models::save_hf_model(*m, dir);
-  return dir;
-}
+const auto logits = test_util::fixed_batch_logits;
 
 RunConfig method_config(const std::string& run_dir, const std::string& base, int steps, const std::string& peft) {
-  std::string t = test_util::tiny_config_text(run_dir, steps);
-  t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
-  t.replace(t.find("model {"), 7, "model { init_from: \"" + base + "\"");
-  t.replace(t.find("lr: 3e-3"), 8, "lr: 1e-2");
-  return configs::parse_text(t + peft, "peft method test");
+  return test_util::finetune_config(run_dir, base, steps, peft);
 }
 
 const char* const kSb =
     "peft { method: LORA_SB r: 4 target_modules: \"c_attn\" target_modules: \"mlp.fc\" sb_init_batches: 3 }\n";
-
-Tensor logits(models::CausalLM& m) {
-  const Tensor ids = Tensor::from_vector<int64_t>({3, 70, 101, 32, 9, 200, 44, 12}, {2, 4});
-  autograd::NoGradGuard ng;
-  m.eval();
-  return m.forward(ids).contiguous();
-}
 
 double max_diff(const Tensor& a, const Tensor& b) {
   const auto x = a.to(DType::f64).to_vector<double>(), y = b.to(DType::f64).to_vector<double>();
@@ -73,7 +49,7 @@ bool falls(const TrainResult& r) {
 
 TEST(PeftMethodsFinetune, LoraSbInitTrainsRAndExportsAsLora) {
   TmpDir tmp("peft_sb");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(method_config(tmp / "run", base, 12, kSb), o);
@@ -111,7 +87,7 @@ TEST(PeftMethodsFinetune, LoraSbInitTrainsRAndExportsAsLora) {
 
 TEST(PeftMethodsFinetune, LoraSbResumeIsBitExact) {
   TmpDir tmp("peft_sb");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   const TrainResult full = train(method_config(tmp / "full", base, 8, kSb), o);
@@ -132,7 +108,7 @@ TEST(PeftMethodsFinetune, LoraSbResumeIsBitExact) {
 
 TEST(PeftMethodsFinetune, NolaTrainsCoefficientsAndExports) {
   TmpDir tmp("peft_nola");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(method_config(tmp / "run", base, 12,
@@ -150,7 +126,7 @@ TEST(PeftMethodsFinetune, NolaTrainsCoefficientsAndExports) {
 
 TEST(PeftMethodsFinetune, SoraGatesSparsifyAndThePrunedExportMatches) {
   TmpDir tmp("peft_sora");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   // lambda 5 at lr 1e-2: a threshold of 0.05 a step on N(0, 1) gates.
@@ -175,7 +151,7 @@ TEST(PeftMethodsFinetune, SoraGatesSparsifyAndThePrunedExportMatches) {
 
 TEST(PeftMethodsFinetune, ConfigErrorsNameTheField) {
   TmpDir tmp("peft_cfg");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   EXPECT_ERROR_HAS(train(method_config(tmp / "r", base, 4, "peft { method: NOLA nola_num_basis_a: 0 }\n"), o),

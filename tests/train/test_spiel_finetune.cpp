@@ -28,31 +28,14 @@ namespace lathe::train {
 namespace {
 
 using lathe::test::TmpDir;
-
-std::string write_base(const TmpDir& tmp) {
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 32;
-  auto m = models::build_model(s, 77);
-  const std::string dir = tmp / "base";
-  models::save_hf_model(*m, dir);
-  return dir;
-}
+const auto logits = test_util::fixed_batch_logits;
 
 // R = 4, S = 2 over 12 steps: phases begin at c = 0, 3, 7, 11; reselections at c = 2 (all
 // entries), 6 (p = 0.5 (1 - 6/12) = 0.25) and 10 (p = 0.5 (1 - 10/12)).
 RunConfig spiel_config(const std::string& run_dir, const std::string& base, int steps, const std::string& extra = "") {
-  std::string t = test_util::tiny_config_text(run_dir, steps);
-  t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
-  t.replace(t.find("model {"), 7, "model { init_from: \"" + base + "\"");
-  t.replace(t.find("lr: 3e-3"), 8, "lr: 1e-2");
-  return configs::parse_text(t + "peft { method: SPIEL spiel_budget: 400 spiel_reselection_steps: 4 "
-                                 "spiel_accumulation_steps: 2 spiel_reselection_rate: 0.5 " + extra + "}\n",
-                             "spiel test");
+  return test_util::finetune_config(run_dir, base, steps,
+                                    "peft { method: SPIEL spiel_budget: 400 spiel_reselection_steps: 4 "
+                                    "spiel_accumulation_steps: 2 spiel_reselection_rate: 0.5 " + extra + "}\n");
 }
 
 std::map<std::string, std::vector<int64_t>> all_indices(models::CausalLM& m) {
@@ -68,16 +51,9 @@ double max_diff(const Tensor& a, const Tensor& b) {
   return d;
 }
 
-Tensor logits(models::CausalLM& m) {
-  const Tensor ids = Tensor::from_vector<int64_t>({3, 70, 101, 32, 9, 200, 44, 12}, {2, 4});
-  autograd::NoGradGuard ng;
-  m.eval();
-  return m.forward(ids).contiguous();
-}
-
 TEST(SpielFinetune, BudgetKeptPhasesAndAgesThroughReselection) {
   TmpDir tmp("spiel_budget");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(spiel_config(tmp / "run", base, 12), o);
@@ -146,7 +122,7 @@ TEST(SpielFinetune, BudgetKeptPhasesAndAgesThroughReselection) {
 
 TEST(SpielFinetune, ResumeInsideASelectionPhaseIsBitExact) {
   TmpDir tmp("spiel_resume");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   const TrainResult full = train(spiel_config(tmp / "full", base, 10), o);
@@ -170,7 +146,7 @@ TEST(SpielFinetune, ResumeInsideASelectionPhaseIsBitExact) {
 
 TEST(SpielFinetune, AdapterReloadsAndCheckpointRebuildsTheModel) {
   TmpDir tmp("spiel_export");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(spiel_config(tmp / "run", base, 8), o);
@@ -188,7 +164,7 @@ TEST(SpielFinetune, AdapterReloadsAndCheckpointRebuildsTheModel) {
 
 TEST(SpielFinetune, MomentRegrowthKeepsTheBudgetAndRestartsGrownEntries) {
   TmpDir tmp("spiel_ma");
-  const std::string base = write_base(tmp);
+  const std::string base = test_util::write_tiny_hf_base(tmp.path());
   TrainOptions o;
   o.out = nullptr;
   Trainer t(spiel_config(tmp / "run", base, 12, "spiel_regrow: MA "), o);

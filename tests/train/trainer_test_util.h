@@ -7,7 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "autograd/grad_mode.h"
 #include "configs/config.h"
+#include "models/hf_export.h"
+#include "models/model.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
 
@@ -31,6 +34,41 @@ inline std::string tiny_config_text(const std::string& run_dir, int steps = 12) 
 
 inline RunConfig tiny_config(const std::string& run_dir, int steps = 12) {
   return configs::parse_text(tiny_config_text(run_dir, steps), "tiny");
+}
+
+// A tiny GPT-2 "pretrained" base in the Hugging Face layout (random weights, seed 77) written
+// to <dir>/base; returns that directory.
+inline std::string write_tiny_hf_base(const std::string& dir) {
+  models::ModelSpec s;
+  s.arch = models::Arch::gpt2;
+  s.vocab_size = 256;
+  s.n_layer = 2;
+  s.n_head = 2;
+  s.d_model = 32;
+  s.max_seq_len = 32;
+  auto m = models::build_model(s, 77);
+  const std::string base = dir + "/base";
+  models::save_hf_model(*m, base);
+  return base;
+}
+
+// tiny_config_text fine-tuning the base written by write_tiny_hf_base (byte tokenizer, lr
+// 1e-2), with `peft` (a whole peft { ... } section) appended.
+inline RunConfig finetune_config(const std::string& run_dir, const std::string& base, int steps,
+                                 const std::string& peft) {
+  std::string t = tiny_config_text(run_dir, steps);
+  t.replace(t.find("data {"), 6, "data { tokenizer: \"byte\"");
+  t.replace(t.find("model {"), 7, "model { init_from: \"" + base + "\"");
+  t.replace(t.find("lr: 3e-3"), 8, "lr: 1e-2");
+  return configs::parse_text(t + peft, "finetune test");
+}
+
+// Logits of a fixed 2x4 batch in eval mode, contiguous.
+inline Tensor fixed_batch_logits(models::CausalLM& m) {
+  const Tensor ids = Tensor::from_vector<int64_t>({3, 70, 101, 32, 9, 200, 44, 12}, {2, 4});
+  autograd::NoGradGuard ng;
+  m.eval();
+  return m.forward(ids).contiguous();
 }
 
 // Every tensor dataset of two checkpoint files must be present in both and equal bit for bit
