@@ -14,13 +14,13 @@
 #include "models/safetensors.h"
 #include "peft/adapter_io.h"
 #include "tests/cli/cli_test_util.h"
+#include "tests/cli/peft_cli_util.h"
 #include "tests/common/test_helpers.h"
 
 namespace lathe::cli_test {
 namespace {
 
 using test::TmpDir;
-using test::write_file;
 
 TEST(CliPeft, FinetuneLoraExportAdapterAndMerged) {
   TmpDir tmp("cli_peft");
@@ -35,15 +35,8 @@ TEST(CliPeft, FinetuneLoraExportAdapterAndMerged) {
   s.d_ff = 64;
   s.max_seq_len = 64;
   s.bias = false;
-  models::save_hf_model(*models::build_model(s, 5), tmp / "base");
-  write_file(tmp / "corpus.txt", test::read_file("../shared/data/tinyshakespeare.txt").substr(0, 40000));
-  const std::string cfg = tmp / "ft.pbtxt";
-  write_file(cfg, "name: \"ft\"\nrun_dir: \"" + tmp / "run" + "\"\nmodel { init_from: \"" + tmp / "base" +
-                      "\" }\ndata { source: TEXT path: \"" + tmp / "corpus.txt" +
-                      "\" tokenizer: \"byte\" }\noptimizer { lr: 1e-2 }\n"
-                      "train { steps: 16 micro_batch: 4 seq_len: 64 eval_batches: 1 log_interval: 1 }\n"
-                      "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n"
-                      "peft { method: LORA r: 8 lora_alpha: 16 target_modules: \"all-linear\" }\n");
+  const std::string cfg = write_finetune_setup(
+      tmp.path(), s, 16, "peft { method: LORA r: 8 lora_alpha: 16 target_modules: \"all-linear\" }\n");
   Result r = run_lathe("finetune " + sh_quote(cfg));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("trainable params: "), std::string::npos) << r.out;
@@ -68,24 +61,10 @@ TEST(CliPeft, FinetuneLoraExportAdapterAndMerged) {
   Result mg = run_lathe("export --checkpoint " + sh_quote(tmp / "run") + " --merge --out " + sh_quote(tmp / "merged"));
   ASSERT_EQ(mg.rc, 0) << mg.out;
 
-  auto with_adapter = models::load_hf_model(tmp / "base");
-  peft::load_adapter(*with_adapter, tmp / "ad");
-  auto merged = models::load_hf_model(tmp / "merged");
-  auto base = models::load_hf_model(tmp / "base");
-  const Tensor ids = Tensor::from_vector<int64_t>({72, 101, 108, 108, 111, 44, 32, 119, 111, 114}, {1, 10});
-  autograd::NoGradGuard ng;
-  with_adapter->eval();
-  merged->eval();
-  base->eval();
-  auto diff = [](const Tensor& a, const Tensor& b) {
-    std::vector<float> x = a.contiguous().to_vector<float>(), y = b.contiguous().to_vector<float>();
-    double m = 0;
-    for (size_t i = 0; i < x.size(); ++i) m = std::max(m, static_cast<double>(std::abs(x[i] - y[i])));
-    return m;
-  };
-  const Tensor la = with_adapter->forward(ids), lm = merged->forward(ids), lb = base->forward(ids);
-  EXPECT_LT(diff(la, lm), 1e-4);
-  EXPECT_GT(diff(la, lb), 1e-2);  // the adapter changed the model
+  const ExportGaps g = export_gaps(tmp / "base", tmp / "ad", tmp / "merged",
+                                   [](models::CausalLM& m, const std::string& d) { peft::load_adapter(m, d); });
+  EXPECT_LT(g.adapter_vs_merged, 1e-4);
+  EXPECT_GT(g.adapter_vs_base, 1e-2);  // the adapter changed the model
 
   // Usage errors: both modes, or adapter modes on a run without adapters.
   EXPECT_EQ(run_lathe("export --checkpoint " + sh_quote(tmp / "run") + " --merge --adapter-only --out " +

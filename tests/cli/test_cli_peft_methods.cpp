@@ -13,36 +13,23 @@
 #include "peft/adapter_io.h"
 #include "peft/sft_io.h"
 #include "tests/cli/cli_test_util.h"
+#include "tests/cli/peft_cli_util.h"
 #include "tests/common/test_helpers.h"
 
 namespace lathe::cli_test {
 namespace {
 
 using test::TmpDir;
-using test::write_file;
 
 class CliPeftMethods : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CliPeftMethods, FinetuneExportAdapterAndMerged) {
   TmpDir tmp(std::string("cli_peft_") + GetParam());
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 64;
-  models::save_hf_model(*models::build_model(s, 5), tmp / "base");
-  write_file(tmp / "corpus.txt", test::read_file("../shared/data/tinyshakespeare.txt").substr(0, 40000));
-  const std::string cfg = tmp / "ft.pbtxt";
-  write_file(cfg, "name: \"ft\"\nrun_dir: \"" + tmp / "run" + "\"\nmodel { init_from: \"" + tmp / "base" +
-                      "\" }\ndata { source: TEXT path: \"" + tmp / "corpus.txt" +
-                      "\" tokenizer: \"byte\" }\noptimizer { lr: 1e-2 }\n"
-                      "train { steps: 8 micro_batch: 4 seq_len: 64 eval_batches: 1 log_interval: 1 }\n"
-                      "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n"
-                      "peft { method: " + std::string(GetParam()) +
-                      " r: 4 lora_alpha: 8 target_modules: \"all-linear\" sb_init_batches: 2 nola_num_basis_a: 16 "
-                      "nola_num_basis_b: 16 sora_lambda: 5 }\n");
+  const std::string cfg = write_finetune_setup(
+      tmp.path(), tiny_gpt2_spec(), 8,
+      "peft { method: " + std::string(GetParam()) +
+          " r: 4 lora_alpha: 8 target_modules: \"all-linear\" sb_init_batches: 2 nola_num_basis_a: 16 "
+          "nola_num_basis_b: 16 sora_lambda: 5 }\n");
   Result r = run_lathe("finetune " + sh_quote(cfg));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("trainable params: "), std::string::npos) << r.out;
@@ -54,24 +41,10 @@ TEST_P(CliPeftMethods, FinetuneExportAdapterAndMerged) {
             test::read_file(tmp / "run/adapter/adapter_model.safetensors"));
   Result mg = run_lathe("export --checkpoint " + sh_quote(tmp / "run") + " --merge --out " + sh_quote(tmp / "merged"));
   ASSERT_EQ(mg.rc, 0) << mg.out;
-  auto with_adapter = models::load_hf_model(tmp / "base");
-  peft::load_adapter(*with_adapter, tmp / "ad");
-  auto merged = models::load_hf_model(tmp / "merged");
-  auto base = models::load_hf_model(tmp / "base");
-  const Tensor ids = Tensor::from_vector<int64_t>({72, 101, 108, 108, 111, 44, 32, 119, 111, 114}, {1, 10});
-  autograd::NoGradGuard ng;
-  with_adapter->eval();
-  merged->eval();
-  base->eval();
-  auto diff = [](const Tensor& a, const Tensor& b) {
-    std::vector<float> x = a.contiguous().to_vector<float>(), y = b.contiguous().to_vector<float>();
-    double m = 0;
-    for (size_t i = 0; i < x.size(); ++i) m = std::max(m, static_cast<double>(std::abs(x[i] - y[i])));
-    return m;
-  };
-  const Tensor la = with_adapter->forward(ids), lm = merged->forward(ids), lb = base->forward(ids);
-  EXPECT_LT(diff(la, lm), 1e-4);
-  EXPECT_GT(diff(la, lb), 1e-3);  // the adapter changed the model
+  const ExportGaps g = export_gaps(tmp / "base", tmp / "ad", tmp / "merged",
+                                   [](models::CausalLM& m, const std::string& d) { peft::load_adapter(m, d); });
+  EXPECT_LT(g.adapter_vs_merged, 1e-4);
+  EXPECT_GT(g.adapter_vs_base, 1e-3);  // the adapter changed the model
 }
 
 INSTANTIATE_TEST_SUITE_P(Method, CliPeftMethods, ::testing::Values("LORA_SB", "NOLA", "SORA"),
@@ -82,22 +55,9 @@ INSTANTIATE_TEST_SUITE_P(Method, CliPeftMethods, ::testing::Values("LORA_SB", "N
 // merged export equal to the base with that delta loaded; two reselections happen in 8 steps.
 TEST(CliSpiel, FinetuneExportAdapterAndMerged) {
   TmpDir tmp("cli_spiel");
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 64;
-  models::save_hf_model(*models::build_model(s, 5), tmp / "base");
-  write_file(tmp / "corpus.txt", test::read_file("../shared/data/tinyshakespeare.txt").substr(0, 40000));
-  const std::string cfg = tmp / "ft.pbtxt";
-  write_file(cfg, "name: \"ft\"\nrun_dir: \"" + tmp / "run" + "\"\nmodel { init_from: \"" + tmp / "base" +
-                      "\" }\ndata { source: TEXT path: \"" + tmp / "corpus.txt" +
-                      "\" tokenizer: \"byte\" }\noptimizer { lr: 1e-2 }\n"
-                      "train { steps: 8 micro_batch: 4 seq_len: 64 eval_batches: 1 log_interval: 1 }\n"
-                      "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n"
-                      "peft { method: SPIEL spiel_density: 0.02 spiel_reselection_steps: 3 spiel_accumulation_steps: 1 }\n");
+  const std::string cfg = write_finetune_setup(
+      tmp.path(), tiny_gpt2_spec(), 8,
+      "peft { method: SPIEL spiel_density: 0.02 spiel_reselection_steps: 3 spiel_accumulation_steps: 1 }\n");
   Result r = run_lathe("finetune " + sh_quote(cfg));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("peft: SpIEL (AG)"), std::string::npos) << r.out;
@@ -108,24 +68,10 @@ TEST(CliSpiel, FinetuneExportAdapterAndMerged) {
             test::read_file(tmp / "run/adapter/adapter_model.safetensors"));
   Result mg = run_lathe("export --checkpoint " + sh_quote(tmp / "run") + " --merge --out " + sh_quote(tmp / "merged"));
   ASSERT_EQ(mg.rc, 0) << mg.out;
-  auto with_delta = models::load_hf_model(tmp / "base");
-  peft::load_spiel_adapter(*with_delta, tmp / "ad");
-  auto merged = models::load_hf_model(tmp / "merged");
-  auto base = models::load_hf_model(tmp / "base");
-  const Tensor ids = Tensor::from_vector<int64_t>({72, 101, 108, 108, 111, 44, 32, 119, 111, 114}, {1, 10});
-  autograd::NoGradGuard ng;
-  with_delta->eval();
-  merged->eval();
-  base->eval();
-  auto diff = [](const Tensor& a, const Tensor& b) {
-    std::vector<float> x = a.contiguous().to_vector<float>(), y = b.contiguous().to_vector<float>();
-    double m = 0;
-    for (size_t i = 0; i < x.size(); ++i) m = std::max(m, static_cast<double>(std::abs(x[i] - y[i])));
-    return m;
-  };
-  const Tensor la = with_delta->forward(ids), lm = merged->forward(ids), lb = base->forward(ids);
-  EXPECT_LT(diff(la, lm), 1e-4);
-  EXPECT_GT(diff(la, lb), 1e-3);
+  const ExportGaps g = export_gaps(tmp / "base", tmp / "ad", tmp / "merged",
+                                   [](models::CausalLM& m, const std::string& d) { peft::load_spiel_adapter(m, d); });
+  EXPECT_LT(g.adapter_vs_merged, 1e-4);
+  EXPECT_GT(g.adapter_vs_base, 1e-3);
 }
 }  // namespace
 }  // namespace lathe::cli_test
