@@ -18,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/common/test_helpers.h"
+
 #ifndef LATHE_BIN
 #error "LATHE_BIN (path of the lathe executable) must be defined"
 #endif
@@ -114,6 +116,26 @@ inline double last_val_loss(const std::string& path) {
     if (j.value("event", "") == "eval") v = j["val_loss"].get<double>();
   }
   return v;
+}
+
+// <dir>/corpus.txt: the first 60 kB of Tiny Shakespeare; returns its path.
+inline std::string write_corpus(const test::TmpDir& tmp) {
+  const std::string path = tmp / "corpus.txt";
+  test::write_file(path, test::read_file("../shared/data/tinyshakespeare.txt").substr(0, 60000));
+  return path;
+}
+
+// <tmp>/<name>.pbtxt: a tiny run (into <tmp>/<name>) of `model` over `data` (a whole data
+// section) for `steps` steps; `extra` is appended (e.g. another section). Returns its path.
+inline std::string write_config(const test::TmpDir& tmp, const std::string& name, const std::string& data, int steps,
+                                const std::string& model = "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 64",
+                                const std::string& extra = "") {
+  const std::string path = tmp / (name + ".pbtxt");
+  test::write_file(path, "name: \"" + name + "\"\nrun_dir: \"" + tmp / name + "\"\nmodel { " + model + " }\n" + data +
+                             "\noptimizer { lr: 3e-3 }\ntrain { steps: " + std::to_string(steps) +
+                             " micro_batch: 4 seq_len: 64 eval_batches: 2 log_interval: 1 }\n"
+                             "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n" + extra);
+  return path;
 }
 
 }  // namespace lathe::cli_test

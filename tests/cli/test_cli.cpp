@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 using test::TmpDir;
 using test::write_file;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+using test::contains;
 
 // The tiny trainer-test config (2-layer GPT-2, dropout, grad_accum 2) as a file.
 std::string write_tiny(const TmpDir& tmp, int steps, int interval) {

@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 using test::TmpDir;
 using test::write_file;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+using test::contains;
 
 std::string write_tiny_config(const TmpDir& tmp, int steps) {
   const std::string path = tmp / "tiny.pbtxt";

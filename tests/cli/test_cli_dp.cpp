@@ -27,7 +27,7 @@ namespace fs = std::filesystem;
 using test::TmpDir;
 using test::write_file;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+using test::contains;
 
 // The tiny trainer-test config (2-layer GPT-2, grad_accum 2) with 10 KiB gradient buckets
 // (the model's 13 buckets: several per layer) and the given dropout and timeout.

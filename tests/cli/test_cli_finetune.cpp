@@ -26,25 +26,7 @@ using test::read_file;
 using test::TmpDir;
 using test::write_file;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-std::string write_corpus(const TmpDir& tmp) {
-  const std::string path = tmp / "corpus.txt";
-  write_file(path, read_file("../shared/data/tinyshakespeare.txt").substr(0, 60000));
-  return path;
-}
-
-// A tiny GPT-2 run config over `data`; `extra` is appended (e.g. another section).
-std::string write_config(const TmpDir& tmp, const std::string& name, const std::string& data, int steps,
-                         const std::string& model = "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 64",
-                         const std::string& extra = "") {
-  const std::string path = tmp / (name + ".pbtxt");
-  write_file(path, "name: \"" + name + "\"\nrun_dir: \"" + tmp / name + "\"\nmodel { " + model + " }\n" + data +
-                      "\noptimizer { lr: 3e-3 }\ntrain { steps: " + std::to_string(steps) +
-                      " micro_batch: 4 seq_len: 64 eval_batches: 2 log_interval: 1 }\n"
-                      "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n" + extra);
-  return path;
-}
+using test::contains;
 
 TEST(CliData, TokenizerTrainWritesATokenizerThatLoads) {
   TmpDir tmp;

@@ -20,23 +20,7 @@ using test::read_file;
 using test::TmpDir;
 using test::write_file;
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-std::string write_corpus(const TmpDir& tmp) {
-  const std::string path = tmp / "corpus.txt";
-  write_file(path, read_file("../shared/data/tinyshakespeare.txt").substr(0, 60000));
-  return path;
-}
-
-std::string write_config(const TmpDir& tmp, const std::string& name, const std::string& data, int steps,
-                         const std::string& model) {
-  const std::string path = tmp / (name + ".pbtxt");
-  write_file(path, "name: \"" + name + "\"\nrun_dir: \"" + tmp / name + "\"\nmodel { " + model + " }\n" + data +
-                       "\noptimizer { lr: 3e-3 }\ntrain { steps: " + std::to_string(steps) +
-                       " micro_batch: 4 seq_len: 64 eval_batches: 2 log_interval: 1 }\n"
-                       "logging { progress: NONE }\nparallel { threads_per_rank: 1 }\n");
-  return path;
-}
+using test::contains;
 
 // GPT-2-format files (vocab.json with <|endoftext|> in it, merges.txt) in `dir`, made from a
 // tokenizer.json that lathe trained: the form of OpenAI's GPT-2 download.
