@@ -1,13 +1,48 @@
-// The fused linear and multi-tensor AdamW on the CPU. BLAS gains nothing from an epilogue
-// here, so linear is matmul, then the bias add, then the activation, each rounding to the
-// output dtype as the separate ops do: models that switch to the fused op keep their CPU
-// results bit for bit (tests/kernels/test_linear_fused.cpp checks it).
+// The fused linear and multi-tensor AdamW on the CPU. Linear is the matmul, then the bias
+// add, then the activation, each rounding to the output dtype as the separate ops do:
+// models that switch to the fused op keep their CPU results bit for bit
+// (tests/kernels/test_linear_fused.cpp checks it). For f32/f64 with bias and GELU on
+// contiguous outputs, bias and GELU are one pass over the product (the epilogue) instead of
+// two (an add writing the pre-activation, a GELU reading it back).
 #include "kernels/cpu/fused.h"
 
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/optim.h"
+#include "kernels/cpu/vmath.h"
 
 namespace lathe::kernels::cpu {
+
+namespace {
+
+// z = prod + bias (row-broadcast), pre = z when pre is given, out = gelu_tanh(z); prod may be
+// pre or out itself (each element is read before it is written). Rows in parallel: every
+// element's result is independent of the split.
+template <typename T>
+void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n > detail::kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = prod + r * n;
+    T* o = out + r * n;
+    if (pre) {
+      T* z = pre + r * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = p[j] + bias[j];
+        z[j] = v;
+        o[j] = vmath::gelu_tanh<T>(v);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) o[j] = vmath::gelu_tanh<T>(p[j] + bias[j]);
+    }
+  }
+}
+
+template <typename T>
+bool fused_epilogue_applies(const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre) {
+  return out.dtype() == dtype_of<T>::value && bias.defined() && act == Activation::gelu_tanh && out.is_contiguous() &&
+         bias.is_contiguous() && (!pre.defined() || pre.is_contiguous());
+}
+
+}  // namespace
 
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
             const Tensor& pre) {
@@ -16,6 +51,19 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act
   ws.push_back(w.size(0));
   ws.push_back(w.size(1));
   const bool has_act = act != Activation::none;
+  const bool epi32 = fused_epilogue_applies<float>(bias, act, out, pre);
+  if (epi32 || fused_epilogue_applies<double>(bias, act, out, pre)) {
+    const Tensor& prod = pre.defined() ? pre : out;
+    matmul(x, w.expand(ws), false, true, prod);
+    const int64_t n = out.size(-1), rows = out.numel() / n;
+    if (epi32)
+      bias_gelu_epilogue<float>(prod.data<float>(), bias.data<float>(), pre.defined() ? pre.data<float>() : nullptr,
+                                out.data<float>(), rows, n);
+    else
+      bias_gelu_epilogue<double>(prod.data<double>(), bias.data<double>(),
+                                 pre.defined() ? pre.data<double>() : nullptr, out.data<double>(), rows, n);
+    return;
+  }
   // Where x @ w^T lands: out when nothing follows, pre when it is the pre-activation, else a
   // temporary (the bias add reads one tensor and writes another, as binary() does).
   Tensor prod = !bias.defined() && !has_act ? out

@@ -1,4 +1,6 @@
-// CPU matmul: OpenBLAS sgemm/dgemm per batch entry, called directly on strided views.
+// CPU matmul: OpenBLAS sgemm/dgemm per batch entry, called directly on strided views; a
+// weight shared by the batch (a linear layer's) with a's entries stacked row-major is one
+// call over all of a's rows.
 //
 // A stored matrix with strides (s0, s1) is row-major with leading dim s0 when s1 == 1, and
 // the row-major transpose (leading dim s1) when s0 == 1; in the second case the BLAS
@@ -78,6 +80,20 @@ struct BatchOffsets {
   }
 };
 
+// True when every batch dim of b is broadcast (stride 0) and a's batch entries are
+// row-major [M, K] blocks following one another at M * lda (size-1 dims skipped), so the
+// batched product is the single product of a's rows stacked and b.
+bool foldable_batch(const BatchOffsets& bo, const BlasMat& la, int64_t M) {
+  if (la.trans) return false;
+  int64_t expect = M * la.ld;
+  for (int64_t d = static_cast<int64_t>(bo.sizes.size()) - 1; d >= 0; --d) {
+    if (bo.sizes[d] == 1) continue;
+    if (bo.sb[d] != 0 || bo.sa[d] != expect) return false;
+    expect *= bo.sizes[d];
+  }
+  return true;
+}
+
 template <typename T>
 void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tensor& out) {
   const int64_t M = out.size(-2), N = out.size(-1);
@@ -136,6 +152,13 @@ void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Te
   batch_strides();
   const T* ap = static_cast<const T*>(a.raw_data());
   const T* bp = static_cast<const T*>(b.raw_data());
+  if (batch > 1 && foldable_batch(bo, la, M)) {
+    // A weight shared by every batch entry and row-major batches of a laid end to end: one
+    // [batch*M, K] x [K, N] product. OpenBLAS packs b once instead of once per entry and its
+    // kernel runs on longer panels (a 256-row call reached ~60 GFLOP/s, 2048 rows ~75-80).
+    gemm<T>(la.trans, lb.trans, batch * M, N, K, ap, la.ld, bp, lb.ld, cp, std::max<int64_t>(N, 1));
+    return;
+  }
   for (int64_t bi = 0; bi < batch; ++bi) {
     int64_t oa, ob;
     bo.at(bi, oa, ob);

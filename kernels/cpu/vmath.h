@@ -85,4 +85,15 @@ inline C sigmoid(C x) {
   return C(1) / (C(1) + exp_of<C>(-x));
 }
 
+// GELU, tanh form: 0.5 v (1 + tanh u), u = sqrt(2/pi) (v + 0.044715 v^3), evaluated as
+// v * sigmoid(2u) = v / (1 + exp(-2u)) since (1 + tanh u) / 2 = sigmoid(2u): one exp
+// instead of tanh (~6x faster), and no cancellation in 1 + tanh u for v < 0. The unary op
+// and the fused linear's epilogue both call this, so their results agree bit for bit.
+template <typename C>
+inline C gelu_tanh(C v) {
+  const C k_tanh = C(0.7978845608028654);  // sqrt(2/pi)
+  const C c_tanh = C(0.044715);
+  return v / (C(1) + exp_of<C>(C(-2) * k_tanh * (v + c_tanh * v * v * v)));
+}
+
 }  // namespace lathe::kernels::cpu::vmath

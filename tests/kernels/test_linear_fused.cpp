@@ -68,7 +68,9 @@ struct Case {
   Shape x;
   bool transposed;  // x is a transposed view (2-D only)
 };
-const Case kCases[] = {{{37, 67}, false}, {{2, 3, 67}, false}, {{67}, false}, {{37, 67}, true}, {{1, 67}, false}};
+// {4, 300, 67}: enough rows for the CPU epilogue to split them over threads.
+const Case kCases[] = {{{37, 67}, false}, {{2, 3, 67}, false}, {{67}, false}, {{37, 67}, true}, {{1, 67}, false},
+                       {{4, 300, 67}, false}};
 constexpr int64_t kN = 29, kK = 67;
 
 Tensor make_x(const Case& c, DType dt, uint64_t seed) {

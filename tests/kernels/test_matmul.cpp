@@ -80,6 +80,32 @@ TEST_P(Matmul, BroadcastBatchDimsAndShared2dB) {
   }
 }
 
+// A weight shared by the batch with a's entries stacked row-major is one product of the
+// stacked rows on the CPU; the layouts around that fold (padded rows, entries apart, a
+// size-1 batch dim, a column-major a, a broadcast a) must give the same numbers.
+TEST_P(Matmul, SharedWeightOverStackedBatchEntries) {
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(5);
+    const int64_t M = 37, K = 41, N = 35;  // odd, above the plain-loop size
+    Tensor w = Tensor::randn({N, K}, g, dt), wk = Tensor::randn({K, N}, g, dt);
+    Tensor a = Tensor::randn({3, 2, M, K}, g, dt);
+    expect_matmul(dev(), a, w, false, true, "stacked, w transposed");
+    expect_matmul(dev(), a, wk, false, false, "stacked, w plain");
+    expect_matmul(dev(), Tensor::randn({3, 1, M, K}, g, dt), w, false, true, "size-1 batch dim");
+    // rows padded (leading dim K+4): entries still follow at M * ld, so they fold
+    expect_matmul(dev(), Tensor::randn({4, M, K + 4}, g, dt).narrow(2, 2, K), w, false, true, "padded rows");
+    // entries M+3 rows apart: they do not stack, one product per entry
+    expect_matmul(dev(), Tensor::randn({4, M + 3, K}, g, dt).narrow(1, 1, M), wk, false, false, "entries apart");
+    // batch dims in swapped order: the inner batch dim's stride is not M * ld
+    expect_matmul(dev(), Tensor::randn({2, 3, M, K}, g, dt).transpose(0, 1), w, false, true, "swapped batch dims");
+    // a column-major and a transposed by flag
+    expect_matmul(dev(), Tensor::randn({3, K, M}, g, dt).transpose(1, 2), w, false, true, "column-major a");
+    expect_matmul(dev(), Tensor::randn({3, K, M}, g, dt), w, true, true, "ta");
+    // a itself broadcast over a batch dim
+    expect_matmul(dev(), Tensor::randn({1, M, K}, g, dt).expand({3, M, K}), w, false, true, "broadcast a");
+  }
+}
+
 TEST_P(Matmul, StridedViews) {
   for (DType dt : {DType::f64, DType::f32}) {
     Generator g(3);
