@@ -3,6 +3,8 @@
 # Needs runs/peft_bench/big-hf (made by `PART=speed sh bench/peft_methods/run.sh`). From the repo root:
 #   ROUNDS=3 STEPS=6 sh bench/peft_methods/speed_rounds.sh [build/lathe]
 # Prints, per round and run, the median step_ms of steps 2.. and the process CPU time (user+sys).
+# Per-step CPU time: the difference between a STEPS=6 and a STEPS=2 run's CPU, over 4 (the
+# start-up, model load and first step cancel).
 set -e
 LATHE=${1:-build/lathe}
 OUT=runs/peft_bench
@@ -15,7 +17,8 @@ one() {
       --set run_dir=$OUT/$name $S "$@" > $OUT/$name.log 2>&1
   python3 - $OUT/$name $OUT/$name.time <<'PY'
 import json, statistics, sys
-ms = [r["step_ms"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl")) if "step_ms" in r and r.get("step", 0) >= 2]
+rs = [r for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl")) if "step_ms" in r]
+ms = [r["step_ms"] for r in rs if r["step"] >= 2] or [r["step_ms"] for r in rs]
 u, s = map(float, open(sys.argv[2]).read().split()[-2:])
 print(f"{sys.argv[1].split('/')[-1]}: step_ms median {statistics.median(ms):.0f} ({min(ms):.0f}-{max(ms):.0f}), cpu {u + s:.1f} s")
 PY
