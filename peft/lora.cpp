@@ -107,7 +107,10 @@ Tensor LoraLinear::forward(const Tensor& x) const {
   if (merged_) return y;
   Tensor h = A_->forward(adapter_input(x, A_->weight().dtype()));
   if (R_) h = R_->forward(h);
-  return add_branch(y, ag::mul(B_->forward(h), scale_));
+  // The scale goes on the r-wide intermediate, not the out-wide branch output: r << out, so the
+  // multiply (and its backward) touches r/out of the elements. s B h == B (s h) exactly up to
+  // rounding.
+  return add_branch(y, B_->forward(ag::mul(h, scale_)));
 }
 
 LoraFactors LoraLinear::lora_factors() const {

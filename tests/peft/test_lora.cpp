@@ -229,6 +229,40 @@ TEST(LoraLinear, FrozenBaseRunsNoWeightGradientGemm) {
   EXPECT_EQ(frozen.second, 2 * 3);
 }
 
+// The scale is applied to the r-wide intermediate (s (A x) then B) instead of the out-wide
+// branch output: outputs and the gradients of x, A and B must equal the textbook
+// W x + b + s B A x form on odd shapes, and the frozen base still gets no gradient.
+TEST(LoraLinear, ScaleOnRankIntermediateMatchesScaledOutput) {
+  Generator gen(17);
+  auto base = random_linear(7, 5, true, 23);
+  LoraOptions o;
+  o.r = 3;
+  o.alpha = 5;  // scale 5/3: not a power of two, so a dropped or doubled scale shows
+  auto l = std::make_shared<LoraLinear>(base, o, gen, nullptr);
+  test::randomize(l->lora_B(), 4, 0.7);
+  l->to(DType::f64);
+  const Tensor x0 = Tensor::randn({3, 2, 7}, gen).to(DType::f64);
+  auto run = [&](bool fused) {
+    l->zero_grad();
+    Tensor x = x0.detach();
+    x.set_requires_grad(true);
+    Tensor y = fused ? l->forward(x)
+                     : ag::add(base->forward(x),
+                               ag::mul(ag::linear(ag::linear(x, l->lora_A()), l->lora_B()), l->scaling()));
+    // A non-uniform upstream gradient so every output element weighs differently.
+    ag::sum(ag::mul(ag::square(y), ag::add(y, 0.5))).backward();
+    return std::vector<Tensor>{y.detach(), x.grad(), l->lora_A().grad(), l->lora_B().grad()};
+  };
+  const auto fused = run(true), ref = run(false);
+  for (size_t i = 0; i < fused.size(); ++i) {
+    ASSERT_TRUE(fused[i].defined()) << i;
+    EXPECT_GT(test::max_abs_diff(fused[i], Tensor::zeros(fused[i].shape(), DType::f64)), 1e-3) << i;
+    EXPECT_LT(test::max_abs_diff(fused[i], ref[i]), 1e-12) << i;
+  }
+  EXPECT_FALSE(l->base_weight().grad().defined());
+  EXPECT_FALSE(l->base_bias().grad().defined());
+}
+
 TEST(LoraLinear, DropoutOnlyOnTheAdapterBranchInTraining) {
   Generator gen(8), drop(99);
   auto base = random_linear(16, 8, false, 31);
