@@ -27,6 +27,9 @@ const char* const kHelp =
     "\n"
     "Clients that fail or miss federated.round_deadline_s are left out of that round; a client rank\n"
     "that hears nothing from the server for federated.server_timeout_s ends the job (exit 70).\n"
+    "Launch with `mpirun --enable-recovery ...` so that a client process that dies does not end the\n"
+    "job: a client rank that owes messages and is silent for server_timeout_s is declared dead, its\n"
+    "clients are left out from then on (logged with the rank) and the federation finishes.\n"
     "Exit codes: 0 ok, 1 runtime error, 2 usage/config error, 3 checkpoint/IO error.\n";
 
 int run(const std::vector<std::string>& args) {

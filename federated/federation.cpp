@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -55,7 +56,23 @@ uint64_t mix(uint64_t a, uint64_t b) {
 // Test hooks: LATHE_FED_TEST_SLOW="client:round:seconds" sleeps before that client trains in
 // that round (a straggler past the deadline); LATHE_FED_TEST_FAIL="client:round" makes its
 // training throw (a client that fails); LATHE_FED_TEST_SERVER_HANG="round" makes the server
-// stop answering before that round (a dead server).
+// stop answering before that round (a dead server). Real process death (a SIGKILL, no cleanup):
+// LATHE_FED_TEST_KILL="client:round" kills the rank hosting that client when it starts training
+// it; LATHE_FED_TEST_SERVER_KILL="round" kills the server once that round's tasks are sent;
+// LATHE_FED_TEST_KILL_IN_CHECKPOINT="round" kills it half-way through writing that round's
+// checkpoint.
+void kill_if(bool cond, const char* what) {
+  if (!cond) return;
+  std::fprintf(stderr, "lathe: %s: SIGKILL (test hook)\n", what);
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+}
+
+int env_round(const char* var) {
+  const char* v = std::getenv(var);
+  return v && *v ? std::atoi(v) : 0;
+}
+
 bool hook_matches(const char* var, int client, int round, double* extra = nullptr) {
   const char* v = std::getenv(var);
   if (!v || !*v) return false;
@@ -407,6 +424,7 @@ void run_client_rank(Node& n, parallel::Communicator& comm) {
       double sleep_s = 0;
       if (hook_matches("LATHE_FED_TEST_SLOW", t.client(), msg.round(), &sleep_s))
         std::this_thread::sleep_for(std::chrono::duration<double>(sleep_s));
+      kill_if(hook_matches("LATHE_FED_TEST_KILL", t.client(), msg.round()), "LATHE_FED_TEST_KILL");
       const double t0 = now_s();
       set_tensors(n, msg.global());  // every client starts from the global adapter
       ClientUpdate up;
@@ -456,6 +474,11 @@ void save_server(const Node& n, const ServerState& st, const std::string& dir) {
       for (const auto& b : st.merges[i].factors())
         w.write_tensor("flora/" + std::to_string(st.merges[i].round()) + "/" + b.name(), from_blob(b));
     w.close();
+  }
+  if (env_round("LATHE_FED_TEST_KILL_IN_CHECKPOINT") == st.round) {
+    // Half a file where the checkpoint goes: the previous round's must stay the one resumed.
+    fs::resize_file(tmp, fs::file_size(tmp) / 2);
+    kill_if(true, "LATHE_FED_TEST_KILL_IN_CHECKPOINT");
   }
   commit_file(tmp, path);
 }
@@ -523,7 +546,12 @@ namespace {
 class Server {
  public:
   Server(Node& n, parallel::Communicator& comm, const FederateOptions& o, FederationResult& res)
-      : n_(n), comm_(comm), o_(o), res_(res), out_(o.out) {}
+      : n_(n), comm_(comm), o_(o), res_(res), out_(o.out) {
+    const size_t world = static_cast<size_t>(comm.size());
+    dead_.assign(world, false);
+    owed_.assign(world, 0);
+    quiet_since_.assign(world, now_s());
+  }
 
   void message(const std::string& s) {
     if (out_) {
@@ -589,8 +617,15 @@ class Server {
       log({{"event", "round"}, {"round", 0}, {"val_loss", res_.initial_val_loss}});
     }
     sent_merges_.assign(static_cast<size_t>(world), 0);
+    const char* ompi = std::getenv("OMPI_COMM_WORLD_SIZE");
+    const char* recovery = std::getenv("OMPI_MCA_orte_enable_recovery");
+    if (ompi && !(recovery && (std::string(recovery) == "1" || std::string(recovery) == "true")))
+      message("federate: note: launched without mpirun --enable-recovery, so a client process that dies ends the "
+              "whole job; with it the federation continues without that rank");
     for (int r = 1; r < world; ++r) inbox_.push_back(std::make_unique<PendingRecv>(comm_, r, kTagUp));
     for (int round = st_.round + 1; round <= n_.fc.rounds(); ++round) {
+      if (live_ranks() == 0)
+        LATHE_FAIL() << "federate: every client rank is dead (see the rank_dead lines); the federation cannot go on";
       const char* hang = std::getenv("LATHE_FED_TEST_SERVER_HANG");
       if (hang && std::atoi(hang) == round) {
         message("federate: LATHE_FED_TEST_SERVER_HANG: the server stops answering");
@@ -615,13 +650,21 @@ class Server {
     ServerMessage stop;
     stop.set_kind(ServerMessage::STOP);
     stop.set_error(error);
-    for (int r = 1; r < comm_.size(); ++r) sends_.push_back(send_message_async(comm_, r, kTagDown, stop));
+    std::vector<bool> bye(inbox_.size(), false);
+    size_t byes = 0;
+    for (int r = 1; r < comm_.size(); ++r) {
+      if (dead_[static_cast<size_t>(r)]) {  // never sent to again
+        bye[static_cast<size_t>(r) - 1] = true;
+        ++byes;
+        continue;
+      }
+      sends_.push_back(send_message_async(comm_, r, kTagDown, stop));
+      owe(r, 1);  // its goodbye
+    }
     // Every client rank answers STOP with a goodbye after any upload it still had in flight
     // (a straggler of the last round): those are received and dropped, so no rank is left
     // blocked in a send. Bounded by the communicator timeout.
-    std::vector<bool> bye(inbox_.size(), false);
     const double until = now_s() + comm_.timeout();
-    size_t byes = 0;
     while (byes < inbox_.size() && now_s() < until) {
       bool any = false;
       for (size_t i = 0; i < inbox_.size(); ++i) {
@@ -629,6 +672,7 @@ class Server {
         any = true;
         ClientUpdate up;
         inbox_[i]->take(&up);
+        heard(static_cast<int>(i) + 1);
         if (up.client() == -1) {
           bye[i] = true;
           ++byes;
@@ -637,11 +681,16 @@ class Server {
           inbox_[i] = std::make_unique<PendingRecv>(comm_, static_cast<int>(i) + 1, kTagUp);
         }
       }
+      for (size_t i = 0; i < inbox_.size(); ++i)
+        if (!bye[i] && check_alive(static_cast<int>(i) + 1, st_.round)) {
+          bye[i] = true;
+          ++byes;
+        }
       if (!any) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     for (auto& s : sends_) s.done();
     for (size_t i = 0; i < inbox_.size(); ++i)
-      if (!bye[i])
+      if (!bye[i] && !dead_[i + 1])
         message("federate: client rank " + std::to_string(i + 1) + " did not acknowledge the end of the federation");
     // Sends to a rank that never answered cannot be waited for: their Works are released once
     // the rank is known dead (at MPI_Finalize/abort); the ones that completed are dropped here.
@@ -652,7 +701,11 @@ class Server {
     for (auto& in : inbox_)
       if (in) in->abandon();
     inbox_.clear();
-    stuck_ = std::move(left);
+    // A send to a dead rank never completes, and a dropped Work waits for its transfer (its
+    // buffers must outlive it): such sends are kept for the life of the process (MPI_Finalize
+    // under --enable-recovery does not wait for them).
+    static auto* orphans = new std::vector<PendingSend>;
+    for (auto& s : left) orphans->push_back(std::move(s));
   }
 
  private:
@@ -668,6 +721,38 @@ class Server {
     if (metrics_) metrics_->log_event(std::move(rec));
   }
 
+  int live_ranks() const {
+    int k = 0;
+    for (size_t r = 1; r < dead_.size(); ++r) k += dead_[r] ? 0 : 1;
+    return k;
+  }
+  void owe(int r, int k) {
+    if (owed_[static_cast<size_t>(r)] == 0) quiet_since_[static_cast<size_t>(r)] = now_s();
+    owed_[static_cast<size_t>(r)] += k;
+  }
+  void heard(int r) {
+    quiet_since_[static_cast<size_t>(r)] = now_s();
+    if (owed_[static_cast<size_t>(r)] > 0) --owed_[static_cast<size_t>(r)];
+  }
+  // True when rank r is dead (declared now or before).
+  bool check_alive(int r, int round) {
+    const size_t i = static_cast<size_t>(r);
+    if (dead_[i]) return true;
+    const double silent = now_s() - quiet_since_[i];
+    if (owed_[i] == 0 || silent <= n_.fc.server_timeout_s()) return false;
+    dead_[i] = true;
+    std::vector<int> lost;
+    for (int c = 0; c < n_.fc.clients(); ++c)
+      if (host_rank(c, comm_.size()) == r) lost.push_back(c);
+    std::ostringstream s;
+    s << "federate: round " << round << ": client rank " << r << " sent nothing for " << silent << " s while owing "
+      << owed_[i] << " message(s) (federated.server_timeout_s " << n_.fc.server_timeout_s()
+      << "): presumed dead; its " << lost.size() << " client(s) are left out from now on and it gets no more messages";
+    message(s.str());
+    log({{"event", "rank_dead"}, {"round", round}, {"rank", r}, {"clients", lost}, {"silent_s", silent}});
+    return true;
+  }
+
   void run_round(int round) {
     const double t0 = now_s();
     const int world = comm_.size();
@@ -676,7 +761,13 @@ class Server {
     rec.sampled = sample_clients(n_.fc, round);
     const bool flora = n_.fc.strategy() == FederatedConfig::FLORA;
     std::vector<int> expected(static_cast<size_t>(world), 0);
+    std::vector<int> lost;  // sampled, hosted on a dead rank
     for (int r = 1; r < world; ++r) {
+      if (check_alive(r, round)) {
+        for (int c : rec.sampled)
+          if (host_rank(c, world) == r) lost.push_back(c);
+        continue;
+      }
       ServerMessage msg;
       msg.set_kind(ServerMessage::ROUND);
       msg.set_round(round);
@@ -697,19 +788,38 @@ class Server {
       PendingSend s = send_message_async(comm_, r, kTagDown, msg);
       rec.bytes_down += s.bytes;
       sends_.push_back(std::move(s));
+      owe(r, msg.tasks_size());
+    }
+    kill_if(env_round("LATHE_FED_TEST_SERVER_KILL") == round, "LATHE_FED_TEST_SERVER_KILL");
+    for (int c : lost) {
+      message("federate: round " + std::to_string(round) + ": client " + std::to_string(c) + " is hosted on dead rank " +
+              std::to_string(host_rank(c, world)) + "; left out");
+      log({{"event", "client_lost"}, {"round", round}, {"client", c}, {"rank", host_rank(c, world)}});
     }
     // Uploads until every sampled client answered or the deadline passed.
     const double limit = n_.fc.round_deadline_s() > 0 ? n_.fc.round_deadline_s() : comm_.timeout();
     std::map<int, ClientUpdate> got;
     std::vector<int> failed;
-    int pending = static_cast<int>(rec.sampled.size());
+    int pending = static_cast<int>(rec.sampled.size() - lost.size());
     while (pending > 0 && now_s() - t0 < limit) {
       bool any = false;
       for (size_t i = 0; i < inbox_.size(); ++i) {
+        const int r = static_cast<int>(i) + 1;
+        if (dead_[static_cast<size_t>(r)]) continue;
+        if (check_alive(r, round)) {  // just died: its clients of this round will not come
+          for (int c : rec.sampled)
+            if (host_rank(c, world) == r && !got.count(c) &&
+                std::find(failed.begin(), failed.end(), c) == failed.end()) {
+              --pending;
+              lost.push_back(c);
+            }
+          continue;
+        }
         if (!inbox_[i]->ready()) continue;
         any = true;
         ClientUpdate up;
         const int64_t bytes = inbox_[i]->take(&up);
+        heard(r);
         inbox_[i] = std::make_unique<PendingRecv>(comm_, static_cast<int>(i) + 1, kTagUp);
         rec.bytes_up += bytes;
         if (up.round() != round) {
@@ -735,6 +845,7 @@ class Server {
       if (!got.count(c)) rec.dropped.push_back(c);
     for (int c : rec.dropped) {
       if (std::find(failed.begin(), failed.end(), c) != failed.end()) continue;
+      if (std::find(lost.begin(), lost.end(), c) != lost.end()) continue;
       message("federate: round " + std::to_string(round) + ": client " + std::to_string(c) + " missed the deadline (" +
               std::to_string(limit) + " s); left out of this round");
       log({{"event", "client_dropped"}, {"round", round}, {"client", c}, {"deadline_s", limit}});
@@ -863,7 +974,13 @@ class Server {
   ServerState st_;
   std::vector<std::unique_ptr<PendingRecv>> inbox_;
   std::vector<PendingSend> sends_;
-  std::vector<PendingSend> stuck_;  // sends to ranks that never acknowledged the end
+  // Liveness of the client ranks (index = rank): a rank that owes messages (uploads of its
+  // clients, the goodbye) and has sent nothing for federated.server_timeout_s is dead (its
+  // process ended; without ULFM MPI does not say so): its clients are left out from then on and
+  // it is never sent to again.
+  std::vector<bool> dead_;
+  std::vector<int> owed_;
+  std::vector<double> quiet_since_;
   std::vector<size_t> sent_merges_;
   std::unique_ptr<train::MetricsLogger> metrics_;
 };

@@ -21,6 +21,15 @@
 //             [p_1 A_1; ...] and [s B_1, ...], merges B_stk A_stk = sum p_k s B_k A_k into the
 //             base of every rank (exact), adapters re-initialised
 //   FED_SB    LoRA-SB (A, B frozen), R <- sum p_k R_k (exact; r^2 per matrix each way)
+//
+// Process death (Open MPI 4.1 has no ULFM; launch with mpirun --enable-recovery so that a dead
+// process does not end the job): the server tracks what each client rank owes it (uploads, the
+// final goodbye); a rank silent for federated.server_timeout_s while owing is declared dead
+// (logged with its rank), its clients are left out of that and later rounds and it is never sent
+// to again; the federation finishes without it. A client rank that hears nothing from the server
+// for server_timeout_s aborts (exit 70) naming the receive from rank 0. Limit: a rank that dies
+// half-way through sending an upload leaves the server's payload receive to the communicator
+// timeout (abort), which the tests do not cover.
 #pragma once
 
 #include <cstdint>
