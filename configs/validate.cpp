@@ -319,9 +319,7 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   if (p.zero_stage() == 1 && cfg.peft().method() == PeftConfig::SPIEL)
     c.fail("parallel.zero_stage", "ZeRO-1 does not shard SpIEL's own optimizer (values with per-element ages) yet; "
                                   "use zero_stage 0 with peft.method SPIEL");
-  if (p.zero_stage() == 1 && tp > 1)
-    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with tensor_parallel " + show(tp) +
-                                      " yet (it shards over every replica of the whole model); use zero_stage 0");
+  // ZeRO-1 with TP shards each TP rank's own slice over its data-parallel group.
   if (tp <= 1) return;
   const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
   if (m.n_head() > 0 && m.n_head() % tp != 0)

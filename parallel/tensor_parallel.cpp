@@ -422,13 +422,20 @@ void all_reduce_partial_grads(const autograd::Module& model, const std::vector<s
 }
 
 double tp_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, const TensorParallelShards& shards,
-                    Communicator& comm) {
+                    Communicator& comm, Communicator* zero_dp) {
   double sharded = 0, replicated = 0;
   for (const auto& [name, p] : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     const double n = kernels::reduce(kernels::ReduceOp::norm, g.to(DType::f32), {}, false).item();
     (shards.sharded.count(name) ? sharded : replicated) += n * n;
+  }
+  if (zero_dp && zero_dp->size() > 1) {
+    Tensor s = Tensor::from_vector<double>({sharded, replicated}, {2});
+    zero_dp->all_reduce(s);
+    const std::vector<double> v = s.to_vector<double>();
+    sharded = v[0];
+    replicated = v[1];
   }
   if (comm.size() > 1) {
     Tensor s = Tensor::scalar(sharded, DType::f64);

@@ -188,7 +188,10 @@ void all_reduce_partial_grads(const autograd::Module& model, const std::vector<s
 
 // The L2 norm of the whole (unsharded) model's gradient: the sharded parameters' squares
 // summed over the TP ranks, the replicated ones counted once.
+// zero_dp (ZeRO-1 with TP): params are this rank's ZeRO pieces (named after their parameters),
+// which cover each TP shard once over the data-parallel group: both sums are first summed
+// over zero_dp, then the sharded one over the TP ranks.
 double tp_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, const TensorParallelShards& shards,
-                    Communicator& comm);
+                    Communicator& comm, Communicator* zero_dp = nullptr);
 
 }  // namespace lathe::parallel

@@ -533,14 +533,17 @@ StepRecord Trainer::train_step() {
   double grad_norm = 0;
   if (layerwise_) {
     grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
-  } else if (p.layout->tensor_parallel() > 1) {
+  } else if (p.layout->tensor_parallel() > 1 && !zero_) {
     grad_norm = p.layout->clip_grad_norm(model_->named_parameters(), tc.grad_clip());
     opt_->step();
     opt_->zero_grad();
   } else {
     if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
-    grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
-                      : optim::clip_grad_norm(params_, tc.grad_clip());
+    if (zero_ && p.layout->tensor_parallel() > 1)  // the pieces of this TP rank's shards
+      grad_norm = p.layout->clip_grad_norm(zero_->pieces(), tc.grad_clip(), zero_->comm().get());
+    else
+      grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
+                        : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
     if (zero_) zero_->all_gather_parameters();
     opt_->zero_grad();
