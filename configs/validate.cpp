@@ -336,10 +336,11 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                              ") must be divisible by tensor_parallel (" + show(tp) + ")");
   }
   const OptimizerConfig& o = cfg.optimizer();
-  if (o.type() == OptimizerConfig::SGD_SAI || o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA)
-    c.fail("parallel.tensor_parallel", "needs an element-wise optimizer (ADAMW or SGD): " +
+  // SGD-SaI's per-tensor g-SNR combines the slices' statistics over TP (optim/sgd_sai.h).
+  if (o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA)
+    c.fail("parallel.tensor_parallel", "needs an optimizer without projections (ADAMW, SGD or SGD_SAI): " +
                                            OptimizerConfig::Type_Name(o.type()) +
-                                           " works on whole matrices, which tensor parallelism splits over ranks");
+                                           " projects whole matrices, which tensor parallelism splits over ranks");
   if (o.layerwise())
     c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
   if (cfg.peft().method() != PeftConfig::OFF)

@@ -1,6 +1,7 @@
 // Megatron tensor parallelism; see tensor_parallel.h.
 #include "parallel/tensor_parallel.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/function.h"
@@ -314,6 +315,13 @@ Tensor slice_shard(const std::string& name, const Tensor& full, const models::Mo
                                      << " is not divisible by tensor_parallel " << tp;
   const int64_t n = src.size(d) / tp;
   return src.narrow(d, rank * n, n).contiguous();
+}
+
+int64_t real_shard_numel(const std::string& name, const Tensor& shard, const models::ModelSpec& spec, int rank) {
+  if (!is_vocab(name) || shard_dim(name, spec) < 0) return shard.numel();
+  const int64_t rows = shard.size(0);
+  const int64_t real = std::clamp<int64_t>(spec.vocab_size - rank * rows, 0, rows);
+  return real * (shard.numel() / std::max<int64_t>(rows, 1));
 }
 
 Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards, const models::ModelSpec& spec) {

@@ -176,6 +176,10 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
 // vocabulary tables) or dim 1 (row-parallel weights); -1 = replicated. By name, from the spec.
 int shard_dim(const std::string& name, const models::ModelSpec& spec);
 
+// The elements of this rank's shard of `name` that belong to the model's tensor: the shard's
+// size, less the vocabulary padding rows of an embedding or output table.
+int64_t real_shard_numel(const std::string& name, const Tensor& shard, const models::ModelSpec& spec, int rank);
+
 // The full tensor of `name` from every rank's shard (in TP rank order), the vocabulary
 // padding dropped: what export and evaluation of a TP checkpoint need.
 Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards, const models::ModelSpec& spec);

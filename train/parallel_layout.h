@@ -43,6 +43,8 @@ class ParallelLayout {
   std::string name() const { return groups_->name(); }
 
   void shard(models::CausalLM& model);
+  // Which parameters shard() split (empty before it, and with tensor_parallel 1).
+  const parallel::TensorParallelShards& shards() const { return shards_; }
   void finish_gradients(models::CausalLM& model);
   // zero_dp: with ZeRO-1, params are this rank's pieces and zero_dp the group they shard over
   // (parallel::tp_grad_norm).

@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "models/autocast.h"
 #include "optim/registry.h"
 #include "optim/schedule.h"
+#include "optim/sgd_sai.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
@@ -233,6 +235,14 @@ void Trainer::setup() {
   if (p.cfg.parallel().zero_stage() == 1) {
     zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
     opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
+  }
+  // SGD-SaI under TP: the g-SNR of a split tensor from all its slices (optim/sgd_sai.h).
+  if (auto* sai = dynamic_cast<optim::SGDSaI*>(opt_.get()); sai && p.layout->tensor_parallel() > 1) {
+    std::shared_ptr<parallel::Communicator> tp = p.layout->groups().tp();
+    std::map<std::string, int64_t> counted;
+    for (const std::string& n : p.layout->shards().sharded)
+      counted[n] = parallel::real_shard_numel(n, model_->parameter(n), model_->spec(), tp->rank());
+    sai->set_shard_statistics(std::move(counted), [tp](Tensor& t) { tp->all_reduce(t); });
   }
   if (peft_ && peft_options_->method == peft::Method::spiel) {
     // SpIEL: its own Adam on the values (per-element age) around the run's optimizer, and the
