@@ -336,11 +336,13 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                              ") must be divisible by tensor_parallel (" + show(tp) + ")");
   }
   const OptimizerConfig& o = cfg.optimizer();
-  // SGD-SaI's per-tensor g-SNR combines the slices' statistics over TP (optim/sgd_sai.h).
-  if (o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA)
-    c.fail("parallel.tensor_parallel", "needs an optimizer without projections (ADAMW, SGD or SGD_SAI): " +
-                                           OptimizerConfig::Type_Name(o.type()) +
-                                           " projects whole matrices, which tensor parallelism splits over ranks");
+  // SGD-SaI's per-tensor g-SNR combines the slices' statistics over TP (optim/sgd_sai.h);
+  // GaLore and Fira step whole-matrix stand-ins (train/tp_whole_tensors.h), not with ZeRO.
+  if ((o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA) && p.zero_stage() == 1)
+    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with " + OptimizerConfig::Type_Name(o.type()) +
+                                      " under tensor_parallel " + show(tp) +
+                                      " yet (their whole-matrix updates are replicated over the TP ranks); use "
+                                      "zero_stage 0, or tensor_parallel 1");
   if (o.layerwise())
     c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
   if (cfg.peft().method() != PeftConfig::OFF)

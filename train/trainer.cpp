@@ -29,6 +29,7 @@
 #include "peft/sft_io.h"
 #include "train/peft_spiel.h"
 #include "train/run_plan.h"
+#include "train/tp_whole_tensors.h"
 #include "train/zero_setup.h"
 #include "parallel/ulysses.h"
 
@@ -52,13 +53,13 @@ std::string fmt(const char* f, double v) {
 // The optimizer of optimizer.type (optim/registry.h), over the trainable parameters.
 // Paged CPU state is backed by files under optimizer.paging.dir, by default <run_dir>/paged
 // (each file removed when its state is freed).
-std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
+std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const optim::NamedParams& named) {
   if (cfg.optimizer().paged() && cfg.optimizer().paging().dir().empty()) {
     lathe::OptimizerConfig oc = cfg.optimizer();
     oc.mutable_paging()->set_dir(cfg.run_dir() + "/paged");
-    return optim::make_optimizer(oc, model.named_parameters());
+    return optim::make_optimizer(oc, named);
   }
-  return optim::make_optimizer(cfg.optimizer(), model.named_parameters());
+  return optim::make_optimizer(cfg.optimizer(), named);
 }
 
 // Lines of a that are not in b (for the "config changed since the checkpoint" note).
@@ -230,7 +231,20 @@ void Trainer::setup() {
   if (!p.device.is_cpu()) model_->to(p.device);
 
   // Built after the move, so optimizer state is created on the parameters' device.
-  opt_ = make_optimizer(p.cfg, *model_);
+  const auto type = p.cfg.optimizer().type();
+  if (p.layout->tensor_parallel() > 1 &&
+      (type == lathe::OptimizerConfig::GALORE || type == lathe::OptimizerConfig::FIRA)) {
+    // Whole-matrix projections: the optimizer steps stand-ins of the split tensors
+    // (train/tp_whole_tensors.h).
+    std::vector<std::pair<std::string, Tensor>> trainable;
+    for (const auto& np : model_->named_parameters())
+      if (np.second.requires_grad()) trainable.push_back(np);
+    whole_ = std::make_unique<WholeTensorUpdates>(trainable, p.layout->shards(), model_->spec(), p.layout->groups().tp(),
+                                                  p.cfg.parallel().vocab_pad_multiple());
+    opt_ = make_optimizer(p.cfg, whole_->params());
+  } else {
+    opt_ = make_optimizer(p.cfg, model_->named_parameters());
+  }
   // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
   if (p.cfg.parallel().zero_stage() == 1) {
     zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
@@ -545,7 +559,9 @@ StepRecord Trainer::train_step() {
     grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
   } else if (p.layout->tensor_parallel() > 1 && !zero_) {
     grad_norm = p.layout->clip_grad_norm(model_->named_parameters(), tc.grad_clip());
+    if (whole_) whole_->gather();
     opt_->step();
+    if (whole_) whole_->scatter();
     opt_->zero_grad();
   } else {
     if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
