@@ -4,7 +4,8 @@
 // (after the steps), the peak of MemCategory::gradients and the peak of everything during the
 // last step.
 //
-//   mpirun -np 2 build/bench/bench_zero [adamw|galore] [d_model] [n_layer]
+//   mpirun -np 2 build/bench/bench_zero [adamw|galore] [d_model] [n_layer] [tensor_parallel]
+// With tensor_parallel > 1 the data-parallel group (which ZeRO shards over) is np / tp.
 #include <mpi.h>
 
 #include <cstdio>
@@ -20,7 +21,7 @@ using namespace lathe;
 
 namespace {
 
-RunConfig config(const std::string& opt, int zero, int d, int layers) {
+RunConfig config(const std::string& opt, int zero, int d, int layers, int tp) {
   const std::string o = opt == "galore" ? "type: GALORE lr: 1e-3 galore { rank: 64 update_proj_gap: 50 }"
                                         : "type: ADAMW lr: 1e-3";
   const std::string text =
@@ -32,7 +33,8 @@ RunConfig config(const std::string& opt, int zero, int d, int layers) {
       "train { steps: 2 micro_batch: 2 seq_len: 64 eval_interval: 0 }\n"
       "checkpoint { interval: 0 save_final: false resume: \"never\" }\n"
       "logging { progress: NONE jsonl: false }\n"
-      "parallel { threads_per_rank: 1 zero_stage: " + std::to_string(zero) + " }\n";
+      "parallel { threads_per_rank: 1 zero_stage: " + std::to_string(zero) +
+      " tensor_parallel: " + std::to_string(tp) + " }\n";
   return configs::parse_text(text, "bench_zero");
 }
 
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
   const std::string opt = argc > 1 ? argv[1] : "adamw";
   const int d = argc > 2 ? std::atoi(argv[2]) : 512;
   const int layers = argc > 3 ? std::atoi(argv[3]) : 8;
+  const int tp = argc > 4 ? std::atoi(argv[4]) : 1;
   for (int zero : {0, 1}) {
     int64_t state = 0, grad_peak = 0, total_peak = 0, params = 0;
     {
@@ -50,7 +53,7 @@ int main(int argc, char** argv) {
       train::TrainOptions o;
       o.out = nullptr;
       o.comm = comm;
-      train::Trainer t(config(opt, zero, d, layers), o);
+      train::Trainer t(config(opt, zero, d, layers, tp), o);
       t.setup();
       t.train_step();
       reset_peak_memory();
@@ -65,9 +68,9 @@ int main(int argc, char** argv) {
     MPI_Allreduce(v, mx, 3, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(v, mn, 3, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD);
     if (comm->rank() == 0)
-      std::printf("%s d%d L%d (%lld params) np %d zero_stage %d: optimizer state per rank %.2f..%.2f MiB, "
+      std::printf("%s d%d L%d (%lld params on this rank) np %d tp %d zero_stage %d: optimizer state per rank %.2f..%.2f MiB, "
                   "gradient peak %.2f MiB, total peak %.2f..%.2f MiB\n",
-                  opt.c_str(), d, layers, static_cast<long long>(params), comm->size(), zero, mn[0] / 1048576.0,
+                  opt.c_str(), d, layers, static_cast<long long>(params), comm->size(), tp, zero, mn[0] / 1048576.0,
                   mx[0] / 1048576.0, mx[1] / 1048576.0, mn[2] / 1048576.0, mx[2] / 1048576.0);
   }
   return 0;

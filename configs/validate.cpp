@@ -319,9 +319,7 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   if (p.zero_stage() == 1 && cfg.peft().method() == PeftConfig::SPIEL)
     c.fail("parallel.zero_stage", "ZeRO-1 does not shard SpIEL's own optimizer (values with per-element ages) yet; "
                                   "use zero_stage 0 with peft.method SPIEL");
-  if (p.zero_stage() == 1 && tp > 1)
-    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with tensor_parallel " + show(tp) +
-                                      " yet (it shards over every replica of the whole model); use zero_stage 0");
+  // ZeRO-1 with TP shards each TP rank's own slice over its data-parallel group.
   if (tp <= 1) return;
   const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
   if (m.n_head() > 0 && m.n_head() % tp != 0)
@@ -338,10 +336,13 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                              ") must be divisible by tensor_parallel (" + show(tp) + ")");
   }
   const OptimizerConfig& o = cfg.optimizer();
-  if (o.type() == OptimizerConfig::SGD_SAI || o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA)
-    c.fail("parallel.tensor_parallel", "needs an element-wise optimizer (ADAMW or SGD): " +
-                                           OptimizerConfig::Type_Name(o.type()) +
-                                           " works on whole matrices, which tensor parallelism splits over ranks");
+  // SGD-SaI's per-tensor g-SNR combines the slices' statistics over TP (optim/sgd_sai.h);
+  // GaLore and Fira step whole-matrix stand-ins (train/tp_whole_tensors.h), not with ZeRO.
+  if ((o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA) && p.zero_stage() == 1)
+    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with " + OptimizerConfig::Type_Name(o.type()) +
+                                      " under tensor_parallel " + show(tp) +
+                                      " yet (their whole-matrix updates are replicated over the TP ranks); use "
+                                      "zero_stage 0, or tensor_parallel 1");
   if (o.layerwise())
     c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
   if (cfg.peft().method() != PeftConfig::OFF)

@@ -1,6 +1,7 @@
 #include "optim/sgd_sai.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/ops.h"
 
@@ -19,6 +20,18 @@ Tensor gsnr_of(const Tensor& grad, double eps) {
   const Tensor sd =
       kernels::unary(kernels::UnaryOp::sqrt, kernels::reduce(ReduceOp::var, g, {}, false, 1).to(DType::f32));
   return kernels::binary(BinaryOp::div, norm, kernels::binary(BinaryOp::add, sd, e));
+}
+
+double gsnr_from_moments(double n, double sum, double sumsq, double eps) {
+  const double norm = std::sqrt(std::max(sumsq, 0.0));
+  if (n <= 1) return norm / eps;
+  const double var = std::max((sumsq - sum * sum / n) / (n - 1), 0.0);
+  return norm / (std::sqrt(var) + eps);
+}
+
+void SGDSaI::set_shard_statistics(std::map<std::string, int64_t> sharded, std::function<void(Tensor&)> sum_over_shards) {
+  sharded_ = std::move(sharded);
+  sum_over_shards_ = std::move(sum_over_shards);
 }
 
 SGDSaI::SGDSaI(std::vector<ParamGroup> groups, SGDSaIOptions opts) : Optimizer(std::move(groups)), opts_(opts) {
@@ -62,9 +75,11 @@ void SGDSaI::apply(const Tensor& param, const Tensor& grad, StateMap& state, con
                         opts_.momentum, group.weight_decay, step == 1);
 }
 
-void SGDSaI::update(const std::string&, const Tensor& param, const Tensor& grad, StateMap& state,
+void SGDSaI::update(const std::string& name, const Tensor& param, const Tensor& grad, StateMap& state,
                     const ParamGroup& group, int64_t step) {
   Tensor& gsnr = state.at("gsnr");
+  LATHE_CHECK(!(sum_over_shards_ && sharded_.count(name)))
+      << "SGD_SAI: parameter '" << name << "' is a tensor-parallel slice, whose g-SNR needs step() (not layer-wise updates)";
   if (step == 1) gsnr.copy_(gsnr_of(grad, opts_.eps));
   apply(param, grad, state, group, step,
         scale_of(gsnr, opts_.normalize ? max_gsnr(param.device()) : Tensor()));
@@ -73,11 +88,37 @@ void SGDSaI::update(const std::string&, const Tensor& param, const Tensor& grad,
 void SGDSaI::step() {
   begin_step();
   std::vector<std::vector<PendingUpdate>> pending(groups_.size());
+  std::vector<const PendingUpdate*> split;  // first updates of tensor-parallel slices
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     pending[gi] = pending_updates(gi);
     // Every first update's g-SNR before any update, so normalize sees all of them.
-    for (const auto& u : pending[gi])
-      if (u.step == 1) u.state->at("gsnr").copy_(gsnr_of(u.grad, opts_.eps));
+    for (const auto& u : pending[gi]) {
+      if (u.step != 1) continue;
+      if (sum_over_shards_ && sharded_.count(u.name))
+        split.push_back(&u);
+      else
+        u.state->at("gsnr").copy_(gsnr_of(u.grad, opts_.eps));
+    }
+  }
+  if (!split.empty()) {
+    // n, sum, sum of squares of each slice, summed over the slices' ranks at once.
+    const int64_t k = static_cast<int64_t>(split.size());
+    Tensor m = Tensor::zeros({k, 3}, DType::f64);
+    double* mv = m.data<double>();
+    for (int64_t i = 0; i < k; ++i) {
+      const Tensor g = split[static_cast<size_t>(i)]->grad.to(DType::f64).contiguous();
+      mv[3 * i] = static_cast<double>(sharded_.at(split[static_cast<size_t>(i)]->name));  // padding rows are zero
+      mv[3 * i + 1] = kernels::reduce(ReduceOp::sum, g, {}).item();
+      const double nrm = kernels::reduce(ReduceOp::norm, g, {}).item();
+      mv[3 * i + 2] = nrm * nrm;
+    }
+    sum_over_shards_(m);
+    mv = m.data<double>();
+    for (int64_t i = 0; i < k; ++i) {
+      Tensor& gsnr = split[static_cast<size_t>(i)]->state->at("gsnr");
+      gsnr.copy_(Tensor::scalar(gsnr_from_moments(mv[3 * i], mv[3 * i + 1], mv[3 * i + 2], opts_.eps), DType::f32)
+                     .to(gsnr.device()));
+    }
   }
   std::vector<std::pair<Device, Tensor>> max_by_dev;  // computed once per device and step
   for (size_t gi = 0; gi < groups_.size(); ++gi) {

@@ -18,7 +18,16 @@
 // divide by the largest g-SNR known when it runs, which on the first step is not yet the
 // maximum over all tensors; the config therefore refuses normalize with layer-wise updates.
 // The maximum is not stored: it is recomputed from the stored g-SNRs, so it resumes exactly.
+//
+// Tensor parallelism (set_shard_statistics): the g-SNR of a tensor split over the TP ranks
+// is that of the whole tensor: each rank's count, sum and sum of squares of its shard's
+// gradient are summed over the TP group (one small all-reduce in the step with first
+// updates) and the g-SNR computed from them in f64. Replicated tensors keep gsnr_of.
 #pragma once
+
+#include <functional>
+#include <map>
+#include <string>
 
 #include "optim/optimizer.h"
 
@@ -41,6 +50,12 @@ class SGDSaI final : public Optimizer {
               const ParamGroup& group, int64_t step) override;
   void step() override;
   const SGDSaIOptions& options() const { return opts_; }
+  // Tensor parallelism: `sharded` maps the parameters that are one rank's slice of a larger
+  // tensor to the slice's elements that count (vocabulary padding rows excluded);
+  // sum_over_shards sums a host f64 tensor over the ranks holding the other slices.
+  // Every rank of that group must call step() with first updates of the same sharded
+  // parameters (true under TP: a tensor's slices get their gradients together).
+  void set_shard_statistics(std::map<std::string, int64_t> sharded, std::function<void(Tensor&)> sum_over_shards);
 
  private:
   // The scale of `gsnr` for the step: itself, or divided by the largest known g-SNR.
@@ -50,9 +65,14 @@ class SGDSaI final : public Optimizer {
   void apply(const Tensor& param, const Tensor& grad, StateMap& state, const ParamGroup& group, int64_t step,
              const Tensor& scale);
   SGDSaIOptions opts_;
+  std::map<std::string, int64_t> sharded_;
+  std::function<void(Tensor&)> sum_over_shards_;
 };
 
 // The g-SNR of a gradient as SGD-SaI defines it, as a 0-d f32 tensor on g's device.
 Tensor gsnr_of(const Tensor& grad, double eps);
+// The same from a tensor's element count n, sum and sum of squares (f64; the variance as
+// (sumsq - sum^2 / n) / (n - 1)): for a tensor whose slices live on several ranks.
+double gsnr_from_moments(double n, double sum, double sumsq, double eps);
 
 }  // namespace lathe::optim

@@ -1,6 +1,7 @@
 // Megatron tensor parallelism; see tensor_parallel.h.
 #include "parallel/tensor_parallel.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/function.h"
@@ -316,6 +317,13 @@ Tensor slice_shard(const std::string& name, const Tensor& full, const models::Mo
   return src.narrow(d, rank * n, n).contiguous();
 }
 
+int64_t real_shard_numel(const std::string& name, const Tensor& shard, const models::ModelSpec& spec, int rank) {
+  if (!is_vocab(name) || shard_dim(name, spec) < 0) return shard.numel();
+  const int64_t rows = shard.size(0);
+  const int64_t real = std::clamp<int64_t>(spec.vocab_size - rank * rows, 0, rows);
+  return real * (shard.numel() / std::max<int64_t>(rows, 1));
+}
+
 Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards, const models::ModelSpec& spec) {
   LATHE_CHECK(!shards.empty()) << "gather_shards: no shards of " << name;
   const int d = shard_dim(name, spec);
@@ -422,13 +430,20 @@ void all_reduce_partial_grads(const autograd::Module& model, const std::vector<s
 }
 
 double tp_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, const TensorParallelShards& shards,
-                    Communicator& comm) {
+                    Communicator& comm, Communicator* zero_dp) {
   double sharded = 0, replicated = 0;
   for (const auto& [name, p] : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     const double n = kernels::reduce(kernels::ReduceOp::norm, g.to(DType::f32), {}, false).item();
     (shards.sharded.count(name) ? sharded : replicated) += n * n;
+  }
+  if (zero_dp && zero_dp->size() > 1) {
+    Tensor s = Tensor::from_vector<double>({sharded, replicated}, {2});
+    zero_dp->all_reduce(s);
+    const std::vector<double> v = s.to_vector<double>();
+    sharded = v[0];
+    replicated = v[1];
   }
   if (comm.size() > 1) {
     Tensor s = Tensor::scalar(sharded, DType::f64);

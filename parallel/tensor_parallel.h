@@ -176,6 +176,10 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
 // vocabulary tables) or dim 1 (row-parallel weights); -1 = replicated. By name, from the spec.
 int shard_dim(const std::string& name, const models::ModelSpec& spec);
 
+// The elements of this rank's shard of `name` that belong to the model's tensor: the shard's
+// size, less the vocabulary padding rows of an embedding or output table.
+int64_t real_shard_numel(const std::string& name, const Tensor& shard, const models::ModelSpec& spec, int rank);
+
 // The full tensor of `name` from every rank's shard (in TP rank order), the vocabulary
 // padding dropped: what export and evaluation of a TP checkpoint need.
 Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards, const models::ModelSpec& spec);
@@ -188,7 +192,10 @@ void all_reduce_partial_grads(const autograd::Module& model, const std::vector<s
 
 // The L2 norm of the whole (unsharded) model's gradient: the sharded parameters' squares
 // summed over the TP ranks, the replicated ones counted once.
+// zero_dp (ZeRO-1 with TP): params are this rank's ZeRO pieces (named after their parameters),
+// which cover each TP shard once over the data-parallel group: both sums are first summed
+// over zero_dp, then the sharded one over the TP ranks.
 double tp_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, const TensorParallelShards& shards,
-                    Communicator& comm);
+                    Communicator& comm, Communicator* zero_dp = nullptr);
 
 }  // namespace lathe::parallel

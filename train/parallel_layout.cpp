@@ -35,8 +35,9 @@ void ParallelLayout::finish_gradients(models::CausalLM& model) {
   if (!shards_.partial_grad.empty()) parallel::all_reduce_partial_grads(model, shards_.partial_grad, *groups_->tp());
 }
 
-double ParallelLayout::clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm) {
-  const double norm = parallel::tp_grad_norm(params, shards_, *groups_->tp());
+double ParallelLayout::clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm,
+                                      parallel::Communicator* zero_dp) {
+  const double norm = parallel::tp_grad_norm(params, shards_, *groups_->tp(), zero_dp);
   if (max_norm > 0 && norm > max_norm) {
     const double s = max_norm / (norm + 1e-6);  // as optim::clip_grad_norm
     for (const auto& np : params) {

@@ -43,8 +43,13 @@ class ParallelLayout {
   std::string name() const { return groups_->name(); }
 
   void shard(models::CausalLM& model);
+  // Which parameters shard() split (empty before it, and with tensor_parallel 1).
+  const parallel::TensorParallelShards& shards() const { return shards_; }
   void finish_gradients(models::CausalLM& model);
-  double clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm);
+  // zero_dp: with ZeRO-1, params are this rank's pieces and zero_dp the group they shard over
+  // (parallel::tp_grad_norm).
+  double clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm,
+                        parallel::Communicator* zero_dp = nullptr);
 
  private:
   std::unique_ptr<parallel::ProcessGroups> groups_;

@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "models/autocast.h"
 #include "optim/registry.h"
 #include "optim/schedule.h"
+#include "optim/sgd_sai.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
@@ -27,6 +29,7 @@
 #include "peft/sft_io.h"
 #include "train/peft_spiel.h"
 #include "train/run_plan.h"
+#include "train/tp_whole_tensors.h"
 #include "train/zero_setup.h"
 #include "parallel/ulysses.h"
 
@@ -50,13 +53,13 @@ std::string fmt(const char* f, double v) {
 // The optimizer of optimizer.type (optim/registry.h), over the trainable parameters.
 // Paged CPU state is backed by files under optimizer.paging.dir, by default <run_dir>/paged
 // (each file removed when its state is freed).
-std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const models::CausalLM& model) {
+std::unique_ptr<optim::Optimizer> make_optimizer(const RunConfig& cfg, const optim::NamedParams& named) {
   if (cfg.optimizer().paged() && cfg.optimizer().paging().dir().empty()) {
     lathe::OptimizerConfig oc = cfg.optimizer();
     oc.mutable_paging()->set_dir(cfg.run_dir() + "/paged");
-    return optim::make_optimizer(oc, model.named_parameters());
+    return optim::make_optimizer(oc, named);
   }
-  return optim::make_optimizer(cfg.optimizer(), model.named_parameters());
+  return optim::make_optimizer(cfg.optimizer(), named);
 }
 
 // Lines of a that are not in b (for the "config changed since the checkpoint" note).
@@ -228,11 +231,32 @@ void Trainer::setup() {
   if (!p.device.is_cpu()) model_->to(p.device);
 
   // Built after the move, so optimizer state is created on the parameters' device.
-  opt_ = make_optimizer(p.cfg, *model_);
+  const auto type = p.cfg.optimizer().type();
+  if (p.layout->tensor_parallel() > 1 &&
+      (type == lathe::OptimizerConfig::GALORE || type == lathe::OptimizerConfig::FIRA)) {
+    // Whole-matrix projections: the optimizer steps stand-ins of the split tensors
+    // (train/tp_whole_tensors.h).
+    std::vector<std::pair<std::string, Tensor>> trainable;
+    for (const auto& np : model_->named_parameters())
+      if (np.second.requires_grad()) trainable.push_back(np);
+    whole_ = std::make_unique<WholeTensorUpdates>(trainable, p.layout->shards(), model_->spec(), p.layout->groups().tp(),
+                                                  p.cfg.parallel().vocab_pad_multiple());
+    opt_ = make_optimizer(p.cfg, whole_->params());
+  } else {
+    opt_ = make_optimizer(p.cfg, model_->named_parameters());
+  }
   // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
   if (p.cfg.parallel().zero_stage() == 1) {
     zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
     opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
+  }
+  // SGD-SaI under TP: the g-SNR of a split tensor from all its slices (optim/sgd_sai.h).
+  if (auto* sai = dynamic_cast<optim::SGDSaI*>(opt_.get()); sai && p.layout->tensor_parallel() > 1) {
+    std::shared_ptr<parallel::Communicator> tp = p.layout->groups().tp();
+    std::map<std::string, int64_t> counted;
+    for (const std::string& n : p.layout->shards().sharded)
+      counted[n] = parallel::real_shard_numel(n, model_->parameter(n), model_->spec(), tp->rank());
+    sai->set_shard_statistics(std::move(counted), [tp](Tensor& t) { tp->all_reduce(t); });
   }
   if (peft_ && peft_options_->method == peft::Method::spiel) {
     // SpIEL: its own Adam on the values (per-element age) around the run's optimizer, and the
@@ -533,14 +557,19 @@ StepRecord Trainer::train_step() {
   double grad_norm = 0;
   if (layerwise_) {
     grad_norm = layerwise_->finish();  // the parameters are updated and their gradients gone
-  } else if (p.layout->tensor_parallel() > 1) {
+  } else if (p.layout->tensor_parallel() > 1 && !zero_) {
     grad_norm = p.layout->clip_grad_norm(model_->named_parameters(), tc.grad_clip());
+    if (whole_) whole_->gather();
     opt_->step();
+    if (whole_) whole_->scatter();
     opt_->zero_grad();
   } else {
     if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
-    grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
-                      : optim::clip_grad_norm(params_, tc.grad_clip());
+    if (zero_ && p.layout->tensor_parallel() > 1)  // the pieces of this TP rank's shards
+      grad_norm = p.layout->clip_grad_norm(zero_->pieces(), tc.grad_clip(), zero_->comm().get());
+    else
+      grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
+                        : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
     if (zero_) zero_->all_gather_parameters();
     opt_->zero_grad();

@@ -132,6 +132,7 @@ class LayerwiseUpdater;
 class MetricsLogger;
 class SpielSelector;
 class TrainBatches;
+class WholeTensorUpdates;
 struct RunPlan;
 
 // One training run, in parts. Typical use is run(); a layer that reuses the loop calls
@@ -209,6 +210,7 @@ class Trainer {
   std::vector<Tensor> params_;  // the optimizer's, for clipping
   std::unique_ptr<TrainBatches> loader_;
   std::unique_ptr<GradSync> grad_sync_;
+  std::unique_ptr<WholeTensorUpdates> whole_;  // GaLore/Fira under TP (train/tp_whole_tensors.h)
   std::unique_ptr<parallel::ZeroSharder> zero_;  // parallel.zero_stage 1 (train/zero_setup.h)
   std::shared_ptr<parallel::Communicator> sp_comm_;  // parallel.sequence_parallel > 1 (Ulysses)
   std::unique_ptr<LayerwiseUpdater> layerwise_;  // optimizer.layerwise; uses opt_ and grad_sync_

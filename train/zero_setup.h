@@ -5,6 +5,11 @@
 //   ADAMW (32-bit moments, torch or HF form), SGD      flat partition
 //   ADAMW with state_bits 8, SGD_SAI, GALORE, FIRA      per-parameter ownership
 //
+// With tensor parallelism the sharder is built over each TP rank's own shard and its
+// data-parallel group (ParallelLayout::data_comm()); the layout arithmetic is the same on every
+// TP rank, so a parameter's slices are owned by the same data-parallel rank, and the clip norm
+// sums the pieces over that group, then the sharded ones over TP (parallel::tp_grad_norm).
+//
 // In a step: the gradients accumulate locally over the micro-batches (no bucketed all-reduce
 // runs: GradSync is built without parameters), then ZeroSharder::reduce_scatter_gradients,
 // clipping with the global norm, the shard optimizer's step, ZeroSharder::all_gather_parameters.

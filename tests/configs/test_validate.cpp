@@ -11,6 +11,7 @@
 namespace lathe::configs {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -256,6 +257,41 @@ TEST(ConfigValidate, SizesThatCannotWorkAreConfigErrors) {
 }
 
 // Errors raised after loading (by the trainer, with origin "config") name the loaded file.
+// Tensor parallelism composes with ZeRO-1, SGD-SaI, and GaLore/Fira (without ZeRO); what it
+// does not compose with yet is refused naming the field and the method.
+TEST(ConfigValidate, TensorParallelCombinations) {
+  auto with_tp = [](const std::function<void(RunConfig&)>& edit) {
+    RunConfig c = base();
+    c.mutable_parallel()->set_tensor_parallel(2);
+    edit(c);
+    return validate(c);
+  };
+  EXPECT_TRUE(with_tp([](RunConfig&) {}).empty());
+  EXPECT_TRUE(with_tp([](RunConfig& c) { c.mutable_parallel()->set_zero_stage(1); }).empty())
+      << ::testing::PrintToString(with_tp([](RunConfig& c) { c.mutable_parallel()->set_zero_stage(1); }));
+  EXPECT_TRUE(with_tp([](RunConfig& c) {
+                c.mutable_parallel()->set_zero_stage(1);
+                c.mutable_optimizer()->set_type(OptimizerConfig::SGD_SAI);
+              }).empty());
+  EXPECT_TRUE(with_tp([](RunConfig& c) {
+                c.mutable_parallel()->set_zero_stage(1);
+                c.mutable_optimizer()->set_state_bits(8);
+              }).empty());
+  for (auto type : {OptimizerConfig::GALORE, OptimizerConfig::FIRA}) {
+    EXPECT_TRUE(with_tp([type](RunConfig& c) { c.mutable_optimizer()->set_type(type); }).empty());
+    const auto e = with_tp([type](RunConfig& c) {
+      c.mutable_optimizer()->set_type(type);
+      c.mutable_parallel()->set_zero_stage(1);
+    });
+    EXPECT_THAT(e, Contains(AllOf(HasSubstr("parallel.zero_stage"), HasSubstr(OptimizerConfig::Type_Name(type)),
+                                  HasSubstr("tensor_parallel 2"))));
+  }
+  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_optimizer()->set_layerwise(true); }),
+              Contains(AllOf(HasSubstr("parallel.tensor_parallel"), HasSubstr("optimizer.layerwise"))));
+  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::LORA); }),
+              Contains(AllOf(HasSubstr("parallel.tensor_parallel"), HasSubstr("adapters (peft)"))));
+}
+
 TEST(ConfigValidate, LaterErrorsNameTheLoadedFile) {
   const std::string p = write_temp("later.pbtxt", "name: \"t\"\ntrain { steps: 10 }\n");
   load_config(p);

@@ -24,6 +24,8 @@
 #include "core/memory.h"
 #include "models/hf_export.h"
 #include "models/model.h"
+#include "parallel/single_process_communicator.h"
+#include "parallel/tensor_parallel.h"
 #include "parallel/zero.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint.h"
@@ -254,6 +256,190 @@ TEST(Zero, LoraAdapters) {
   else
     EXPECT_LT(diff, 2e-5);
 }
+
+// ZeRO-1 with tensor parallelism 2 (np 2: dp1 x tp2, np 4: dp2 x tp2): each TP rank's
+// shard is ZeRO-sharded over its data-parallel group. The run equals one process on the same
+// global batch (micro-batch 4 x dp): losses, the clipped global norm (replicated tensors
+// counted once) and every rank's shard of the weights, to f32 tolerance. GPT-2 with its
+// byte vocabulary padded to 400 rows (rank 1: 56 real, 144 padding), and Llama with GQA.
+struct TpCase {
+  std::string name;
+  std::string model;  // the model block's fields
+  std::string optimizer;
+  // 8-bit AdamW quantises blocks of each TP shard, not of the whole tensor: its reference is
+  // plain TP (zero_stage 0) on the same ranks, compared bit for bit at np 2.
+  bool vs_one_process = true;
+};
+void PrintTo(const TpCase& c, std::ostream* os) { *os << c.name; }
+const std::vector<TpCase> kTpCases = {
+    {"Gpt2AdamW", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1", kOptimizers[0].fields},
+    {"LlamaGqaAdamW", "arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32",
+     kOptimizers[0].fields},
+    {"Gpt2Sgd", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1", kOptimizers[2].fields},
+    {"LlamaGqaAdamW8bit", "arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32",
+     kOptimizers[3].fields, false},
+    // One g-SNR per whole tensor: the slices' statistics summed over TP.
+    {"Gpt2SgdSai", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1", kOptimizers[4].fields},
+    {"LlamaGqaSgdSai", "arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32",
+     kOptimizers[4].fields},
+};
+
+RunConfig tp_config(const std::string& run_dir, const TpCase& c, int zero, int tp, int micro_batch, int steps = 4) {
+  std::string text = test_util::tiny_config_text(run_dir, steps);
+  const std::string from = "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1";
+  text.replace(text.find(from), from.size(), c.model);
+  text.replace(text.find("micro_batch: 4"), 14, "micro_batch: " + std::to_string(micro_batch));
+  RunConfig cfg = config(run_dir, c.optimizer, zero, 2, 0.05, steps);
+  RunConfig m = configs::parse_text(text, "zero tp");
+  *cfg.mutable_model() = m.model();
+  *cfg.mutable_train() = m.train();
+  cfg.mutable_train()->set_grad_clip(0.05);  // acts in every step: the norm must be the whole model's
+  cfg.mutable_train()->set_eval_interval(0);
+  cfg.mutable_checkpoint()->set_interval(steps / 2);
+  cfg.mutable_schedule()->set_warmup_steps(2);
+  cfg.mutable_parallel()->set_tensor_parallel(tp);
+  cfg.mutable_parallel()->set_vocab_pad_multiple(100);
+  return cfg;
+}
+
+class ZeroTensorParallel : public ::testing::TestWithParam<TpCase> {};
+
+// TP = 2 with zero_stage `zero` against the case's reference.
+void expect_tp_equals_reference(const TpCase& c, int zero) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  const int tp = 2, dp = comm->size() / tp, tp_rank = comm->rank() % tp;
+  // The reference: one process on the whole global batch (on every rank, its own run dir), or
+  // plain TP on these ranks.
+  RunConfig ref = c.vs_one_process ? tp_config(dir / ("one" + std::to_string(comm->rank())), c, 0, 1, 4 * dp)
+                                   : tp_config(dir / "plain_tp", c, 0, tp, 4);
+  RunConfig run = tp_config(dir / "zero_tp", c, zero, tp, 4);
+  // Each DP rank draws its own dropout stream, so the one-process masks of the whole batch
+  // are another draw: dropout only where dp is 1.
+  if (dp > 1 && c.vs_one_process) {
+    ref.mutable_model()->set_dropout(0);
+    run.mutable_model()->set_dropout(0);
+  }
+  Trainer one(ref, c.vs_one_process ? opts(std::make_shared<parallel::SingleProcessCommunicator>()) : opts());
+  const TrainResult a = one.run();
+  Trainer zt(run, opts());
+  const TrainResult b = zt.run();
+  ASSERT_EQ(a.steps.size(), 4u);
+  ASSERT_EQ(b.steps.size(), 4u);
+  for (size_t i = 0; i < a.steps.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-5 * a.steps[i].grad_norm);
+    EXPECT_GT(a.steps[i].grad_norm, 0.05);  // clipping acted
+    EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * std::abs(a.steps[i].loss));
+  }
+  // ZeRO really ran over the DP group: the optimizer holds a share of this TP shard.
+  const int64_t shard = trainable_numel(zt), mine = optimizer_numel(zt);
+  if (zero == 1 && dp > 1) {
+    EXPECT_LT(mine, shard);
+  }
+  Tensor sum = Tensor::from_vector<int64_t>({mine}, {1});
+  comm->split(tp_rank, comm->rank())->all_reduce(sum, parallel::ReduceOp::sum);  // over this DP group
+  const bool projected = c.optimizer.find("GALORE") != std::string::npos || c.optimizer.find("FIRA") != std::string::npos;
+  if (projected)  // the optimizer steps whole-tensor stand-ins: the one-process parameters
+    EXPECT_EQ(mine, trainable_numel(one));
+  else
+    EXPECT_EQ(sum.to_vector<int64_t>()[0], zero == 1 ? shard : shard * dp);
+  // Every shard equals the slice of the one-process weights (atol: AdamW normalises
+  // near-zero gradients, whose f32 summation order differs).
+  int compared = 0;
+  for (const auto& [n, p] : zt.model().named_parameters()) {
+    Tensor want = c.vs_one_process
+                      ? parallel::slice_shard(n, one.model().parameter(n), one.model().spec(), tp, tp_rank, 100)
+                      : one.model().parameter(n);
+    ASSERT_EQ(want.shape(), p.shape()) << n;
+    const auto x = want.to(DType::f64).to_vector<double>(), y = p.contiguous().to(DType::f64).to_vector<double>();
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]) - (1e-5 + 1e-4 * std::abs(x[i])));
+    EXPECT_LE(worst, 0.0) << n;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+}
+
+TEST_P(ZeroTensorParallel, EqualsOneProcessOnTheSameGlobalBatch) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  expect_tp_equals_reference(GetParam(), 1);
+}
+
+// SGD-SaI under plain TP (no ZeRO) takes the same g-SNR path.
+TEST(TensorParallelSgdSai, EqualsOneProcessOnTheSameGlobalBatch) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  for (const TpCase& c : kTpCases)
+    if (c.name.find("SgdSai") != std::string::npos) {
+      SCOPED_TRACE(c.name);
+      expect_tp_equals_reference(c, 0);
+    }
+}
+
+// Stopped after step 2 and resumed: every rank's files (its weight shard, its optimizer-state
+// shard of that weight shard, data position, RNG) equal those of a run that never stopped.
+void expect_tp_resume_bit_exact(const TpCase& c, int zero) {
+  auto comm = world();
+  SharedDir dir(*comm);
+  train(tp_config(dir / "straight", c, zero, 2, 4), opts());
+  TrainOptions stop = opts();
+  stop.stop_after = 2;
+  ASSERT_EQ(train(tp_config(dir / "stopped", c, zero, 2, 4), stop).end_step, 2);
+  TrainOptions resume = opts();
+  resume.resume = "latest";
+  const TrainResult b = train(tp_config(dir / "stopped", c, zero, 2, 4), resume);
+  ASSERT_EQ(b.start_step, 2);
+  const int r = comm->rank();
+  test_util::expect_same_tensors(rank_file(step_dir(dir / "straight/checkpoints", 4), r),
+                                 rank_file(step_dir(dir / "stopped/checkpoints", 4), r));
+}
+
+// GaLore and Fira under TP = 2 (no ZeRO): whole-matrix stand-ins (train/tp_whole_tensors.h)
+// give the one-process projections and updates; resume is bit-exact.
+const std::vector<TpCase> kTpProjected = {
+    {"Gpt2GaLore", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1", kOptimizers[5].fields},
+    {"LlamaGqaFira", "arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32",
+     kOptimizers[6].fields},
+};
+
+TEST(TensorParallelGaLoreFira, EqualsOneProcessOnTheSameGlobalBatch) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  for (const TpCase& c : kTpProjected) {
+    SCOPED_TRACE(c.name);
+    expect_tp_equals_reference(c, 0);
+  }
+}
+
+TEST(TensorParallelGaLoreFira, ResumeIsBitExact) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  for (const TpCase& c : kTpProjected) {
+    SCOPED_TRACE(c.name);
+    expect_tp_resume_bit_exact(c, 0);
+  }
+}
+
+TEST_P(ZeroTensorParallel, ResumeIsBitExact) {
+  auto comm = world();
+  if (comm->size() % 2 != 0) GTEST_SKIP();
+  const TpCase& c = GetParam();
+  expect_tp_resume_bit_exact(c, 1);
+  SharedDir dir(*comm);
+  train(tp_config(dir / "stopped", c, 1, 2, 4, 2), opts());
+  TrainOptions resume = opts();
+  resume.resume = "latest";
+  // The same checkpoint under plain TP (zero_stage 0) is refused, naming both layouts.
+  try {
+    train(tp_config(dir / "stopped", c, 0, 2, 4, 6), resume);
+    ADD_FAILURE() << "a ZeRO + TP checkpoint was resumed with zero_stage 0";
+  } catch (const CheckpointError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("ZeRO-1 over " + std::to_string(comm->size() / 2)), std::string::npos) << m;
+    EXPECT_NE(m.find("plain data parallelism"), std::string::npos) << m;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ZeroTensorParallel, ::testing::ValuesIn(kTpCases),
+                         [](const ::testing::TestParamInfo<TpCase>& info) { return info.param.name; });
 
 // Stopped after step 2 and resumed: every rank's final checkpoint (weights, its optimizer-state
 // shard, data position, RNG) equals that of a run that never stopped, bit for bit.
