@@ -61,6 +61,26 @@ inline Result run_lathe(const std::string& args) {
   return r;
 }
 
+#ifdef LATHE_MPIRUN
+// Runs `mpirun -np <np> lathe <args>` (one thread per rank, killed after timeout_s) and waits.
+// out holds stdout, plus stderr unless `stderr_file` names a file to send it to.
+inline Result run_lathe_mpi(int np, const std::string& args, const std::string& stderr_file = "", int timeout_s = 120) {
+  Result r;
+  const std::string cmd = "timeout -k 5 " + std::to_string(timeout_s) + " " + std::string(LATHE_MPIRUN) + " -np " +
+                          std::to_string(np) + " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 " + lathe_cmd(args) +
+                          (stderr_file.empty() ? std::string(" 2>&1") : " 2>" + sh_quote(stderr_file));
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) {
+    ADD_FAILURE() << "popen failed for " << cmd;
+    return r;
+  }
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+  r.rc = decode_status(::pclose(p));
+  return r;
+}
+#endif
+
 // Starts `lathe <args>` in the background with output to `log`; returns its pid (the shell
 // execs into lathe, so signals reach lathe itself).
 inline pid_t spawn_lathe(const std::string& args, const std::string& log) {
