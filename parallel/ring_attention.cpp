@@ -174,4 +174,9 @@ void set_ring_attention(models::CausalLM& model, std::shared_ptr<Communicator> s
   });
 }
 
+void set_sequence_attention(models::CausalLM& model, std::shared_ptr<Communicator> sp, SpMode mode) {
+  if (mode == SpMode::ring) set_ring_attention(model, std::move(sp));
+  else if (mode == SpMode::ulysses) set_ulysses(model, std::move(sp));
+}
+
 }  // namespace lathe::parallel

@@ -27,6 +27,7 @@
 #include "core/tensor.h"
 #include "models/model.h"
 #include "parallel/communicator.h"
+#include "parallel/process_groups.h"
 
 namespace lathe::parallel {
 
@@ -39,5 +40,9 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, double 
 // Makes every attention layer of `model` use ring_attention over `sp` (null or size 1: back to
 // the plain kernel).
 void set_ring_attention(models::CausalLM& model, std::shared_ptr<Communicator> sp);
+
+// The attention core of a sequence-parallel group of its own: Ulysses (set_ulysses, which
+// checks the heads) or ring attention, by `mode` (megatron: nothing, it lives in the TP layers).
+void set_sequence_attention(models::CausalLM& model, std::shared_ptr<Communicator> sp, SpMode mode);
 
 }  // namespace lathe::parallel
