@@ -134,6 +134,9 @@ std::shared_ptr<ParallelLayout> inference_layout(const RunConfig& cfg, const std
     throw ConfigError("config", {"parallel.tensor_parallel: " + std::to_string(c.parallel().tensor_parallel()) +
                                  " with an adapter (peft) run: inference shards whole models only; merge the "
                                  "adapters first (lathe export) or run with --set parallel.tensor_parallel=1"});
+  // The groups split the world and inherit its timeout: a rank that dies or hangs ends the
+  // job naming it and the collective, as in training.
+  world->set_timeout(c.parallel().collective_timeout_s());
   return std::make_shared<ParallelLayout>(c, world);
 }
 

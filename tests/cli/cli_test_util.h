@@ -15,6 +15,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -64,11 +65,14 @@ inline Result run_lathe(const std::string& args) {
 #ifdef LATHE_MPIRUN
 // Runs `mpirun -np <np> lathe <args>` (one thread per rank, killed after timeout_s) and waits.
 // out holds stdout, plus stderr unless `stderr_file` names a file to send it to.
-inline Result run_lathe_mpi(int np, const std::string& args, const std::string& stderr_file = "", int timeout_s = 120) {
+// `env` ("NAME=value") is exported to every rank.
+inline Result run_lathe_mpi(int np, const std::string& args, const std::string& stderr_file = "",
+                            const std::vector<std::string>& env = {}, int timeout_s = 120) {
   Result r;
-  const std::string cmd = "timeout -k 5 " + std::to_string(timeout_s) + " " + std::string(LATHE_MPIRUN) + " -np " +
-                          std::to_string(np) + " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 " + lathe_cmd(args) +
-                          (stderr_file.empty() ? std::string(" 2>&1") : " 2>" + sh_quote(stderr_file));
+  std::string cmd = "timeout -k 5 " + std::to_string(timeout_s) + " " + std::string(LATHE_MPIRUN) + " -np " +
+                    std::to_string(np) + " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1";
+  for (const auto& e : env) cmd += " -x " + e;
+  cmd += " " + lathe_cmd(args) + (stderr_file.empty() ? std::string(" 2>&1") : " 2>" + sh_quote(stderr_file));
   std::FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) {
     ADD_FAILURE() << "popen failed for " << cmd;

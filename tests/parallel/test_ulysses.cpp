@@ -10,12 +10,15 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "autograd/autograd.h"
 #include "autograd/grad_mode.h"
 #include "models/model.h"
 #include "parallel/ring_attention.h"
+#include "tests/common/test_helpers.h"
 #include "parallel/ulysses.h"
 
 namespace lathe::parallel {
@@ -265,6 +268,29 @@ TEST(RingAttention, BackwardByFiniteDifferences) {
   }
   EXPECT_LT(worst, 1e-7);
   (void)P;
+}
+
+// A ring peer that hangs: ranks 0 and 1 form a ring of their own (a communicator to sacrifice);
+// rank 1 is busy outside MPI while rank 0's first K/V transfer waits, so the wait ends after
+// the communicator's timeout with an error naming rank 0, the receive and the peer it waits on.
+TEST(RingAttention, HungPeerEndsTheTransferWithinTheTimeoutNamingIt) {
+  auto c = comm();
+  auto ring = c->split(c->rank() < 2 ? 0 : 1, c->rank());
+  Tensor q = randn({1, 2, 2, 2}, 1), k = randn({1, 1, 2, 2}, 2), v = randn({1, 1, 2, 2}, 3);
+  if (c->rank() == 0) {
+    ring->set_timeout(0.3);
+    ring->set_timeout_action(TimeoutAction::throw_error);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string e = test::error_of([&] { ring_attention(q, k, v, 0.5, 0, ring); });
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(e.find("lathe: rank 0: recv #1 into f64 [1, 1, 2, 2] from rank 1"), std::string::npos) << e;
+    EXPECT_NE(e.find("did not complete within 0.3 s"), std::string::npos) << e;
+    EXPECT_LT(took, 1.5);
+  } else if (c->rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    ring_attention(q, k, v, 0.5, 0, ring);  // completes: rank 0 posted its transfers before giving up
+  }
+  c->barrier();
 }
 
 TEST(Ulysses, SliceShiftsLabelsAcrossBoundariesAndPads) {
