@@ -23,20 +23,30 @@ constexpr double kMasked = -1e30;
 // each other's messages.
 enum RingTag : int { kTagK = 0x5a10, kTagV, kTagDK, kTagDV };
 
-// Sends each tensor to rank + 1 and returns what rank - 1 sent (posted together, then waited
-// on with the communicator's timeout).
-std::vector<Tensor> shift(const std::vector<Tensor>& xs, const std::vector<int>& tags, Communicator& comm) {
-  const int P = comm.size(), r = comm.rank();
-  std::vector<Tensor> out;
+// A ring transfer in flight: each tensor sent to rank + 1, what rank - 1 sent arriving in
+// `out`. wait() bounds every wait by the communicator's timeout.
+struct Shift {
+  std::vector<Tensor> in, out;
   std::vector<WorkPtr> work;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    Tensor in = xs[i].contiguous();
-    out.push_back(Tensor::empty(in.shape(), in.dtype(), in.device()));
-    work.push_back(comm.recv_async(out.back(), (r - 1 + P) % P, tags[i]));
-    work.push_back(comm.send_async(in, (r + 1) % P, tags[i]));
+  std::vector<Tensor> wait() {
+    for (auto& w : work) w->wait();
+    work.clear();
+    return out;
   }
-  for (auto& w : work) w->wait();
-  return out;
+};
+Shift start_shift(const std::vector<Tensor>& xs, const std::vector<int>& tags, Communicator& comm) {
+  const int P = comm.size(), r = comm.rank();
+  Shift s;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    s.in.push_back(xs[i].contiguous());  // kept alive until the send completes
+    s.out.push_back(Tensor::empty(s.in.back().shape(), s.in.back().dtype(), s.in.back().device()));
+    s.work.push_back(comm.recv_async(s.out.back(), (r - 1 + P) % P, tags[i]));
+    s.work.push_back(comm.send_async(s.in.back(), (r + 1) % P, tags[i]));
+  }
+  return s;
+}
+std::vector<Tensor> shift(const std::vector<Tensor>& xs, const std::vector<int>& tags, Communicator& comm) {
+  return start_shift(xs, tags, comm).wait();
 }
 
 // The additive mask [1, 1, Tl, Tl] of query slice qr against key block kr (global positions
@@ -99,6 +109,9 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, double 
     Tensor num, den, mx;  // running sum of exp(s - mx) v, sum of exp(s - mx), row max
     for (int j = 0; j < P; ++j) {
       const int src = (r - j + P) % P;
+      // The next block travels while this one is computed.
+      Shift next;
+      if (j + 1 < P) next = start_shift({kb, vb}, {kTagK, kTagV}, *comm);
       bool visible = false;
       const Tensor mask = block_mask(r, src, Tl, window, qc, visible);
       if (visible) {
@@ -117,7 +130,7 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, double 
         }
       }
       if (j + 1 < P) {
-        auto kv = shift({kb, vb}, {kTagK, kTagV}, *comm);
+        auto kv = next.wait();
         kb = kv[0], vb = kv[1];
       }
     }
@@ -138,6 +151,10 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, double 
                       Tensor dv = Tensor::zeros(vb.shape(), vb.dtype(), vb.device());
                       for (int j = 0; j < P; ++j) {
                         const int src = (r - j + P) % P;
+                        // K and V travel on while this block's gradients are computed; the
+                        // gradient buffers follow once they hold this block's share.
+                        Shift next_kv;
+                        if (j + 1 < P) next_kv = start_shift({kb, vb}, {kTagK, kTagV}, *comm);
                         bool visible = false;
                         const Tensor mask = block_mask(r, src, Tl, window, qc, visible);
                         if (visible) {
@@ -151,8 +168,9 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, double 
                         // The gradient buffers move with their block; the P-th shift brings
                         // them home. K and V are not needed after the last step.
                         if (j + 1 < P) {
-                          auto m = shift({kb, vb, dk, dv}, {kTagK, kTagV, kTagDK, kTagDV}, *comm);
-                          kb = m[0], vb = m[1], dk = m[2], dv = m[3];
+                          auto d = shift({dk, dv}, {kTagDK, kTagDV}, *comm);
+                          auto kv = next_kv.wait();
+                          kb = kv[0], vb = kv[1], dk = d[0], dv = d[1];
                         } else if (P > 1) {
                           auto m = shift({dk, dv}, {kTagDK, kTagDV}, *comm);
                           dk = m[0], dv = m[1];

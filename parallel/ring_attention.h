@@ -17,8 +17,11 @@
 // Every send/recv pair goes through the Communicator's async calls and its bounded waits, so
 // a rank that dies or hangs ends the job with the communicator's timeout error.
 //
-// Not done: the transfer of the next block is not overlapped with the current block's compute,
-// and the slicing is contiguous (no zig-zag balance: rank P - 1 computes P blocks, rank 0 one).
+// The next K/V block's transfer is posted before the current block is computed and waited on
+// after it (forward and backward); on the CPU's MPI the transfer progresses only inside MPI
+// calls, so how much it overlaps depends on the MPI library.
+// Not done: the slicing is contiguous (no zig-zag balance: rank P - 1 computes P blocks,
+// rank 0 one).
 #pragma once
 
 #include <cstdint>
