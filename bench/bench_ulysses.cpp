@@ -6,17 +6,20 @@
 // does not fit, then bisection between the last fit and the first miss, to a multiple of
 // 32 * P tokens.
 //
-//   mpirun -np P build/bench/bench_ulysses [budget_mib] [d_model] [n_layer]
+//   mpirun -np P build/bench/bench_ulysses [budget_mib] [d_model] [n_layer] [ulysses|ring]
+// (ring: ring attention, parallel/ring_attention.h, instead of Ulysses' all-to-alls).
 #include <mpi.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "autograd/autograd.h"
 #include "core/memory.h"
 #include "models/model.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/ring_attention.h"
 #include "parallel/ulysses.h"
 
 using namespace lathe;
@@ -57,7 +60,9 @@ int main(int argc, char** argv) {
   s.max_seq_len = 1 << 20;
   s.bias = false;
   auto m = models::build_model(s, 1);
-  parallel::set_ulysses(*m, comm);
+  const bool ring = argc > 4 && std::string(argv[4]) == "ring";
+  if (ring) parallel::set_ring_attention(*m, comm);
+  else parallel::set_ulysses(*m, comm);
   const int64_t quantum = 32 * P;
   int64_t fit = 0, miss = 0;
   for (int64_t T = 128; miss == 0; T *= 2) {
@@ -74,9 +79,9 @@ int main(int argc, char** argv) {
   }
   const int64_t at_fit = fit > 0 ? peak_at(*m, fit, comm) : 0;
   if (comm->rank() == 0)
-    std::printf("Ulysses sp %d, LLaMA d%lld L%lld (%lld params), budget %.0f MiB: longest sequence %lld tokens "
+    std::printf("%s sp %d, LLaMA d%lld L%lld (%lld params), budget %.0f MiB: longest sequence %lld tokens "
                 "(peak %.1f MiB per rank; %lld tokens does not fit)\n",
-                P, static_cast<long long>(d), static_cast<long long>(layers),
+                ring ? "Ring" : "Ulysses", P, static_cast<long long>(d), static_cast<long long>(layers),
                 static_cast<long long>(m->num_parameters()), budget / 1048576.0, static_cast<long long>(fit),
                 at_fit / 1048576.0, static_cast<long long>(miss));
   return 0;

@@ -39,12 +39,13 @@ int run(const std::vector<std::string>& args) {
   if (batches < 0) throw UsageError("lathe eval: --batches must be >= 0");
   auto comm = parallel::world();
   train::EvalRunResult r =
-      train::eval_run(a.positional[0], a.get("--checkpoint").value_or(""), a.all("--set"), batches, *comm);
+      train::eval_run(a.positional[0], a.get("--checkpoint").value_or(""), a.all("--set"), batches, comm);
   if (comm->rank() == 0 && a.has("--json")) {
     nlohmann::ordered_json j;
     j["checkpoint"] = r.checkpoint;
     j["step"] = r.step;
     j["data"] = r.data;
+    if (!r.layout.empty()) j["layout"] = r.layout;
     j["loss"] = r.eval.loss;  // nlohmann writes doubles so that they read back exactly
     j["perplexity"] = r.eval.perplexity;
     j["tokens"] = r.eval.tokens;
@@ -53,6 +54,7 @@ int run(const std::vector<std::string>& args) {
   } else if (comm->rank() == 0) {
     std::printf("checkpoint: %s (step %lld)\n", r.checkpoint.c_str(), static_cast<long long>(r.step));
     std::printf("data:       %s\n", r.data.c_str());
+    if (!r.layout.empty()) std::printf("layout:     %s\n", r.layout.c_str());
     // Full precision, so that two evaluations can be compared exactly.
     std::printf("val loss:   %.17g\n", r.eval.loss);
     std::printf("perplexity: %.17g\n", r.eval.perplexity);

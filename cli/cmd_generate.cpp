@@ -3,6 +3,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "parallel/communicator.h"
 #include "train/inference.h"
 #include "train/trainer.h"
 
@@ -19,6 +20,11 @@ const char* const kHelp =
     "prompt and seed give the same text. PATH may also be a Hugging Face model directory\n"
     "(config.json + *.safetensors + tokenizer files, e.g. a download or a lathe export),\n"
     "sampled as it is with the default sample settings.\n"
+    "Under mpirun -np N the model runs tensor-parallel with the config's\n"
+    "parallel.tensor_parallel (override with --set): each rank reads its own shard of a\n"
+    "checkpoint written with that degree, or slices a whole one (another degree, a Hugging\n"
+    "Face directory); the KV cache, Ladder residual's asynchronous all-reduce included, runs on\n"
+    "the shards, and rank 0 prints. Greedy output equals the one-process output.\n"
     "\n"
     "options:\n"
     "  --checkpoint PATH   rank file, step directory, checkpoint directory, run directory\n"
@@ -46,7 +52,8 @@ int run(const std::vector<std::string>& args) {
   if (path.empty() && a.positional.size() == 1) path = a.positional[0];
   if (path.empty() || a.positional.size() > (a.has("--checkpoint") ? 0u : 1u))
     throw UsageError("lathe generate: expected --checkpoint PATH (a checkpoint or run directory)");
-  train::LoadedRun run = train::load_trained(path, a.all("--set"));
+  auto world = parallel::world();
+  train::LoadedRun run = train::load_trained(path, a.all("--set"), world);
   SampleConfig s = run.cfg.sample();
   if (auto p = a.get("--prompt")) s.set_prompt(*p);
   s.set_max_new_tokens(static_cast<int32_t>(a.get_int("--max-new-tokens", s.max_new_tokens())));
@@ -58,8 +65,11 @@ int run(const std::vector<std::string>& args) {
   if (s.temperature() < 0) throw UsageError("lathe generate: --temperature must be >= 0");
   if (s.top_k() < 0) throw UsageError("lathe generate: --top-k must be >= 0");
   if (!(s.top_p() > 0 && s.top_p() <= 1)) throw UsageError("lathe generate: --top-p must be in (0, 1]");
+  if (run.layout && run.layout->tensor_parallel() > 1 && world->rank() == 0)
+    std::fprintf(stderr, "lathe generate: tensor parallel (%s)\n", run.layout->name().c_str());
   std::string text = train::sample_text(*run.model, *run.tokenizer, s);
-  std::fputs((s.prompt() + text + "\n").c_str(), stdout);
+  // Every rank decodes (the tensor-parallel ranks together; replicas the same tokens).
+  if (world->rank() == 0) std::fputs((s.prompt() + text + "\n").c_str(), stdout);
   return kExitOk;
 }
 

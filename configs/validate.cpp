@@ -286,7 +286,12 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   c.positive("parallel.vocab_pad_multiple", p.vocab_pad_multiple());
   const int32_t tp = p.tensor_parallel();
   if (p.sequence_parallel() > 1) {
-    if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
+    if (p.sequence_parallel_mode() == ParallelConfig::RING) {
+      if (tp > 1)
+        c.fail("parallel.sequence_parallel_mode", "RING sequence parallelism cannot be combined with "
+                                                  "tensor_parallel " + show(tp) + " yet; use MEGATRON inside the "
+                                                  "tensor-parallel group, or tensor_parallel 1");
+    } else if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
       if (m.n_head() > 0 && m.n_head() % p.sequence_parallel() != 0)
         c.fail("parallel.sequence_parallel", "must divide model.n_head (" + show(m.n_head()) +
                                                  ") for Ulysses (got " + show(p.sequence_parallel()) + ")");

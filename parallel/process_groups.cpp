@@ -11,6 +11,7 @@ std::string layout_name(int dp, const LayoutSpec& s) {
   std::ostringstream o;
   o << "dp" << dp << " x tp" << s.tensor_parallel << " x sp" << s.sp_group_size();
   if (s.sp_mode == SpMode::megatron && s.sequence_parallel > 1) o << " megatron-sp";
+  if (s.sp_mode == SpMode::ring && s.sequence_parallel > 1) o << " ring";
   return o.str();
 }
 
@@ -27,11 +28,11 @@ std::vector<std::string> layout_errors(int world, const LayoutSpec& s) {
                 std::to_string(s.tensor_parallel) + ") or be 1 (got " + std::to_string(s.sequence_parallel) + ")");
   const int64_t cell = static_cast<int64_t>(s.tensor_parallel) * s.sp_group_size();
   if (world % cell != 0)
-    e.push_back((s.sp_mode == SpMode::ulysses && s.sequence_parallel > 1 ? "parallel.sequence_parallel"
+    e.push_back((s.own_sp_group() && s.sequence_parallel > 1 ? "parallel.sequence_parallel"
                                                                           : "parallel.tensor_parallel") +
                 std::string(": the world of ") + std::to_string(world) +
                 " ranks is not a multiple of tensor_parallel (" + std::to_string(s.tensor_parallel) + ")" +
-                (s.sp_mode == SpMode::ulysses ? " x sequence_parallel (" + std::to_string(s.sequence_parallel) + ")"
+                (s.own_sp_group() ? " x sequence_parallel (" + std::to_string(s.sequence_parallel) + ")"
                                               : std::string()) +
                 " = " + std::to_string(cell) + "; world = data x tensor x sequence parallel ranks");
   return e;

@@ -21,7 +21,7 @@
 
 namespace lathe::parallel {
 
-enum class SpMode { megatron, ulysses };
+enum class SpMode { megatron, ulysses, ring };
 
 struct LayoutSpec {
   int tensor_parallel = 1;
@@ -29,7 +29,9 @@ struct LayoutSpec {
   SpMode sp_mode = SpMode::megatron;
 
   // Ranks in the sequence-parallel dimension of the grid (1 for Megatron-SP).
-  int sp_group_size() const { return sp_mode == SpMode::ulysses ? sequence_parallel : 1; }
+  int sp_group_size() const { return own_sp_group() ? sequence_parallel : 1; }
+  // Ulysses and ring attention have a sequence-parallel group of their own.
+  bool own_sp_group() const { return sp_mode == SpMode::ulysses || sp_mode == SpMode::ring; }
 };
 
 // "dp2 x tp2 x sp1" (with " megatron-sp" when Megatron-SP is on): how checkpoints record a
@@ -59,6 +61,7 @@ class ProcessGroups {
   int tp_rank() const { return tp_rank_; }
   int sp_rank() const { return sp_rank_; }
   int dp_rank() const { return dp_rank_; }
+  SpMode sp_mode() const { return spec_.sp_mode; }
   bool megatron_sp() const { return spec_.sp_mode == SpMode::megatron && spec_.sequence_parallel > 1; }
   std::string name() const { return layout_name(dp_size_, spec_); }
 

@@ -23,14 +23,14 @@ Tensor exchange(const Tensor& x, Communicator& comm) {
   return out;
 }
 
+}  // namespace
+
 void for_each_attention(autograd::Module& m, const std::string& prefix,
                         const std::function<void(models::Attention&, const std::string&)>& fn) {
   if (auto* a = dynamic_cast<models::Attention*>(&m)) fn(*a, prefix);
   for (const auto& [name, child] : m.children())
     if (child) for_each_attention(*child, prefix.empty() ? name : prefix + "." + name, fn);
 }
-
-}  // namespace
 
 Tensor all_to_all(const Tensor& x, const std::shared_ptr<Communicator>& comm) {
   LATHE_CHECK(comm != nullptr) << "all_to_all: no communicator";

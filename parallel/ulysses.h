@@ -31,9 +31,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "core/tensor.h"
+#include "models/attention.h"
 #include "models/model.h"
 #include "parallel/communicator.h"
 
@@ -57,6 +60,10 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, doub
 // back to the plain kernel). Checks the heads of every layer first (lathe::Error naming the
 // layer, the heads and the degree).
 void set_ulysses(models::CausalLM& model, std::shared_ptr<Communicator> sp);
+
+// Calls fn on every attention layer of m with its dotted name (set_ulysses, set_ring_attention).
+void for_each_attention(autograd::Module& m, const std::string& prefix,
+                        const std::function<void(models::Attention&, const std::string&)>& fn);
 
 // The error for heads the rule above does not allow, or "" when it does.
 std::string ulysses_heads_problem(int64_t n_head, int64_t n_kv_head, int sp);

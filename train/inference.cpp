@@ -57,11 +57,22 @@ std::unique_ptr<models::CausalLM> build_checked_model(RunConfig& cfg, const data
   return model;
 }
 
-// Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`.
+// Builds cfg's model (vocab from the tokenizer when 0) and loads the weights of `file`;
+// with a tensor-parallel `layout`, this rank's shard of them.
 std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokenizer& tok, const std::string& file,
-                                             peft::InjectResult* inject = nullptr) {
+                                             peft::InjectResult* inject = nullptr, ParallelLayout* layout = nullptr) {
   auto model = build_checked_model(cfg, tok);
-  if (peft_enabled(cfg)) {
+  if (layout && layout->tensor_parallel() > 1) {
+    if (checkpoint_tensor_parallel(file) == layout->tensor_parallel()) {
+      // Written with this degree: tensor-parallel rank r's shard is rank file r of the step
+      // (data-parallel group 0), the layout the trainer saved it in.
+      layout->shard(*model);
+      read_rank_checkpoint(rank_file(fs::path(file).parent_path().string(), layout->groups().tp_rank()), *model, nullptr);
+    } else {
+      load_full_model_weights(file, *model);
+      layout->shard(*model);
+    }
+  } else if (peft_enabled(cfg)) {
     // An adapter fine-tuning checkpoint holds the trainable tensors only: the base comes from
     // model.init_from (as the run loaded it), then the adapters are injected and filled.
     RunConfig c = cfg;
@@ -85,9 +96,11 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
 
 // Builds the model of cfg (whose model.init_from is a Hugging Face directory, already
 // applied by apply_init_from) and fills it with the directory's weights.
-std::unique_ptr<models::CausalLM> model_from_hf(RunConfig& cfg, const data::Tokenizer& tok, const InitSource& src) {
+std::unique_ptr<models::CausalLM> model_from_hf(RunConfig& cfg, const data::Tokenizer& tok, const InitSource& src,
+                                                ParallelLayout* layout = nullptr) {
   auto model = build_checked_model(cfg, tok);
   load_init_weights(src, *model);
+  if (layout) layout->shard(*model);
   model->eval();
   return model;
 }
@@ -112,6 +125,21 @@ RunConfig hf_dir_base_config(const std::vector<std::string>& overrides) {
 
 }  // namespace
 
+std::shared_ptr<ParallelLayout> inference_layout(const RunConfig& cfg, const std::shared_ptr<parallel::Communicator>& world) {
+  if (!world || world->size() == 1) return nullptr;
+  RunConfig c = cfg;
+  c.mutable_parallel()->set_sequence_parallel(1);
+  c.mutable_parallel()->clear_sequence_parallel_mode();
+  if (c.parallel().tensor_parallel() > 1 && peft_enabled(c))
+    throw ConfigError("config", {"parallel.tensor_parallel: " + std::to_string(c.parallel().tensor_parallel()) +
+                                 " with an adapter (peft) run: inference shards whole models only; merge the "
+                                 "adapters first (lathe export) or run with --set parallel.tensor_parallel=1"});
+  // The groups split the world and inherit its timeout: a rank that dies or hangs ends the
+  // job naming it and the collective, as in training.
+  world->set_timeout(c.parallel().collective_timeout_s());
+  return std::make_shared<ParallelLayout>(c, world);
+}
+
 bool is_hf_model_dir(const std::string& path) {
   std::error_code ec;
   const fs::path p(path);
@@ -119,30 +147,33 @@ bool is_hf_model_dir(const std::string& path) {
          (fs::is_regular_file(p / "model.safetensors", ec) || fs::is_regular_file(p / "model.safetensors.index.json", ec));
 }
 
-LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides) {
+LoadedRun load_trained(const std::string& path, const std::vector<std::string>& overrides,
+                       const std::shared_ptr<parallel::Communicator>& world) {
   LoadedRun r;
   if (is_hf_model_dir(path)) {
     // No stored config: the defaults plus overrides, with the directory as model.init_from
     // (which supplies the architecture, the tokenizer and the context length).
     r.cfg = hf_dir_base_config(overrides);
     const InitSource src = use_hf_dir(r.cfg, path);
+    r.layout = inference_layout(r.cfg, world);
     r.tokenizer = load_run_tokenizer(r.cfg);
-    r.model = model_from_hf(r.cfg, *r.tokenizer, src);
+    r.model = model_from_hf(r.cfg, *r.tokenizer, src, r.layout.get());
     r.file = path;
     return r;
   }
   r.file = find_checkpoint_file(path);
   r.state = read_train_state(r.file);
   r.cfg = stored_config(r.file, r.state, overrides);
+  r.layout = inference_layout(r.cfg, world);
   r.tokenizer = load_run_tokenizer(r.cfg);
   if (peft_enabled(r.cfg)) r.peft = std::make_shared<peft::InjectResult>();
-  r.model = model_from(r.cfg, *r.tokenizer, r.file, r.peft.get());
+  r.model = model_from(r.cfg, *r.tokenizer, r.file, r.peft.get(), r.layout.get());
   return r;
 }
 
 EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
                        const std::vector<std::string>& overrides, int64_t max_batches,
-                       parallel::Communicator& comm) {
+                       const std::shared_ptr<parallel::Communicator>& world) {
   EvalRunResult res;
   RunConfig cfg;
   // A Hugging Face directory as the model (the target itself, or --checkpoint with a config
@@ -160,14 +191,17 @@ EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
     res.checkpoint = hf_target ? target : checkpoint;
     const InitSource src = use_hf_dir(cfg, res.checkpoint);
     check_runnable(cfg);
+    const auto layout = inference_layout(cfg, world);
+    parallel::Communicator& comm = layout ? *layout->data_comm() : *world;
     auto tok = load_run_tokenizer(cfg);
-    auto model = model_from_hf(cfg, *tok, src);
+    auto model = model_from_hf(cfg, *tok, src, layout.get());
     RunData data = load_run_data(cfg, *tok, &comm);
     if (data.val_size() == 0)
       throw ConfigError("config", {"data.val_fraction: 0 and no data.val_path, so there is no validation split to "
                                    "evaluate (pass --set data.val_fraction=0.1)"});
     res.data = data.description;
     res.val_windows = data.val_size();
+    if (layout) res.layout = layout->name();
     res.eval = evaluate_val(*model, data, cfg.train().micro_batch(), max_batches, comm);
     return res;
   }
@@ -186,14 +220,18 @@ EvalRunResult eval_run(const std::string& target, const std::string& checkpoint,
   }
   check_runnable(cfg);
   res.step = read_train_state(res.checkpoint).step;
+  const auto layout = inference_layout(cfg, world);
+  // Tensor-parallel ranks score the same batches; the data is split over the replicas.
+  parallel::Communicator& comm = layout ? *layout->data_comm() : *world;
   auto tok = load_run_tokenizer(cfg);
-  auto model = model_from(cfg, *tok, res.checkpoint);
+  auto model = model_from(cfg, *tok, res.checkpoint, nullptr, layout.get());
   RunData data = load_run_data(cfg, *tok, &comm);
   if (data.val_size() == 0)
     throw ConfigError("config", {"data.val_fraction: 0 and no data.val_path, so there is no validation split to "
                                  "evaluate (pass --set data.val_fraction=0.1)"});
   res.data = data.description;
   res.val_windows = data.val_size();
+  if (layout) res.layout = layout->name();
   res.eval = evaluate_val(*model, data, cfg.train().micro_batch(), max_batches, comm);
   return res;
 }

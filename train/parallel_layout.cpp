@@ -19,6 +19,7 @@ ParallelLayout::ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::C
   spec.tensor_parallel = pc.tensor_parallel();
   spec.sequence_parallel = pc.sequence_parallel();
   spec.sp_mode = pc.sequence_parallel_mode() == ParallelConfig::ULYSSES ? parallel::SpMode::ulysses
+                 : pc.sequence_parallel_mode() == ParallelConfig::RING  ? parallel::SpMode::ring
                                                                         : parallel::SpMode::megatron;
   const std::vector<std::string> errors = parallel::layout_errors(world->size(), spec);
   if (!errors.empty()) throw configs::ConfigError("config", errors);

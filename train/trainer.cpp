@@ -31,6 +31,7 @@
 #include "train/run_plan.h"
 #include "train/tp_whole_tensors.h"
 #include "train/zero_setup.h"
+#include "parallel/ring_attention.h"
 #include "parallel/ulysses.h"
 
 namespace fs = std::filesystem;
@@ -307,12 +308,12 @@ void Trainer::setup() {
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
 
-  // Ulysses sequence parallelism (parallel/ulysses.h): the attention of every layer runs over
-  // the whole sequence of its group from this rank's slice.
+  // Ulysses or ring sequence parallelism (parallel/ulysses.h, parallel/ring_attention.h): the
+  // attention of every layer runs over the whole sequence of its group from this rank's slice.
   if (p.sp > 1) {
     sp_comm_ = p.layout->groups().sp();
     try {
-      parallel::set_ulysses(*model_, sp_comm_);
+      parallel::set_sequence_attention(*model_, sp_comm_, p.layout->groups().sp_mode());
     } catch (const lathe::Error& e) {
       throw configs::ConfigError("config", {"parallel.sequence_parallel: " + e.message()});
     }
@@ -604,14 +605,16 @@ EvalResult Trainer::evaluate() {
   struct WholeSequences {
     models::CausalLM& m;
     std::shared_ptr<parallel::Communicator> sp;
-    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_) : m(m_), sp(std::move(sp_)) {
+    parallel::SpMode mode;
+    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_, parallel::SpMode mode_)
+        : m(m_), sp(std::move(sp_)), mode(mode_) {
       if (sp) parallel::set_ulysses(m, nullptr);
       m.set_position_offset(0);
     }
     ~WholeSequences() {
-      if (sp) parallel::set_ulysses(m, sp);
+      if (sp) parallel::set_sequence_attention(m, sp, mode);
     }
-  } whole(*model_, sp_comm_);
+  } whole(*model_, sp_comm_, p.layout->groups().sp_mode());
   const int64_t at = step_;
   EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(),
                                *p.layout->data_comm(), p.compute_dtype);

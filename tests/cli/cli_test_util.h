@@ -15,6 +15,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -62,6 +63,29 @@ inline Result run_lathe(const std::string& args) {
   r.rc = decode_status(::pclose(p));
   return r;
 }
+
+#ifdef LATHE_MPIRUN
+// Runs `mpirun -np <np> lathe <args>` (one thread per rank, killed after timeout_s) and waits.
+// out holds stdout, plus stderr unless `stderr_file` names a file to send it to.
+// `env` ("NAME=value") is exported to every rank.
+inline Result run_lathe_mpi(int np, const std::string& args, const std::string& stderr_file = "",
+                            const std::vector<std::string>& env = {}, int timeout_s = 120) {
+  Result r;
+  std::string cmd = "timeout -k 5 " + std::to_string(timeout_s) + " " + std::string(LATHE_MPIRUN) + " -np " +
+                    std::to_string(np) + " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1";
+  for (const auto& e : env) cmd += " -x " + e;
+  cmd += " " + lathe_cmd(args) + (stderr_file.empty() ? std::string(" 2>&1") : " 2>" + sh_quote(stderr_file));
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) {
+    ADD_FAILURE() << "popen failed for " << cmd;
+    return r;
+  }
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+  r.rc = decode_status(::pclose(p));
+  return r;
+}
+#endif
 
 // Starts `lathe <args>` in the background with output to `log`; returns its pid (the shell
 // execs into lathe, so signals reach lathe itself).

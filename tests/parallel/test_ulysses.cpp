@@ -1,19 +1,24 @@
-// Ulysses sequence parallelism (parallel/ulysses.h) under mpirun (ctest runs -np 2 and -np 4):
-// the re-sharding all-to-alls against their formula and by f64 finite differences, and whole
-// GPT-2 and Llama (GQA, RoPE) models with the sequence split over the ranks against one
-// process on the same batch (losses and gradients, f32 tolerance), with a sequence length
-// that no group size divides.
+// Ulysses sequence parallelism (parallel/ulysses.h) and ring attention (parallel/ring_attention.h)
+// under mpirun (ctest runs -np 2 and -np 4): the re-sharding all-to-alls against their formula
+// and by f64 finite differences; ring attention's output and q/k/v gradients against full
+// attention in f64 (GQA, sliding window) and by finite differences; and whole GPT-2 and Llama
+// (GQA, RoPE) models with the sequence split over the ranks against one process on the same
+// batch (losses and gradients, f32 tolerance), with a sequence length no group size divides.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "autograd/autograd.h"
 #include "autograd/grad_mode.h"
 #include "models/model.h"
+#include "parallel/ring_attention.h"
+#include "tests/common/test_helpers.h"
 #include "parallel/ulysses.h"
 
 namespace lathe::parallel {
@@ -124,10 +129,11 @@ Result one_process(const models::ModelSpec& s, const Tensor& ids, const Tensor& 
 
 // The same batch sliced over the ranks: each rank's mean loss weighted by its share of the
 // counted tokens, the gradients summed over the group.
-Result sequence_parallel(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets) {
+Result sequence_parallel(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets, bool ring) {
   auto c = comm();
   auto m = models::build_model(s, 3);
-  set_ulysses(*m, c);
+  if (ring) set_ring_attention(*m, c);
+  else set_ulysses(*m, c);
   SequenceSlice sl = slice_sequence(ids, targets, c->rank(), c->size());
   m->set_position_offset(sl.start);
   auto count = [](const Tensor& t) {
@@ -154,6 +160,7 @@ struct ModelCase {
   models::Arch arch;
   int64_t n_kv_head;
   int64_t T;
+  bool ring = false;
 };
 void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
@@ -165,7 +172,7 @@ TEST_P(UlyssesModel, EqualsOneProcess) {
   Tensor ids, targets;
   make_batch(2, mc.T, s.vocab_size, ids, targets);
   const Result ref = one_process(s, ids, targets);
-  const Result sp = sequence_parallel(s, ids, targets);
+  const Result sp = sequence_parallel(s, ids, targets, mc.ring);
   EXPECT_NEAR(sp.loss, ref.loss, 1e-5 * std::abs(ref.loss));
   ASSERT_EQ(sp.grads.size(), ref.grads.size());
   for (const auto& [n, g] : ref.grads) {
@@ -184,8 +191,107 @@ INSTANTIATE_TEST_SUITE_P(Models, UlyssesModel,
                          ::testing::Values(ModelCase{"Gpt2_T13", models::Arch::gpt2, 0, 13},
                                            ModelCase{"Gpt2_T16", models::Arch::gpt2, 0, 16},
                                            ModelCase{"LlamaGqa_T13", models::Arch::llama, 2, 13},
-                                           ModelCase{"LlamaMqa_T15", models::Arch::llama, 1, 15}),
+                                           ModelCase{"LlamaMqa_T15", models::Arch::llama, 1, 15},
+                                           ModelCase{"RingGpt2_T13", models::Arch::gpt2, 0, 13, true},
+                                           ModelCase{"RingGpt2_T16", models::Arch::gpt2, 0, 16, true},
+                                           ModelCase{"RingLlamaGqa_T13", models::Arch::llama, 2, 13, true},
+                                           ModelCase{"RingLlamaMqa_T15", models::Arch::llama, 1, 15, true}),
                          [](const ::testing::TestParamInfo<ModelCase>& info) { return info.param.name; });
+
+// Ring attention of each rank's slice against the slice of full causal attention (f64): the
+// output and the gradients of q, k, v for L = sum over ranks <w_r, out_r>, with GQA (2 query
+// heads per KV head) and with a sliding window that cuts across slices.
+TEST(RingAttention, OutputAndGradientsEqualFullAttention) {
+  auto c = comm();
+  const int P = c->size(), r = c->rank();
+  const int64_t B = 2, H = 4, Hkv = 2, Tl = 3, D = 4, T = P * Tl;
+  for (const int64_t window : {int64_t{0}, int64_t{4}}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    Tensor q = randn({B, H, T, D}, 11), k = randn({B, Hkv, T, D}, 12), v = randn({B, Hkv, T, D}, 13);
+    Tensor w = randn({B, H, T, D}, 14);
+    for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+    ag::sum(ag::mul(ag::attention(q, k, v, true, 0.4, window), w)).backward();
+    auto mine = [&](const Tensor& t) { return t.narrow(2, r * Tl, Tl).contiguous(); };
+    Tensor ql = mine(q.detach()), kl = mine(k.detach()), vl = mine(v.detach());
+    for (Tensor* t : {&ql, &kl, &vl}) t->set_requires_grad(true);
+    Tensor out = ring_attention(ql, kl, vl, 0.4, window, c);
+    {
+      ag::NoGradGuard ng;
+      Tensor expect = mine(ag::attention(q.detach(), k.detach(), v.detach(), true, 0.4, window));
+      EXPECT_LT(kernels::reduce(kernels::ReduceOp::max, ag::abs(ag::sub(out, expect)), {}, false).item(), 1e-12);
+    }
+    ag::sum(ag::mul(out, mine(w))).backward();
+    const std::pair<Tensor*, Tensor*> pairs[] = {{&q, &ql}, {&k, &kl}, {&v, &vl}};
+    for (const auto& [full, local] : pairs) {
+      const auto a = local->grad().contiguous().to_vector<double>();
+      const auto e = mine(full->grad()).to_vector<double>();
+      ASSERT_EQ(a.size(), e.size());
+      double worst = 0;
+      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - e[i]));
+      EXPECT_LT(worst, 1e-12);
+    }
+  }
+}
+
+// Central differences of L = sum over ranks <w_r, ring(q_r, k_r, v_r)> for every element of
+// one rank's k and v (the gradients that travel the ring home) and a few of its q.
+TEST(RingAttention, BackwardByFiniteDifferences) {
+  auto c = comm();
+  const int P = c->size(), r = c->rank();
+  const int64_t B = 1, H = 2, Hkv = 1, Tl = 2, D = 2;
+  Tensor q = randn({B, H, Tl, D}, 300 + static_cast<uint64_t>(r)), k = randn({B, Hkv, Tl, D}, 400 + static_cast<uint64_t>(r)),
+         v = randn({B, Hkv, Tl, D}, 500 + static_cast<uint64_t>(r)), w = randn({B, H, Tl, D}, 600 + static_cast<uint64_t>(r));
+  auto local = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv) {
+    return ag::sum(ag::mul(ring_attention(qq, kk, vv, 0.7, 0, c), w));
+  };
+  Tensor lq = q.clone(), lk = k.clone(), lv = v.clone();
+  for (Tensor* t : {&lq, &lk, &lv}) t->set_requires_grad(true);
+  local(lq, lk, lv).backward();
+  const int owner = 0;  // rank 0's block is seen by every rank, so its gradients come from all
+  const double eps = 1e-6;
+  double worst = 0;
+  for (int which = 0; which < 3; ++which) {
+    const Tensor& base = which == 0 ? q : which == 1 ? k : v;
+    const std::vector<double> analytic = (which == 0 ? lq : which == 1 ? lk : lv).grad().contiguous().to_vector<double>();
+    for (int64_t i = 0; i < base.numel(); ++i) {
+      auto total = [&](double delta) {
+        ag::NoGradGuard ng;
+        Tensor x = base.clone();
+        if (r == owner) x.view({-1}).narrow(0, i, 1).fill_(base.to_vector<double>()[static_cast<size_t>(i)] + delta);
+        Tensor l = local(which == 0 ? x : q, which == 1 ? x : k, which == 2 ? x : v).to(DType::f64).contiguous().reshape({1});
+        c->all_reduce(l, ReduceOp::sum);
+        return l.to_vector<double>()[0];
+      };
+      const double numeric = (total(eps) - total(-eps)) / (2 * eps);
+      if (r == owner) worst = std::max(worst, std::abs(numeric - analytic[static_cast<size_t>(i)]));
+    }
+  }
+  EXPECT_LT(worst, 1e-7);
+  (void)P;
+}
+
+// A ring peer that hangs: ranks 0 and 1 form a ring of their own (a communicator to sacrifice);
+// rank 1 is busy outside MPI while rank 0's first K/V transfer waits, so the wait ends after
+// the communicator's timeout with an error naming rank 0, the receive and the peer it waits on.
+TEST(RingAttention, HungPeerEndsTheTransferWithinTheTimeoutNamingIt) {
+  auto c = comm();
+  auto ring = c->split(c->rank() < 2 ? 0 : 1, c->rank());
+  Tensor q = randn({1, 2, 2, 2}, 1), k = randn({1, 1, 2, 2}, 2), v = randn({1, 1, 2, 2}, 3);
+  if (c->rank() == 0) {
+    ring->set_timeout(0.3);
+    ring->set_timeout_action(TimeoutAction::throw_error);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string e = test::error_of([&] { ring_attention(q, k, v, 0.5, 0, ring); });
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(e.find("lathe: rank 0: recv #1 into f64 [1, 1, 2, 2] from rank 1"), std::string::npos) << e;
+    EXPECT_NE(e.find("did not complete within 0.3 s"), std::string::npos) << e;
+    EXPECT_LT(took, 1.5);
+  } else if (c->rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    ring_attention(q, k, v, 0.5, 0, ring);  // completes: rank 0 posted its transfers before giving up
+  }
+  c->barrier();
+}
 
 TEST(Ulysses, SliceShiftsLabelsAcrossBoundariesAndPads) {
   // ids 0..6, targets 1..7: T = 7 over 4 ranks pads to 8, slices of 2.

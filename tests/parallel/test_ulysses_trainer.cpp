@@ -1,11 +1,12 @@
-// Ulysses through the whole trainer (parallel.sequence_parallel, sequence_parallel_mode:
-// ULYSSES) under mpirun, in the test_zero binary: the job's ranks as sp-rank groups train the
-// same global batches as one process (losses and final weights to f32 tolerance), with a
-// sequence length no degree divides; and the config errors.
+// Ulysses and ring attention through the whole trainer (parallel.sequence_parallel,
+// sequence_parallel_mode: ULYSSES or RING) under mpirun, in the test_zero binary: the job's
+// ranks as sp-rank groups train the same global batches as one process (losses and final
+// weights to f32 tolerance), with a sequence length no degree divides; and the config errors.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -30,7 +31,13 @@ std::string rank_dir(const std::string& tag) {
 }
 
 // A 4-head GPT-2 or Llama (GQA 2 KV heads), no dropout, seq_len 15 (no degree divides it).
-RunConfig sp_config(const std::string& run_dir, const std::string& arch, int sp, int micro_batch) {
+// `arch` may end in ":RING" for ring attention instead of Ulysses.
+RunConfig sp_config(const std::string& run_dir, std::string arch, int sp, int micro_batch) {
+  std::string mode = "ULYSSES";
+  if (const size_t colon = arch.find(':'); colon != std::string::npos) {
+    mode = arch.substr(colon + 1);
+    arch = arch.substr(0, colon);
+  }
   std::string t = test_util::tiny_config_text(run_dir, 3);
   const std::string model = arch == "GPT2"
                                 ? "model { arch: GPT2 n_layer: 2 n_head: 4 d_model: 32 max_seq_len: 32 dropout: 0 }"
@@ -41,7 +48,7 @@ RunConfig sp_config(const std::string& run_dir, const std::string& arch, int sp,
   t.replace(t.find("checkpoint { interval: 4"), 24, "checkpoint { interval: 0");
   t.replace(t.find("parallel { threads_per_rank: 1"), 30,
             "parallel { threads_per_rank: 1 collective_timeout_s: 30 sequence_parallel: " + std::to_string(sp) +
-                " sequence_parallel_mode: ULYSSES");
+                " sequence_parallel_mode: " + mode);
   return configs::parse_text(t, "ulysses trainer");
 }
 
@@ -54,7 +61,9 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
   for (int sp : degrees) {
     SCOPED_TRACE("sequence_parallel " + std::to_string(sp));
     const int dp = n / sp;
-    const std::string root = rank_dir(GetParam() + std::to_string(sp));
+    std::string tag = GetParam();
+    tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
+    const std::string root = rank_dir(tag + std::to_string(sp));
     TrainOptions o;
     o.out = nullptr;
     o.comm = world;
@@ -93,7 +102,12 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA"));
+INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA", "GPT2:RING", "LLAMA:RING"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string n = info.param;
+                           if (n.find(':') != std::string::npos) n = n.substr(n.find(':') + 1) + n.substr(0, n.find(':'));
+                           return n;
+                         });
 
 TEST(UlyssesTrainerConfig, Errors) {
   auto world = parallel::world();
@@ -123,6 +137,11 @@ TEST(UlyssesTrainerConfig, Errors) {
   heads.mutable_model()->set_n_head(1);
   expect_config_error(heads, "parallel.sequence_parallel");
   if (world->size() == 4) expect_config_error(sp_config(root, "GPT2", 3, 2), "parallel.sequence_parallel");
+  // Ring attention: not with tensor parallelism yet, and its group must divide the world.
+  RunConfig ring_tp = sp_config(root, "GPT2:RING", 2, 2);
+  ring_tp.mutable_parallel()->set_tensor_parallel(2);
+  expect_config_error(ring_tp, "RING sequence parallelism cannot be combined with tensor_parallel 2");
+  if (world->size() == 4) expect_config_error(sp_config(root, "GPT2:RING", 3, 2), "parallel.sequence_parallel: the world of 4");
   world->barrier();
   std::error_code ec;
   if (world->rank() == 0) fs::remove_all(root, ec);
