@@ -49,9 +49,11 @@ timeout 100 $MPI "$LATHE" federate $CFG $COMMON --set run_dir=$A --set checkpoin
   || { cat $A.log; fail "uninterrupted run"; }
 env $HOOK=2 timeout 100 $MPI "$LATHE" federate $CFG $COMMON --set run_dir=$K \
   --set checkpoint.dir=$K/ckpt > $K.log 2>&1
-cat $K.log
-# mpirun --enable-recovery exits 0 even after MPI_Abort (Open MPI 4.1): the messages are the signal.
-grep -q "with errorcode 70" $K.log || fail "clients did not abort with exit code 70"
+rc=$?; cat $K.log
+# mpirun --enable-recovery exits 0 even after MPI_Abort (Open MPI 4.1), and its own "with
+# errorcode 70" help text is lost when the PMIx server of the killed rank is torn down first
+# (seen on CI): the clients' own messages and the absence of a timeout are the signal.
+[ $rc -ne 124 ] || fail "the federation hung after the server died"
 grep -q "from rank 0 .* did not complete within 4 s" $K.log || fail "clients did not name the receive from rank 0"
 [ -f $K/ckpt/round_000001.h5 ] || fail "round 1 checkpoint missing"
 [ ! -f $K/ckpt/round_000002.h5 ] || fail "a half-written round 2 checkpoint is visible"
