@@ -37,7 +37,8 @@ void print_usage(std::FILE* f) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv) {
   // Idle OpenMP and OpenBLAS workers sleep instead of spinning, so the other pool gets the
   // cores (bench/README.md sections 4 and 6). Both runtimes read the variables when they are
   // loaded, before main: hence one re-exec with them set. Explicit values are kept; if the
@@ -95,4 +96,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%serror: %s\n", prefix.c_str(), e.what());
     return kExitRuntime;
   }
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int status = run_main(argc, argv);
+  // MPI is finalized at exit; if that can hang on a dead rank, its watchdog exits with this.
+  lathe::parallel::note_exit_status(status);
+  return status;
 }

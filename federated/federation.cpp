@@ -22,6 +22,7 @@
 #include "models/autocast.h"
 #include "optim/optimizer.h"
 #include "optim/registry.h"
+#include "parallel/mpi_communicator.h"
 #include "parallel/single_process_communicator.h"
 #include "peft/adapter_io.h"
 #include "peft/inject.h"
@@ -409,6 +410,7 @@ void run_client_rank(Node& n, parallel::Communicator& comm) {
     ServerMessage msg;
     recv_message(comm, 0, kTagDown, &msg);
     if (msg.kind() == ServerMessage::STOP) {
+      if (msg.rank_lost()) parallel::bound_finalize(n.fc.server_timeout_s());
       // Goodbye (client -1): the server waits for it, so uploads still in flight are drained first.
       ClientUpdate bye;
       bye.set_client(-1);
@@ -650,6 +652,10 @@ class Server {
     ServerMessage stop;
     stop.set_kind(ServerMessage::STOP);
     stop.set_error(error);
+    if (std::find(dead_.begin(), dead_.end(), true) != dead_.end()) {
+      stop.set_rank_lost(true);
+      parallel::bound_finalize(n_.fc.server_timeout_s());
+    }
     std::vector<bool> bye(inbox_.size(), false);
     size_t byes = 0;
     for (int r = 1; r < comm_.size(); ++r) {

@@ -1,6 +1,7 @@
 #include "parallel/mpi_communicator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -772,10 +773,32 @@ std::shared_ptr<Communicator> init_mpi(int* argc, char*** argv) {
   return init_mpi_locked(argc, argv);
 }
 
+namespace {
+std::atomic<double> g_finalize_bound_s{0};
+std::atomic<int> g_exit_status{0};
+}  // namespace
+
+void bound_finalize(double seconds) { g_finalize_bound_s = seconds; }
+void note_exit_status(int status) { g_exit_status = status; }
+
 void finalize_mpi() {
   std::lock_guard<std::mutex> g(g_world_mu);
   g_world.reset();
-  if (mpi_active()) MPI_Finalize();
+  if (!mpi_active()) return;
+  const double bound = g_finalize_bound_s.load();
+  if (bound > 0) {
+    std::thread([bound] {
+      std::this_thread::sleep_for(std::chrono::duration<double>(bound));
+      const int status = g_exit_status.load();
+      std::fprintf(stderr,
+                   "lathe: MPI_Finalize did not return within %g s (a rank of this job died and the "
+                   "MPI runtime waits for it); exiting with status %d\n",
+                   bound, status);
+      std::fflush(nullptr);
+      std::_Exit(status);
+    }).detach();
+  }
+  MPI_Finalize();
 }
 
 int mpi_thread_level() {

@@ -99,6 +99,14 @@ class MpiCommunicator : public Communicator {
 std::shared_ptr<Communicator> init_mpi(int* argc, char*** argv);
 // Drops lathe's world communicator and calls MPI_Finalize (collective; idempotent).
 void finalize_mpi();
+// The job lost a rank (a federation that went on without a dead client rank, say): Open MPI's
+// MPI_Finalize (even under --enable-recovery) can then wait forever in its closing fence for
+// the dead process. After this call, a finalize that has not returned within `seconds` ends
+// the process with the status it was exiting with (note_exit_status), after saying why.
+void bound_finalize(double seconds);
+// The status this process exits with (the CLI's main records it before returning), used by
+// bound_finalize's watchdog.
+void note_exit_status(int status);
 // The thread level MPI provided (MPI_THREAD_*), or -1 before MPI is initialized.
 int mpi_thread_level();
 
