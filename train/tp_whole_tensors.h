@@ -12,7 +12,15 @@
 // Cost (the simple, exact choice): every TP rank computes the same whole-matrix update and
 // holds the whole optimizer state and a whole copy of the split weights and their gradients,
 // so TP saves no optimizer memory with these two optimizers; communication is one all-gather
-// of weights and gradients per split tensor per step. ZeRO-1 on top is not implemented.
+// of weights and gradients per split tensor per step.
+//
+// ZeRO-1 on top (parallel.zero_stage: 1): the sharder is built over params(), per parameter,
+// over the data-parallel group, so each stand-in (and each replicated tensor) is owned whole
+// by one DP rank and its state lives there only. A step: gather() the local gradients (not yet
+// averaged over DP; the sum is linear), reduce-scatter the stand-ins' gradients over DP, clip
+// with the norm of the owned stand-ins summed over DP (they are whole: no TP sum), step the
+// owned ones, all-gather them over DP, scatter() the slices into the shards. Optimizer state
+// per rank falls with DP; the whole weights and gradients are still held on every rank.
 #pragma once
 
 #include <cstdint>

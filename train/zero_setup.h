@@ -9,6 +9,7 @@
 // data-parallel group (ParallelLayout::data_comm()); the layout arithmetic is the same on every
 // TP rank, so a parameter's slices are owned by the same data-parallel rank, and the clip norm
 // sums the pieces over that group, then the sharded ones over TP (parallel::tp_grad_norm).
+// GaLore and Fira under TP shard their whole-matrix stand-ins instead (train/tp_whole_tensors.h).
 //
 // In a step: the gradients accumulate locally over the micro-batches (no bucketed all-reduce
 // runs: GradSync is built without parameters), then ZeroSharder::reduce_scatter_gradients,
