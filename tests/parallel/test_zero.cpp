@@ -1,6 +1,8 @@
 // ZeRO-1 (parallel/zero.h, train/zero_setup.h) under mpirun (ctest runs -np 2 and -np 4):
 // the whole trainer with parallel.zero_stage 1 against the same run with plain data
-// parallelism, on the same ranks and the same global batches.
+// parallelism, on the same ranks and the same global batches. Under TP 2: ZeRO-1 per optimizer,
+// GaLore/Fira whole-matrix stand-ins with and without ZeRO, and layer-wise updates, each
+// against one process on the same global batch.
 //
 // Why bit for bit at np 2: the mean of two ranks' gradients is (a + b) / 2 whether it comes
 // from the all-reduce or the reduce-scatter, and each rank's optimizer runs the same
