@@ -14,13 +14,14 @@
 // so TP saves no optimizer memory with these two optimizers; communication is one all-gather
 // of weights and gradients per split tensor per step.
 //
-// ZeRO-1 on top (parallel.zero_stage: 1): the sharder is built over params(), per parameter,
-// over the data-parallel group, so each stand-in (and each replicated tensor) is owned whole
-// by one DP rank and its state lives there only. A step: gather() the local gradients (not yet
-// averaged over DP; the sum is linear), reduce-scatter the stand-ins' gradients over DP, clip
-// with the norm of the owned stand-ins summed over DP (they are whole: no TP sum), step the
-// owned ones, all-gather them over DP, scatter() the slices into the shards. Optimizer state
-// per rank falls with DP; the whole weights and gradients are still held on every rank.
+// ZeRO-1 on top (parallel.zero_stage: 1): the sharder owns the TP shards whole (per
+// parameter, costed by the stand-ins' state) over the data-parallel group; the ownership is
+// the same arithmetic on every TP rank, so a matrix's slices are owned by the same DP rank,
+// and the stand-ins are built for the owned matrices only (this class over the sharder's
+// pieces). A step: reduce-scatter the shards' gradients over DP, gather() the owned ones over
+// TP, clip with the norm of the owned stand-ins summed over DP (they are whole: no TP sum),
+// step them, scatter() their slices into the shards, all-gather the shards over DP. The
+// optimizer state, the stand-ins and the TP gathers all fall with DP.
 #pragma once
 
 #include <cstdint>

@@ -247,7 +247,17 @@ void Trainer::setup() {
     opt_ = make_optimizer(p.cfg, model_->named_parameters());
   }
   // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
-  if (p.cfg.parallel().zero_stage() == 1) {
+  if (p.cfg.parallel().zero_stage() == 1 && whole_) {
+    // GaLore/Fira under TP: the TP shards are owned whole over the data-parallel group (costed
+    // by their stand-ins' state); stand-ins remain for the owned matrices only.
+    std::vector<std::pair<std::string, Tensor>> trainable;
+    for (const auto& np : model_->named_parameters())
+      if (np.second.requires_grad()) trainable.push_back(np);
+    zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm(), trainable);
+    whole_ = std::make_unique<WholeTensorUpdates>(zero_->pieces(), p.layout->shards(), model_->spec(),
+                                                  p.layout->groups().tp(), p.cfg.parallel().vocab_pad_multiple());
+    opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, whole_->params());
+  } else if (p.cfg.parallel().zero_stage() == 1) {
     zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
     opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
   }
@@ -575,18 +585,18 @@ StepRecord Trainer::train_step() {
     if (whole_) whole_->scatter();
     opt_->zero_grad();
   } else {
-    // GaLore/Fira under TP with ZeRO: the local gradients into the whole-matrix stand-ins
-    // first, which the sharder then owns whole over the DP group (train/tp_whole_tensors.h).
-    if (whole_) whole_->gather();
     if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
+    // GaLore/Fira under TP with ZeRO: the owned shards' averaged gradients gathered over TP
+    // into their whole-matrix stand-ins (train/tp_whole_tensors.h).
+    if (whole_) whole_->gather();
     if (zero_ && p.layout->tensor_parallel() > 1 && !whole_)  // the pieces of this TP rank's shards
       grad_norm = p.layout->clip_grad_norm(zero_->pieces(), tc.grad_clip(), zero_->comm().get());
     else  // whole stand-ins are the same on every TP rank: their norm needs no TP sum
       grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
                         : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
+    if (whole_) whole_->scatter();  // the owned slices into the shards, before they travel
     if (zero_) zero_->all_gather_parameters();
-    if (whole_) whole_->scatter();
     opt_->zero_grad();
   }
   // SoRA's proximal step on the gates, after they were updated (either way above).
