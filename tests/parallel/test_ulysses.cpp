@@ -327,6 +327,23 @@ TEST(RingAttention, ZigzagSliceHoldsChunksRAnd2PMinus1MinusR) {
   EXPECT_EQ(rank_chunks(1, 4, true), (std::vector<int64_t>{1, 6}));
 }
 
+// The balance zig-zag buys: the chunk products a rank computes over the P ring steps (a pair
+// is computed when some key is not in the query chunk's future: key chunk <= query chunk).
+// Contiguous slices: rank r computes r + 1 (of equal size); zig-zag: every rank 2P + 1 (of
+// half-size chunks, so 2P + 1 quarter-blocks, against P blocks on the last contiguous rank).
+TEST(RingAttention, ZigzagGivesEveryRankTheSameCausalWork) {
+  for (const int P : {2, 3, 4, 8}) {
+    for (const bool zigzag : {false, true})
+      for (int r = 0; r < P; ++r) {
+        int computed = 0;
+        for (int j = 0; j < P; ++j)
+          for (int64_t qc : rank_chunks(r, P, zigzag))
+            for (int64_t kc : rank_chunks((r - j + P) % P, P, zigzag)) computed += kc <= qc;
+        EXPECT_EQ(computed, zigzag ? 2 * P + 1 : r + 1) << "P " << P << " rank " << r << (zigzag ? " zig-zag" : "");
+      }
+  }
+}
+
 TEST(Ulysses, SliceShiftsLabelsAcrossBoundariesAndPads) {
   // ids 0..6, targets 1..7: T = 7 over 4 ranks pads to 8, slices of 2.
   std::vector<int64_t> idv, tgv;
