@@ -287,10 +287,7 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   const int32_t tp = p.tensor_parallel();
   if (p.sequence_parallel() > 1) {
     if (p.sequence_parallel_mode() == ParallelConfig::RING) {
-      if (tp > 1)
-        c.fail("parallel.sequence_parallel_mode", "RING sequence parallelism cannot be combined with "
-                                                  "tensor_parallel " + show(tp) + " yet; use MEGATRON inside the "
-                                                  "tensor-parallel group, or tensor_parallel 1");
+      // Ring attention runs on each TP rank's heads over a group of its own (any tensor_parallel).
     } else if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
       if (m.n_head() > 0 && m.n_head() % p.sequence_parallel() != 0)
         c.fail("parallel.sequence_parallel", "must divide model.n_head (" + show(m.n_head()) +
@@ -314,6 +311,11 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                              "sample.at_eval must be off (generate from the checkpoint with lathe generate)");
     }
   }
+  if (p.ring_zigzag() && (p.sequence_parallel() <= 1 || p.sequence_parallel_mode() != ParallelConfig::RING))
+    c.fail("parallel.ring_zigzag", "is for ring attention: it needs sequence_parallel_mode: RING and "
+                                   "sequence_parallel > 1 (got " + ParallelConfig::SequenceParallelMode_Name(
+                                       p.sequence_parallel_mode()) + ", sequence_parallel " +
+                                       show(p.sequence_parallel()) + ")");
   if (p.zero_stage() != 0 && p.zero_stage() != 1)
     c.fail("parallel.zero_stage", "must be 0 (off) or 1 (sharded optimizer state) (got " + show(p.zero_stage()) + ")");
   if (p.zero_stage() == 1 && cfg.optimizer().layerwise())
@@ -342,14 +344,21 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   }
   const OptimizerConfig& o = cfg.optimizer();
   // SGD-SaI's per-tensor g-SNR combines the slices' statistics over TP (optim/sgd_sai.h);
-  // GaLore and Fira step whole-matrix stand-ins (train/tp_whole_tensors.h), not with ZeRO.
-  if ((o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA) && p.zero_stage() == 1)
-    c.fail("parallel.zero_stage", "ZeRO-1 is not combined with " + OptimizerConfig::Type_Name(o.type()) +
+  // GaLore and Fira step whole-matrix stand-ins (train/tp_whole_tensors.h), with ZeRO-1 owned
+  // whole by the data-parallel ranks.
+  // Layer-wise updates under TP step each shard from its hook (train/layerwise.h); these two
+  // need the other TP ranks inside a parameter's update, which hooks cannot run in step.
+  if (o.layerwise() && (o.type() == OptimizerConfig::GALORE || o.type() == OptimizerConfig::FIRA))
+    c.fail("optimizer.layerwise", "does not work with " + OptimizerConfig::Type_Name(o.type()) +
                                       " under tensor_parallel " + show(tp) +
-                                      " yet (their whole-matrix updates are replicated over the TP ranks); use "
-                                      "zero_stage 0, or tensor_parallel 1");
-  if (o.layerwise())
-    c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
+                                      ": its projection needs the whole matrix, gathered over the tensor-parallel "
+                                      "ranks after backward (train/tp_whole_tensors.h), not one shard's gradient "
+                                      "in its hook; set optimizer.layerwise: false or tensor_parallel 1");
+  if (o.layerwise() && o.type() == OptimizerConfig::SGD_SAI)
+    c.fail("optimizer.layerwise", "does not work with SGD_SAI under tensor_parallel " + show(tp) +
+                                      ": the g-SNR of a split tensor sums statistics over the tensor-parallel ranks "
+                                      "inside its update, a collective that per-parameter hooks cannot order; set "
+                                      "optimizer.layerwise: false or tensor_parallel 1");
   if (cfg.peft().method() != PeftConfig::OFF)
     c.fail("parallel.tensor_parallel", "adapters (peft) are not supported with tensor parallelism yet");
 }

@@ -226,7 +226,26 @@ class Transformer final : public CausalLM {
     }
     Tensor x = embed_->forward(ids);  // with sequence parallelism: this rank's slice
     Tensor cos, sin;
-    if (spec_.arch == Arch::gpt2) {
+    if (!cache && !position_spans_.empty()) {
+      // Several spans of positions (zig-zag ring attention), concatenated in order.
+      int64_t n = 0, end = 0;
+      for (const auto& [s0, len] : position_spans_) n += len, end = std::max(end, s0 + len);
+      LATHE_CHECK(n == T && end <= spec_.max_seq_len)
+          << "forward: position spans of " << n << " tokens up to position " << end << " for " << T
+          << " tokens (model.max_seq_len " << spec_.max_seq_len << ")";
+      std::vector<Tensor> parts, cs, ss;
+      if (spec_.arch != Arch::gpt2) rope_for(end, master, cos, sin);
+      for (const auto& [s0, len] : position_spans_) {
+        if (spec_.arch == Arch::gpt2) parts.push_back(pos_->forward(positions(s0, len)));
+        else cs.push_back(cos.narrow(0, s0, len)), ss.push_back(sin.narrow(0, s0, len));
+      }
+      if (spec_.arch == Arch::gpt2) {
+        x = ag::add(x, ag::concat(parts, 0));  // [B, T, C] + [T, C]
+      } else {
+        cos = ag::concat(cs, 0);
+        sin = ag::concat(ss, 0);
+      }
+    } else if (spec_.arch == Arch::gpt2) {
       Tensor pos = pos_->forward(positions(start, T));
       x = ag::add(x, seq_ ? seq_->scatter(pos, 0) : pos);  // [B, T, C] + [T, C]
     } else {

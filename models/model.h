@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/module.h"
@@ -176,8 +177,15 @@ class CausalLM : public autograd::Module {
   Generator& dropout_generator() { return dropout_gen_; }
   // The position of forward()'s first token (learned positions and RoPE), 0 by default:
   // sequence parallelism feeds each rank a slice starting there (parallel/ulysses.h).
-  void set_position_offset(int64_t start) { position_offset_ = start; }
+  void set_position_offset(int64_t start) {
+    position_offset_ = start;
+    position_spans_.clear();
+  }
   int64_t position_offset() const { return position_offset_; }
+  // Positions of forward()'s tokens as consecutive spans (first position, length) whose
+  // lengths add up to T: zig-zag ring attention feeds each rank two chunks of the sequence
+  // (parallel/ring_attention.h). set_position_offset returns to one span.
+  void set_position_spans(std::vector<std::pair<int64_t, int64_t>> spans) { position_spans_ = std::move(spans); }
 
   // Tensor parallelism: the head's logits are a vocabulary shard (vocab), and in Ladder mode
   // the branch outputs are partial sums that `reducer` completes (the row-parallel layers
@@ -199,6 +207,7 @@ class CausalLM : public autograd::Module {
   std::shared_ptr<BranchReducer> reducer_;
   std::shared_ptr<SequenceShard> seq_;
   int64_t position_offset_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> position_spans_;
 };
 
 // Builds and initializes a model (weights drawn from Philox with `seed`, GPT-2 style:

@@ -34,6 +34,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 #include "models/attention.h"
@@ -74,6 +76,9 @@ struct SequenceSlice {
   Tensor ids, targets;
   int64_t start = 0;
   int64_t padded_len = 0;
+  // Zig-zag ring slices (parallel/ring_attention.h): (first position, length) of each chunk;
+  // empty for a contiguous slice.
+  std::vector<std::pair<int64_t, int64_t>> spans;
 };
 SequenceSlice slice_sequence(const Tensor& ids, const Tensor& targets, int rank, int size,
                              int64_t ignore_index = -100, int64_t pad_id = 0);

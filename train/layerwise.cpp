@@ -16,24 +16,32 @@ LayerwiseUpdater::LayerwiseUpdater(optim::Optimizer& opt, GradSync& sync) : opt_
       params_.push_back(np);
     }
   norm_sq_.resize(params_.size());
+  deferred_.assign(params_.size(), 0);
   if (sync_.active()) {
     sync_.set_on_reduced([this](const std::string& name, const Tensor& param, const Tensor& mean) {
       auto it = index_.find(name);
       if (it == index_.end()) return;  // reduced but not optimized (none today)
       param.set_grad(mean);            // a view of the bucket: no copy
-      update(it->second);
+      if (!deferred_[it->second]) update(it->second);  // else kept (alive) for finish()
     });
     return;
   }
   for (size_t i = 0; i < params_.size(); ++i)
     hook_ids_.push_back(autograd::add_grad_ready_hook(params_[i].second, [this, i](const Tensor&) {
-      if (armed_) update(i);
+      if (armed_ && !deferred_[i]) update(i);
     }));
 }
 
 LayerwiseUpdater::~LayerwiseUpdater() {
   if (sync_.active()) sync_.set_on_reduced({});
   for (size_t i = 0; i < hook_ids_.size(); ++i) autograd::remove_grad_ready_hook(params_[i].second, hook_ids_[i]);
+}
+
+void LayerwiseUpdater::set_tensor_parallel(const std::set<std::string>& deferred, std::set<std::string> sharded,
+                                           std::shared_ptr<parallel::Communicator> tp) {
+  for (size_t i = 0; i < params_.size(); ++i) deferred_[i] = deferred.count(params_[i].first) ? 1 : 0;
+  sharded_ = std::move(sharded);
+  tp_ = std::move(tp);
 }
 
 void LayerwiseUpdater::before_backward(bool last_micro_batch) { armed_ = last_micro_batch; }
@@ -59,15 +67,26 @@ double LayerwiseUpdater::finish() {
   opt_.count_step();
   // Summed in the optimizer's parameter order, as optim::grad_norm_squared sums, so the norm
   // matches the ordinary step's bit for bit.
-  std::vector<Tensor> parts;
-  for (Tensor& t : norm_sq_) {
-    if (t.defined()) parts.push_back(std::move(t));
+  std::vector<Tensor> parts, sharded;
+  for (size_t i = 0; i < norm_sq_.size(); ++i) {
+    Tensor& t = norm_sq_[i];
+    if (t.defined()) (sharded_.count(params_[i].first) ? sharded : parts).push_back(std::move(t));
     t = Tensor();
   }
   updated_ = 0;
-  if (parts.empty()) return 0.0;
-  Tensor sq = parts.size() == 1 ? parts[0] : kernels::reduce(kernels::ReduceOp::sum, kernels::stack(parts, 0), {});
-  return std::sqrt(sq.item());
+  auto sum = [](const std::vector<Tensor>& v) -> double {
+    if (v.empty()) return 0.0;
+    return (v.size() == 1 ? v[0] : kernels::reduce(kernels::ReduceOp::sum, kernels::stack(v, 0), {})).item();
+  };
+  double sq = sum(parts);
+  if (tp_ && tp_->size() > 1) {  // every TP rank calls this once per step, whatever it holds
+    Tensor s = Tensor::scalar(sum(sharded), DType::f64);
+    tp_->all_reduce(s);
+    sq += s.item();
+  } else {
+    sq += sum(sharded);
+  }
+  return std::sqrt(sq);
 }
 
 }  // namespace lathe::train

@@ -30,6 +30,14 @@
 // backward of the step (the schedule is a function of the step number; nothing is advanced per
 // parameter, unlike a per-parameter scheduler stepped from each hook).
 //
+// Tensor parallelism (set_tensor_parallel): a shard's gradient is final in its hook as in one
+// process, but a replicated parameter whose gradient is a partial sum over the TP ranks (the
+// Megatron-SP norm weights, the Ladder row-parallel biases: TensorParallelShards::partial_grad)
+// is only final after ParallelLayout::finish_gradients sums it, after backward: those few are
+// kept and stepped in finish(). The reported norm sums the shards' squares over the TP group.
+// GaLore/Fira (whole matrices gathered over TP after backward) and SGD-SaI (a collective per
+// split tensor in its update) are refused under TP (configs/validate.cpp).
+//
 // Needs every gradient at once, so it cannot be combined: global gradient clipping
 // (train.grad_clip must be 0, a config error otherwise) and SGD-SaI's normalised (paper) form.
 // The reported grad_norm is still the global norm before the update: each parameter's squared
@@ -41,11 +49,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "optim/optimizer.h"
+#include "parallel/communicator.h"
 
 namespace lathe::train {
 
@@ -60,6 +71,11 @@ class LayerwiseUpdater {
   ~LayerwiseUpdater();
   LayerwiseUpdater(const LayerwiseUpdater&) = delete;
   LayerwiseUpdater& operator=(const LayerwiseUpdater&) = delete;
+
+  // Tensor parallelism (see above): `deferred` are stepped in finish() only; `sharded` are
+  // this rank's slices, whose squared norms finish() sums over tp. Before the first step.
+  void set_tensor_parallel(const std::set<std::string>& deferred, std::set<std::string> sharded,
+                           std::shared_ptr<parallel::Communicator> tp);
 
   // Before each micro-batch's backward; true for the step's last one (the one that updates).
   void before_backward(bool last_micro_batch);
@@ -82,6 +98,9 @@ class LayerwiseUpdater {
   std::map<std::string, size_t> index_;
   std::vector<int64_t> hook_ids_;  // one rank: one per parameter
   std::vector<Tensor> norm_sq_;    // per parameter: its squared gradient norm this step
+  std::vector<char> deferred_;     // per parameter: stepped in finish() only (TP partial sums)
+  std::set<std::string> sharded_;  // TP slices: their squares summed over tp_
+  std::shared_ptr<parallel::Communicator> tp_;
   bool armed_ = false;
   int64_t updated_ = 0;  // in the current step
   int64_t last_before_ = 0, last_in_finish_ = 0;

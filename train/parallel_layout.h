@@ -31,10 +31,12 @@ class ParallelLayout {
 
   const parallel::ProcessGroups& groups() const { return *groups_; }
   // The ranks holding replicas of the same weights: the data-parallel group, and with Ulysses
-  // (tensor_parallel 1) also the sequence-parallel peers, whose token-weighted gradients and
-  // loss sums complete each other's sequences.
+  // or ring attention also the sequence-parallel peers, whose token-weighted gradients and
+  // loss sums complete each other's sequences (with tensor parallelism: the data x sequence
+  // parallel ranks of this rank's TP shard).
   const std::shared_ptr<parallel::Communicator>& data_comm() const {
-    return groups_->sp_size() > 1 && groups_->tp_size() == 1 ? groups_->world() : groups_->dp();
+    if (groups_->sp_size() == 1) return groups_->dp();
+    return groups_->tp_size() == 1 ? groups_->world() : shard_replicas_;
   }
   int data_rank() const { return groups_->dp_rank(); }
   int data_size() const { return groups_->dp_size(); }
@@ -55,6 +57,7 @@ class ParallelLayout {
   std::unique_ptr<parallel::ProcessGroups> groups_;
   int64_t vocab_pad_multiple_ = 128;
   parallel::TensorParallelShards shards_;
+  std::shared_ptr<parallel::Communicator> shard_replicas_;  // ring attention with TP: dp x sp of one tp_rank
 };
 
 // The tensor-parallel degree a rank file was written with (its "parallel_layout"

@@ -126,10 +126,12 @@ RunPlan plan_run(const RunConfig& input, std::shared_ptr<parallel::Communicator>
                                  std::to_string(tc.grad_accum()) + " micro-batches (train.grad_accum)"});
   p.tokens_per_step = static_cast<int64_t>(tc.micro_batch()) * tc.grad_accum() * data_ranks * tc.seq_len();
   if (p.sp > 1) {
-    const int64_t padded = (tc.seq_len() + p.sp - 1) / p.sp * p.sp;
+    // Zig-zag ring slices hold two chunks each: the sequence pads to 2 x sp chunks.
+    const int64_t m = cfg.parallel().ring_zigzag() ? 2 * p.sp : p.sp;
+    const int64_t padded = (tc.seq_len() + m - 1) / m * m;
     if (padded > p.spec.max_seq_len)
       throw ConfigError("config", {"parallel.sequence_parallel: train.seq_len " + std::to_string(tc.seq_len()) +
-                                   " padded to a multiple of " + std::to_string(p.sp) + " is " + std::to_string(padded) +
+                                   " padded to a multiple of " + std::to_string(m) + " is " + std::to_string(padded) +
                                    ", more than model.max_seq_len " + std::to_string(p.spec.max_seq_len)});
   }
   p.flops_per_token = flops_per_token(p.spec, tc.seq_len());

@@ -12,7 +12,16 @@
 // Cost (the simple, exact choice): every TP rank computes the same whole-matrix update and
 // holds the whole optimizer state and a whole copy of the split weights and their gradients,
 // so TP saves no optimizer memory with these two optimizers; communication is one all-gather
-// of weights and gradients per split tensor per step. ZeRO-1 on top is not implemented.
+// of weights and gradients per split tensor per step.
+//
+// ZeRO-1 on top (parallel.zero_stage: 1): the sharder owns the TP shards whole (per
+// parameter, costed by the stand-ins' state) over the data-parallel group; the ownership is
+// the same arithmetic on every TP rank, so a matrix's slices are owned by the same DP rank,
+// and the stand-ins are built for the owned matrices only (this class over the sharder's
+// pieces). A step: reduce-scatter the shards' gradients over DP, gather() the owned ones over
+// TP, clip with the norm of the owned stand-ins summed over DP (they are whole: no TP sum),
+// step them, scatter() their slices into the shards, all-gather the shards over DP. The
+// optimizer state, the stand-ins and the TP gathers all fall with DP.
 #pragma once
 
 #include <cstdint>

@@ -247,7 +247,17 @@ void Trainer::setup() {
     opt_ = make_optimizer(p.cfg, model_->named_parameters());
   }
   // parallel.zero_stage 1: the optimizer is rebuilt over this rank's shard (train/zero_setup.h).
-  if (p.cfg.parallel().zero_stage() == 1) {
+  if (p.cfg.parallel().zero_stage() == 1 && whole_) {
+    // GaLore/Fira under TP: the TP shards are owned whole over the data-parallel group (costed
+    // by their stand-ins' state); stand-ins remain for the owned matrices only.
+    std::vector<std::pair<std::string, Tensor>> trainable;
+    for (const auto& np : model_->named_parameters())
+      if (np.second.requires_grad()) trainable.push_back(np);
+    zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm(), trainable);
+    whole_ = std::make_unique<WholeTensorUpdates>(zero_->pieces(), p.layout->shards(), model_->spec(),
+                                                  p.layout->groups().tp(), p.cfg.parallel().vocab_pad_multiple());
+    opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, whole_->params());
+  } else if (p.cfg.parallel().zero_stage() == 1) {
     zero_ = make_zero_sharder(p.cfg.optimizer(), *opt_, p.layout->data_comm());
     opt_ = make_shard_optimizer(p.cfg.optimizer(), *opt_, *zero_);
   }
@@ -307,13 +317,20 @@ void Trainer::setup() {
   // optimizer.layerwise: each parameter stepped from its hook / its reduced bucket
   // (train/layerwise.h).
   if (p.cfg.optimizer().layerwise()) layerwise_ = std::make_unique<LayerwiseUpdater>(*opt_, *grad_sync_);
+  if (layerwise_ && p.layout->tensor_parallel() > 1) {
+    // Partial sums over TP are final after finish_gradients: stepped in finish().
+    const auto& sh = p.layout->shards();
+    layerwise_->set_tensor_parallel({sh.partial_grad.begin(), sh.partial_grad.end()}, sh.sharded,
+                                    p.layout->groups().tp());
+  }
 
   // Ulysses or ring sequence parallelism (parallel/ulysses.h, parallel/ring_attention.h): the
   // attention of every layer runs over the whole sequence of its group from this rank's slice.
   if (p.sp > 1) {
     sp_comm_ = p.layout->groups().sp();
     try {
-      parallel::set_sequence_attention(*model_, sp_comm_, p.layout->groups().sp_mode());
+      parallel::set_sequence_attention(*model_, sp_comm_, p.layout->groups().sp_mode(),
+                                       p.cfg.parallel().ring_zigzag());
     } catch (const lathe::Error& e) {
       throw configs::ConfigError("config", {"parallel.sequence_parallel: " + e.message()});
     }
@@ -521,10 +538,13 @@ StepRecord Trainer::train_step() {
     if (p.sp > 1) {
       // This rank's slice of its group's batch (targets shifted before slicing, padded).
       data::LMBatch& b = batches.back();
-      const parallel::SequenceSlice s = parallel::slice_sequence(b.ids, b.targets, p.sp_rank, p.sp);
+      const bool zigzag = p.cfg.parallel().ring_zigzag();
+      const parallel::SequenceSlice s = zigzag ? parallel::zigzag_slice_sequence(b.ids, b.targets, p.sp_rank, p.sp)
+                                               : parallel::slice_sequence(b.ids, b.targets, p.sp_rank, p.sp);
       b.ids = s.ids;
       b.targets = s.targets;
       model_->set_position_offset(s.start);
+      if (zigzag) model_->set_position_spans(s.spans);
     }
     counts.push_back(count_targets(batches.back().targets));
   }
@@ -566,12 +586,16 @@ StepRecord Trainer::train_step() {
     opt_->zero_grad();
   } else {
     if (zero_) zero_->reduce_scatter_gradients();  // params_ are this rank's pieces then
-    if (zero_ && p.layout->tensor_parallel() > 1)  // the pieces of this TP rank's shards
+    // GaLore/Fira under TP with ZeRO: the owned shards' averaged gradients gathered over TP
+    // into their whole-matrix stand-ins (train/tp_whole_tensors.h).
+    if (whole_) whole_->gather();
+    if (zero_ && p.layout->tensor_parallel() > 1 && !whole_)  // the pieces of this TP rank's shards
       grad_norm = p.layout->clip_grad_norm(zero_->pieces(), tc.grad_clip(), zero_->comm().get());
-    else
+    else  // whole stand-ins are the same on every TP rank: their norm needs no TP sum
       grad_norm = zero_ ? optim::clip_grad_norm(params_, tc.grad_clip(), [this](Tensor& sq) { zero_->all_reduce_norm_sq(sq); })
                         : optim::clip_grad_norm(params_, tc.grad_clip());
     opt_->step();
+    if (whole_) whole_->scatter();  // the owned slices into the shards, before they travel
     if (zero_) zero_->all_gather_parameters();
     opt_->zero_grad();
   }
@@ -606,15 +630,17 @@ EvalResult Trainer::evaluate() {
     models::CausalLM& m;
     std::shared_ptr<parallel::Communicator> sp;
     parallel::SpMode mode;
-    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_, parallel::SpMode mode_)
-        : m(m_), sp(std::move(sp_)), mode(mode_) {
+    bool zigzag;
+    WholeSequences(models::CausalLM& m_, std::shared_ptr<parallel::Communicator> sp_, parallel::SpMode mode_,
+                   bool zigzag_)
+        : m(m_), sp(std::move(sp_)), mode(mode_), zigzag(zigzag_) {
       if (sp) parallel::set_ulysses(m, nullptr);
       m.set_position_offset(0);
     }
     ~WholeSequences() {
-      if (sp) parallel::set_sequence_attention(m, sp, mode);
+      if (sp) parallel::set_sequence_attention(m, sp, mode, zigzag);
     }
-  } whole(*model_, sp_comm_, p.layout->groups().sp_mode());
+  } whole(*model_, sp_comm_, p.layout->groups().sp_mode(), p.cfg.parallel().ring_zigzag());
   const int64_t at = step_;
   EvalResult ev = evaluate_val(*model_, p.data, p.cfg.train().micro_batch(), p.cfg.train().eval_batches(),
                                *p.layout->data_comm(), p.compute_dtype);

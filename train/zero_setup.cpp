@@ -37,13 +37,21 @@ parallel::ZeroPartition zero_partition_for(const lathe::OptimizerConfig& cfg) {
 }
 
 std::unique_ptr<parallel::ZeroSharder> make_zero_sharder(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
-                                                         std::shared_ptr<parallel::Communicator> comm) {
+                                                         std::shared_ptr<parallel::Communicator> comm,
+                                                         const std::vector<std::pair<std::string, Tensor>>& shard_params) {
   const parallel::ZeroPartition partition = zero_partition_for(cfg);
+  const std::map<std::string, Tensor> instead(shard_params.begin(), shard_params.end());
   std::vector<std::pair<std::string, Tensor>> params;
   std::vector<int64_t> costs;
   for (const auto& g : full.groups())
     for (const auto& [name, p] : g.params) {
-      params.emplace_back(name, p);
+      if (!instead.empty()) {
+        auto it = instead.find(name);
+        LATHE_CHECK(it != instead.end()) << "ZeRO: no tensor to shard for parameter " << name;
+        params.emplace_back(name, it->second);
+      } else {
+        params.emplace_back(name, p);
+      }
       if (partition != parallel::ZeroPartition::per_parameter) continue;
       int64_t bytes = 0;
       for (const auto& [key, t] : full.init_state(name, p, g)) bytes += static_cast<int64_t>(t.nbytes());
@@ -54,6 +62,11 @@ std::unique_ptr<parallel::ZeroSharder> make_zero_sharder(const lathe::OptimizerC
 
 std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
                                                       const parallel::ZeroSharder& sharder) {
+  return make_shard_optimizer(cfg, full, sharder.pieces());
+}
+
+std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
+                                                      const std::vector<std::pair<std::string, Tensor>>& pieces) {
   std::map<std::string, size_t> group_of;
   for (size_t g = 0; g < full.groups().size(); ++g)
     for (const auto& np : full.groups()[g].params) group_of[np.first] = g;
@@ -64,7 +77,7 @@ std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerCon
     s.options["zero_shard"] = true;  // GaLore: this rank may own no projected matrix
     groups.push_back(std::move(s));
   }
-  for (const auto& [name, piece] : sharder.pieces()) {
+  for (const auto& [name, piece] : pieces) {
     auto it = group_of.find(name);
     LATHE_CHECK(it != group_of.end()) << "ZeRO: piece " << name << " belongs to no optimizer group";
     groups[it->second].params.emplace_back(name, piece);

@@ -9,6 +9,7 @@
 // data-parallel group (ParallelLayout::data_comm()); the layout arithmetic is the same on every
 // TP rank, so a parameter's slices are owned by the same data-parallel rank, and the clip norm
 // sums the pieces over that group, then the sharded ones over TP (parallel::tp_grad_norm).
+// GaLore and Fira under TP shard their whole-matrix stand-ins instead (train/tp_whole_tensors.h).
 //
 // In a step: the gradients accumulate locally over the micro-batches (no bucketed all-reduce
 // runs: GradSync is built without parameters), then ZeroSharder::reduce_scatter_gradients,
@@ -23,6 +24,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "configs/lathe.pb.h"
 #include "optim/optimizer.h"
@@ -36,13 +39,19 @@ parallel::ZeroPartition zero_partition_for(const lathe::OptimizerConfig& cfg);
 // The sharder of the trainable parameters of `full` (the optimizer of the whole model, which
 // holds no state yet) over comm; per-parameter ownership balances each parameter's
 // optimizer-state bytes (init_state of `full`, made and dropped here).
-std::unique_ptr<parallel::ZeroSharder> make_zero_sharder(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
-                                                         std::shared_ptr<parallel::Communicator> comm);
+// shard_params (GaLore/Fira under TP): the tensors to shard instead of full's, matched by name
+// (the TP shards of full's whole-matrix stand-ins), still costed by full's state.
+std::unique_ptr<parallel::ZeroSharder> make_zero_sharder(
+    const lathe::OptimizerConfig& cfg, const optim::Optimizer& full, std::shared_ptr<parallel::Communicator> comm,
+    const std::vector<std::pair<std::string, Tensor>>& shard_params = {});
 
 // The optimizer of `cfg` over sharder's pieces, each in the group (options, lr scale, decay)
 // its parameter has in `full` (the optimizer of the whole model, which holds no state yet).
 std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
                                                       const parallel::ZeroSharder& sharder);
+// The same over given (name, tensor) pieces (the owned matrices' whole-matrix stand-ins).
+std::unique_ptr<optim::Optimizer> make_shard_optimizer(const lathe::OptimizerConfig& cfg, const optim::Optimizer& full,
+                                                      const std::vector<std::pair<std::string, Tensor>>& pieces);
 
 // What the "parallel layout" part records for a run with this sharder (null: no ZeRO) and
 // this sequence-parallel degree.

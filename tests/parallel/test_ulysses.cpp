@@ -16,6 +16,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/grad_mode.h"
+#include "kernels/ops.h"
 #include "models/model.h"
 #include "parallel/ring_attention.h"
 #include "tests/common/test_helpers.h"
@@ -129,13 +130,16 @@ Result one_process(const models::ModelSpec& s, const Tensor& ids, const Tensor& 
 
 // The same batch sliced over the ranks: each rank's mean loss weighted by its share of the
 // counted tokens, the gradients summed over the group.
-Result sequence_parallel(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets, bool ring) {
+Result sequence_parallel(const models::ModelSpec& s, const Tensor& ids, const Tensor& targets, bool ring,
+                         bool zigzag = false) {
   auto c = comm();
   auto m = models::build_model(s, 3);
-  if (ring) set_ring_attention(*m, c);
+  if (ring) set_ring_attention(*m, c, zigzag);
   else set_ulysses(*m, c);
-  SequenceSlice sl = slice_sequence(ids, targets, c->rank(), c->size());
+  SequenceSlice sl = zigzag ? zigzag_slice_sequence(ids, targets, c->rank(), c->size())
+                            : slice_sequence(ids, targets, c->rank(), c->size());
   m->set_position_offset(sl.start);
+  if (zigzag) m->set_position_spans(sl.spans);
   auto count = [](const Tensor& t) {
     int64_t n = 0;
     for (int64_t v : t.contiguous().to_vector<int64_t>()) n += v != -100;
@@ -161,6 +165,7 @@ struct ModelCase {
   int64_t n_kv_head;
   int64_t T;
   bool ring = false;
+  bool zigzag = false;
 };
 void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
@@ -172,7 +177,7 @@ TEST_P(UlyssesModel, EqualsOneProcess) {
   Tensor ids, targets;
   make_batch(2, mc.T, s.vocab_size, ids, targets);
   const Result ref = one_process(s, ids, targets);
-  const Result sp = sequence_parallel(s, ids, targets, mc.ring);
+  const Result sp = sequence_parallel(s, ids, targets, mc.ring, mc.zigzag);
   EXPECT_NEAR(sp.loss, ref.loss, 1e-5 * std::abs(ref.loss));
   ASSERT_EQ(sp.grads.size(), ref.grads.size());
   for (const auto& [n, g] : ref.grads) {
@@ -195,26 +200,35 @@ INSTANTIATE_TEST_SUITE_P(Models, UlyssesModel,
                                            ModelCase{"RingGpt2_T13", models::Arch::gpt2, 0, 13, true},
                                            ModelCase{"RingGpt2_T16", models::Arch::gpt2, 0, 16, true},
                                            ModelCase{"RingLlamaGqa_T13", models::Arch::llama, 2, 13, true},
-                                           ModelCase{"RingLlamaMqa_T15", models::Arch::llama, 1, 15, true}),
+                                           ModelCase{"RingLlamaMqa_T15", models::Arch::llama, 1, 15, true},
+                                           ModelCase{"ZigzagGpt2_T13", models::Arch::gpt2, 0, 13, true, true},
+                                           ModelCase{"ZigzagGpt2_T16", models::Arch::gpt2, 0, 16, true, true},
+                                           ModelCase{"ZigzagLlamaGqa_T15", models::Arch::llama, 2, 15, true, true}),
                          [](const ::testing::TestParamInfo<ModelCase>& info) { return info.param.name; });
 
 // Ring attention of each rank's slice against the slice of full causal attention (f64): the
 // output and the gradients of q, k, v for L = sum over ranks <w_r, out_r>, with GQA (2 query
 // heads per KV head) and with a sliding window that cuts across slices.
+// Zig-zag: rank r's slice is chunks r and 2P-1-r of 2P (even slices of 4).
 TEST(RingAttention, OutputAndGradientsEqualFullAttention) {
   auto c = comm();
   const int P = c->size(), r = c->rank();
-  const int64_t B = 2, H = 4, Hkv = 2, Tl = 3, D = 4, T = P * Tl;
+  for (const bool zigzag : {false, true})
   for (const int64_t window : {int64_t{0}, int64_t{4}}) {
-    SCOPED_TRACE("window " + std::to_string(window));
+    SCOPED_TRACE(std::string(zigzag ? "zig-zag" : "contiguous") + ", window " + std::to_string(window));
+    const int64_t B = 2, H = 4, Hkv = 2, Tl = zigzag ? 4 : 3, D = 4, T = P * Tl;
     Tensor q = randn({B, H, T, D}, 11), k = randn({B, Hkv, T, D}, 12), v = randn({B, Hkv, T, D}, 13);
     Tensor w = randn({B, H, T, D}, 14);
     for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
     ag::sum(ag::mul(ag::attention(q, k, v, true, 0.4, window), w)).backward();
-    auto mine = [&](const Tensor& t) { return t.narrow(2, r * Tl, Tl).contiguous(); };
+    auto mine = [&](const Tensor& t) {
+      if (!zigzag) return t.narrow(2, r * Tl, Tl).contiguous();
+      const int64_t C = Tl / 2;
+      return kernels::concat({t.narrow(2, r * C, C).contiguous(), t.narrow(2, (2 * P - 1 - r) * C, C).contiguous()}, 2);
+    };
     Tensor ql = mine(q.detach()), kl = mine(k.detach()), vl = mine(v.detach());
     for (Tensor* t : {&ql, &kl, &vl}) t->set_requires_grad(true);
-    Tensor out = ring_attention(ql, kl, vl, 0.4, window, c);
+    Tensor out = ring_attention(ql, kl, vl, 0.4, window, c, zigzag);
     {
       ag::NoGradGuard ng;
       Tensor expect = mine(ag::attention(q.detach(), k.detach(), v.detach(), true, 0.4, window));
@@ -291,6 +305,43 @@ TEST(RingAttention, HungPeerEndsTheTransferWithinTheTimeoutNamingIt) {
     ring_attention(q, k, v, 0.5, 0, ring);  // completes: rank 0 posted its transfers before giving up
   }
   c->barrier();
+}
+
+// Zig-zag slices: T = 7 over 2 ranks pads to 8 = 4 chunks of 2; rank 0 holds chunks 0 and 3
+// (positions 0, 1, 6, 7: the last one padding), rank 1 chunks 1 and 2.
+TEST(RingAttention, ZigzagSliceHoldsChunksRAnd2PMinus1MinusR) {
+  std::vector<int64_t> idv, tgv;
+  for (int64_t t = 0; t < 7; ++t) {
+    idv.push_back(10 + t);
+    tgv.push_back(11 + t);
+  }
+  const Tensor ids = Tensor::from_vector<int64_t>(idv, {1, 7}), tg = Tensor::from_vector<int64_t>(tgv, {1, 7});
+  const SequenceSlice a = zigzag_slice_sequence(ids, tg, 0, 2), b = zigzag_slice_sequence(ids, tg, 1, 2);
+  EXPECT_EQ(a.ids.to_vector<int64_t>(), (std::vector<int64_t>{10, 11, 16, 0}));
+  EXPECT_EQ(a.targets.to_vector<int64_t>(), (std::vector<int64_t>{11, 12, 17, -100}));
+  EXPECT_EQ(b.ids.to_vector<int64_t>(), (std::vector<int64_t>{12, 13, 14, 15}));
+  EXPECT_EQ(b.targets.to_vector<int64_t>(), (std::vector<int64_t>{13, 14, 15, 16}));
+  EXPECT_EQ(a.spans, (std::vector<std::pair<int64_t, int64_t>>{{0, 2}, {6, 2}}));
+  EXPECT_EQ(b.spans, (std::vector<std::pair<int64_t, int64_t>>{{2, 2}, {4, 2}}));
+  EXPECT_EQ(a.padded_len, 8);
+  EXPECT_EQ(rank_chunks(1, 4, true), (std::vector<int64_t>{1, 6}));
+}
+
+// The balance zig-zag buys: the chunk products a rank computes over the P ring steps (a pair
+// is computed when some key is not in the query chunk's future: key chunk <= query chunk).
+// Contiguous slices: rank r computes r + 1 (of equal size); zig-zag: every rank 2P + 1 (of
+// half-size chunks, so 2P + 1 quarter-blocks, against P blocks on the last contiguous rank).
+TEST(RingAttention, ZigzagGivesEveryRankTheSameCausalWork) {
+  for (const int P : {2, 3, 4, 8}) {
+    for (const bool zigzag : {false, true})
+      for (int r = 0; r < P; ++r) {
+        int computed = 0;
+        for (int j = 0; j < P; ++j)
+          for (int64_t qc : rank_chunks(r, P, zigzag))
+            for (int64_t kc : rank_chunks((r - j + P) % P, P, zigzag)) computed += kc <= qc;
+        EXPECT_EQ(computed, zigzag ? 2 * P + 1 : r + 1) << "P " << P << " rank " << r << (zigzag ? " zig-zag" : "");
+      }
+  }
 }
 
 TEST(Ulysses, SliceShiftsLabelsAcrossBoundariesAndPads) {

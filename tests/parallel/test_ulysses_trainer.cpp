@@ -15,6 +15,7 @@
 
 #include "configs/config.h"
 #include "parallel/single_process_communicator.h"
+#include "parallel/tensor_parallel.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/trainer.h"
 
@@ -31,13 +32,14 @@ std::string rank_dir(const std::string& tag) {
 }
 
 // A 4-head GPT-2 or Llama (GQA 2 KV heads), no dropout, seq_len 15 (no degree divides it).
-// `arch` may end in ":RING" for ring attention instead of Ulysses.
+// `arch` may end in ":RING" for ring attention instead of Ulysses, ":ZIGZAG" for its zig-zag chunks.
 RunConfig sp_config(const std::string& run_dir, std::string arch, int sp, int micro_batch) {
   std::string mode = "ULYSSES";
   if (const size_t colon = arch.find(':'); colon != std::string::npos) {
     mode = arch.substr(colon + 1);
     arch = arch.substr(0, colon);
   }
+  if (mode == "ZIGZAG") mode = sp > 1 ? "RING ring_zigzag: true" : "RING";
   std::string t = test_util::tiny_config_text(run_dir, 3);
   const std::string model = arch == "GPT2"
                                 ? "model { arch: GPT2 n_layer: 2 n_head: 4 d_model: 32 max_seq_len: 32 dropout: 0 }"
@@ -102,7 +104,62 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA", "GPT2:RING", "LLAMA:RING"),
+// Ring attention with tensor parallelism (np 4: dp1 x tp2 x sp2, contiguous and zig-zag):
+// each TP rank's heads run the ring over its sequence-parallel group, and the gradients are
+// averaged over the replicas of each TP shard. The run equals one process on the same batches:
+// losses, norms, evaluation, and every rank's weight shard as the slice of the one-process weights.
+TEST(RingTensorParallel, SameLossesAndWeightsAsOneProcess) {
+  auto world = parallel::world();
+  if (world->size() != 4) GTEST_SKIP() << "tp 2 x sp 2 needs 4 ranks";
+  const int r = world->rank();
+  for (const std::string arch : {"GPT2:RING", "LLAMA:ZIGZAG"}) {
+    SCOPED_TRACE(arch);
+    std::string tag = arch;
+    tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
+    const std::string root = rank_dir("tp" + tag);
+    TrainOptions o;
+    o.out = nullptr;
+    o.comm = world;
+    RunConfig cfg = sp_config(root, arch, 2, 2);
+    cfg.mutable_parallel()->set_tensor_parallel(2);
+    cfg.mutable_parallel()->set_vocab_pad_multiple(100);
+    Trainer split(cfg, o);
+    const TrainResult a = split.run();
+    TrainOptions one;
+    one.out = nullptr;
+    one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
+    RunConfig ref = sp_config(root + "_one_" + std::to_string(r), arch, 1, 2);
+    ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
+    Trainer whole(ref, one);
+    const TrainResult b = whole.run();
+    ASSERT_EQ(a.steps.size(), 3u);
+    ASSERT_EQ(b.steps.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * b.steps[i].loss) << "step " << i + 1;
+      EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-4 * b.steps[i].grad_norm) << "step " << i + 1;
+    }
+    ASSERT_FALSE(a.evals.empty());
+    EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
+    double worst = 0;
+    int compared = 0;
+    for (const auto& [name, p] : split.model().named_parameters()) {
+      const Tensor want = parallel::slice_shard(name, whole.model().parameter(name), whole.model().spec(), 2, r % 2, 100);
+      ASSERT_EQ(want.shape(), p.shape()) << name;
+      const auto x = p.to(DType::f64).contiguous().to_vector<double>();
+      const auto y = want.to(DType::f64).contiguous().to_vector<double>();
+      for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+      ++compared;
+    }
+    EXPECT_GT(compared, 10);
+    EXPECT_LT(worst, 2e-5);
+    world->barrier();
+    std::error_code ec;
+    fs::remove_all(root + "_one_" + std::to_string(r), ec);
+    if (r == 0) fs::remove_all(root, ec);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA", "GPT2:RING", "LLAMA:RING", "GPT2:ZIGZAG", "LLAMA:ZIGZAG"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string n = info.param;
                            if (n.find(':') != std::string::npos) n = n.substr(n.find(':') + 1) + n.substr(0, n.find(':'));
@@ -137,10 +194,10 @@ TEST(UlyssesTrainerConfig, Errors) {
   heads.mutable_model()->set_n_head(1);
   expect_config_error(heads, "parallel.sequence_parallel");
   if (world->size() == 4) expect_config_error(sp_config(root, "GPT2", 3, 2), "parallel.sequence_parallel");
-  // Ring attention: not with tensor parallelism yet, and its group must divide the world.
-  RunConfig ring_tp = sp_config(root, "GPT2:RING", 2, 2);
-  ring_tp.mutable_parallel()->set_tensor_parallel(2);
-  expect_config_error(ring_tp, "RING sequence parallelism cannot be combined with tensor_parallel 2");
+  // Ring attention: its group must divide the world; zig-zag chunks are for ring attention.
+  RunConfig zigzag_ulysses = sp_config(root, "GPT2", 2, 2);
+  zigzag_ulysses.mutable_parallel()->set_ring_zigzag(true);
+  expect_config_error(zigzag_ulysses, "parallel.ring_zigzag: is for ring attention");
   if (world->size() == 4) expect_config_error(sp_config(root, "GPT2:RING", 3, 2), "parallel.sequence_parallel: the world of 4");
   world->barrier();
   std::error_code ec;

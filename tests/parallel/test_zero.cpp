@@ -1,6 +1,8 @@
 // ZeRO-1 (parallel/zero.h, train/zero_setup.h) under mpirun (ctest runs -np 2 and -np 4):
 // the whole trainer with parallel.zero_stage 1 against the same run with plain data
-// parallelism, on the same ranks and the same global batches.
+// parallelism, on the same ranks and the same global batches. Under TP 2: ZeRO-1 per optimizer,
+// GaLore/Fira whole-matrix stand-ins with and without ZeRO, and layer-wise updates, each
+// against one process on the same global batch.
 //
 // Why bit for bit at np 2: the mean of two ranks' gradients is (a + b) / 2 whether it comes
 // from the all-reduce or the reduce-scatter, and each rank's optimizer runs the same
@@ -30,6 +32,7 @@
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
+#include "train/layerwise.h"
 #include "train/trainer.h"
 
 namespace lathe::train {
@@ -333,15 +336,17 @@ void expect_tp_equals_reference(const TpCase& c, int zero) {
     EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * std::abs(a.steps[i].loss));
   }
   // ZeRO really ran over the DP group: the optimizer holds a share of this TP shard.
-  const int64_t shard = trainable_numel(zt), mine = optimizer_numel(zt);
+  const bool projected = c.optimizer.find("GALORE") != std::string::npos || c.optimizer.find("FIRA") != std::string::npos;
+  // GaLore/Fira step whole-tensor stand-ins: the one-process parameters, owned whole by the
+  // ranks of the DP group under ZeRO.
+  const int64_t shard = projected ? trainable_numel(one) : trainable_numel(zt), mine = optimizer_numel(zt);
   if (zero == 1 && dp > 1) {
     EXPECT_LT(mine, shard);
   }
   Tensor sum = Tensor::from_vector<int64_t>({mine}, {1});
   comm->split(tp_rank, comm->rank())->all_reduce(sum, parallel::ReduceOp::sum);  // over this DP group
-  const bool projected = c.optimizer.find("GALORE") != std::string::npos || c.optimizer.find("FIRA") != std::string::npos;
-  if (projected)  // the optimizer steps whole-tensor stand-ins: the one-process parameters
-    EXPECT_EQ(mine, trainable_numel(one));
+  if (projected && zero == 0)
+    EXPECT_EQ(mine, shard);
   else
     EXPECT_EQ(sum.to_vector<int64_t>()[0], zero == 1 ? shard : shard * dp);
   // Every shard equals the slice of the one-process weights (atol: AdamW normalises
@@ -418,6 +423,64 @@ TEST(TensorParallelGaLoreFira, ResumeIsBitExact) {
   }
 }
 
+// With ZeRO-1 on top (np 4: dp2 x tp2): the stand-ins are owned whole by the data-parallel
+// ranks, each stepping its matrices' projected state; still the one-process run.
+TEST(TensorParallelGaLoreFira, ZeroEqualsOneProcessOnTheSameGlobalBatch) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  for (const TpCase& c : kTpProjected) {
+    SCOPED_TRACE(c.name);
+    expect_tp_equals_reference(c, 1);
+  }
+}
+
+TEST(TensorParallelGaLoreFira, ZeroResumeIsBitExact) {
+  if (world()->size() % 2 != 0) GTEST_SKIP();
+  for (const TpCase& c : kTpProjected) {
+    SCOPED_TRACE(c.name);
+    expect_tp_resume_bit_exact(c, 1);
+  }
+}
+
+// Optimizer-state bytes (MemCategory::optimizer_state) of GaLore under dp2 x tp2: plain TP
+// holds the whole matrices' state on every rank; ZeRO-1 divides it over the data-parallel
+// group, each matrix's state on exactly one rank of it (the sum over the group is plain TP's,
+// the largest share at most half of it plus one tensor's state).
+TEST(TensorParallelGaLoreFira, ZeroOptimizerStateBytesFallWithDataParallel) {
+  auto comm = world();
+  if (comm->size() != 4) GTEST_SKIP() << "needs dp 2 x tp 2";
+  SharedDir dir(*comm);
+  const TpCase& c = kTpProjected[0];
+  int64_t max_single = 0;
+  auto measure = [&](int zero) {
+    const int64_t before = memory_stats().current_of(MemCategory::optimizer_state);
+    Trainer t(tp_config(dir / ("state" + std::to_string(zero)), c, zero, 2, 4, 2), opts());
+    t.run();
+    if (zero == 0)
+      for (const auto& g : t.optimizer().groups())
+        for (const auto& np : g.params) {
+          int64_t b = 0;
+          for (const auto& kv : t.optimizer().param_state(np.first)) b += static_cast<int64_t>(kv.second.nbytes());
+          max_single = std::max(max_single, b);
+        }
+    return memory_stats().current_of(MemCategory::optimizer_state) - before;
+  };
+  const int64_t plain = measure(0), zero = measure(1);
+  ASSERT_GT(plain, 0);
+  Tensor sum = Tensor::from_vector<int64_t>({zero}, {1});
+  comm->split(comm->rank() % 2, comm->rank())->all_reduce(sum, parallel::ReduceOp::sum);  // over the DP group
+  Tensor mx = Tensor::from_vector<int64_t>({zero}, {1});
+  comm->all_reduce(mx, parallel::ReduceOp::max);
+  const int64_t largest = mx.to_vector<int64_t>()[0];
+  if (comm->rank() == 0)
+    std::printf("[zero memory] GaLore dp 2 x tp 2: optimizer state per rank plain TP %lld B, ZeRO-1 at most %lld B "
+                "(%.3f of plain)\n",
+                static_cast<long long>(plain), static_cast<long long>(largest),
+                static_cast<double>(largest) / static_cast<double>(plain));
+  EXPECT_EQ(sum.to_vector<int64_t>()[0], plain);
+  EXPECT_LE(largest, plain / 2 + max_single);
+  EXPECT_LT(largest, plain);
+}
+
 TEST_P(ZeroTensorParallel, ResumeIsBitExact) {
   auto comm = world();
   if (comm->size() % 2 != 0) GTEST_SKIP();
@@ -440,6 +503,91 @@ TEST_P(ZeroTensorParallel, ResumeIsBitExact) {
 
 INSTANTIATE_TEST_SUITE_P(Models, ZeroTensorParallel, ::testing::ValuesIn(kTpCases),
                          [](const ::testing::TestParamInfo<TpCase>& info) { return info.param.name; });
+
+// Layer-wise updates under TP = 2 (optimizer.layerwise, train/layerwise.h), SGD: the same
+// weights and losses as the ordinary TP step, bit for bit (np 2: each shard stepped from its
+// hook; np 4, dp2 x tp2: from the bucket reducer's hand-over), and as layer-wise updates in one
+// process on the same global batch (f32 tolerance). The Ladder residual's row-parallel biases
+// and Megatron-SP's norm weights have gradients that are partial sums over TP: stepped in
+// finish(), after ParallelLayout::finish_gradients sums them.
+struct LayerwiseTpCase {
+  std::string name;
+  std::string model;
+  bool megatron_sp = false;
+  bool deferred = false;  // some parameters have partial-sum gradients
+};
+void PrintTo(const LayerwiseTpCase& c, std::ostream* os) { *os << c.name; }
+const std::vector<LayerwiseTpCase> kLayerwiseTp = {
+    {"Gpt2", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1"},
+    {"Gpt2Ladder", "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 ladder_residual: true", false, true},
+    {"LlamaGqaMegatronSp", "arch: LLAMA n_layer: 2 n_head: 4 n_kv_head: 2 d_model: 32 max_seq_len: 32", true, true},
+};
+
+RunConfig layerwise_tp_config(const std::string& run_dir, const LayerwiseTpCase& c, int tp, int micro_batch,
+                              bool layerwise, bool dropout) {
+  // SGD with momentum: its update is linear in the gradient, so a partial sum stepped before
+  // its TP reduction shows (AdamW's normalised update would nearly hide a factor).
+  RunConfig cfg = tp_config(run_dir, TpCase{c.name, c.model, kOptimizers[2].fields}, 0, tp, micro_batch);
+  cfg.mutable_train()->set_grad_clip(0);  // layer-wise updates never hold every gradient
+  cfg.mutable_optimizer()->set_layerwise(layerwise);
+  if (!dropout) cfg.mutable_model()->set_dropout(0);
+  if (c.megatron_sp && tp > 1) {
+    cfg.mutable_parallel()->set_sequence_parallel(tp);
+    cfg.mutable_parallel()->set_sequence_parallel_mode(ParallelConfig::MEGATRON);
+  }
+  return cfg;
+}
+
+class TensorParallelLayerwise : public ::testing::TestWithParam<LayerwiseTpCase> {};
+
+TEST_P(TensorParallelLayerwise, EqualsTheOrdinaryStepAndOneProcess) {
+  auto comm = world();
+  if (comm->size() % 2 != 0) GTEST_SKIP();
+  const LayerwiseTpCase& c = GetParam();
+  SharedDir dir(*comm);
+  const int tp = 2, dp = comm->size() / tp, tp_rank = comm->rank() % tp;
+  // Each DP rank draws its own dropout masks: dropout only where dp is 1.
+  const bool dropout = dp == 1;
+  Trainer one(layerwise_tp_config(dir / ("one" + std::to_string(comm->rank())), c, 1, 4 * dp, true, dropout),
+              opts(std::make_shared<parallel::SingleProcessCommunicator>()));
+  const TrainResult a = one.run();
+  Trainer ordinary(layerwise_tp_config(dir / "ordinary", c, tp, 4, false, dropout), opts());
+  const TrainResult b = ordinary.run();
+  Trainer lw(layerwise_tp_config(dir / "layerwise", c, tp, 4, true, dropout), opts());
+  const TrainResult l = lw.run();
+  ASSERT_EQ(a.steps.size(), 4u);
+  ASSERT_EQ(b.steps.size(), 4u);
+  ASSERT_EQ(l.steps.size(), 4u);
+  ASSERT_NE(lw.layerwise(), nullptr);
+  EXPECT_GT(lw.layerwise()->updated_before_finish(), 0);  // stepped during backward
+  if (c.deferred) {
+    EXPECT_GT(lw.layerwise()->updated_in_finish(), 0);  // the partial sums, after it
+  }
+  for (size_t i = 0; i < l.steps.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    EXPECT_EQ(l.steps[i].loss, b.steps[i].loss);
+    EXPECT_NEAR(l.steps[i].grad_norm, b.steps[i].grad_norm, 1e-5 * b.steps[i].grad_norm);
+    EXPECT_NEAR(l.steps[i].loss, a.steps[i].loss, 1e-5 * std::abs(a.steps[i].loss));
+    EXPECT_NEAR(l.steps[i].grad_norm, a.steps[i].grad_norm, 1e-5 * a.steps[i].grad_norm);
+  }
+  bool bitwise = false;
+  const double diff = max_param_diff(lw.model(), ordinary.model(), &bitwise);
+  EXPECT_TRUE(bitwise) << "max |layer-wise - ordinary| = " << diff;
+  int compared = 0;
+  for (const auto& [n, p] : lw.model().named_parameters()) {
+    const Tensor want = parallel::slice_shard(n, one.model().parameter(n), one.model().spec(), tp, tp_rank, 100);
+    ASSERT_EQ(want.shape(), p.shape()) << n;
+    const auto x = want.to(DType::f64).to_vector<double>(), y = p.contiguous().to(DType::f64).to_vector<double>();
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]) - (1e-5 + 1e-4 * std::abs(x[i])));
+    EXPECT_LE(worst, 0.0) << n;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, TensorParallelLayerwise, ::testing::ValuesIn(kLayerwiseTp),
+                         [](const ::testing::TestParamInfo<LayerwiseTpCase>& info) { return info.param.name; });
 
 // Stopped after step 2 and resumed: every rank's final checkpoint (weights, its optimizer-state
 // shard, data position, RNG) equals that of a run that never stopped, bit for bit.
