@@ -79,7 +79,9 @@ class Backend : public DeviceOps {
 
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) = 0;
   // window: 0 = every causal key; > 0 = the last `window` keys up to the causal limit
-  // (sliding-window attention; only with causal, checked by the op layer).
+  // (sliding-window attention; only with causal, checked by the op layer). On the CPU the
+  // [B, H, T, D] operands and results (out.out, grads) may be strided with a unit last dim
+  // (kernels/ops_nn.cpp); other backends get them contiguous.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                          int64_t window, const AttentionOut& out) = 0;
   virtual void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,
