@@ -6,6 +6,9 @@
 // two (an add writing the pre-activation, a GELU reading it back).
 #include "kernels/cpu/fused.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/optim.h"
 #include "kernels/cpu/vmath.h"
@@ -33,6 +36,35 @@ void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t ro
     } else {
       for (int64_t j = 0; j < n; ++j) o[j] = vmath::gelu_tanh<T>(p[j] + bias[j]);
     }
+  }
+}
+
+// g = dy * gelu_tanh'(pre) and, when db is given, db[c] = sum over rows of g[r, c]: one pass
+// instead of the unary backward's and then sum_to_shape's over g. The sum is reduce.cpp's
+// column-wise one (double accumulator, rows in order, rounded once), so db has the same
+// bits as the two ops; column blocks run in parallel and each walks every row, so the
+// order does not depend on the thread count.
+template <typename T>
+void gelu_backward_bias_grad(const T* pre, const T* dy, T* g, T* db, int64_t rows, int64_t n) {
+  constexpr int64_t kCols = 64;
+  const int64_t nblk = (n + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static) if (rows * n > detail::kParallelGrain && nblk > 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t c0 = blk * kCols, nc = std::min(kCols, n - c0);
+    double acc[kCols] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* p = pre + r * n + c0;
+      const T* d = dy + r * n + c0;
+      T* o = g + r * n + c0;
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) {
+        const T v = vmath::gelu_tanh_backward<T>(p[c], d[c]);
+        o[c] = v;
+        acc[c] += static_cast<double>(v);
+      }
+    }
+    if (db)
+      for (int64_t c = 0; c < nc; ++c) db[c0 + c] = static_cast<T>(acc[c]);
   }
 }
 
@@ -78,6 +110,31 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act
   switch (act) {
     case Activation::none: break;
     case Activation::gelu_tanh: unary(UnaryOp::gelu_tanh, z, out); break;
+  }
+}
+
+void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g, const Tensor& db) {
+  LATHE_CHECK(act == Activation::gelu_tanh) << "linear_act_backward: no fused rule for " << activation_name(act);
+  const int64_t n = g.size(-1), rows = n > 0 ? g.numel() / n : 0;
+  const bool flat = pre.is_contiguous() && dy.is_contiguous() && g.is_contiguous();
+  if (flat && g.dtype() == DType::f32) {
+    gelu_backward_bias_grad<float>(pre.data<float>(), dy.data<float>(), g.data<float>(),
+                                   db.defined() ? db.data<float>() : nullptr, rows, n);
+    return;
+  }
+  if (flat && g.dtype() == DType::f64) {
+    gelu_backward_bias_grad<double>(pre.data<double>(), dy.data<double>(), g.data<double>(),
+                                    db.defined() ? db.data<double>() : nullptr, rows, n);
+    return;
+  }
+  // Other dtypes and layouts: the two ops.
+  unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy, g);
+  if (db.defined()) {
+    std::vector<int64_t> axes(static_cast<size_t>(g.dim() - 1));
+    Shape keep(static_cast<size_t>(g.dim()), 1);
+    keep.back() = n;
+    for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
+    reduce(ReduceOp::sum, g, axes, 0, db.view(keep));
   }
 }
 
