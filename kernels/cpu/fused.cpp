@@ -6,6 +6,8 @@
 // two (an add writing the pre-activation, a GELU reading it back).
 #include "kernels/cpu/fused.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -42,29 +44,38 @@ void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t ro
 // g = dy * gelu_tanh'(pre) and, when db is given, db[c] = sum over rows of g[r, c]: one pass
 // instead of the unary backward's and then sum_to_shape's over g. The sum is reduce.cpp's
 // column-wise one (double accumulator, rows in order, rounded once), so db has the same
-// bits as the two ops; column blocks run in parallel and each walks every row, so the
-// order does not depend on the thread count.
+// bits as the two ops. Each thread owns a contiguous range of columns and walks every row
+// (long unit-stride runs for the prefetcher), so the order does not depend on the thread
+// count either.
 template <typename T>
 void gelu_backward_bias_grad(const T* pre, const T* dy, T* g, T* db, int64_t rows, int64_t n) {
-  constexpr int64_t kCols = 64;
-  const int64_t nblk = (n + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static) if (rows * n > detail::kParallelGrain && nblk > 1)
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    const int64_t c0 = blk * kCols, nc = std::min(kCols, n - c0);
-    double acc[kCols] = {};
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* p = pre + r * n + c0;
-      const T* d = dy + r * n + c0;
-      T* o = g + r * n + c0;
+#pragma omp parallel if (rows * n > detail::kParallelGrain && n >= 32)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+    const int64_t c0 = std::min(n, t * per), c1 = std::min(n, c0 + per), nc = c1 - c0;
+    if (nc > 0) {
+      std::vector<double> acc(db ? static_cast<size_t>(nc) : 0, 0.0);
+      double* a = acc.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* p = pre + r * n + c0;
+        const T* d = dy + r * n + c0;
+        T* o = g + r * n + c0;
+        if (db) {
 #pragma omp simd
-      for (int64_t c = 0; c < nc; ++c) {
-        const T v = vmath::gelu_tanh_backward<T>(p[c], d[c]);
-        o[c] = v;
-        acc[c] += static_cast<double>(v);
+          for (int64_t c = 0; c < nc; ++c) {
+            const T v = vmath::gelu_tanh_backward<T>(p[c], d[c]);
+            o[c] = v;
+            a[c] += static_cast<double>(v);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < nc; ++c) o[c] = vmath::gelu_tanh_backward<T>(p[c], d[c]);
+        }
       }
+      if (db)
+        for (int64_t c = 0; c < nc; ++c) db[c0 + c] = static_cast<T>(a[c]);
     }
-    if (db)
-      for (int64_t c = 0; c < nc; ++c) db[c0 + c] = static_cast<T>(acc[c]);
   }
 }
 
