@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/memory.h"
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/kernels/reference.h"
@@ -177,6 +178,30 @@ TEST(AttentionTilesCpu, HeadViewsOfProjectionsGiveTheSameBitsInPlace) {
           EXPECT_EQ(diff, 0u) << what << ": " << diff << " values differ";
         }
       }
+}
+
+// The same case through the allocator's accounting: reading the head views in place means
+// the forward allocates exactly its results (out, lse) and the backward exactly dq, dk, dv
+// (plus, with GQA, the per-query-head dK/dV it sums per group): no copy of any operand.
+TEST(AttentionTilesCpu, HeadViewsAllocateOnlyTheResults) {
+  Generator gen(65);
+  const int64_t B = 2, H = 4, T = 70, D = 16;
+  for (int64_t Hkv : {int64_t(4), int64_t(2)}) {
+    auto heads = [&](int64_t h) {
+      return Tensor::randn({B, T, h * D}, gen).view({B, T, h, D}).transpose(1, 2);
+    };
+    const Tensor q = heads(H), k = heads(Hkv), v = heads(Hkv), go = heads(H);
+    const int64_t f = sizeof(float), q_bytes = B * H * T * D * f, kv_bytes = B * Hkv * T * D * f;
+    reset_peak_memory();
+    int64_t base = memory_stats().total_current;
+    AttentionOut o = attention(q, k, v, true, 0.25);
+    EXPECT_EQ(memory_stats().total_peak - base, q_bytes + B * H * T * f) << "forward, Hkv " << Hkv;
+    reset_peak_memory();
+    base = memory_stats().total_current;
+    AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.25);
+    const int64_t per_head_scratch = Hkv == H ? 0 : 2 * q_bytes;
+    EXPECT_EQ(memory_stats().total_peak - base, q_bytes + 2 * kv_bytes + per_head_scratch) << "backward, Hkv " << Hkv;
+  }
 }
 
 }  // namespace
