@@ -101,6 +101,11 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, std::string("linear:") + activation_name(act));
     inner_.linear(x, w, bias, act, out, pre);
   }
+  void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g,
+                           const Tensor& db) override {
+    Timer t(*this, std::string("linear_act_backward:") + activation_name(act));
+    inner_.linear_act_backward(act, pre, dy, g, db);
+  }
   void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) override {
     Timer t(*this, "softmax");
     inner_.softmax(x, axis, log, out);

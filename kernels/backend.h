@@ -47,6 +47,11 @@ class Backend : public DeviceOps {
   // when the caller wants the pre-activation (only with an activation); then it is written too.
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
                       const Tensor& pre) = 0;
+  // The activation's part of linear's backward: g = dy * act'(pre) (act != none; pre and dy
+  // of g's shape) and, when db is defined ([N]), the bias gradient: g summed over every dim
+  // but the last, as sum_to_shape would (the CPU does both in one pass).
+  virtual void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g,
+                                   const Tensor& db) = 0;
 
   virtual void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) = 0;
   virtual void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) = 0;
@@ -79,7 +84,9 @@ class Backend : public DeviceOps {
 
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, const Tensor& out) = 0;
   // window: 0 = every causal key; > 0 = the last `window` keys up to the causal limit
-  // (sliding-window attention; only with causal, checked by the op layer).
+  // (sliding-window attention; only with causal, checked by the op layer). On the CPU the
+  // [B, H, T, D] operands and results (out.out, grads) may be strided with a unit last dim
+  // (kernels/ops_nn.cpp); other backends get them contiguous.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                          int64_t window, const AttentionOut& out) = 0;
   virtual void attention_backward(const Tensor& gout, const Tensor& q, const Tensor& k, const Tensor& v,

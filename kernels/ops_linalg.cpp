@@ -110,14 +110,21 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x_in, const Tensor& 
                                                                 dy.device().str()
                                                           : std::string("undefined"));
   Tensor g = dy;
+  LinearGrads r;
   if (act == Activation::gelu_tanh) {
-    LATHE_CHECK(pre.defined() && pre.shape() == dy.shape())
-        << "linear_backward: gelu_tanh needs the pre-activation " << shape_str(ys) << ", got "
-        << (pre.defined() ? pre.shape_str() : std::string("undefined"));
-    g = unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy);
+    LATHE_CHECK(pre.defined() && pre.shape() == dy.shape() && pre.dtype() == dy.dtype() && pre.device() == dy.device())
+        << "linear_backward: gelu_tanh needs the pre-activation " << shape_str(ys) << " "
+        << dtype_name(dy.dtype()) << ", got " << (pre.defined() ? pre.shape_str() + " " + dtype_name(pre.dtype()) : std::string("undefined"));
+    // The activation's gradient and the bias gradient in one call (one pass on the CPU).
+    g = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+    if (need_db) r.db = Tensor::empty({w.size(0)}, dy.dtype(), dy.device());
+    if (g.numel() > 0) {
+      backend(dy.device()).linear_act_backward(act, pre, dy, g, need_db ? r.db : Tensor());
+    } else if (need_db) {
+      r.db.zero_();
+    }
   }
   // The same products (and so the same roundings) as autograd's matmul + add backward.
-  LinearGrads r;
   const bool vec = x_in.dim() == 1;
   const Tensor x = vec ? x_in.unsqueeze(0) : x_in;
   const Tensor g2 = vec ? g.unsqueeze(0) : g;
@@ -130,7 +137,7 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x_in, const Tensor& 
     const int64_t k = x.size(-1), n = g2.size(-1);
     r.dw = matmul(g2.reshape({-1, n}), x.reshape({-1, k}), true, false);
   }
-  if (need_db) r.db = sum_to_shape(g, {w.size(0)});
+  if (need_db && !r.db.defined()) r.db = sum_to_shape(g, {w.size(0)});
   return r;
 }
 

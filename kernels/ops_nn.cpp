@@ -392,15 +392,34 @@ void rope_tables(int64_t T, const std::vector<double>& inv_freq, int64_t start, 
 
 // ---- attention ----------------------------------------------------------------------------
 
+namespace {
+// The CPU kernels address every [B, H, T, D] operand and result through its strides (unit
+// head dim): the heads of a [B, T, H * D] projection, a transposed view, are read in place,
+// and results are laid out as the input they belong to, so an output in [B, T, H, D] order
+// merges its heads back with a view (bench/README.md section 18). The CUDA kernels take
+// and give contiguous tensors.
+bool strided_attention(const Tensor& t) { return t.device().is_cpu(); }
+Tensor attention_operand(const Tensor& t) {
+  return strided_attention(t) && (t.stride(3) == 1 || t.size(3) <= 1) ? t : t.contiguous();
+}
+// Empty, of t's shape, in [B, T, H, D] memory order when t is in that order (CPU only).
+Tensor empty_heads_like(const Tensor& t) {
+  if (strided_attention(t) && t.size(1) > 1 && t.size(2) > 1 && t.stride(1) < t.stride(2))
+    return Tensor::empty({t.size(0), t.size(2), t.size(1), t.size(3)}, t.dtype(), t.device()).transpose(1, 2);
+  return Tensor::empty(t.shape(), t.dtype(), t.device());
+}
+}  // namespace
+
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                        int64_t window) {
   const char* op = "attention";
   check_attention_inputs(op, q, k, v, scale, causal, window);
   AttentionOut out;
-  out.out = Tensor::empty(q.shape(), q.dtype(), q.device());
+  out.out = empty_heads_like(q);
   out.lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, stat_dtype(q.dtype()), q.device());
   if (out.lse.numel() > 0) {
-    backend(q.device()).attention(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, window, out);
+    backend(q.device()).attention(attention_operand(q), attention_operand(k), attention_operand(v), causal, scale,
+                                  window, out);
   }
   return out;
 }
@@ -421,12 +440,13 @@ AttentionGrads attention_backward(const Tensor& gout, const Tensor& q, const Ten
       << " for q " << q.shape_str() << ", got " << desc(lse);
   check_device(op, "q", q, "lse", lse);
   AttentionGrads g;
-  g.dq = Tensor::empty(q.shape(), q.dtype(), q.device());
-  g.dk = Tensor::empty(k.shape(), k.dtype(), k.device());
-  g.dv = Tensor::empty(v.shape(), v.dtype(), v.device());
+  g.dq = empty_heads_like(q);
+  g.dk = empty_heads_like(k);
+  g.dv = empty_heads_like(v);
   if (q.numel() > 0 && k.numel() > 0) {
-    backend(q.device()).attention_backward(gout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-                                           out.contiguous(), lse.contiguous(), causal, scale, window, g);
+    backend(q.device()).attention_backward(attention_operand(gout), attention_operand(q), attention_operand(k),
+                                           attention_operand(v), attention_operand(out), lse.contiguous(), causal,
+                                           scale, window, g);
   } else {
     g.dq.zero_();
     g.dk.zero_();

@@ -14,6 +14,10 @@
 // keys, only the last `window`; key blocks wholly before the first row's window are skipped
 // like those past the last row's causal limit, and inside a block each row masks both ends.
 // bf16/f16 inputs are converted to f32 once per call; everything computes in f32 or f64.
+// Every [B, H, T, D] operand and result is addressed through its own strides (the head dim
+// must be unit-stride): the tile GEMMs take the row stride as their leading dimension, so
+// the heads of a [B, T, H * D] projection (a transposed view) are read in place and the
+// output can be written in the [B, T, H, D] order the out-projection reads, no copies.
 #include <cblas.h>
 #include <omp.h>
 
@@ -110,6 +114,13 @@ class SerialBlas {
   int omp_, blas_;
 };
 
+// Where element (b, h, t, 0) of a [B, H, T, D] operand lies: b * sb + h * sh + t * st.
+struct Lay {
+  int64_t sb, sh, st;
+  int64_t at(int64_t b, int64_t h, int64_t t) const { return b * sb + h * sh + t * st; }
+};
+Lay lay_of(const Tensor& t) { return Lay{t.stride(0), t.stride(1), t.stride(2)}; }
+
 struct Dims {
   int64_t B, H, Hkv, T, S, D;
   bool causal = false;
@@ -118,8 +129,8 @@ struct Dims {
   // when causal, and of those only the last `window` with a sliding window.
   int64_t keys(int64_t t) const { return causal ? std::clamp<int64_t>(t + (S - T) + 1, 0, S) : S; }
   int64_t first(int64_t t) const { return window > 0 ? std::max<int64_t>(keys(t) - window, 0) : 0; }
-  // Offset (in elements) of the k/v head that query row block (b, h) reads.
-  int64_t kv_base(int64_t b, int64_t h) const { return ((b * Hkv + h / (H / Hkv)) * S) * D; }
+  // The k/v head that query head h reads.
+  int64_t kv_head(int64_t h) const { return h / (H / Hkv); }
   int64_t q_blocks() const { return (T + kBq - 1) / kBq; }
 };
 
@@ -129,7 +140,8 @@ struct Dims {
 // causal limit of the block's last row are skipped; inside the diagonal block the scores
 // past each row's limit get probability 0.
 template <typename A>
-void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, A* lse, A scale) {
+void attention_forward(const Dims& d, const A* q, Lay ql, const A* k, Lay kl, const A* v, Lay vl, A* o, Lay ol,
+                       A* lse, A scale) {
   const int64_t D = d.D, nqb = d.q_blocks(), tasks = d.B * d.H * nqb;
   const A ninf = -std::numeric_limits<A>::infinity();
   SerialBlas serial;
@@ -143,12 +155,12 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t bh = task / nqb, t0 = (task % nqb) * kBq, b = bh / d.H, h = bh % d.H;
       const int64_t nq = std::min(kBq, d.T - t0);
-      const A* qb = q + (bh * d.T + t0) * D;
-      const A* kb = k + d.kv_base(b, h);
-      const A* vb = v + d.kv_base(b, h);
-      A* ob = o + (bh * d.T + t0) * D;
+      const A* qb = q + ql.at(b, h, t0);
+      const A* kb = k + kl.at(b, d.kv_head(h), 0);
+      const A* vb = v + vl.at(b, d.kv_head(h), 0);
+      A* ob = o + ol.at(b, h, t0);
       A* lb = lse + bh * d.T + t0;
-      std::fill(ob, ob + nq * D, A(0));
+      for (int64_t i = 0; i < nq; ++i) std::fill(ob + i * ol.st, ob + i * ol.st + D, A(0));
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), A(0));
       // The block's last row has the highest causal limit, its first row the lowest window
@@ -156,7 +168,7 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
       const int64_t kmax = d.keys(t0 + nq - 1), kmin = d.first(t0) / kBk * kBk;
       for (int64_t s0 = kmin; s0 < kmax; s0 += kBk) {
         const int64_t nk = std::min(kBk, kmax - s0);
-        gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), sc.data(), kBk);
+        gemm(false, true, nq, nk, D, scale, qb, ql.st, kb + s0 * kl.st, kl.st, A(0), sc.data(), kBk);
         for (int64_t i = 0; i < nq; ++i) {
           A* p = sc.data() + i * kBk;
           // This row's visible keys of the block: [lo, lim).
@@ -174,15 +186,15 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
           std::fill(p + lim, p + nk, A(0));
           l[i] = l[i] * corr + partials::sum<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; });
           if (corr != A(1)) {
-            A* orow = ob + i * D;
+            A* orow = ob + i * ol.st;
             for (int64_t c = 0; c < D; ++c) orow[c] *= corr;
           }
           m[i] = mx;
         }
-        gemm(false, false, nq, D, nk, A(1), sc.data(), kBk, vb + s0 * D, D, A(1), ob, D);
+        gemm(false, false, nq, D, nk, A(1), sc.data(), kBk, vb + s0 * vl.st, vl.st, A(1), ob, ol.st);
       }
       for (int64_t i = 0; i < nq; ++i) {
-        A* orow = ob + i * D;
+        A* orow = ob + i * ol.st;
         if (l[i] == A(0)) {  // no visible key: zero output, lse = -inf
           std::fill(orow, orow + D, A(0));
           lb[i] = ninf;
@@ -200,10 +212,18 @@ void attention_forward(const Dims& d, const A* q, const A* k, const A* v, A* o, 
 // block, P = exp(scale Q K^T - lse) and dP = dO V^T are GEMMs, dS = P (dP - D_i), and
 // dV += P^T dO, dQ += scale dS K, dK += scale dS^T Q are GEMMs accumulating into the
 // outputs. A task owns a whole head so dK/dV sum over the query blocks in a fixed order.
-// dkh/dvh: [B, H, S, D] per-query-head gradients (zeroed); the caller sums each group.
+// dkh/dvh: [B, H, S, D] per-query-head gradients; the caller sums each group. dq, dkh and
+// dvh are zeroed here (each task owns its head's rows).
 template <typename A>
-void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k, const A* v, const A* o,
-                              const A* lse, A scale, A* dq, A* dkh, A* dvh) {
+struct BwdArgs {
+  const A *go, *q, *k, *v, *o, *lse;
+  Lay gol, ql, kl, vl, ol;
+  A *dq, *dkh, *dvh;
+  Lay dql, dkl, dvl;
+};
+
+template <typename A>
+void attention_backward_heads(const Dims& d, const BwdArgs<A>& x, A scale) {
   const int64_t D = d.D, BH = d.B * d.H;
   SerialBlas serial;
 #pragma omp parallel num_threads(serial.threads()) if (BH * d.T * d.S * D > 32768 && BH > 1)
@@ -211,24 +231,30 @@ void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k
     std::vector<A> p(static_cast<size_t>(kBq * kBk)), dp(p.size()), di(kBq);
 #pragma omp for schedule(static, 1)
     for (int64_t bh = 0; bh < BH; ++bh) {
-      const int64_t b = bh / d.H, h = bh % d.H;
-      const A* kb = k + d.kv_base(b, h);
-      const A* vb = v + d.kv_base(b, h);
-      A* dkb = dkh + bh * d.S * D;
-      A* dvb = dvh + bh * d.S * D;
-      std::fill(dq + bh * d.T * D, dq + (bh + 1) * d.T * D, A(0));
+      const int64_t b = bh / d.H, h = bh % d.H, hk = d.kv_head(h);
+      const Lay &ql = x.ql, &kl = x.kl, &vl = x.vl, &gl = x.gol, &dql = x.dql, &dkl = x.dkl, &dvl = x.dvl;
+      const A* kb = x.k + kl.at(b, hk, 0);
+      const A* vb = x.v + vl.at(b, hk, 0);
+      A* dkb = x.dkh + dkl.at(b, h, 0);
+      A* dvb = x.dvh + dvl.at(b, h, 0);
+      for (int64_t t = 0; t < d.T; ++t) std::fill(x.dq + dql.at(b, h, t), x.dq + dql.at(b, h, t) + D, A(0));
+      for (int64_t s = 0; s < d.S; ++s) {
+        std::fill(dkb + s * dkl.st, dkb + s * dkl.st + D, A(0));
+        std::fill(dvb + s * dvl.st, dvb + s * dvl.st + D, A(0));
+      }
       for (int64_t t0 = 0; t0 < d.T; t0 += kBq) {
-        const int64_t nq = std::min(kBq, d.T - t0), r0 = bh * d.T + t0;
-        const A* qb = q + r0 * D;
-        const A* gb = go + r0 * D;
-        const A* lb = lse + r0;
-        A* dqb = dq + r0 * D;
-        for (int64_t i = 0; i < nq; ++i) di[i] = dot(gb + i * D, o + (r0 + i) * D, D);
+        const int64_t nq = std::min(kBq, d.T - t0);
+        const A* qb = x.q + ql.at(b, h, t0);
+        const A* gb = x.go + gl.at(b, h, t0);
+        const A* ob = x.o + x.ol.at(b, h, t0);
+        const A* lb = x.lse + bh * d.T + t0;
+        A* dqb = x.dq + dql.at(b, h, t0);
+        for (int64_t i = 0; i < nq; ++i) di[i] = dot(gb + i * gl.st, ob + i * x.ol.st, D);
         const int64_t kmax = d.keys(t0 + nq - 1), kmin = d.first(t0) / kBk * kBk;  // as in the forward
         for (int64_t s0 = kmin; s0 < kmax; s0 += kBk) {
           const int64_t nk = std::min(kBk, kmax - s0);
-          gemm(false, true, nq, nk, D, scale, qb, D, kb + s0 * D, D, A(0), p.data(), kBk);
-          gemm(false, true, nq, nk, D, A(1), gb, D, vb + s0 * D, D, A(0), dp.data(), kBk);
+          gemm(false, true, nq, nk, D, scale, qb, ql.st, kb + s0 * kl.st, kl.st, A(0), p.data(), kBk);
+          gemm(false, true, nq, nk, D, A(1), gb, gl.st, vb + s0 * vl.st, vl.st, A(0), dp.data(), kBk);
           for (int64_t i = 0; i < nq; ++i) {
             A* pr = p.data() + i * kBk;
             A* dr = dp.data() + i * kBk;
@@ -249,27 +275,30 @@ void attention_backward_heads(const Dims& d, const A* go, const A* q, const A* k
             // 0; the two dots are summed in different orders here, so say so explicitly.
             if (hi - first == 1 && first >= s0 && first < s0 + nk) dr[first - s0] = A(0);
           }
-          gemm(true, false, nk, D, nq, A(1), p.data(), kBk, gb, D, A(1), dvb + s0 * D, D);
-          gemm(false, false, nq, D, nk, scale, dp.data(), kBk, kb + s0 * D, D, A(1), dqb, D);
-          gemm(true, false, nk, D, nq, scale, dp.data(), kBk, qb, D, A(1), dkb + s0 * D, D);
+          gemm(true, false, nk, D, nq, A(1), p.data(), kBk, gb, gl.st, A(1), dvb + s0 * dvl.st, dvl.st);
+          gemm(false, false, nq, D, nk, scale, dp.data(), kBk, kb + s0 * kl.st, kl.st, A(1), dqb, dql.st);
+          gemm(true, false, nk, D, nq, scale, dp.data(), kBk, qb, ql.st, A(1), dkb + s0 * dkl.st, dkl.st);
         }
       }
     }
   }
 }
 
-// Sums the per-query-head gradients of each group of H/Hkv heads, in head order.
+// Sums the per-query-head gradients (contiguous [B, H, S, D]) of each group of H/Hkv heads,
+// in head order, into dst (laid out as `dl`).
 template <typename A>
-void sum_groups(const Dims& d, const A* src, A* dst) {
-  const int64_t G = d.H / d.Hkv, SD = d.S * d.D;
+void sum_groups(const Dims& d, const A* src, A* dst, Lay dl) {
+  const int64_t G = d.H / d.Hkv, SD = d.S * d.D, D = d.D;
 #pragma omp parallel for schedule(static) if (d.B * d.H * SD > 65536)
   for (int64_t bk = 0; bk < d.B * d.Hkv; ++bk) {
     const int64_t b = bk / d.Hkv, hk = bk % d.Hkv;
-    A* o = dst + bk * SD;
-    std::fill(o, o + SD, A(0));
-    for (int64_t g = 0; g < G; ++g) {
-      const A* s = src + ((b * d.H) + hk * G + g) * SD;
-      for (int64_t i = 0; i < SD; ++i) o[i] += s[i];
+    for (int64_t s = 0; s < d.S; ++s) {
+      A* o = dst + dl.at(b, hk, s);
+      std::fill(o, o + D, A(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const A* r = src + ((b * d.H) + hk * G + g) * SD + s * D;
+        for (int64_t i = 0; i < D; ++i) o[i] += r[i];
+      }
     }
   }
 }
@@ -278,9 +307,17 @@ Dims dims_of(const Tensor& q, const Tensor& k, bool causal, int64_t window) {
   return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), causal, causal ? window : 0};
 }
 
+// A [B, H, T, D] tensor the kernels can address in place: unit-stride head dim.
+bool addressable(const Tensor& t) { return t.dim() != 4 ? t.is_contiguous() : t.stride(3) == 1 || t.size(3) <= 1; }
+
 // `t` in the compute dtype, or a scratch tensor of that dtype when t is lower precision.
 Tensor acc_target(const Tensor& t, DType acc) {
-  return t.dtype() == acc && t.is_contiguous() ? t : Tensor::empty(t.shape(), acc, Device::cpu());
+  return t.dtype() == acc && addressable(t) ? t : Tensor::empty(t.shape(), acc, Device::cpu());
+}
+// An input in the compute dtype, copied only when it is not addressable.
+Tensor acc_input(const Tensor& t, DType acc) {
+  Tensor a = t.to(acc);
+  return addressable(a) ? a : a.contiguous();
 }
 void finish(const Tensor& scratch, const Tensor& dst) {
   if (!scratch.is_same(dst)) dst.copy_(scratch);
@@ -290,10 +327,10 @@ template <typename A>
 void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t window,
                     const AttentionOut& out) {
   const DType acc = dtype_of<A>::value;
-  Tensor qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
+  Tensor qa = acc_input(q, acc), ka = acc_input(k, acc), va = acc_input(v, acc);
   Tensor oa = acc_target(out.out, acc), la = acc_target(out.lse, acc);
-  attention_forward<A>(dims_of(q, k, causal, window), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(),
-                       la.data<A>(), static_cast<A>(scale));
+  attention_forward<A>(dims_of(q, k, causal, window), qa.data<A>(), lay_of(qa), ka.data<A>(), lay_of(ka),
+                       va.data<A>(), lay_of(va), oa.data<A>(), lay_of(oa), la.data<A>(), static_cast<A>(scale));
   finish(oa, out.out);
   finish(la, out.lse);
 }
@@ -304,25 +341,22 @@ void attention_backward_impl(const Tensor& gout, const Tensor& q, const Tensor& 
                              const AttentionGrads& grads) {
   const DType acc = dtype_of<A>::value;
   const Dims d = dims_of(q, k, causal, window);
-  auto in = [&](const Tensor& t) { return t.to(acc).contiguous(); };
-  Tensor ga = in(gout), qa = in(q), ka = in(k), va = in(v), oa = in(out), la = in(lse);
+  auto in = [&](const Tensor& t) { return acc_input(t, acc); };
+  Tensor ga = in(gout), qa = in(q), ka = in(k), va = in(v), oa = in(out), la = lse.to(acc).contiguous();
   Tensor dq = acc_target(grads.dq, acc);
   const bool grouped = d.H != d.Hkv;
   // Without grouping each kv head has one query head: write its gradient in place.
-  Tensor dkh = grouped ? Tensor::zeros({d.B, d.H, d.S, d.D}, acc) : acc_target(grads.dk, acc);
-  Tensor dvh = grouped ? Tensor::zeros({d.B, d.H, d.S, d.D}, acc) : acc_target(grads.dv, acc);
-  if (!grouped) {
-    dkh.zero_();
-    dvh.zero_();
-  }
-  attention_backward_heads<A>(d, ga.data<A>(), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(),
-                              la.data<A>(), static_cast<A>(scale), dq.data<A>(), dkh.data<A>(),
-                              dvh.data<A>());
+  Tensor dkh = grouped ? Tensor::empty({d.B, d.H, d.S, d.D}, acc) : acc_target(grads.dk, acc);
+  Tensor dvh = grouped ? Tensor::empty({d.B, d.H, d.S, d.D}, acc) : acc_target(grads.dv, acc);
+  BwdArgs<A> x{ga.data<A>(), qa.data<A>(), ka.data<A>(), va.data<A>(), oa.data<A>(), la.data<A>(),
+               lay_of(ga),   lay_of(qa),   lay_of(ka),   lay_of(va),   lay_of(oa),   dq.data<A>(),
+               dkh.data<A>(), dvh.data<A>(), lay_of(dq),  lay_of(dkh),  lay_of(dvh)};
+  attention_backward_heads<A>(d, x, static_cast<A>(scale));
   finish(dq, grads.dq);
   if (grouped) {
     Tensor dk = acc_target(grads.dk, acc), dv = acc_target(grads.dv, acc);
-    sum_groups<A>(d, dkh.data<A>(), dk.data<A>());
-    sum_groups<A>(d, dvh.data<A>(), dv.data<A>());
+    sum_groups<A>(d, dkh.data<A>(), dk.data<A>(), lay_of(dk));
+    sum_groups<A>(d, dvh.data<A>(), dv.data<A>(), lay_of(dv));
     finish(dk, grads.dk);
     finish(dv, grads.dv);
   } else {

@@ -54,6 +54,10 @@ class CpuBackend final : public Backend {
               const Tensor& pre) override {
     cpu::linear(x, w, bias, act, out, pre);
   }
+  void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g,
+                           const Tensor& db) override {
+    cpu::linear_act_backward(act, pre, dy, g, db);
+  }
   void gather(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& out) override {
     cpu::gather(x, axis, index, out);
   }

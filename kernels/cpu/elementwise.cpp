@@ -113,8 +113,6 @@ void unary_backward_t(UnaryOp op, const Tensor& in, bool from_y, const Tensor& g
       default: LATHE_FAIL() << "unary_backward(" << unary_name(op) << "): no rule in terms of the output";
     }
   }
-  const C k_tanh = C(0.7978845608028654);   // sqrt(2/pi)
-  const C c_tanh = C(0.044715);
   const C inv_sqrt2 = C(0.7071067811865476);
   const C inv_sqrt2pi = C(0.3989422804014327);  // 1/sqrt(2 pi)
   switch (op) {
@@ -138,18 +136,7 @@ void unary_backward_t(UnaryOp op, const Tensor& in, bool from_y, const Tensor& g
         return g * s * (one - s);
       });
     case UnaryOp::relu: return go([=](C x, C g) { return x > zero ? g : zero; });
-    case UnaryOp::gelu_tanh:
-      // d/dx x s(2u) with s = sigmoid, u = k (x + c x^3) (the forward's form):
-      // s + 2 x s (1 - s) du/dx, du/dx = k (1 + 3 c x^2). 1 - s = e s is exact-ish where s is
-      // near 1 (e <= 1, i.e. x >= 0); elsewhere 1 - s has no cancellation and e s could be
-      // inf * 0. The sign bit decides (vmath::sign_select, which keeps the loop vectorizable).
-      return go([=](C x, C g) {
-        C e = vmath::exp_of<C>(C(-2) * k_tanh * (x + c_tanh * x * x * x));
-        C s = one / (one + e);
-        C oms = vmath::sign_select(x, e * s, one - s);
-        C du = k_tanh * (one + C(3) * c_tanh * x * x);
-        return g * (s + two * x * s * oms * du);
-      });
+    case UnaryOp::gelu_tanh: return go([](C x, C g) { return vmath::gelu_tanh_backward<C>(x, g); });
     case UnaryOp::gelu_erf:
       // Phi(x) + x phi(x)
       return go([=](C x, C g) {

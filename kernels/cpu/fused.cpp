@@ -6,6 +6,12 @@
 // two (an add writing the pre-activation, a GELU reading it back).
 #include "kernels/cpu/fused.h"
 
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/optim.h"
 #include "kernels/cpu/vmath.h"
@@ -14,24 +20,116 @@ namespace lathe::kernels::cpu {
 
 namespace {
 
+// One row of the bias + GELU epilogue: z = p + bias, pre = z when pre is given, o = gelu(z).
+template <typename T>
+__attribute__((always_inline)) inline void bias_gelu_row(const T* p, const T* bias, T* z, T* o, int64_t n) {
+  if (z) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = p[j] + bias[j];
+      z[j] = v;
+      o[j] = vmath::gelu_tanh<T>(v);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) o[j] = vmath::gelu_tanh<T>(p[j] + bias[j]);
+  }
+}
+
+// One row segment of GELU's backward: o = gelu'(p) * d, and a += o in double when a is given.
+template <typename T>
+__attribute__((always_inline)) inline void gelu_backward_row(const T* p, const T* d, T* o, double* a, int64_t n) {
+  if (a) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      const T v = vmath::gelu_tanh_backward<T>(p[c], d[c]);
+      o[c] = v;
+      a[c] += static_cast<double>(v);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) o[c] = vmath::gelu_tanh_backward<T>(p[c], d[c]);
+  }
+}
+
+// Both loops are bound by GELU's arithmetic (an exp and a division per element), and lathe's
+// own code is built for baseline x86-64 (SSE2). The f32 rows are compiled a second time for
+// AVX2 (8 lanes instead of 4) and chosen at run time. AVX2 without FMA: every operation is
+// the same IEEE operation as in the SSE2 code, rounded the same way (no contraction, no
+// reassociation), so the bits do not depend on which copy runs (LinearFused tests compare
+// them with the unfused SSE2 ops).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target("avx2"))) void bias_gelu_row_avx2(const float* p, const float* bias, float* z, float* o,
+                                                        int64_t n) {
+  bias_gelu_row<float>(p, bias, z, o, n);
+}
+__attribute__((target("avx2"))) void gelu_backward_row_avx2(const float* p, const float* d, float* o, double* a,
+                                                            int64_t n) {
+  gelu_backward_row<float>(p, d, o, a, n);
+}
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#else
+bool have_avx2() { return false; }
+void bias_gelu_row_avx2(const float* p, const float* bias, float* z, float* o, int64_t n) {
+  bias_gelu_row<float>(p, bias, z, o, n);
+}
+void gelu_backward_row_avx2(const float* p, const float* d, float* o, double* a, int64_t n) {
+  gelu_backward_row<float>(p, d, o, a, n);
+}
+#endif
+
+template <typename T>
+void bias_gelu_row_best(const T* p, const T* bias, T* z, T* o, int64_t n, bool avx2) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2) return bias_gelu_row_avx2(p, bias, z, o, n);
+  }
+  (void)avx2;
+  bias_gelu_row<T>(p, bias, z, o, n);
+}
+template <typename T>
+void gelu_backward_row_best(const T* p, const T* d, T* o, double* a, int64_t n, bool avx2) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2) return gelu_backward_row_avx2(p, d, o, a, n);
+  }
+  (void)avx2;
+  gelu_backward_row<T>(p, d, o, a, n);
+}
+
 // z = prod + bias (row-broadcast), pre = z when pre is given, out = gelu_tanh(z); prod may be
 // pre or out itself (each element is read before it is written). Rows in parallel: every
 // element's result is independent of the split.
 template <typename T>
 void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t rows, int64_t n) {
+  const bool avx2 = have_avx2();
 #pragma omp parallel for schedule(static) if (rows * n > detail::kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* p = prod + r * n;
-    T* o = out + r * n;
-    if (pre) {
-      T* z = pre + r * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = p[j] + bias[j];
-        z[j] = v;
-        o[j] = vmath::gelu_tanh<T>(v);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) o[j] = vmath::gelu_tanh<T>(p[j] + bias[j]);
+  for (int64_t r = 0; r < rows; ++r)
+    bias_gelu_row_best<T>(prod + r * n, bias, pre ? pre + r * n : nullptr, out + r * n, n, avx2);
+}
+
+// g = dy * gelu_tanh'(pre) and, when db is given, db[c] = sum over rows of g[r, c]: one pass
+// instead of the unary backward's and then sum_to_shape's over g. The sum is reduce.cpp's
+// column-wise one (double accumulator, rows in order, rounded once), so db has the same
+// bits as the two ops. Each thread owns a contiguous range of columns and walks every row
+// (long unit-stride runs for the prefetcher), so the order does not depend on the thread
+// count either.
+template <typename T>
+void gelu_backward_bias_grad(const T* pre, const T* dy, T* g, T* db, int64_t rows, int64_t n) {
+  const bool avx2 = have_avx2();
+#pragma omp parallel if (rows * n > detail::kParallelGrain && n >= 32)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+    const int64_t c0 = std::min(n, t * per), c1 = std::min(n, c0 + per), nc = c1 - c0;
+    if (nc > 0) {
+      std::vector<double> acc(db ? static_cast<size_t>(nc) : 0, 0.0);
+      double* a = db ? acc.data() : nullptr;
+      for (int64_t r = 0; r < rows; ++r)
+        gelu_backward_row_best<T>(pre + r * n + c0, dy + r * n + c0, g + r * n + c0, a, nc, avx2);
+      if (db)
+        for (int64_t c = 0; c < nc; ++c) db[c0 + c] = static_cast<T>(acc[c]);
     }
   }
 }
@@ -78,6 +176,31 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act
   switch (act) {
     case Activation::none: break;
     case Activation::gelu_tanh: unary(UnaryOp::gelu_tanh, z, out); break;
+  }
+}
+
+void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g, const Tensor& db) {
+  LATHE_CHECK(act == Activation::gelu_tanh) << "linear_act_backward: no fused rule for " << activation_name(act);
+  const int64_t n = g.size(-1), rows = n > 0 ? g.numel() / n : 0;
+  const bool flat = pre.is_contiguous() && dy.is_contiguous() && g.is_contiguous();
+  if (flat && g.dtype() == DType::f32) {
+    gelu_backward_bias_grad<float>(pre.data<float>(), dy.data<float>(), g.data<float>(),
+                                   db.defined() ? db.data<float>() : nullptr, rows, n);
+    return;
+  }
+  if (flat && g.dtype() == DType::f64) {
+    gelu_backward_bias_grad<double>(pre.data<double>(), dy.data<double>(), g.data<double>(),
+                                    db.defined() ? db.data<double>() : nullptr, rows, n);
+    return;
+  }
+  // Other dtypes and layouts: the two ops.
+  unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy, g);
+  if (db.defined()) {
+    std::vector<int64_t> axes(static_cast<size_t>(g.dim() - 1));
+    Shape keep(static_cast<size_t>(g.dim()), 1);
+    keep.back() = n;
+    for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
+    reduce(ReduceOp::sum, g, axes, 0, db.view(keep));
   }
 }
 

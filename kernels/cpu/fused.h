@@ -12,6 +12,9 @@ namespace lathe::kernels::cpu {
 
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,
             const Tensor& pre);
+// g = dy * act'(pre) (gelu_tanh only); db, when defined ([N], contiguous), the sum of g over
+// every dim but the last, with the bits of sum_to_shape (one pass for f32/f64).
+void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g, const Tensor& db);
 void adamw_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                       const std::vector<Tensor>& ms, const std::vector<Tensor>& vs, double lr, double beta1,
                       double beta2, double eps, double weight_decay, int64_t step, AdamVariant variant);

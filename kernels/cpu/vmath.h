@@ -96,4 +96,19 @@ inline C gelu_tanh(C v) {
   return v / (C(1) + exp_of<C>(C(-2) * k_tanh * (v + c_tanh * v * v * v)));
 }
 
+// g * d/dx gelu_tanh(x): with s = sigmoid(2u), u = k (x + c x^3) (the forward's form),
+// s + 2 x s (1 - s) du/dx, du/dx = k (1 + 3 c x^2). 1 - s = e s is exact-ish where s is
+// near 1 (e <= 1, i.e. x >= 0); elsewhere 1 - s has no cancellation and e s could be
+// inf * 0. The sign bit decides (sign_select, which keeps the loop vectorizable). The unary
+// backward and the fused linear backward both call this, so they agree bit for bit.
+template <typename C>
+inline C gelu_tanh_backward(C x, C g) {
+  const C k_tanh = C(0.7978845608028654), c_tanh = C(0.044715), one = C(1), two = C(2);
+  const C e = exp_of<C>(C(-2) * k_tanh * (x + c_tanh * x * x * x));
+  const C s = one / (one + e);
+  const C oms = sign_select(x, e * s, one - s);
+  const C du = k_tanh * (one + C(3) * c_tanh * x * x);
+  return g * (s + two * x * s * oms * du);
+}
+
 }  // namespace lathe::kernels::cpu::vmath

@@ -33,6 +33,17 @@ class CudaBackend final : public Backend {
   void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction, const Tensor& out) override { cuda::reduce(op, x, axes, correction, out); }
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override { cuda::matmul(a, b, trans_a, trans_b, out); }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre) override { cuda::linear(x, w, bias, act, out, pre); }
+  // The two ops (unary backward, then the column sum): what linear_backward did before.
+  void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g, const Tensor& db) override {
+    LATHE_CHECK(act == Activation::gelu_tanh) << "linear_act_backward: no rule for " << activation_name(act);
+    cuda::unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy, g);
+    if (!db.defined()) return;
+    std::vector<int64_t> axes;
+    Shape keep(static_cast<size_t>(g.dim()), 1);
+    keep.back() = g.size(-1);
+    for (int64_t i = 0; i + 1 < g.dim(); ++i) axes.push_back(i);
+    cuda::reduce(ReduceOp::sum, g, axes, 0, db.view(keep));
+  }
   void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& out) override { cuda::softmax(x, axis, log, out); }
   void softmax_backward(const Tensor& y, const Tensor& gy, int64_t axis, bool log, const Tensor& out) override { cuda::softmax_backward(y, gy, axis, log, out); }
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const NormOut& out) override { cuda::layer_norm(x, w, b, eps, out); }

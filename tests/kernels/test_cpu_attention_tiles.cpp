@@ -9,8 +9,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "core/memory.h"
 #include "kernels/ops.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/kernels/reference.h"
@@ -136,6 +139,68 @@ TEST(AttentionTilesCpu, SameBitsForAnyThreadCount) {
     size_t diff = 0;
     for (size_t i = 0; i < runs[0].size(); ++i) diff += std::memcmp(&runs[r][i], &runs[0][i], sizeof(float)) != 0;
     EXPECT_EQ(diff, 0u) << "thread count " << r + 1 << " changed " << diff << " values";
+  }
+}
+
+// The heads of [B, T, H * D] projections, read in place (transposed views, row stride H * D),
+// give the same bits as contiguous copies, and the results come back in the same
+// [B, T, H, D] memory order (so merging the heads is a view). f32 and f64, MHA and GQA,
+// causal and windowed, with gout strided too.
+TEST(AttentionTilesCpu, HeadViewsOfProjectionsGiveTheSameBitsInPlace) {
+  Generator gen(64);
+  for (DType dt : {DType::f32, DType::f64})
+    for (int64_t Hkv : {int64_t(4), int64_t(2)})
+      for (int64_t window : {int64_t(0), int64_t(37)}) {
+        const int64_t B = 2, H = 4, T = 130, D = 24;
+        auto heads = [&](int64_t h) {  // [B, T, h*D] -> [B, h, T, D] view
+          return Tensor::randn({B, T, h * D}, gen, dt).view({B, T, h, D}).transpose(1, 2);
+        };
+        const Tensor q = heads(H), k = heads(Hkv), v = heads(Hkv), go = heads(H);
+        ASSERT_FALSE(q.is_contiguous());
+        AttentionOut os = attention(q, k, v, true, 0.3, window);
+        AttentionGrads gs = attention_backward(go, q, k, v, os.out, os.lse, true, 0.3, window);
+        AttentionOut oc = attention(q.contiguous(), k.contiguous(), v.contiguous(), true, 0.3, window);
+        AttentionGrads gc = attention_backward(go.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+                                               oc.out, oc.lse, true, 0.3, window);
+        const std::string what = std::string(dtype_name(dt)) + " Hkv " + std::to_string(Hkv) + " window " +
+                                 std::to_string(window);
+        // Results in the inputs' [B, T, H, D] order: transposing back is contiguous.
+        for (const Tensor* t : {&os.out, &gs.dq, &gs.dk, &gs.dv})
+          EXPECT_TRUE(t->transpose(1, 2).is_contiguous()) << what;
+        EXPECT_TRUE(oc.out.is_contiguous()) << what;
+        const std::pair<const Tensor*, const Tensor*> pairs[] = {
+            {&os.out, &oc.out}, {&os.lse, &oc.lse}, {&gs.dq, &gc.dq}, {&gs.dk, &gc.dk}, {&gs.dv, &gc.dv}};
+        for (const auto& [a, b] : pairs) {
+          const auto x = a->to(DType::f64).to_vector<double>(), y = b->to(DType::f64).to_vector<double>();
+          ASSERT_EQ(x.size(), y.size());
+          size_t diff = 0;
+          for (size_t i = 0; i < x.size(); ++i) diff += std::memcmp(&x[i], &y[i], sizeof(double)) != 0;
+          EXPECT_EQ(diff, 0u) << what << ": " << diff << " values differ";
+        }
+      }
+}
+
+// The same case through the allocator's accounting: reading the head views in place means
+// the forward allocates exactly its results (out, lse) and the backward exactly dq, dk, dv
+// (plus, with GQA, the per-query-head dK/dV it sums per group): no copy of any operand.
+TEST(AttentionTilesCpu, HeadViewsAllocateOnlyTheResults) {
+  Generator gen(65);
+  const int64_t B = 2, H = 4, T = 70, D = 16;
+  for (int64_t Hkv : {int64_t(4), int64_t(2)}) {
+    auto heads = [&](int64_t h) {
+      return Tensor::randn({B, T, h * D}, gen).view({B, T, h, D}).transpose(1, 2);
+    };
+    const Tensor q = heads(H), k = heads(Hkv), v = heads(Hkv), go = heads(H);
+    const int64_t f = sizeof(float), q_bytes = B * H * T * D * f, kv_bytes = B * Hkv * T * D * f;
+    reset_peak_memory();
+    int64_t base = memory_stats().total_current;
+    AttentionOut o = attention(q, k, v, true, 0.25);
+    EXPECT_EQ(memory_stats().total_peak - base, q_bytes + B * H * T * f) << "forward, Hkv " << Hkv;
+    reset_peak_memory();
+    base = memory_stats().total_current;
+    AttentionGrads g = attention_backward(go, q, k, v, o.out, o.lse, true, 0.25);
+    const int64_t per_head_scratch = Hkv == H ? 0 : 2 * q_bytes;
+    EXPECT_EQ(memory_stats().total_peak - base, q_bytes + 2 * kv_bytes + per_head_scratch) << "backward, Hkv " << Hkv;
   }
 }
 

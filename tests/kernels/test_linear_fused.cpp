@@ -4,6 +4,7 @@
 // the models (so CPU training runs keep their exact numbers); adamw_step_multi bit for bit
 // against adamw_step on each tensor.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -181,6 +182,50 @@ TEST(LinearFused, BackwardMatchesFormulaInF64) {
       EXPECT_FALSE(only_dw.dx.defined());
       EXPECT_FALSE(only_dw.db.defined());
       EXPECT_TRUE(bits_equal(only_dw.dw, g.dw, "dw alone"));
+    }
+  }
+}
+
+// The activation's gradient and the bias gradient come from one fused pass on the CPU; they
+// must keep the bits of the separate ops (unary backward, sum_to_shape) and of the products
+// built on them, for any thread count. N = 200 spans several 64-column blocks (one partial).
+TEST(LinearFused, BackwardBitIdenticalToSeparateOps) {
+  const int saved = omp_get_max_threads();
+  for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
+    for (int64_t N : {kN, int64_t(200)}) {
+      for (const Shape& xs : {Shape{37, kK}, Shape{4, 300, kK}}) {
+        Tensor x = randn(xs, dt, 41), w = randn({N, kK}, dt, 42), b = randn({N}, dt, 43);
+        Shape ys = xs;
+        ys.back() = N;
+        Tensor dy = randn(ys, dt, 44);
+        Tensor pre;
+        linear(x, w, b, Activation::gelu_tanh, &pre);
+        const std::string what = std::string(dtype_name(dt)) + " " + shape_str(xs) + " N " + std::to_string(N);
+        const Tensor g = unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dy);
+        const Tensor db_ref = sum_to_shape(g, {N});
+        const Tensor dx_ref = matmul(g, w, false, false);
+        const Tensor dw_ref = matmul(g.reshape({-1, N}), x.reshape({-1, kK}), true, false);
+        for (int threads : {1, 2, 3}) {
+          omp_set_num_threads(threads);
+          const LinearGrads r = linear_backward(dy, x, w, pre, Activation::gelu_tanh, true, true, true);
+          const std::string wt = what + " threads " + std::to_string(threads);
+          EXPECT_TRUE(bits_equal(r.db, db_ref, wt + " db"));
+          EXPECT_TRUE(bits_equal(r.dx, dx_ref, wt + " dx"));
+          EXPECT_TRUE(bits_equal(r.dw, dw_ref, wt + " dw"));
+          // Without the bias gradient: the same dx.
+          const LinearGrads nb = linear_backward(dy, x, w, pre, Activation::gelu_tanh, true, false, false);
+          EXPECT_FALSE(nb.db.defined());
+          EXPECT_TRUE(bits_equal(nb.dx, dx_ref, wt + " dx without db"));
+        }
+        omp_set_num_threads(saved);
+        // A strided dy (the general path) gives the same bits too.
+        if (xs.size() == 2) {
+          Tensor dyt = randn({N, xs[0]}, dt, 44).transpose(0, 1);
+          const Tensor gt = unary_backward(UnaryOp::gelu_tanh, pre, Tensor(), dyt);
+          const LinearGrads r = linear_backward(dyt, x, w, pre, Activation::gelu_tanh, true, true, true);
+          EXPECT_TRUE(bits_equal(r.db, sum_to_shape(gt, {N}), what + " strided dy, db"));
+        }
+      }
     }
   }
 }
