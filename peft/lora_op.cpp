@@ -29,12 +29,21 @@ Tensor lora_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const T
         << t->shape_str() << " " << dtype_name(t->dtype()) << " on " << t->device().str();
 
   const Tensor& xin = xa.defined() ? xa : x;
-  // No bias in this call, so x W^T lands in y itself (kernels::linear makes no temporary).
-  Tensor y = k::linear(x, w, Tensor());
+  Tensor y;
+  if (bias.defined()) {
+    // The bias is the GEMM's starting C: one pass writing it replaces BLAS clearing C
+    // (beta = 0) and a bias add over y afterwards.
+    Shape ys = x.shape();
+    ys.back() = out;
+    y = Tensor::empty(ys, x.dtype(), x.device());
+    y.copy_(bias.expand(ys));
+    k::matmul_acc_(y, x, w, false, true);
+  } else {
+    y = k::linear(x, w, Tensor());  // no bias: x W^T lands in y itself, no temporary
+  }
   const Tensor h1 = k::matmul(xin, a, false, true);                 // [..., r]
   const Tensor h = rmat.defined() ? k::matmul(h1, rmat, false, true) : h1;
   k::matmul_acc_(y, h, b, false, true, scale);                      // y += s h B^T
-  if (bias.defined()) k::add_(y, bias);
 
   const bool adapter_on_x = !xa.defined();
   const Tensor xs = ag::saved(x), ws = ag::saved(w), xas = ag::saved(xa), as = ag::saved(a), bs = ag::saved(b),

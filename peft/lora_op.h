@@ -2,9 +2,9 @@
 //
 //   y = x W^T + s * (xa A^T [R^T]) B^T + b        (xa: the adapter's input; x itself without dropout)
 //
-// Forward writes x W^T into y, adds s h B^T into the same buffer (kernels::matmul_acc_, BLAS
-// beta = 1: no [tokens, out] branch output, no separate add and no scale pass over it; the
-// scale rides on the GEMM's alpha) and adds the bias in place. Backward, when the adapter
+// Forward starts y from the bias (no BLAS clearing of C), accumulates x W^T and then s h B^T
+// into the same buffer (kernels::matmul_acc_, BLAS beta = 1: no [tokens, out] branch output,
+// no separate add and no scale pass over it; the scale rides on the GEMM's alpha). Backward, when the adapter
 // reads x itself, writes the two input gradients dY W and (s dY B [R]) A into one buffer (the
 // second GEMM accumulates), instead of two [tokens, in] tensors summed by the engine. Only
 // the gradients asked for are computed: a frozen W runs no weight-gradient GEMM, and an input

@@ -46,6 +46,7 @@ struct Variant {
   bool train_base = false;  // the base weight unfrozen (the op's weight-gradient branch)
   bool x_grad = true;       // false: the layer's input needs no gradient (under a frozen embedding)
   bool middle = false;      // LoRA-XS / LoRA-SB's R, with A and B made trainable too
+  bool bias = true;         // the base Linear has a bias
 };
 
 class LoraFused : public ::testing::TestWithParam<Variant> {};
@@ -53,9 +54,9 @@ class LoraFused : public ::testing::TestWithParam<Variant> {};
 TEST_P(LoraFused, ForwardAndBackwardEqualTheUnfusedFormula) {
   const Variant v = GetParam();
   Generator gen(31), drop(77);
-  auto base = std::make_shared<models::Linear>(9, 7, true);
+  auto base = std::make_shared<models::Linear>(9, 7, v.bias);
   test::randomize(base->weight(), 3, 0.5);
-  test::randomize(base->bias(), 4, 0.5);
+  if (v.bias) test::randomize(base->bias(), 4, 0.5);
   LoraOptions o;
   o.r = 3;
   o.alpha = 5;  // s = 5/3 (rsLoRA 5/sqrt(3)): not a power of two, a dropped or doubled scale shows
@@ -103,7 +104,7 @@ TEST_P(LoraFused, ForwardAndBackwardEqualTheUnfusedFormula) {
     Tensor loss = ag::sum(ag::mul(y, c));
     if (bwd) *bwd = count_kernels([&] { loss.backward(); }); else loss.backward();
     std::vector<Tensor> out = {y.detach(), x.grad()};
-    for (const Tensor& p : params) out.push_back(p.grad());
+    for (const Tensor& p : params) out.push_back(p.defined() ? p.grad() : Tensor());
     return out;
   };
   std::map<std::string, int64_t> fwd, bwd;
@@ -120,7 +121,7 @@ TEST_P(LoraFused, ForwardAndBackwardEqualTheUnfusedFormula) {
   // The fused path ran: the branch is accumulated into the base output (one matmul_acc, no
   // [tokens, out] add), and without dropout the two input gradients share one buffer (a
   // second matmul_acc, and no add_ joining two gradients of x).
-  EXPECT_EQ(fwd["matmul_acc"], 1);
+  EXPECT_EQ(fwd["matmul_acc"], v.bias ? 2 : 1);  // with a bias, x W^T accumulates onto it too
   EXPECT_EQ(fwd["binary"], 0);
   const bool shared_dx = v.x_grad && v.dropout == 0;
   EXPECT_EQ(bwd["matmul_acc"], shared_dx ? 1 : 0);
@@ -137,7 +138,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"input_frozen", 0, false, false, false, false},
                       Variant{"dropout_input_frozen", 0.3, false, false, false, false},
                       Variant{"middle_factor", 0, false, false, false, true, true},
-                      Variant{"middle_dropout_rslora", 0.25, true, true, false, true, true}),
+                      Variant{"middle_dropout_rslora", 0.25, true, true, false, true, true},
+                      Variant{"no_bias", 0, false, false, false, true, false, false},
+                      Variant{"no_bias_middle_dropout", 0.3, false, false, true, true, true, false}),
     [](const ::testing::TestParamInfo<Variant>& i) { return i.param.name; });
 
 // Autograd records an op only when an input requires a gradient: in a LoRA model the frozen
