@@ -29,8 +29,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   Tensor xs = saved(x), ws = saved(weight), mean = o.mean, rstd = o.rstd;
   bool has_bias = bias.defined();
   return record("layer_norm", o.y, {x, weight, bias},
-                [xs, ws, mean, rstd, has_bias](const Grads& g, const Needs&) -> Grads {
-                  kernels::NormGrads r = kernels::layer_norm_backward(g[0], xs, ws, mean, rstd, has_bias);
+                [xs, ws, mean, rstd, has_bias](const Grads& g, const Needs& need) -> Grads {
+                  // A frozen weight or bias gets no column sum (dx is always computed).
+                  kernels::NormGrads r =
+                      kernels::layer_norm_backward(g[0], xs, ws, mean, rstd, has_bias && need[2], need[1]);
                   return {r.dx, r.dweight, r.dbias};
                 });
 }
@@ -38,8 +40,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   kernels::NormOut o = kernels::rms_norm(x, weight, eps);
   Tensor xs = saved(x), ws = saved(weight), rstd = o.rstd;
-  return record("rms_norm", o.y, {x, weight}, [xs, ws, rstd](const Grads& g, const Needs&) -> Grads {
-    kernels::NormGrads r = kernels::rms_norm_backward(g[0], xs, ws, rstd);
+  return record("rms_norm", o.y, {x, weight}, [xs, ws, rstd](const Grads& g, const Needs& need) -> Grads {
+    kernels::NormGrads r = kernels::rms_norm_backward(g[0], xs, ws, rstd, need[1]);
     return {r.dx, r.dweight};
   });
 }

@@ -88,6 +88,11 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "matmul");
     inner_.matmul(a, b, trans_a, trans_b, out);
   }
+  void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+                  const Tensor& out) override {
+    Timer t(*this, "matmul_acc");
+    inner_.matmul_acc(a, b, trans_a, trans_b, alpha, out);
+  }
   void svd(const Tensor& a, const SvdOut& out) override {
     Timer t(*this, "svd");
     inner_.svd(a, out);
@@ -119,6 +124,8 @@ class ProfilingBackend final : public Backend {
     inner_.layer_norm(x, w, b, eps, out);
   }
   void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const NormGrads& out) override {
+    // Counted apart: the calls that also sum the weight/bias gradients (a frozen norm does not).
+    if (out.dweight.defined() || out.dbias.defined()) ++stats_["layer_norm_backward (param grads)"].calls;
     Timer t(*this, "layer_norm_backward");
     inner_.layer_norm_backward(gy, x, w, mean, rstd, out);
   }
@@ -127,6 +134,8 @@ class ProfilingBackend final : public Backend {
     inner_.rms_norm(x, w, eps, out);
   }
   void rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& rstd, const NormGrads& out) override {
+    // Counted apart: the calls that also sum the weight/bias gradients (a frozen norm does not).
+    if (out.dweight.defined() || out.dbias.defined()) ++stats_["rms_norm_backward (param grads)"].calls;
     Timer t(*this, "rms_norm_backward");
     inner_.rms_norm_backward(gy, x, w, rstd, out);
   }

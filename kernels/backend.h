@@ -42,6 +42,9 @@ class Backend : public DeviceOps {
 
   // out [..., M, N] = op(a) @ op(b); batch dims of a and b already broadcast to out's.
   virtual void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) = 0;
+  // out [..., M, N] += alpha * op(a) @ op(b) (out contiguous, shapes as matmul's).
+  virtual void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+                          const Tensor& out) = 0;
   // out [..., N] = act(x [..., K] @ w^T + bias); x has >= 2 dims, w is [N, K], bias [N] or
   // undefined, all one dtype and device, any of them strided. pre (out's shape) is defined
   // when the caller wants the pre-activation (only with an activation); then it is written too.

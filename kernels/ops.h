@@ -59,6 +59,12 @@ Tensor sum_to_shape(const Tensor& x, const Shape& shape);
 // batch dims broadcast; a 2-D b is shared by every batch. Output [..., M, N].
 // BLAS is called on strided views without copying where their layout allows.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// out += alpha * op(a) @ op(b), in place (BLAS beta = 1): a, b as in matmul; out has matmul's
+// output shape, dtype and device and is contiguous. A sum of products then lands in one
+// buffer (a LoRA branch on its base output, the base and adapter input gradients) without a
+// second [M, N] tensor and an add over it.
+void matmul_acc_(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false,
+                 double alpha = 1.0);
 
 // Thin singular value decomposition of a 2-D f32/f64 matrix a [m, n]:
 // a = u diag(s) vt with u [m, k], s [k] descending and >= 0, vt [k, n], k = min(m, n).
@@ -108,14 +114,16 @@ struct NormOut {
   Tensor rstd;  // [rows] f32, 1/sqrt(var + eps) or 1/sqrt(mean(x^2) + eps)
 };
 struct NormGrads {
-  Tensor dx, dweight, dbias;  // dweight/dbias undefined when the weight/bias was undefined
+  Tensor dx, dweight, dbias;  // dweight/dbias undefined when the weight/bias was undefined or not asked for
 };
-// weight and bias may be undefined (no affine transform).
+// weight and bias may be undefined (no affine transform). The backward computes dbias only
+// with has_bias and dweight only with need_dweight (a frozen norm: dx alone, no column sums).
 NormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 NormGrads layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                              const Tensor& rstd, bool has_bias);
+                              const Tensor& rstd, bool has_bias, bool need_dweight = true);
 NormOut rms_norm(const Tensor& x, const Tensor& weight, double eps);
-NormGrads rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& rstd);
+NormGrads rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                            bool need_dweight = true);
 
 // ---- embeddings and indexing ------------------------------------------------------------
 // weight [V, C], ids (i64/i32) of any shape -> [*ids.shape, C]. Out-of-range ids are an error.

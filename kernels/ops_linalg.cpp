@@ -7,40 +7,64 @@
 
 namespace lathe::kernels {
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  LATHE_CHECK(a.defined() && b.defined()) << "matmul: undefined input tensor";
+namespace {
+// Checks a matmul's operands and gives the output shape and a and b expanded to the
+// broadcast batch dims.
+struct MatmulShapes {
+  Shape as, bs, os;
+};
+MatmulShapes matmul_shapes(const char* op, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  LATHE_CHECK(a.defined() && b.defined()) << op << ": undefined input tensor";
   auto shapes = [&]() {
     return std::string("a ") + a.shape_str() + (trans_a ? " (transposed)" : "") + ", b " + b.shape_str() +
            (trans_b ? " (transposed)" : "");
   };
-  LATHE_CHECK(a.dim() >= 2 && b.dim() >= 2) << "matmul: inputs need at least 2 dims: " << shapes();
-  LATHE_CHECK(a.dtype() == b.dtype()) << "matmul: dtype mismatch: a is " << dtype_name(a.dtype()) << ", b is "
+  LATHE_CHECK(a.dim() >= 2 && b.dim() >= 2) << op << ": inputs need at least 2 dims: " << shapes();
+  LATHE_CHECK(a.dtype() == b.dtype()) << op << ": dtype mismatch: a is " << dtype_name(a.dtype()) << ", b is "
                                       << dtype_name(b.dtype()) << " (" << shapes() << ")";
-  LATHE_CHECK(is_floating(a.dtype())) << "matmul: needs a floating dtype, got " << dtype_name(a.dtype()) << " ("
+  LATHE_CHECK(is_floating(a.dtype())) << op << ": needs a floating dtype, got " << dtype_name(a.dtype()) << " ("
                                       << shapes() << ")";
-  LATHE_CHECK(a.device() == b.device()) << "matmul: device mismatch: a on " << a.device().str() << ", b on "
+  LATHE_CHECK(a.device() == b.device()) << op << ": device mismatch: a on " << a.device().str() << ", b on "
                                         << b.device().str() << " (" << shapes() << ")";
   const int64_t M = trans_a ? a.size(-1) : a.size(-2);
   const int64_t Ka = trans_a ? a.size(-2) : a.size(-1);
   const int64_t Kb = trans_b ? b.size(-1) : b.size(-2);
   const int64_t N = trans_b ? b.size(-2) : b.size(-1);
-  LATHE_CHECK(Ka == Kb) << "matmul: inner dims differ (" << Ka << " vs " << Kb << "): " << shapes();
+  LATHE_CHECK(Ka == Kb) << op << ": inner dims differ (" << Ka << " vs " << Kb << "): " << shapes();
   Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
   Shape batch;
   try {
-    batch = broadcast_shapes(ba, bb, "matmul");
+    batch = broadcast_shapes(ba, bb, op);
   } catch (const Error&) {
-    LATHE_FAIL() << "matmul: batch dims " << shape_str(ba) << " and " << shape_str(bb)
+    LATHE_FAIL() << op << ": batch dims " << shape_str(ba) << " and " << shape_str(bb)
                  << " cannot be broadcast together: " << shapes();
   }
-  Shape as = batch, bs = batch, os = batch;
-  as.insert(as.end(), a.shape().end() - 2, a.shape().end());
-  bs.insert(bs.end(), b.shape().end() - 2, b.shape().end());
-  os.push_back(M);
-  os.push_back(N);
-  Tensor out = Tensor::empty(os, a.dtype(), a.device());
-  backend(a.device()).matmul(a.expand(as), b.expand(bs), trans_a, trans_b, out);
+  MatmulShapes r{batch, batch, batch};
+  r.as.insert(r.as.end(), a.shape().end() - 2, a.shape().end());
+  r.bs.insert(r.bs.end(), b.shape().end() - 2, b.shape().end());
+  r.os.push_back(M);
+  r.os.push_back(N);
+  return r;
+}
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  const MatmulShapes s = matmul_shapes("matmul", a, b, trans_a, trans_b);
+  Tensor out = Tensor::empty(s.os, a.dtype(), a.device());
+  backend(a.device()).matmul(a.expand(s.as), b.expand(s.bs), trans_a, trans_b, out);
   return out;
+}
+
+void matmul_acc_(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha) {
+  const MatmulShapes s = matmul_shapes("matmul_acc_", a, b, trans_a, trans_b);
+  LATHE_CHECK(out.defined() && out.shape() == s.os && out.dtype() == a.dtype() && out.device() == a.device())
+      << "matmul_acc_: out must be " << shape_str(s.os) << " " << dtype_name(a.dtype()) << " on " << a.device().str()
+      << " (a " << a.shape_str() << ", b " << b.shape_str() << "), got "
+      << (out.defined() ? out.shape_str() + " " + dtype_name(out.dtype()) + " on " + out.device().str()
+                        : std::string("undefined"));
+  LATHE_CHECK(out.is_contiguous()) << "matmul_acc_: out " << out.shape_str() << " must be contiguous";
+  if (out.numel() == 0) return;
+  backend(a.device()).matmul_acc(a.expand(s.as), b.expand(s.bs), trans_a, trans_b, alpha, out);
 }
 
 }  // namespace lathe::kernels

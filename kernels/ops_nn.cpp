@@ -106,11 +106,11 @@ void check_norm_stat(const char* op, const char* name, const Tensor& s, const Te
   check_device(op, "x", x, name, s);
 }
 
-NormGrads alloc_norm_grads(const Tensor& x, const Tensor& weight, bool has_bias) {
+NormGrads alloc_norm_grads(const Tensor& x, const Tensor& weight, bool need_dweight, bool has_bias) {
   NormGrads g;
   const int64_t C = x.size(-1);
   g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (weight.defined()) g.dweight = Tensor::empty({C}, weight.dtype(), x.device());
+  if (weight.defined() && need_dweight) g.dweight = Tensor::empty({C}, weight.dtype(), x.device());
   if (has_bias) g.dbias = Tensor::empty({C}, weight.defined() ? weight.dtype() : x.dtype(), x.device());
   return g;
 }
@@ -189,7 +189,7 @@ NormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, do
 }
 
 NormGrads layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                              const Tensor& rstd, bool has_bias) {
+                              const Tensor& rstd, bool has_bias, bool need_dweight) {
   const char* op = "layer_norm_backward";
   check_norm_x(op, x);
   check_defined(op, "gy", gy);
@@ -197,7 +197,7 @@ NormGrads layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w
   check_norm_param(op, "weight", weight, x);
   check_norm_stat(op, "mean", mean, x);
   check_norm_stat(op, "rstd", rstd, x);
-  NormGrads g = alloc_norm_grads(x, weight, has_bias);
+  NormGrads g = alloc_norm_grads(x, weight, need_dweight, has_bias);
   if (x.numel() > 0) {
     backend(x.device()).layer_norm_backward(gy.contiguous(), x.contiguous(),
                                             weight.defined() ? weight.contiguous() : Tensor(), mean.contiguous(),
@@ -224,14 +224,15 @@ NormOut rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return out;
 }
 
-NormGrads rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& rstd) {
+NormGrads rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                            bool need_dweight) {
   const char* op = "rms_norm_backward";
   check_norm_x(op, x);
   check_defined(op, "gy", gy);
   check_same(op, "gy", gy, "x", x);
   check_norm_param(op, "weight", weight, x);
   check_norm_stat(op, "rstd", rstd, x);
-  NormGrads g = alloc_norm_grads(x, weight, false);
+  NormGrads g = alloc_norm_grads(x, weight, need_dweight, false);
   if (x.numel() > 0) {
     backend(x.device()).rms_norm_backward(gy.contiguous(), x.contiguous(),
                                           weight.defined() ? weight.contiguous() : Tensor(), rstd.contiguous(), g);

@@ -1,12 +1,14 @@
 #include "peft/lora.h"
 
 #include <cmath>
+#include <typeinfo>
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "models/autocast.h"
+#include "peft/lora_op.h"
 
 namespace lathe::peft {
 
@@ -102,7 +104,26 @@ Tensor LoraLinear::add_branch(const Tensor& y, const Tensor& delta) {
   return ag::add(y, delta.dtype() != y.dtype() ? ag::cast(delta, y.dtype()) : delta);
 }
 
+Tensor LoraLinear::fused_forward(const Tensor& x) const {
+  // Only over a plain Linear (a subclass or another layer may do more in its forward: a
+  // tensor-parallel one communicates), and where base and adapter compute in one dtype.
+  if (!A_ || !B_ || typeid(*base_) != typeid(models::Linear) || x.dim() < 2) return Tensor();
+  const auto& lin = static_cast<const models::Linear&>(*base_);
+  const Tensor w = lin.weight(), bias = lin.bias(), a = A_->weight(), b = B_->weight(),
+               rm = R_ ? R_->weight() : Tensor();
+  if (!models::Autocast::enabled())
+    for (const Tensor* t : {&w, &bias, &a, &b, &rm})
+      if (t->defined() && t->dtype() != x.dtype()) return Tensor();
+  using models::autocast;
+  const Tensor xc = autocast(x);
+  // The adapter reads x itself unless dropout draws a mask (adapter_input's rule: none in eval).
+  const Tensor xa = dropout_ > 0 && is_training() ? ag::dropout(xc, dropout_, *dropout_gen_, true) : Tensor();
+  return lora_linear(xc, autocast(w), autocast(bias), xa, autocast(a), autocast(b), autocast(rm), scale_);
+}
+
 Tensor LoraLinear::forward(const Tensor& x) const {
+  if (!merged_)
+    if (Tensor y = fused_forward(x); y.defined()) return y;
   Tensor y = base_->forward(x);
   if (merged_) return y;
   Tensor h = A_->forward(adapter_input(x, A_->weight().dtype()));

@@ -111,6 +111,10 @@ class LoraLinear : public models::LinearLayer {
   LoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOptions& opts, Generator* dropout_gen, NoFactors);
   // The adapter branch's input: x in `dt` with the adapter dropout applied.
   Tensor adapter_input(const Tensor& x, DType dt) const;
+  // base(x) + s B (R) A drop(x) as one op and one output buffer (peft/lora_op.h) when the base
+  // is a plain Linear and everything computes in one dtype; undefined otherwise (forward then
+  // composes base_->forward and the adapter's Linears).
+  Tensor fused_forward(const Tensor& x) const;
   // y + delta, with delta cast to y's dtype.
   static Tensor add_branch(const Tensor& y, const Tensor& delta);
   // For subclasses of the family: registers R [r, r] (`lora_R.weight`), zero, trainable.

@@ -5,6 +5,8 @@
 # Prints, per round and run, the median step_ms of steps 2.. and the process CPU time (user+sys).
 # Per-step CPU time: the difference between a STEPS=6 and a STEPS=2 run's CPU, over 4 (the
 # start-up, model load and first step cancel).
+# BASE_LATHE=path/to/other/lathe adds, per round, a third run: the same LoRA run with that binary
+# (speed_lora_base: a before/after comparison of a change, interleaved with the others).
 set -e
 LATHE=${1:-build/lathe}
 OUT=runs/peft_bench
@@ -12,8 +14,10 @@ OUT=runs/peft_bench
 S="--set model.init_from=$OUT/big-hf --set train.steps=${STEPS:-6} --set train.micro_batch=8 --set train.seq_len=128 --set train.eval_batches=1 --set train.log_interval=1 --set schedule.warmup_steps=2 --set parallel.threads_per_rank=1"
 one() {
   name=$1; shift
+  bin=$LATHE
+  [ "$name" = speed_lora_base ] && bin=$BASE_LATHE
   rm -rf $OUT/$name
-  /usr/bin/time -f "%U %S" -o $OUT/$name.time $LATHE finetune bench/peft_methods/finetune.pbtxt \
+  /usr/bin/time -f "%U %S" -o $OUT/$name.time $bin finetune bench/peft_methods/finetune.pbtxt \
       --set run_dir=$OUT/$name $S "$@" > $OUT/$name.log 2>&1
   python3 - $OUT/$name $OUT/$name.time <<'PY'
 import json, statistics, sys
@@ -28,5 +32,7 @@ while [ $r -le ${ROUNDS:-3} ]; do
   one speed_full --set optimizer.lr=1e-4
   one speed_lora --set optimizer.lr=1e-3 --set peft.method=LORA --set peft.r=16 --set peft.lora_alpha=16 \
       --set peft.target_modules=all-linear
+  [ -n "$BASE_LATHE" ] && one speed_lora_base --set optimizer.lr=1e-3 --set peft.method=LORA --set peft.r=16 \
+      --set peft.lora_alpha=16 --set peft.target_modules=all-linear
   r=$((r + 1))
 done

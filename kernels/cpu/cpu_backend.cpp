@@ -48,6 +48,10 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override {
     cpu::matmul(a, b, trans_a, trans_b, out);
   }
+  void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+                  const Tensor& out) override {
+    cpu::matmul_acc(a, b, trans_a, trans_b, alpha, out);
+  }
   void svd(const Tensor& a, const SvdOut& out) override { cpu::svd(a, out); }
   void qr_q(const Tensor& a, const Tensor& q) override { cpu::qr_q(a, q); }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out,

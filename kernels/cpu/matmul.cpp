@@ -8,12 +8,14 @@
 // (or a zero stride from broadcasting inside the matrix) are copied, and the copy keeps
 // broadcast batch dims unmaterialized. Small per-batch products skip BLAS and run a
 // plain loop in parallel over the batch (BLAS stays single-caller and threads itself).
-// bf16/f16 go through f32 and are rounded once at the end.
+// bf16/f16 go through f32 and are rounded once at the end. matmul_acc is the same with
+// C += alpha op(a) op(b) (BLAS beta = 1).
 #include <cblas.h>
 
 #include <cmath>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/linalg.h"
 
 namespace lathe::kernels::cpu {
 
@@ -55,14 +57,14 @@ BlasMat blas_layout(int64_t rows, int64_t cols, int64_t s0, int64_t s1, bool tra
 }
 
 template <typename T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb,
-          T* c, int64_t ldc) {
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
   auto opa = ta ? CblasTrans : CblasNoTrans;
   auto opb = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, opa, opb, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+    cblas_sgemm(CblasRowMajor, opa, opb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {
-    cblas_dgemm(CblasRowMajor, opa, opb, M, N, K, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+    cblas_dgemm(CblasRowMajor, opa, opb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 }
 
@@ -94,15 +96,16 @@ bool foldable_batch(const BatchOffsets& bo, const BlasMat& la, int64_t M) {
   return true;
 }
 
+// out = alpha op(a) op(b) + beta out, beta 0 (matmul: out is not read) or 1 (matmul_acc).
 template <typename T>
-void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tensor& out) {
+void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tensor& out, T alpha = 1, T beta = 0) {
   const int64_t M = out.size(-2), N = out.size(-1);
   const int64_t K = ta ? a_in.size(-2) : a_in.size(-1);
   const int64_t batch = M * N == 0 ? 0 : out.numel() / (M * N);
   T* cp = static_cast<T*>(out.raw_data());
   if (out.numel() == 0) return;
   if (K == 0) {
-    out.zero_();
+    if (beta == 0) out.zero_();
     return;
   }
   Tensor a = a_in, b = b_in;
@@ -132,7 +135,7 @@ void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Te
         for (int64_t j = 0; j < N; ++j) {
           T acc = 0;
           for (int64_t k = 0; k < K; ++k) acc += A[i * ai + k * ak] * B[k * bk + j * bj];
-          C[i * N + j] = acc;
+          C[i * N + j] = beta == 0 ? alpha * acc : alpha * acc + C[i * N + j];
         }
     }
     return;
@@ -156,13 +159,14 @@ void matmul_t(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Te
     // A weight shared by every batch entry and row-major batches of a laid end to end: one
     // [batch*M, K] x [K, N] product. OpenBLAS packs b once instead of once per entry and its
     // kernel runs on longer panels (a 256-row call reached ~60 GFLOP/s, 2048 rows ~75-80).
-    gemm<T>(la.trans, lb.trans, batch * M, N, K, ap, la.ld, bp, lb.ld, cp, std::max<int64_t>(N, 1));
+    gemm<T>(la.trans, lb.trans, batch * M, N, K, alpha, ap, la.ld, bp, lb.ld, beta, cp, std::max<int64_t>(N, 1));
     return;
   }
   for (int64_t bi = 0; bi < batch; ++bi) {
     int64_t oa, ob;
     bo.at(bi, oa, ob);
-    gemm<T>(la.trans, lb.trans, M, N, K, ap + oa, la.ld, bp + ob, lb.ld, cp + bi * M * N, std::max<int64_t>(N, 1));
+    gemm<T>(la.trans, lb.trans, M, N, K, alpha, ap + oa, la.ld, bp + ob, lb.ld, beta, cp + bi * M * N,
+            std::max<int64_t>(N, 1));
   }
 }
 
@@ -182,6 +186,25 @@ void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const 
     }
     default:
       LATHE_FAIL() << "matmul: no cpu kernel for dtype " << dtype_name(out.dtype()) << " (a " << a.shape_str()
+                   << ", b " << b.shape_str() << ")";
+  }
+}
+
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha, const Tensor& out) {
+  switch (out.dtype()) {
+    case DType::f64: return matmul_t<double>(a, b, trans_a, trans_b, out, alpha, 1.0);
+    case DType::f32: return matmul_t<float>(a, b, trans_a, trans_b, out, static_cast<float>(alpha), 1.0f);
+    case DType::bf16:
+    case DType::f16: {
+      // Accumulated in f32 on a widened copy of out, rounded once.
+      Tensor af = compact_copy(a, DType::f32, a.dim()), bf = compact_copy(b, DType::f32, b.dim());
+      Tensor acc = compact_copy(out, DType::f32, 0);
+      matmul_t<float>(af, bf, trans_a, trans_b, acc, static_cast<float>(alpha), 1.0f);
+      copy_strided_cpu(out, acc);
+      return;
+    }
+    default:
+      LATHE_FAIL() << "matmul_acc: no cpu kernel for dtype " << dtype_name(out.dtype()) << " (a " << a.shape_str()
                    << ", b " << b.shape_str() << ")";
   }
 }

@@ -32,6 +32,7 @@ class CudaBackend final : public Backend {
   void scale_(const Tensor& y, double s) override { cuda::scale_(y, s); }
   void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction, const Tensor& out) override { cuda::reduce(op, x, axes, correction, out); }
   void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out) override { cuda::matmul(a, b, trans_a, trans_b, out); }
+  void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha, const Tensor& out) override { cuda::matmul_acc(a, b, trans_a, trans_b, alpha, out); }
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre) override { cuda::linear(x, w, bias, act, out, pre); }
   // The two ops (unary backward, then the column sum): what linear_backward did before.
   void linear_act_backward(Activation act, const Tensor& pre, const Tensor& dy, const Tensor& g, const Tensor& db) override {

@@ -33,6 +33,8 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int6
 
 // matmul.cu (cuBLAS / cuBLASLt)
 void matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const Tensor& out);
+// out += alpha * op(a) @ op(b) (cuBLAS beta = 1)
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha, const Tensor& out);
 
 // linear.cu (cuBLASLt with bias / GELU epilogues)
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& out, const Tensor& pre);

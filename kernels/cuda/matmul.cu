@@ -20,6 +20,7 @@
 // Precision: f32 runs in exact f32 (CUBLAS_COMPUTE_32F with the default math mode, so no
 // TF32), f64 in f64, bf16/f16 with f32 accumulation and one rounding on store; reduced-
 // precision split-K reductions are disallowed so the 16-bit outputs round once, as on the CPU.
+// matmul_acc is the same call with beta = 1 (C += alpha op(a) op(b)).
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -153,7 +154,11 @@ int to_int(int64_t v, const char* what) {
 
 }  // namespace
 
-void matmul(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tensor& out) {
+namespace {
+
+// out = alpha op(a) op(b) + beta out with beta 0 (matmul) or 1 (matmul_acc).
+void gemm_into(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, double alpha_v, double beta_v,
+               const Tensor& out) {
   const int dev = out.device().index;
   set_device(dev);
   const int64_t M = out.size(-2), N = out.size(-1);
@@ -165,7 +170,7 @@ void matmul(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tens
   LATHE_CHECK(out.is_contiguous()) << "matmul: out must be contiguous";
   cudaStream_t s = stream(dev);
   if (K == 0) {  // an empty sum; with beta = 0 and k = 0 cuBLAS need not write C at all
-    LATHE_CUDA_CHECK(cudaMemsetAsync(out.raw_data(), 0, out.nbytes(), s));
+    if (beta_v == 0) LATHE_CUDA_CHECK(cudaMemsetAsync(out.raw_data(), 0, out.nbytes(), s));
     return;
   }
   const GemmTypes gt = gemm_types(out.dtype(), a_in, b_in);
@@ -185,10 +190,9 @@ void matmul(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tens
   }
   LATHE_CHECK(la.ok && lb.ok) << "matmul: no BLAS layout for a " << a.shape_str() << " / b " << b.shape_str();
 
-  const float one_f = 1.0f, zero_f = 0.0f;
-  const double one_d = 1.0, zero_d = 0.0;
-  const void* alpha = gt.dbl ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
-  const void* beta = gt.dbl ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
+  const float alpha_f = static_cast<float>(alpha_v), beta_f = static_cast<float>(beta_v);
+  const void* alpha = gt.dbl ? static_cast<const void*>(&alpha_v) : static_cast<const void*>(&alpha_f);
+  const void* beta = gt.dbl ? static_cast<const void*>(&beta_v) : static_cast<const void*>(&beta_f);
   cublasHandle_t h = handle(dev);
   const size_t es = out.element_size();
 
@@ -265,6 +269,16 @@ void matmul(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tens
     gemm(ap + oa * static_cast<int64_t>(es), la, sa, bp + ob * static_cast<int64_t>(es), lb, sb,
          cp + li * inner * M * N * static_cast<int64_t>(es), M, inner);
   }
+}
+
+}  // namespace
+
+void matmul(const Tensor& a, const Tensor& b, bool ta, bool tb, const Tensor& out) {
+  gemm_into(a, b, ta, tb, 1.0, 0.0, out);
+}
+
+void matmul_acc(const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha, const Tensor& out) {
+  gemm_into(a, b, ta, tb, alpha, 1.0, out);
 }
 
 }  // namespace lathe::kernels::cuda

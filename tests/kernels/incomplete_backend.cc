@@ -26,6 +26,7 @@ class AlmostCompleteBackend final : public Backend {
   void scale_(const Tensor&, double) override {}
   void reduce(ReduceOp, const Tensor&, const std::vector<int64_t>&, int64_t, const Tensor&) override {}
   void matmul(const Tensor&, const Tensor&, bool, bool, const Tensor&) override {}
+  void matmul_acc(const Tensor&, const Tensor&, bool, bool, double, const Tensor&) override {}
   void linear(const Tensor&, const Tensor&, const Tensor&, Activation, const Tensor&, const Tensor&) override {}
   void linear_act_backward(Activation, const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {}
   void softmax(const Tensor&, int64_t, bool, const Tensor&) override {}

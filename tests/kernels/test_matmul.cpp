@@ -175,3 +175,64 @@ TEST(MatmulCpu, Errors) {
   e = error_of([] { matmul(Tensor::zeros({2, 3}, DType::i64), Tensor::zeros({3, 5}, DType::i64)); });
   EXPECT_TRUE(has(e, "matmul") && has(e, "i64")) << e;
 }
+
+// matmul_acc_ adds alpha op(a) op(b) to what out holds, over the paths matmul takes: the
+// plain loop (small batched products), one folded GEMM (a weight shared by the batch),
+// per-entry GEMMs, strided and transposed operands; bf16 accumulates in f32 and rounds once.
+TEST_P(Matmul, AccumulateAddsTheScaledProductInPlace) {
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    Generator g(6);
+    auto rn = [&](const Shape& s) { return Tensor::randn(s, g, dt); };
+    struct Case {
+      Tensor a, b;
+      bool ta, tb;
+      const char* what;
+    };
+    const std::vector<Case> cases = {
+        {rn({5, 7}), rn({7, 3}), false, false, "small 2-D"},
+        {rn({40, 50}), rn({30, 50}), false, true, "2-D, b transposed"},
+        {rn({3, 4, 6}), rn({3, 6, 5}), false, false, "small batched (plain loop)"},
+        {rn({3, 2, 37, 41}), rn({35, 41}), false, true, "shared weight, batch folded"},
+        {rn({4, 40, 41}).narrow(1, 1, 37), rn({41, 35}), false, false, "entries apart (one GEMM each)"},
+        {rn({3, 41, 37}), rn({35, 41}), true, true, "both transposed"},
+        {rn({2, 45, 49}).narrow(2, 3, 40), rn({6, 40}).transpose(0, 1), false, false, "strided a, column-major b"},
+    };
+    for (const Case& c : cases)
+      for (double alpha : {1.0, -0.37}) {
+        const std::string what = std::string(dtype_name(dt)) + " " + c.what + " alpha " + std::to_string(alpha);
+        const Tensor prod = naive_matmul(c.a, c.b, c.ta, c.tb);
+        const Tensor out0 = Tensor::randn(prod.shape(), g, dt);
+        Tensor out = on(out0.clone());
+        matmul_acc_(out, to_device_keep_layout(c.a, dev()), to_device_keep_layout(c.b, dev()), c.ta, c.tb, alpha);
+        const auto got = back(out).to_vector<double>(), o = out0.to_vector<double>(), p = prod.to_vector<double>();
+        const int64_t K = c.ta ? c.a.size(-2) : c.a.size(-1);
+        const double t =
+            dt == DType::bf16 ? 1e-2 : tol(dt, dt == DType::f64 ? 1e-12 : 1e-6 * std::sqrt(static_cast<double>(K)));
+        int bad = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          const double want = o[i] + alpha * p[i];
+          if (!(std::abs(got[i] - want) <= t * std::max(1.0, std::abs(want))) && bad++ < 3)
+            ADD_FAILURE() << what << " at " << i << ": got " << got[i] << " want " << want;
+        }
+      }
+  }
+}
+
+TEST_P(Matmul, AccumulateWithEmptyInnerDimKeepsOut) {
+  Tensor out = on(Tensor::full({3, 4}, 2.5));
+  matmul_acc_(out, on(Tensor::zeros({3, 0})), on(Tensor::zeros({0, 4})), false, false, 3.0);
+  for (float v : back(out).to_vector<float>()) EXPECT_EQ(v, 2.5f);
+}
+
+TEST(MatmulCpu, AccumulateErrors) {
+  std::string e = error_of([] { matmul_acc_(Tensor::zeros({2, 4}), Tensor::zeros({2, 3}), Tensor::zeros({3, 5})); });
+  EXPECT_TRUE(has(e, "matmul_acc_") && has(e, "[2, 5]") && has(e, "[2, 4]")) << e;
+  e = error_of([] { matmul_acc_(Tensor::zeros({5, 2}).transpose(0, 1), Tensor::zeros({2, 3}), Tensor::zeros({3, 5})); });
+  EXPECT_TRUE(has(e, "matmul_acc_") && has(e, "contiguous")) << e;
+  e = error_of([] {
+    matmul_acc_(Tensor::zeros({2, 5}, DType::f64), Tensor::zeros({2, 3}), Tensor::zeros({3, 5}));
+  });
+  EXPECT_TRUE(has(e, "matmul_acc_") && has(e, "f64") && has(e, "f32")) << e;
+  e = error_of([] { matmul_acc_(Tensor::zeros({2, 5}), Tensor::zeros({2, 3}), Tensor::zeros({4, 5})); });
+  EXPECT_TRUE(has(e, "matmul_acc_") && has(e, "inner dims")) << e;
+}
