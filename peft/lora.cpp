@@ -94,7 +94,9 @@ Tensor LoraLinear::adapter_input(const Tensor& x, DType dt) const {
   // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
   // output's dtype. Under Autocast both run in the compute dtype.
   Tensor h = models::Autocast::enabled() ? models::autocast(x) : x.dtype() == dt ? x : ag::cast(x, dt);
-  if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
+  if (dropout_ > 0)
+    h = region_ ? region_->dropout(h, dropout_, *dropout_gen_, is_training())
+                : ag::dropout(h, dropout_, *dropout_gen_, is_training());
   return h;
 }
 
@@ -103,6 +105,12 @@ Tensor LoraLinear::add_branch(const Tensor& y, const Tensor& delta) {
 }
 
 Tensor LoraLinear::forward(const Tensor& x) const {
+  // Tensor parallelism: the same math on this rank's slices (TensorParallelRegion).
+  if (region_) return region_->leave(local_forward(region_->enter(x)));
+  return local_forward(x);
+}
+
+Tensor LoraLinear::local_forward(const Tensor& x) const {
   Tensor y = base_->forward(x);
   if (merged_) return y;
   Tensor h = A_->forward(adapter_input(x, A_->weight().dtype()));
@@ -111,6 +119,22 @@ Tensor LoraLinear::forward(const Tensor& x) const {
   // multiply (and its backward) touches r/out of the elements. s B h == B (s h) exactly up to
   // rounding.
   return add_branch(y, B_->forward(ag::mul(h, scale_)));
+}
+
+void LoraLinear::set_tensor_parallel(std::shared_ptr<models::LinearLayer> base,
+                                     std::shared_ptr<const TensorParallelRegion> region) {
+  LATHE_REQUIRE(base && region) << "LoraLinear::set_tensor_parallel: no base layer or region";
+  LATHE_REQUIRE(!merged_) << "LoraLinear::set_tensor_parallel: merged adapters are not resharded";
+  // The shard's tensors under this wrapper's names, frozen as the full ones were.
+  replace_parameter("weight", base->base_weight());
+  LATHE_REQUIRE(base->base_bias().defined() == has_parameter("bias"))
+      << "LoraLinear::set_tensor_parallel: the shard and the base differ in having a bias";
+  if (base->base_bias().defined()) {
+    replace_parameter("bias", base->base_bias());
+  }
+  base->train(is_training());
+  base_ = std::move(base);
+  region_ = std::move(region);
 }
 
 LoraFactors LoraLinear::lora_factors() const {

@@ -36,6 +36,28 @@ void ParallelLayout::finish_gradients(models::CausalLM& model) {
   if (!shards_.partial_grad.empty()) parallel::all_reduce_partial_grads(model, shards_.partial_grad, *groups_->tp());
 }
 
+void ParallelLayout::gather_trainable(models::CausalLM& model, models::CausalLM* full) {
+  parallel::Communicator& tp = *groups_->tp();
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (!p.requires_grad()) continue;
+    Tensor whole = p;
+    if (shards_.sharded.count(name)) {
+      Shape s = p.shape();
+      s.insert(s.begin(), tp.size());
+      Tensor all = Tensor::empty(s, p.dtype(), p.device());
+      tp.all_gather(p.contiguous(), all);
+      std::vector<Tensor> parts;
+      for (int r = 0; r < tp.size(); ++r) parts.push_back(all.select(0, r));
+      whole = parallel::gather_shards(name, parts, model.spec());
+    }
+    if (!full) continue;
+    Tensor dst = full->parameter(name);
+    LATHE_CHECK(dst.shape() == whole.shape()) << "gather_trainable: " << name << " gathered as " << whole.shape_str()
+                                              << ", the full model has " << dst.shape_str();
+    dst.copy_(whole);
+  }
+}
+
 double ParallelLayout::clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm,
                                       parallel::Communicator* zero_dp) {
   const double norm = parallel::tp_grad_norm(params, shards_, *groups_->tp(), zero_dp);
@@ -59,7 +81,7 @@ int checkpoint_tensor_parallel(const std::string& file) {
   return std::stoi(m[1]);
 }
 
-void load_full_model_weights(const std::string& file, models::CausalLM& model) {
+void load_full_model_weights(const std::string& file, models::CausalLM& model, bool trainable_only) {
   const int tp = checkpoint_tensor_parallel(file);
   if (tp == 1) {
     read_rank_checkpoint(file, model, nullptr);
@@ -76,6 +98,7 @@ void load_full_model_weights(const std::string& file, models::CausalLM& model) {
     shards.push_back(std::make_unique<H5Reader>(f));
   }
   for (const auto& [name, p] : model.named_parameters()) {
+    if (trainable_only && !p.requires_grad()) continue;
     std::vector<Tensor> parts;
     for (int r = 0; r < tp; ++r) {
       try {

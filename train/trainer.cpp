@@ -217,8 +217,6 @@ void Trainer::setup() {
   // Keyed by the data-parallel rank: the tensor-parallel ranks of a group draw the same masks.
   dropout.set_state(rank_dropout_seed(dropout.seed(), p.layout->data_rank()), dropout.offset());
   configure_model(*model_);
-  // This rank's tensor-parallel shard, before the device move, the optimizer and the restore.
-  p.layout->shard(*model_);
   if (peft_on) {
     // After the base weights, before the device move and the optimizer (which then holds
     // state for the trainable parameters only).
@@ -229,6 +227,10 @@ void Trainer::setup() {
       throw configs::ConfigError("config", {e.message()});
     }
   }
+  // This rank's tensor-parallel shard, before the device move, the optimizer and the restore;
+  // after the adapters, which shard with their layers from the one-process init
+  // (parallel/tp_lora.h).
+  p.layout->shard(*model_);
   if (!p.device.is_cpu()) model_->to(p.device);
 
   // Built after the move, so optimizer state is created on the parameters' device.
@@ -679,11 +681,22 @@ TrainResult Trainer::run() {
   }
   result_.finished = step_ == p.total_steps;
   result_.tokens_per_s = train_time_ > 0 ? session_tokens_ / train_time_ : 0.0;
+  // Tensor parallelism: the adapter shards gathered into a full model first (collective over
+  // each TP group; rank 0 keeps the result).
+  std::unique_ptr<models::CausalLM> gathered;
+  if (peft_ && result_.finished && p.layout->tensor_parallel() > 1) {
+    if (p.rank == 0) {
+      gathered = models::build_model(p.spec, p.cfg.train().seed());
+      peft::inject_lora(*gathered, *peft_options_);
+    }
+    p.layout->gather_trainable(*model_, gathered.get());
+  }
   if (peft_ && result_.finished && p.rank == 0) {
     // The trained adapter in the Hugging Face peft layout (loads with PeftModel.from_pretrained).
     const std::string dir = adapter_dir(p.cfg);
-    if (spiel_) peft::save_spiel_adapter(*model_, dir, p.cfg.model().init_from());
-    else peft::save_adapter(*model_, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
+    models::CausalLM& m = gathered ? *gathered : *model_;
+    if (spiel_) peft::save_spiel_adapter(m, dir, p.cfg.model().init_from());
+    else peft::save_adapter(m, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
     result_.adapter_dir = dir;
     message("adapter: " + dir);
   }
