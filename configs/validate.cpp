@@ -368,12 +368,6 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
   if (pf.method() == PeftConfig::SPIEL)
     c.fail("peft.method", "SPIEL is not supported under " + tp_s +
                               ": its indices and regrowth address whole weight matrices; use LORA, or tensor_parallel 1");
-  if (pf.method() != PeftConfig::OFF && p.sequence_parallel() > 1)
-    c.fail("parallel.sequence_parallel", "adapters (peft) are not supported with sequence parallelism under " + tp_s +
-                                             " yet; use sequence_parallel 1");
-  if (pf.method() != PeftConfig::OFF && m.ladder_residual())
-    c.fail("model.ladder_residual", "adapters (peft) with the Ladder residual are not supported under " + tp_s +
-                                        " yet; use tensor_parallel 1, or a standard residual");
 }
 
 void check_rest(const RunConfig& cfg, Checker& c) {

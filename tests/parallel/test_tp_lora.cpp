@@ -83,6 +83,7 @@ struct Case {
   std::string peft;        // the peft section
   int tp = 2;
   double clip = 0.05;  // acts in every step (LoRA-XS trains only R: small gradients)
+  std::string parallel;  // more fields of the TP run's parallel section
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -123,6 +124,13 @@ const std::vector<Case> kCases = {
     // TP = 4: 8 query heads over 4 KV heads.
     {"LlamaGqaLoraTp4", llama_spec(8, 4), "",
      std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.1 ") + kAllLinear + "}", 4},
+    // Megatron-SP inside the TP group: the regions gather / reduce-scatter the sequence.
+    {"Gpt2LoraMegatronSp", gpt2_spec(), "dropout: 0.1",
+     std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.2 bias: LORA_ONLY ") + kAllLinear + "}", 2,
+     0.05, "sequence_parallel: 2 sequence_parallel_mode: MEGATRON"},
+    // The Ladder residual: the row-parallel partial sums (base + adapter) reduced one module later.
+    {"LlamaGqaLoraLadder", llama_spec(4, 2), "ladder_residual: true",
+     std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.1 bias: ALL ") + kAllLinear + "}"},
 };
 
 // Writes the case's base (rank 0) and returns its directory.
@@ -147,7 +155,7 @@ RunConfig config(const std::string& run_dir, const Case& c, const std::string& b
   t.replace(t.find("checkpoint { interval: 4"), 24, "checkpoint { interval: " + std::to_string(steps / 2));
   t.replace(t.find("threads_per_rank: 1"), 19,
             "threads_per_rank: 1 collective_timeout_s: 30 vocab_pad_multiple: 100 tensor_parallel: " +
-                std::to_string(tp) + " zero_stage: " + std::to_string(zero));
+                std::to_string(tp) + " zero_stage: " + std::to_string(zero) + (tp > 1 ? " " + c.parallel : ""));
   return configs::parse_text(t + c.peft + "\n", "tp lora test");
 }
 
