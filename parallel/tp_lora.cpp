@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "kernels/ops.h"
 #include "peft/lora_sb.h"
+#include "peft/sora.h"
 
 namespace lathe::parallel {
 
@@ -66,10 +67,14 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   const std::string method = lora->method_name();
   // LoRA, and LoRA-XS (a LoraSbLinear initialised from the weight; its forward is LoRA's with
   // R in the middle). The others compute their own forward or need whole matrices.
+  // SoRA's gate sits on the r-wide intermediate, which is whole on every rank (column: A x;
+  // row: the partial A_i x_i, gated before the sum, which is linear in it).
   const bool plain = typeid(*lora) == typeid(peft::LoraLinear);
   const bool xs = typeid(*lora) == typeid(peft::LoraSbLinear);
-  LATHE_CHECK(plain || xs) << "tensor parallelism: " << path << " carries a " << method
-                           << " adapter, which is not supported with tensor parallelism (only LoRA and LoRA-XS)";
+  const bool sora = typeid(*lora) == typeid(peft::SoraLinear);
+  LATHE_CHECK(plain || xs || sora) << "tensor parallelism: " << path << " carries a " << method
+                                   << " adapter, which is not supported with tensor parallelism (only LoRA, LoRA-XS "
+                                      "and SoRA)";
   LATHE_CHECK(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
                                     "rows are padded and sharded); exclude lm_head from peft.target_modules";
   LATHE_CHECK(!lora->merged()) << "tensor parallelism: the adapter at " << path << " is merged";
@@ -98,11 +103,11 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   lora->set_tensor_parallel(base, column ? std::shared_ptr<const peft::TensorParallelRegion>(
                                                std::make_shared<ColumnRegion>(comm, sp))
                                          : std::make_shared<RowRegion>(comm, sp, reduce_rows));
-  // The factors: the sharded one sliced, the replicated ones' gradients are partial sums.
-  for (const char* f : {".lora_A.weight", ".lora_B.weight", ".lora_R.weight"}) {
-    const std::string name = path + f;
-    if (!model.has_parameter(name)) continue;
-    const Tensor p = model.parameter(name);
+  // The adapter's own tensors (factors, SoRA's gate): the sharded one sliced, the replicated
+  // ones' gradients are partial sums.
+  for (const auto& [local, p] : lora->named_parameters()) {
+    if (local == "weight" || local == "bias") continue;  // the base's, done above
+    const std::string name = path + "." + local;
     if (shard_dim(name, s) >= 0)
       model.replace_parameter(name, slice(name, p));
     else if (p.requires_grad())

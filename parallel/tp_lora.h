@@ -22,9 +22,12 @@
 // input is this rank's columns, so the whole one-process mask is drawn (the same stream
 // offsets on every rank) and this rank's columns of it applied.
 //
-// Supported: LoRA (rsLoRA, dropout, bias modes), LoRA-XS (LoRA-SB with the weight-SVD init).
-// Refused with a message naming the method: LoRA-SB's gradient init, SoRA, NOLA, SpIEL (see
-// configs/validate.cpp), and adapters on the vocabulary head (its rows are padded).
+// Supported: LoRA (rsLoRA, dropout, bias modes), LoRA-XS (LoRA-SB with the weight-SVD init),
+// SoRA (its gate [r] replicated: gating is elementwise on the r-wide intermediate, so the
+// row-parallel partials can be gated before the sum; the gate's gradient is a partial sum like
+// A's or B's, and the proximal step then runs identically on every rank). Refused with a
+// message naming the method: LoRA-SB's gradient init, NOLA, SpIEL (configs/validate.cpp), and
+// adapters on the vocabulary head (its rows are padded).
 #pragma once
 
 #include <memory>

@@ -5,6 +5,8 @@
 // replicated factors bit-identical over the TP ranks); the adapter a TP run exports (at the
 // end of training and with lathe export from its checkpoint, also merged) equals the
 // one-process one; resume is bit-exact; the methods that do not shard are refused by name.
+// Methods: LoRA (rsLoRA, dropout, bias modes), LoRA-XS, SoRA; with Megatron-SP, the Ladder
+// residual and ZeRO-1 as well.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -121,6 +123,9 @@ const std::vector<Case> kCases = {
     // LoRA-XS: only R trains; its init (the weight SVD) is computed on the full weight.
     {"LlamaGqaLoraXs", llama_spec(4, 2), "",
      std::string("peft { method: LORA_SB sb_init: WEIGHT_SVD r: 4 ") + kAllLinear + "}", 2, 0.003},
+    // SoRA: the gate replicated, its proximal step (paper threshold) on every rank alike.
+    {"Gpt2Sora", gpt2_spec(), "dropout: 0.1",
+     std::string("peft { method: SORA r: 4 lora_alpha: 8 sora_lambda: 5 ") + kAllLinear + "}"},
     // TP = 4: 8 query heads over 4 KV heads.
     {"LlamaGqaLoraTp4", llama_spec(8, 4), "",
      std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.1 ") + kAllLinear + "}", 4},
@@ -216,7 +221,10 @@ void expect_tp_equals_one_process(const Case& c, int zero) {
   // and the adapters moved away from their init.
   std::shared_ptr<Communicator> tpc = comm->split(comm->rank() / tp, tp_rank);
   int adapters = 0;
+  int64_t zero_gates = 0;
   for (const auto& [n, p] : tpr.model().named_parameters()) {
+    if (n.find("lora_gate") != std::string::npos)
+      for (double g : p.to(DType::f64).to_vector<double>()) zero_gates += g == 0.0;
     SCOPED_TRACE(n);
     const Tensor full = one.model().parameter(n);
     EXPECT_EQ(full.requires_grad(), p.requires_grad());
@@ -233,6 +241,8 @@ void expect_tp_equals_one_process(const Case& c, int zero) {
     }
   }
   EXPECT_GT(adapters, 12);
+  // SoRA's proximal step reached exact zeros (the same ones as one process, compared above).
+  if (c.name.find("Sora") != std::string::npos) EXPECT_GT(zero_gates, 0);
   // The sharded factors are a 1/tp share: the trainable elements add up over TP to no more
   // than one process's (replicated ones counted on every rank).
   EXPECT_LT(trainable_numel(tpr.model()), trainable_numel(one.model()) + 1);
@@ -345,8 +355,7 @@ TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   EXPECT_EQ(issues_of("peft { method: LORA_SB sb_init: WEIGHT_SVD r: 4 }"), "");
   std::string m = issues_of("peft { method: LORA_SB r: 4 }");
   EXPECT_NE(m.find("peft.sb_init: GRADIENT (LoRA-SB) is not supported under tensor_parallel 2"), std::string::npos) << m;
-  m = issues_of("peft { method: SORA r: 4 }");
-  EXPECT_NE(m.find("peft.method: SORA is not supported under tensor_parallel 2"), std::string::npos) << m;
+  EXPECT_EQ(issues_of("peft { method: SORA r: 4 }"), "");
   m = issues_of("peft { method: NOLA r: 4 }");
   EXPECT_NE(m.find("peft.method: NOLA is not supported under tensor_parallel 2: its bases are generated per whole"),
             std::string::npos)
