@@ -433,7 +433,8 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     else s << " r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha;
     s << " on " << peft_->adapters.size() << " linear layers";
     if (!peft_->adapters.empty()) s << " (" << peft_->adapters.front().name << ", ...)";
-    s << "; " << peft::parameter_report(*model_).str() << "\n";
+    s << "; " << peft::parameter_report(*model_).str()
+      << (p.layout->tensor_parallel() > 1 ? " (this rank's shards)" : "") << "\n";
   }
   s << "data: " << p.data.description << " (tokenizer " << p.cfg.data().tokenizer() << " = " << p.tokenizer->id()
     << ")\n";
