@@ -350,14 +350,10 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                       "zero_stage 0, or tensor_parallel 1");
   if (o.layerwise())
     c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
-  // Adapters shard with their layers (parallel/tp_lora.h): LoRA, LoRA-XS and SoRA are exact.
-  // The others need whole matrices.
+  // Adapters shard with their layers (parallel/tp_lora.h): LoRA, LoRA-SB / LoRA-XS and SoRA
+  // are exact. NOLA and SpIEL address whole matrices.
   const PeftConfig& pf = cfg.peft();
   const std::string tp_s = "tensor_parallel " + show(tp);
-  if (pf.method() == PeftConfig::LORA_SB && pf.sb_init() == PeftConfig::GRADIENT)
-    c.fail("peft.sb_init", "GRADIENT (LoRA-SB) is not supported under " + tp_s +
-                               ": its init is a truncated SVD of the whole gradient of each base weight, which the "
-                               "ranks hold in slices; use sb_init WEIGHT_SVD (LoRA-XS), or tensor_parallel 1");
   if (pf.method() == PeftConfig::NOLA)
     c.fail("peft.method", "NOLA is not supported under " + tp_s +
                               ": its bases are generated per whole matrix, so no rank can make its slice alone; use "

@@ -65,16 +65,16 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   auto lora = std::dynamic_pointer_cast<peft::LoraLinear>(model.module(path));
   LATHE_CHECK(lora) << "tensor parallelism: " << path << " is not a LoRA adapter";
   const std::string method = lora->method_name();
-  // LoRA, and LoRA-XS (a LoraSbLinear initialised from the weight; its forward is LoRA's with
-  // R in the middle). The others compute their own forward or need whole matrices.
+  // LoRA, and LoRA-SB / LoRA-XS (LoRA's forward with R in the middle; the gradient init of
+  // LoRA-SB runs after sharding: train/peft_setup.h). NOLA and SpIEL need whole matrices.
   // SoRA's gate sits on the r-wide intermediate, which is whole on every rank (column: A x;
   // row: the partial A_i x_i, gated before the sum, which is linear in it).
   const bool plain = typeid(*lora) == typeid(peft::LoraLinear);
   const bool xs = typeid(*lora) == typeid(peft::LoraSbLinear);
   const bool sora = typeid(*lora) == typeid(peft::SoraLinear);
   LATHE_CHECK(plain || xs || sora) << "tensor parallelism: " << path << " carries a " << method
-                                   << " adapter, which is not supported with tensor parallelism (only LoRA, LoRA-XS "
-                                      "and SoRA)";
+                                   << " adapter, which is not supported with tensor parallelism (only LoRA, "
+                                      "LoRA-SB / LoRA-XS and SoRA)";
   LATHE_CHECK(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
                                     "rows are padded and sharded); exclude lm_head from peft.target_modules";
   LATHE_CHECK(!lora->merged()) << "tensor parallelism: the adapter at " << path << " is merged";

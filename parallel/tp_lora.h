@@ -25,9 +25,11 @@
 // Supported: LoRA (rsLoRA, dropout, bias modes), LoRA-XS (LoRA-SB with the weight-SVD init),
 // SoRA (its gate [r] replicated: gating is elementwise on the r-wide intermediate, so the
 // row-parallel partials can be gated before the sum; the gate's gradient is a partial sum like
-// A's or B's, and the proximal step then runs identically on every rank). Refused with a
-// message naming the method: LoRA-SB's gradient init, NOLA, SpIEL (configs/validate.cpp), and
-// adapters on the vocabulary head (its rows are padded).
+// A's or B's, and the proximal step then runs identically on every rank), LoRA-SB with its
+// gradient init (train/peft_setup.h: each base weight's gradient slices gathered whole over TP,
+// the one-process SVD, each rank keeping its slices of A and B). Refused with a message naming
+// the method: NOLA (bases generated per whole matrix), SpIEL (indices over whole matrices)
+// (configs/validate.cpp), and adapters on the vocabulary head (its rows are padded).
 #pragma once
 
 #include <memory>

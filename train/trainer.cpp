@@ -284,8 +284,11 @@ void Trainer::setup() {
       // run's first micro-batches without moving the run's data position. The step size is the
       // first update's lr (LoRA-SB: the first Adam step at the first warm-up lr).
       TrainBatches first(p.data, p.loader);
+      // Under TP the gradients are summed over the data-parallel group and gathered over TP.
+      const bool tp = p.layout->tensor_parallel() > 1;
       init_adapters_from_gradients(*model_, *peft_options_, first, peft_options_->sb.init_batches,
-                                   p.schedule.lr_at(1), p.device, p.bf16(), *p.comm);
+                                   p.schedule.lr_at(1), p.device, p.bf16(), tp ? *p.layout->data_comm() : *p.comm,
+                                   tp ? p.layout.get() : nullptr);
     }
   }
 

@@ -5,7 +5,8 @@
 // replicated factors bit-identical over the TP ranks); the adapter a TP run exports (at the
 // end of training and with lathe export from its checkpoint, also merged) equals the
 // one-process one; resume is bit-exact; the methods that do not shard are refused by name.
-// Methods: LoRA (rsLoRA, dropout, bias modes), LoRA-XS, SoRA; with Megatron-SP, the Ladder
+// Methods: LoRA (rsLoRA, dropout, bias modes), LoRA-XS, LoRA-SB (gradient init), SoRA; with
+// Megatron-SP, the Ladder
 // residual and ZeRO-1 as well.
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -123,6 +125,9 @@ const std::vector<Case> kCases = {
     // LoRA-XS: only R trains; its init (the weight SVD) is computed on the full weight.
     {"LlamaGqaLoraXs", llama_spec(4, 2), "",
      std::string("peft { method: LORA_SB sb_init: WEIGHT_SVD r: 4 ") + kAllLinear + "}", 2, 0.003},
+    // LoRA-SB: its init from the first batches' gradients, gathered whole over TP.
+    {"Gpt2LoraSbGradientInit", gpt2_spec(), "dropout: 0.1",
+     std::string("peft { method: LORA_SB sb_init: GRADIENT sb_init_batches: 2 r: 4 ") + kAllLinear + "}", 2, 0.003},
     // SoRA: the gate replicated, its proximal step (paper threshold) on every rank alike.
     {"Gpt2Sora", gpt2_spec(), "dropout: 0.1",
      std::string("peft { method: SORA r: 4 lora_alpha: 8 sora_lambda: 5 ") + kAllLinear + "}"},
@@ -264,9 +269,14 @@ TEST(TpLoraZero, EqualsOneProcessOnTheSameGlobalBatch) {
 
 // The adapter (peft layout) that a TP run writes at the end, and lathe export's --adapter-only
 // and --merge from its checkpoint, equal those of one process: same keys, same values.
-TEST(TpLoraExport, EqualsOneProcessExport) {
+const Case& case_named(const std::string& name) {
+  for (const Case& c : kCases)
+    if (c.name == name) return c;
+  throw std::runtime_error("no case " + name);
+}
+
+void expect_export_equals_one_process(const Case& c) {
   auto comm = world();
-  const Case& c = kCases[0];
   SharedDir dir(*comm);
   const std::string base = write_base(c, dir, *comm);
   const int tp = 2, dp = comm->size() / tp;
@@ -311,11 +321,17 @@ TEST(TpLoraExport, EqualsOneProcessExport) {
   EXPECT_GT(compared, 10);
 }
 
+TEST(TpLoraExport, EqualsOneProcessExport) {
+  for (const char* name : {"Gpt2LoraDropoutBiasRslora", "Gpt2LoraSbGradientInit"}) {
+    SCOPED_TRACE(name);
+    expect_export_equals_one_process(case_named(name));
+  }
+}
+
 // Stopped after step 2 and resumed: every rank's files (its adapter shards, their optimizer
 // state, data position, RNG) equal those of a run that never stopped, bit for bit.
-TEST(TpLoraResume, IsBitExact) {
+void expect_resume_bit_exact(const Case& c) {
   auto comm = world();
-  const Case& c = kCases[0];
   SharedDir dir(*comm);
   const std::string base = write_base(c, dir, *comm);
   train(config(dir / "straight", c, base, 2, 4), opts(comm));
@@ -342,6 +358,14 @@ TEST(TpLoraResume, IsBitExact) {
   }
 }
 
+// LoRA-SB also checkpoints its frozen A and B slices (computed from data).
+TEST(TpLoraResume, IsBitExact) {
+  for (const char* name : {"Gpt2LoraDropoutBiasRslora", "Gpt2LoraSbGradientInit"}) {
+    SCOPED_TRACE(name);
+    expect_resume_bit_exact(case_named(name));
+  }
+}
+
 // The methods that do not shard are refused by name, before any work.
 TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   auto issues_of = [](const std::string& peft, const std::string& extra = "") {
@@ -353,10 +377,9 @@ TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   };
   EXPECT_EQ(issues_of("peft { method: LORA r: 4 }"), "");
   EXPECT_EQ(issues_of("peft { method: LORA_SB sb_init: WEIGHT_SVD r: 4 }"), "");
-  std::string m = issues_of("peft { method: LORA_SB r: 4 }");
-  EXPECT_NE(m.find("peft.sb_init: GRADIENT (LoRA-SB) is not supported under tensor_parallel 2"), std::string::npos) << m;
+  EXPECT_EQ(issues_of("peft { method: LORA_SB r: 4 }"), "");
   EXPECT_EQ(issues_of("peft { method: SORA r: 4 }"), "");
-  m = issues_of("peft { method: NOLA r: 4 }");
+  std::string m = issues_of("peft { method: NOLA r: 4 }");
   EXPECT_NE(m.find("peft.method: NOLA is not supported under tensor_parallel 2: its bases are generated per whole"),
             std::string::npos)
       << m;
