@@ -350,14 +350,10 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                       "zero_stage 0, or tensor_parallel 1");
   if (o.layerwise())
     c.fail("parallel.tensor_parallel", "optimizer.layerwise is not supported with tensor parallelism yet");
-  // Adapters shard with their layers (parallel/tp_lora.h): LoRA, LoRA-SB / LoRA-XS and SoRA
-  // are exact. NOLA and SpIEL address whole matrices.
+  // Adapters shard with their layers (parallel/tp_lora.h): LoRA, LoRA-SB / LoRA-XS, SoRA and
+  // NOLA are exact. SpIEL's indices address whole matrices.
   const PeftConfig& pf = cfg.peft();
   const std::string tp_s = "tensor_parallel " + show(tp);
-  if (pf.method() == PeftConfig::NOLA)
-    c.fail("peft.method", "NOLA is not supported under " + tp_s +
-                              ": its bases are generated per whole matrix, so no rank can make its slice alone; use "
-                              "LORA, or tensor_parallel 1");
   if (pf.method() == PeftConfig::SPIEL)
     c.fail("peft.method", "SPIEL is not supported under " + tp_s +
                               ": its indices and regrowth address whole weight matrices; use LORA, or tensor_parallel 1");

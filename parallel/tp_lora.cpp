@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "kernels/ops.h"
 #include "peft/lora_sb.h"
+#include "peft/nola.h"
 #include "peft/sora.h"
 
 namespace lathe::parallel {
@@ -66,15 +67,16 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   LATHE_CHECK(lora) << "tensor parallelism: " << path << " is not a LoRA adapter";
   const std::string method = lora->method_name();
   // LoRA, and LoRA-SB / LoRA-XS (LoRA's forward with R in the middle; the gradient init of
-  // LoRA-SB runs after sharding: train/peft_setup.h). NOLA and SpIEL need whole matrices.
+  // LoRA-SB runs after sharding: train/peft_setup.h), SoRA and NOLA (their own forward, with
+  // the region around it). SpIEL is not a LoraLinear.
   // SoRA's gate sits on the r-wide intermediate, which is whole on every rank (column: A x;
   // row: the partial A_i x_i, gated before the sum, which is linear in it).
   const bool plain = typeid(*lora) == typeid(peft::LoraLinear);
   const bool xs = typeid(*lora) == typeid(peft::LoraSbLinear);
   const bool sora = typeid(*lora) == typeid(peft::SoraLinear);
-  LATHE_CHECK(plain || xs || sora) << "tensor parallelism: " << path << " carries a " << method
-                                   << " adapter, which is not supported with tensor parallelism (only LoRA, "
-                                      "LoRA-SB / LoRA-XS and SoRA)";
+  auto* nola = dynamic_cast<peft::NolaLinear*>(lora.get());
+  LATHE_CHECK(plain || xs || sora || nola) << "tensor parallelism: " << path << " carries a " << method
+                                           << " adapter, which is not supported with tensor parallelism";
   LATHE_CHECK(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
                                     "rows are padded and sharded); exclude lm_head from peft.target_modules";
   LATHE_CHECK(!lora->merged()) << "tensor parallelism: the adapter at " << path << " is merged";
@@ -103,6 +105,11 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   lora->set_tensor_parallel(base, column ? std::shared_ptr<const peft::TensorParallelRegion>(
                                                std::make_shared<ColumnRegion>(comm, sp))
                                          : std::make_shared<RowRegion>(comm, sp, reduce_rows));
+  // NOLA: the bases of the whole matrices, this rank's slice of their combinations.
+  if (nola) {
+    const int64_t out = full->weight().size(0), in = full->weight().size(1);
+    nola->set_shard(out, column ? r * (out / t) : 0, in, column ? 0 : r * (in / t));
+  }
   // The adapter's own tensors (factors, SoRA's gate): the sharded one sliced, the replicated
   // ones' gradients are partial sums.
   for (const auto& [local, p] : lora->named_parameters()) {

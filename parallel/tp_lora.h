@@ -27,9 +27,11 @@
 // row-parallel partials can be gated before the sum; the gate's gradient is a partial sum like
 // A's or B's, and the proximal step then runs identically on every rank), LoRA-SB with its
 // gradient init (train/peft_setup.h: each base weight's gradient slices gathered whole over TP,
-// the one-process SVD, each rank keeping its slices of A and B). Refused with a message naming
-// the method: NOLA (bases generated per whole matrix), SpIEL (indices over whole matrices)
-// (configs/validate.cpp), and adapters on the vocabulary head (its rows are padded).
+// the one-process SVD, each rank keeping its slices of A and B), NOLA (the coefficients whole;
+// each rank generates the bases of the whole matrices, as one process does, and uses its slice
+// of their combinations: exact, but no saving in basis generation). Refused with a message
+// naming the method: SpIEL (its indices, drop and regrowth address whole matrices;
+// configs/validate.cpp), and adapters on the vocabulary head (its rows are padded).
 #pragma once
 
 #include <memory>

@@ -288,10 +288,10 @@ TEST(ConfigValidate, TensorParallelCombinations) {
   }
   EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_optimizer()->set_layerwise(true); }),
               Contains(AllOf(HasSubstr("parallel.tensor_parallel"), HasSubstr("optimizer.layerwise"))));
-  // LoRA shards with its layers (parallel/tp_lora.h); NOLA does not (more in tests/parallel/test_tp_lora.cpp).
+  // LoRA shards with its layers (parallel/tp_lora.h); SpIEL does not (more in tests/parallel/test_tp_lora.cpp).
   EXPECT_TRUE(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::LORA); }).empty());
-  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::NOLA); }),
-              Contains(AllOf(HasSubstr("peft.method"), HasSubstr("NOLA"), HasSubstr("tensor_parallel 2"))));
+  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::SPIEL); }),
+              Contains(AllOf(HasSubstr("peft.method"), HasSubstr("SPIEL"), HasSubstr("tensor_parallel 2"))));
 }
 
 TEST(ConfigValidate, LaterErrorsNameTheLoadedFile) {

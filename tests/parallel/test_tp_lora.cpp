@@ -5,9 +5,8 @@
 // replicated factors bit-identical over the TP ranks); the adapter a TP run exports (at the
 // end of training and with lathe export from its checkpoint, also merged) equals the
 // one-process one; resume is bit-exact; the methods that do not shard are refused by name.
-// Methods: LoRA (rsLoRA, dropout, bias modes), LoRA-XS, LoRA-SB (gradient init), SoRA; with
-// Megatron-SP, the Ladder
-// residual and ZeRO-1 as well.
+// Methods: LoRA (rsLoRA, dropout, bias modes), LoRA-XS, LoRA-SB (gradient init), SoRA, NOLA; with
+// Megatron-SP, the Ladder residual and ZeRO-1 as well.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -131,6 +130,10 @@ const std::vector<Case> kCases = {
     // SoRA: the gate replicated, its proximal step (paper threshold) on every rank alike.
     {"Gpt2Sora", gpt2_spec(), "dropout: 0.1",
      std::string("peft { method: SORA r: 4 lora_alpha: 8 sora_lambda: 5 ") + kAllLinear + "}"},
+    // NOLA: the coefficients whole, the bases those of the whole matrices, sliced.
+    {"LlamaGqaNola", llama_spec(4, 2), "",
+     std::string("peft { method: NOLA r: 4 lora_alpha: 8 nola_num_basis_a: 16 nola_num_basis_b: 16 nola_chunk: 5 ") +
+         kAllLinear + "}", 2, 0.001},
     // TP = 4: 8 query heads over 4 KV heads.
     {"LlamaGqaLoraTp4", llama_spec(8, 4), "",
      std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.1 ") + kAllLinear + "}", 4},
@@ -236,7 +239,7 @@ void expect_tp_equals_one_process(const Case& c, int zero) {
     const Tensor want = parallel::slice_shard(n, full, one.model().spec(), tp, tp_rank, 100);
     ASSERT_EQ(want.shape(), p.shape());
     EXPECT_LE(excess(want, p), 0.0);
-    if (n.find("lora_") == std::string::npos) continue;
+    if (n.find("lora_") == std::string::npos && n.find("nola_") == std::string::npos) continue;
     ++adapters;
     // A replicated factor is the same bits on every TP rank (its gradient was summed).
     if (parallel::shard_dim(n, one.model().spec()) < 0) {
@@ -322,7 +325,7 @@ void expect_export_equals_one_process(const Case& c) {
 }
 
 TEST(TpLoraExport, EqualsOneProcessExport) {
-  for (const char* name : {"Gpt2LoraDropoutBiasRslora", "Gpt2LoraSbGradientInit"}) {
+  for (const char* name : {"Gpt2LoraDropoutBiasRslora", "Gpt2LoraSbGradientInit", "LlamaGqaNola"}) {
     SCOPED_TRACE(name);
     expect_export_equals_one_process(case_named(name));
   }
@@ -379,11 +382,8 @@ TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   EXPECT_EQ(issues_of("peft { method: LORA_SB sb_init: WEIGHT_SVD r: 4 }"), "");
   EXPECT_EQ(issues_of("peft { method: LORA_SB r: 4 }"), "");
   EXPECT_EQ(issues_of("peft { method: SORA r: 4 }"), "");
-  std::string m = issues_of("peft { method: NOLA r: 4 }");
-  EXPECT_NE(m.find("peft.method: NOLA is not supported under tensor_parallel 2: its bases are generated per whole"),
-            std::string::npos)
-      << m;
-  m = issues_of("peft { method: SPIEL spiel_budget: 100 }");
+  EXPECT_EQ(issues_of("peft { method: NOLA r: 4 }"), "");
+  std::string m = issues_of("peft { method: SPIEL spiel_budget: 100 }");
   EXPECT_NE(m.find("peft.method: SPIEL is not supported under tensor_parallel 2"), std::string::npos) << m;
 }
 
