@@ -64,7 +64,7 @@ class RowRegion final : public peft::TensorParallelRegion {
 void shard_lora_layer(models::CausalLM& model, const std::string& path, bool column, const CommPtr& comm,
                       bool sp, bool reduce_rows, TensorParallelShards& out) {
   auto lora = std::dynamic_pointer_cast<peft::LoraLinear>(model.module(path));
-  LATHE_CHECK(lora) << "tensor parallelism: " << path << " is not a LoRA adapter";
+  LATHE_REQUIRE(lora) << "tensor parallelism: " << path << " is not a LoRA adapter";
   const std::string method = lora->method_name();
   // LoRA, and LoRA-SB / LoRA-XS (LoRA's forward with R in the middle; the gradient init of
   // LoRA-SB runs after sharding: train/peft_setup.h), SoRA and NOLA (their own forward, with
@@ -75,13 +75,13 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   const bool xs = typeid(*lora) == typeid(peft::LoraSbLinear);
   const bool sora = typeid(*lora) == typeid(peft::SoraLinear);
   auto* nola = dynamic_cast<peft::NolaLinear*>(lora.get());
-  LATHE_CHECK(plain || xs || sora || nola) << "tensor parallelism: " << path << " carries a " << method
+  LATHE_REQUIRE(plain || xs || sora || nola) << "tensor parallelism: " << path << " carries a " << method
                                            << " adapter, which is not supported with tensor parallelism";
-  LATHE_CHECK(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
+  LATHE_REQUIRE(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
                                     "rows are padded and sharded); exclude lm_head from peft.target_modules";
-  LATHE_CHECK(!lora->merged()) << "tensor parallelism: the adapter at " << path << " is merged";
+  LATHE_REQUIRE(!lora->merged()) << "tensor parallelism: the adapter at " << path << " is merged";
   auto full = std::dynamic_pointer_cast<models::Linear>(lora->base());
-  LATHE_CHECK(full) << "tensor parallelism: the adapter at " << path << " wraps a " << lora->base()->type_name()
+  LATHE_REQUIRE(full) << "tensor parallelism: the adapter at " << path << " wraps a " << lora->base()->type_name()
                     << ", expected a plain Linear";
   const models::ModelSpec& s = model.spec();
   const int t = comm->size(), r = comm->rank();

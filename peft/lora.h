@@ -10,7 +10,8 @@
 //
 // The base weight is registered in both the base layer and this wrapper (one tensor, shared
 // TensorImpl), so Module::to and set_data reach both; a replace_parameter of the base weight
-// (a tensor-parallel shard) must therefore happen before the adapter is injected.
+// must therefore happen before the adapter is injected. Tensor parallelism instead injects into
+// the full model and then swaps in the shard with set_tensor_parallel (parallel/tp_lora.h).
 //
 // It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
 // y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as

@@ -55,7 +55,7 @@ void ParallelLayout::gather_trainable(models::CausalLM& model, models::CausalLM*
     Tensor dst = full->parameter(name);
     LATHE_CHECK(dst.shape() == whole.shape()) << "gather_trainable: " << name << " gathered as " << whole.shape_str()
                                               << ", the full model has " << dst.shape_str();
-    dst.copy_(whole);
+    dst.copy_(whole.to(dst.device()));
   }
 }
 

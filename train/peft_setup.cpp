@@ -111,9 +111,10 @@ void init_sharded_from_gradient(models::CausalLM& model, const std::string& name
   whole->init_from_gradient(g, eta, o);
   autograd::NoGradGuard no_grad;
   const int t = layout.tensor_parallel(), rank = layout.groups().tp_rank();
-  l.lora_A().copy_(parallel::slice_shard(name + ".lora_A.weight", whole->lora_A(), spec, t, rank, 1));
-  l.lora_B().copy_(parallel::slice_shard(name + ".lora_B.weight", whole->lora_B(), spec, t, rank, 1));
-  l.lora_R().copy_(whole->lora_R());
+  auto put = [](const Tensor& dst, const Tensor& src) { dst.copy_(src.to(dst.dtype()).to(dst.device())); };
+  put(l.lora_A(), parallel::slice_shard(name + ".lora_A.weight", whole->lora_A(), spec, t, rank, 1));
+  put(l.lora_B(), parallel::slice_shard(name + ".lora_B.weight", whole->lora_B(), spec, t, rank, 1));
+  put(l.lora_R(), whole->lora_R());
 }
 }  // namespace
 

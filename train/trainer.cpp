@@ -230,7 +230,12 @@ void Trainer::setup() {
   // This rank's tensor-parallel shard, before the device move, the optimizer and the restore;
   // after the adapters, which shard with their layers from the one-process init
   // (parallel/tp_lora.h).
-  p.layout->shard(*model_);
+  try {
+    p.layout->shard(*model_);
+  } catch (const lathe::Error& e) {
+    if (!peft_on) throw;
+    throw configs::ConfigError("config", {"peft.target_modules: " + e.message()});  // e.g. an adapter on lm_head
+  }
   if (!p.device.is_cpu()) model_->to(p.device);
 
   // Built after the move, so optimizer state is created on the parameters' device.

@@ -387,5 +387,29 @@ TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   EXPECT_NE(m.find("peft.method: SPIEL is not supported under tensor_parallel 2"), std::string::npos) << m;
 }
 
+// An adapter on the vocabulary head (its rows are padded and sharded) is a config error
+// naming the field and the layer, before any step.
+TEST(TpLoraConfig, AdapterOnTheHeadIsRefused) {
+  auto comm = world();
+  if (comm->size() % 2 != 0) GTEST_SKIP();
+  Case c = case_named("LlamaGqaLora");
+  c.name = "LlamaUntiedHead";
+  c.spec.tie_embeddings = false;
+  c.peft = "peft { method: LORA r: 4 target_modules: \"lm_head\" }";
+  SharedDir dir(*comm);
+  const std::string base = write_base(c, dir, *comm);
+  try {
+    Trainer t(config(dir / "head", c, base, 2, 4), opts(comm));
+    t.run();
+    ADD_FAILURE() << "an adapter on lm_head was sharded";
+  } catch (const configs::ConfigError& e) {
+    std::string m;
+    for (const std::string& line : e.errors()) m += line + "\n";
+    EXPECT_NE(m.find("peft.target_modules: tensor parallelism: an adapter on lm_head is not supported"),
+              std::string::npos)
+        << m;
+  }
+}
+
 }  // namespace
 }  // namespace lathe::train
