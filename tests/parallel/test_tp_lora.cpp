@@ -387,6 +387,83 @@ TEST(TpLoraConfig, UnshardableMethodsAreRefused) {
   EXPECT_NE(m.find("peft.method: SPIEL is not supported under tensor_parallel 2"), std::string::npos) << m;
 }
 
+// Counts the collectives that pass through it (the TP group of the test below).
+class CountingComm final : public Communicator {
+ public:
+  explicit CountingComm(std::shared_ptr<Communicator> c) : c_(std::move(c)) {}
+  int rank() const override { return c_->rank(); }
+  int size() const override { return c_->size(); }
+  std::string backend() const override { return c_->backend(); }
+  parallel::WorkPtr all_reduce_async(const Tensor& t, parallel::ReduceOp op) override {
+    ++all_reduces;
+    elements += t.numel();
+    return c_->all_reduce_async(t, op);
+  }
+  parallel::WorkPtr reduce_scatter_async(const Tensor& in, const Tensor& out, parallel::ReduceOp op) override {
+    ++others;
+    return c_->reduce_scatter_async(in, out, op);
+  }
+  parallel::WorkPtr all_gather_async(const Tensor& in, const Tensor& out) override {
+    ++others;
+    return c_->all_gather_async(in, out);
+  }
+  parallel::WorkPtr all_to_all_async(const Tensor& in, const Tensor& out) override {
+    ++others;
+    return c_->all_to_all_async(in, out);
+  }
+  parallel::WorkPtr broadcast_async(const Tensor& t, int root) override {
+    ++others;
+    return c_->broadcast_async(t, root);
+  }
+  parallel::WorkPtr send_async(const Tensor& t, int dst, int tag) override { return c_->send_async(t, dst, tag); }
+  parallel::WorkPtr recv_async(const Tensor& t, int src, int tag) override { return c_->recv_async(t, src, tag); }
+  parallel::WorkPtr barrier_async() override { return c_->barrier_async(); }
+  std::shared_ptr<Communicator> split(int color, int key) override { return c_->split(color, key); }
+  int64_t all_reduces = 0, elements = 0, others = 0;
+
+ private:
+  std::shared_ptr<Communicator> c_;
+};
+
+// The design's claim (parallel/tp_lora.h): LoRA on every linear layer adds no collective to a
+// TP forward and backward (the same all-reduces of the same sizes as the model without
+// adapters), and the replicated factors' partial gradients are one all-reduce each per step.
+TEST(TpLoraCommunication, AdaptersAddNoCollectiveToForwardAndBackward) {
+  auto comm = world();
+  if (comm->size() != 2) GTEST_SKIP() << "TP = 2 over the whole world: np 2";
+  const models::ModelSpec spec = llama_spec(4, 2);
+  const Tensor ids = Tensor::from_vector<int64_t>({3, 70, 101, 32, 9, 200, 44, 12}, {2, 4});
+  const Tensor targets = Tensor::from_vector<int64_t>({70, 101, 32, 9, 200, 44, 12, 5}, {2, 4});
+  auto step = [&](bool lora, int64_t* partial_grads) {
+    auto counting = std::make_shared<CountingComm>(comm);
+    auto model = models::build_model(spec, 5);
+    if (lora) {
+      peft::PeftOptions o;
+      o.target.names = {"all-linear"};
+      o.lora.r = 4;
+      peft::inject_lora(*model, o);
+      // Trainable like the plain model's, so backward reaches the first layer's input (a
+      // frozen embedding would skip those input gradients and their all-reduces).
+      model->unfreeze("embed\\.weight");
+    }
+    const parallel::TensorParallelShards shards = parallel::shard_for_tensor_parallel(*model, counting, 1);
+    *partial_grads = static_cast<int64_t>(shards.partial_grad.size());
+    model->loss(ids, targets).backward();
+    return counting;
+  };
+  int64_t partial_plain = 0, partial_lora = 0;
+  const auto plain = step(false, &partial_plain);
+  const auto lora = step(true, &partial_lora);
+  EXPECT_GT(plain->all_reduces, 8);
+  EXPECT_EQ(lora->all_reduces, plain->all_reduces);
+  EXPECT_EQ(lora->elements, plain->elements);
+  EXPECT_EQ(lora->others, plain->others);
+  // Per step: A of the 5 column layers (q, k, v, gate, up) and B of the 2 row layers (o, down)
+  // of each of the 2 layers.
+  EXPECT_EQ(partial_plain, 0);
+  EXPECT_EQ(partial_lora, 2 * 7);
+}
+
 // An adapter on the vocabulary head (its rows are padded and sharded) is a config error
 // naming the field and the layer, before any step.
 TEST(TpLoraConfig, AdapterOnTheHeadIsRefused) {
