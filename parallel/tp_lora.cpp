@@ -68,14 +68,14 @@ void shard_lora_layer(models::CausalLM& model, const std::string& path, bool col
   const std::string method = lora->method_name();
   // LoRA, and LoRA-SB / LoRA-XS (LoRA's forward with R in the middle; the gradient init of
   // LoRA-SB runs after sharding: train/peft_setup.h), SoRA and NOLA (their own forward, with
-  // the region around it). SpIEL is not a LoraLinear.
-  // SoRA's gate sits on the r-wide intermediate, which is whole on every rank (column: A x;
-  // row: the partial A_i x_i, gated before the sum, which is linear in it).
+  // the region around it). SpIEL is not a LoraLinear. SoRA's gate sits on the r-wide
+  // intermediate, which is whole on every rank (column: A x; row: the partial A_i x_i, gated
+  // before the sum, which is linear in it).
   const bool plain = typeid(*lora) == typeid(peft::LoraLinear);
-  const bool xs = typeid(*lora) == typeid(peft::LoraSbLinear);
+  const bool sb = typeid(*lora) == typeid(peft::LoraSbLinear);
   const bool sora = typeid(*lora) == typeid(peft::SoraLinear);
   auto* nola = dynamic_cast<peft::NolaLinear*>(lora.get());
-  LATHE_REQUIRE(plain || xs || sora || nola) << "tensor parallelism: " << path << " carries a " << method
+  LATHE_REQUIRE(plain || sb || sora || nola) << "tensor parallelism: " << path << " carries a " << method
                                            << " adapter, which is not supported with tensor parallelism";
   LATHE_REQUIRE(path != "lm_head") << "tensor parallelism: an adapter on lm_head is not supported (its vocabulary "
                                     "rows are padded and sharded); exclude lm_head from peft.target_modules";
