@@ -359,8 +359,13 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
                                       ": the g-SNR of a split tensor sums statistics over the tensor-parallel ranks "
                                       "inside its update, a collective that per-parameter hooks cannot order; set "
                                       "optimizer.layerwise: false or tensor_parallel 1");
-  if (cfg.peft().method() != PeftConfig::OFF)
-    c.fail("parallel.tensor_parallel", "adapters (peft) are not supported with tensor parallelism yet");
+  // Adapters shard with their layers (parallel/tp_lora.h): LoRA, LoRA-SB / LoRA-XS, SoRA and
+  // NOLA are exact. SpIEL's indices address whole matrices.
+  const PeftConfig& pf = cfg.peft();
+  const std::string tp_s = "tensor_parallel " + show(tp);
+  if (pf.method() == PeftConfig::SPIEL)
+    c.fail("peft.method", "SPIEL is not supported under " + tp_s +
+                              ": its indices and regrowth address whole weight matrices; use LORA, or tensor_parallel 1");
 }
 
 void check_rest(const RunConfig& cfg, Checker& c) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "autograd/function.h"
 #include "autograd/ops.h"
@@ -10,6 +11,8 @@
 #include "models/attention.h"
 #include "models/autocast.h"
 #include "models/block.h"
+#include "parallel/tp_lora.h"
+#include "peft/lora.h"
 
 namespace lathe::parallel {
 
@@ -284,12 +287,19 @@ std::unique_ptr<models::PendingSum> TensorParallelReducer::start(const Tensor& p
 
 // ---- sharding rules ----------------------------------------------------------------------
 
-int shard_dim(const std::string& name, const models::ModelSpec& /*spec*/) {
+int shard_dim(const std::string& name, const models::ModelSpec& spec) {
   static const char* rows[] = {"attn.q_proj.weight", "attn.q_proj.bias",  "attn.k_proj.weight", "attn.k_proj.bias",
                                "attn.v_proj.weight", "attn.v_proj.bias",  "mlp.fc.weight",      "mlp.fc.bias",
                                "mlp.gate_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias"};
   static const char* cols[] = {"attn.o_proj.weight", "mlp.proj.weight", "mlp.down_proj.weight"};
   if (name == "embed.weight" || name == "lm_head.weight") return 0;
+  // Adapter factors (parallel/tp_lora.h): B of a column-parallel layer by rows, A of a
+  // row-parallel layer by columns; the other factors are replicated.
+  for (const auto& [factor, dim] : {std::pair<const char*, int>{".lora_B.weight", 0}, {".lora_A.weight", 1}})
+    if (ends_with(name, factor)) {
+      const std::string base = name.substr(0, name.size() - std::strlen(factor)) + ".weight";
+      return base != "lm_head.weight" && shard_dim(base, spec) == dim ? dim : -1;
+    }
   for (const char* r : rows)
     if (ends_with(name, r)) return 0;
   for (const char* c : cols)
@@ -358,7 +368,7 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
   auto full_linear = [&](const std::string& path) {
     auto lin = std::dynamic_pointer_cast<models::Linear>(model.module(path));
     LATHE_CHECK(lin) << "tensor parallelism: " << path << " is a " << model.module(path)->type_name()
-                     << ", expected a plain Linear (adapters are not supported with tensor parallelism)";
+                     << ", expected a plain Linear or a LoRA adapter";
     return lin;
   };
   auto shard = [&](const std::string& name, const Tensor& full) {
@@ -366,18 +376,29 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
     if (shard_dim(name, s) >= 0) out.sharded.insert(name);
     return slice_shard(name, full, s, t, r, vocab_pad_multiple);
   };
+  // Adapter fine-tuning (the adapters injected into the full model first): what is frozen
+  // stays frozen in the shards, and adapted layers shard with their factors (parallel/tp_lora.h).
+  std::set<std::string> frozen;
+  for (const auto& [name, p] : model.named_parameters())
+    if (!p.requires_grad()) frozen.insert(name);
+  auto adapted = [&](const std::string& path) {
+    return std::dynamic_pointer_cast<peft::LoraLinear>(model.module(path)) != nullptr;
+  };
   auto column = [&](const std::string& path) {
+    if (adapted(path)) return shard_lora_layer(model, path, true, comm, sp, reduce_rows, out);
     auto lin = full_linear(path);
     model.replace_module(path, std::make_shared<ColumnParallelLinear>(shard(path + ".weight", lin->weight()),
                                                                       shard(path + ".bias", lin->bias()), comm, sp));
   };
   auto row = [&](const std::string& path) {
+    if (adapted(path)) return shard_lora_layer(model, path, false, comm, sp, reduce_rows, out);
     auto lin = full_linear(path);
     model.replace_module(path, std::make_shared<RowParallelLinear>(shard(path + ".weight", lin->weight()),
                                                                    lin->bias(), comm, reduce_rows, sp));
     // The bias is added once (ladder: on rank 0) or on each sequence slice (SP): either way
     // each rank's gradient covers part of it.
-    if ((!reduce_rows || sp) && lin->bias().defined()) out.partial_grad.push_back(path + ".bias");
+    if ((!reduce_rows || sp) && lin->bias().defined() && !frozen.count(path + ".bias"))
+      out.partial_grad.push_back(path + ".bias");
   };
   for (int64_t i = 0; i < s.n_layer; ++i) {
     const std::string L = "layers." + std::to_string(i);
@@ -410,8 +431,10 @@ TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const Co
     model.set_sequence_parallel(std::make_shared<SequenceParallelShard>(comm));
     // Megatron-SP: norms see only this rank's tokens, so their gradients are partial sums.
     for (const auto& [name, p] : model.named_parameters())
-      if (name.find("norm.") != std::string::npos) out.partial_grad.push_back(name);
+      if (name.find("norm.") != std::string::npos && !frozen.count(name)) out.partial_grad.push_back(name);
   }
+  for (const auto& [name, p] : model.named_parameters())
+    if (frozen.count(name)) p.set_requires_grad(false);
   return out;
 }
 

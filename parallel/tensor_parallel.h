@@ -164,8 +164,9 @@ struct TensorParallelShards {
 
 // Replaces the layers of `model` (a full model: every weight present) by this rank's shards.
 // Throws lathe::Error naming the numbers when heads, KV heads or the MLP width are not
-// divisible by comm->size(), or a slot holds something other than a plain Linear (an
-// adapter). With one rank nothing changes.
+// divisible by comm->size(), or a slot holds something other than a plain Linear or a
+// supported adapter (LoRA and LoRA-XS, sharded with their layer: parallel/tp_lora.h; frozen
+// parameters stay frozen). With one rank nothing changes.
 // sequence_parallel: Megatron-SP inside the TP group as well (the norm weights' and the
 // row-parallel biases' gradients are then partial sums: listed in partial_grad). Not with
 // the Ladder residual.

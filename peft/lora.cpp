@@ -96,7 +96,9 @@ Tensor LoraLinear::adapter_input(const Tensor& x, DType dt) const {
   // As peft: the adapter computes in its own dtype (x cast to it) and hands back the base
   // output's dtype. Under Autocast both run in the compute dtype.
   Tensor h = models::Autocast::enabled() ? models::autocast(x) : x.dtype() == dt ? x : ag::cast(x, dt);
-  if (dropout_ > 0) h = ag::dropout(h, dropout_, *dropout_gen_, is_training());
+  if (dropout_ > 0)
+    h = region_ ? region_->dropout(h, dropout_, *dropout_gen_, is_training())
+                : ag::dropout(h, dropout_, *dropout_gen_, is_training());
   return h;
 }
 
@@ -117,11 +119,20 @@ Tensor LoraLinear::fused_forward(const Tensor& x) const {
   using models::autocast;
   const Tensor xc = autocast(x);
   // The adapter reads x itself unless dropout draws a mask (adapter_input's rule: none in eval).
-  const Tensor xa = dropout_ > 0 && is_training() ? ag::dropout(xc, dropout_, *dropout_gen_, true) : Tensor();
+  // Under TP a row-parallel slice applies its columns of the one-process mask (region_).
+  Tensor xa;
+  if (dropout_ > 0 && is_training())
+    xa = region_ ? region_->dropout(xc, dropout_, *dropout_gen_, true) : ag::dropout(xc, dropout_, *dropout_gen_, true);
   return lora_linear(xc, autocast(w), autocast(bias), xa, autocast(a), autocast(b), autocast(rm), scale_);
 }
 
 Tensor LoraLinear::forward(const Tensor& x) const {
+  // Tensor parallelism: the same math on this rank's slices (TensorParallelRegion).
+  if (region_) return region_->leave(local_forward(region_->enter(x)));
+  return local_forward(x);
+}
+
+Tensor LoraLinear::local_forward(const Tensor& x) const {
   if (!merged_)
     if (Tensor y = fused_forward(x); y.defined()) return y;
   Tensor y = base_->forward(x);
@@ -132,6 +143,22 @@ Tensor LoraLinear::forward(const Tensor& x) const {
   // multiply (and its backward) touches r/out of the elements. s B h == B (s h) exactly up to
   // rounding.
   return add_branch(y, B_->forward(ag::mul(h, scale_)));
+}
+
+void LoraLinear::set_tensor_parallel(std::shared_ptr<models::LinearLayer> base,
+                                     std::shared_ptr<const TensorParallelRegion> region) {
+  LATHE_REQUIRE(base && region) << "LoraLinear::set_tensor_parallel: no base layer or region";
+  LATHE_REQUIRE(!merged_) << "LoraLinear::set_tensor_parallel: merged adapters are not resharded";
+  // The shard's tensors under this wrapper's names, frozen as the full ones were.
+  replace_parameter("weight", base->base_weight());
+  LATHE_REQUIRE(base->base_bias().defined() == has_parameter("bias"))
+      << "LoraLinear::set_tensor_parallel: the shard and the base differ in having a bias";
+  if (base->base_bias().defined()) {
+    replace_parameter("bias", base->base_bias());
+  }
+  base->train(is_training());
+  base_ = std::move(base);
+  region_ = std::move(region);
 }
 
 LoraFactors LoraLinear::lora_factors() const {

@@ -10,7 +10,8 @@
 //
 // The base weight is registered in both the base layer and this wrapper (one tensor, shared
 // TensorImpl), so Module::to and set_data reach both; a replace_parameter of the base weight
-// (a tensor-parallel shard) must therefore happen before the adapter is injected.
+// must therefore happen before the adapter is injected. Tensor parallelism instead injects into
+// the full model and then swaps in the shard with set_tensor_parallel (parallel/tp_lora.h).
 //
 // It is the base of the LoRA family: an optional middle factor R [r, r] (LoRA-XS, LoRA-SB:
 // y = base(x) + s * B(R(A(drop(x))))) is held by the class, registered as
@@ -60,6 +61,20 @@ struct LoraFactors {
   double alpha = 0;
 };
 
+// Tensor parallelism (parallel/tp_lora.h): where a sharded adapted layer meets its TP group.
+// forward runs the unchanged LoRA math on this rank's slices between enter (on the input,
+// before the base and the adapter branch: f for a column-parallel layer) and leave (on their
+// sum: g for a row-parallel one), so the branch joins the base's partial sum before the one
+// reduction and no collective is added. dropout draws the adapter-input mask of a sliced input
+// (the slice of the one-process mask).
+class TensorParallelRegion {
+ public:
+  virtual ~TensorParallelRegion() = default;
+  virtual Tensor enter(const Tensor& x) const = 0;
+  virtual Tensor leave(const Tensor& y) const = 0;
+  virtual Tensor dropout(const Tensor& x, double p, Generator& gen, bool training) const = 0;
+};
+
 class LoraLinear : public models::LinearLayer {
  public:
   // Wraps `base` (which keeps serving the forward); its weight is frozen here. A and B are
@@ -103,6 +118,12 @@ class LoraLinear : public models::LinearLayer {
   bool merged() const { return merged_; }
   // Trainable elements of the adapter factors (A, B, R that require grad).
   virtual int64_t adapter_parameters() const;
+  // Tensor parallelism (parallel/tp_lora.h): `base` (this rank's shard of the base layer, no
+  // collectives of its own) takes the wrapped layer's place and keeps its parameter names and
+  // requires_grad; forward then runs inside `region`. The factors are resliced by the caller
+  // (Module::replace_parameter).
+  void set_tensor_parallel(std::shared_ptr<models::LinearLayer> base, std::shared_ptr<const TensorParallelRegion> region);
+  const TensorParallelRegion* tensor_parallel_region() const { return region_.get(); }
 
  protected:
   // For members of the family without the A and B parameters (NOLA generates them): the
@@ -119,6 +140,8 @@ class LoraLinear : public models::LinearLayer {
   static Tensor add_branch(const Tensor& y, const Tensor& delta);
   // For subclasses of the family: registers R [r, r] (`lora_R.weight`), zero, trainable.
   void add_middle_factor();
+  // forward on this rank's slices (without the tensor-parallel region around it).
+  Tensor local_forward(const Tensor& x) const;
 
  private:
   std::shared_ptr<models::LinearLayer> base_;
@@ -132,6 +155,7 @@ class LoraLinear : public models::LinearLayer {
   double dropout_;
   Generator* dropout_gen_;
   bool merged_ = false;
+  std::shared_ptr<const TensorParallelRegion> region_;  // null: one process
 };
 
 }  // namespace lathe::peft

@@ -105,26 +105,48 @@ NolaLinear::NolaLinear(std::shared_ptr<models::LinearLayer> base, const LoraOpti
   coef_B_ = register_parameter("nola_coef_B", Tensor::zeros({nola.num_basis_B}, DType::f32, dev));
 }
 
+void NolaLinear::set_shard(int64_t out_full, int64_t out_start, int64_t in_full, int64_t in_start) {
+  LATHE_REQUIRE(out_start >= 0 && out_start + out_features() <= out_full && in_start >= 0 &&
+                in_start + in_features() <= in_full)
+      << "NOLA: the shard [" << out_start << ", +" << out_features() << ") x [" << in_start << ", +" << in_features()
+      << ") does not fit the whole layer " << out_full << " x " << in_full;
+  out_full_ = out_full;
+  out_start_ = out_start;
+  in_full_ = in_full;
+  in_start_ = in_start;
+}
+
 Tensor NolaLinear::A0() const {
-  // kaiming_uniform(a=sqrt(5)) as LoRA's A: U(-1/sqrt(in), 1/sqrt(in)).
-  return nola_basis(key_, NolaFactor::A0, 0, {rank(), in_features()}, 1.0 / std::sqrt(static_cast<double>(in_features())),
-                    coef_A_.dtype(), coef_A_.device());
+  // kaiming_uniform(a=sqrt(5)) as LoRA's A: U(-1/sqrt(in), 1/sqrt(in)), of the whole layer.
+  const int64_t in = in_full_ > 0 ? in_full_ : in_features();
+  Tensor a0 = nola_basis(key_, NolaFactor::A0, 0, {rank(), in}, 1.0 / std::sqrt(static_cast<double>(in)),
+                         coef_A_.dtype(), coef_A_.device());
+  return in_full_ > 0 ? a0.narrow(1, in_start_, in_features()).contiguous() : a0;
 }
 
 Tensor NolaLinear::A_diff() const {
-  return ag::add(A0(), nola_combine(coef_A_, key_, NolaFactor::A, {rank(), in_features()}, nola_.chunk));
+  const int64_t in = in_full_ > 0 ? in_full_ : in_features();
+  Tensor a = nola_combine(coef_A_, key_, NolaFactor::A, {rank(), in}, nola_.chunk);
+  if (in_full_ > 0) a = ag::narrow(a, 1, in_start_, in_features());
+  return ag::add(A0(), a);
 }
 
 Tensor NolaLinear::B_diff() const {
-  return nola_combine(coef_B_, key_, NolaFactor::B, {out_features(), rank()}, nola_.chunk);
+  const int64_t out = out_full_ > 0 ? out_full_ : out_features();
+  Tensor b = nola_combine(coef_B_, key_, NolaFactor::B, {out, rank()}, nola_.chunk);
+  return out_full_ > 0 ? ag::narrow(b, 0, out_start_, out_features()) : b;
 }
 
-Tensor NolaLinear::forward(const Tensor& x) const {
+Tensor NolaLinear::forward(const Tensor& x_in) const {
+  // Tensor parallelism: the same math on this rank's slices (TensorParallelRegion, peft/lora.h).
+  const TensorParallelRegion* tp = tensor_parallel_region();
+  const Tensor x = tp ? tp->enter(x_in) : x_in;
+  auto leave = [tp](const Tensor& y) { return tp ? tp->leave(y) : y; };
   Tensor y = base()->forward(x);
-  if (merged()) return y;
+  if (merged()) return leave(y);
   // Under Autocast the factors are used in the compute dtype (x is already in it).
   const Tensor h = ag::matmul(adapter_input(x, coef_A_.dtype()), models::autocast(A_diff()), false, true);  // [..., r]
-  return add_branch(y, ag::mul(ag::matmul(h, models::autocast(B_diff()), false, true), scaling()));
+  return leave(add_branch(y, ag::mul(ag::matmul(h, models::autocast(B_diff()), false, true), scaling())));
 }
 
 Tensor NolaLinear::lora_A() const {

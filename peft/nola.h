@@ -63,6 +63,11 @@ class NolaLinear : public LoraLinear {
   Tensor coef_B() const { return coef_B_; }
   const NolaKey& key() const { return key_; }
   const NolaOptions& nola_options() const { return nola_; }
+  // Tensor parallelism (parallel/tp_lora.h): this layer is a slice of a whole [out_full,
+  // in_full] layer, rows [out_start, out_start + out) and columns [in_start, in_start + in).
+  // The bases stay those of the whole matrices (keyed as in one process); A and B are their
+  // combinations' slices: A's columns, B's rows. The coefficients are whole.
+  void set_shard(int64_t out_full, int64_t out_start, int64_t in_full, int64_t in_start);
   // A0 + sum a_i Ahat_i [r, in] and sum b_j Bhat_j [out, r] in f32 (no autograd history).
   Tensor lora_A() const override;
   Tensor lora_B() const override;
@@ -77,6 +82,8 @@ class NolaLinear : public LoraLinear {
 
   NolaOptions nola_;
   NolaKey key_;
+  // The whole layer this one is a slice of (set_shard); 0 = not sharded.
+  int64_t out_full_ = 0, out_start_ = 0, in_full_ = 0, in_start_ = 0;
   Tensor coef_A_, coef_B_;
 };
 

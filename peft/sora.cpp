@@ -55,14 +55,18 @@ SoraLinear::SoraLinear(std::shared_ptr<models::LinearLayer> base, const LoraOpti
   gate_ = register_parameter("lora_gate", Tensor::randn({rank()}, gen, DType::f32).to(base_weight().device()));
 }
 
-Tensor SoraLinear::forward(const Tensor& x) const {
+Tensor SoraLinear::forward(const Tensor& x_in) const {
+  // Tensor parallelism: the same math on this rank's slices (TensorParallelRegion, peft/lora.h).
+  const TensorParallelRegion* tp = tensor_parallel_region();
+  const Tensor x = tp ? tp->enter(x_in) : x_in;
+  auto leave = [tp](const Tensor& y) { return tp ? tp->leave(y) : y; };
   Tensor y = base()->forward(x);
-  if (merged()) return y;
+  if (merged()) return leave(y);
   const Tensor a = LoraLinear::lora_A(), b = LoraLinear::lora_B();
   // Under Autocast the factors and the gate are used in the compute dtype (x is already in it).
   Tensor h = ag::linear(adapter_input(x, a.dtype()), models::autocast(a));
   h = ag::mul(h, gate_.dtype() == h.dtype() ? gate_ : ag::cast(gate_, h.dtype()));
-  return add_branch(y, ag::mul(ag::linear(h, models::autocast(b)), scaling()));
+  return leave(add_branch(y, ag::mul(ag::linear(h, models::autocast(b)), scaling())));
 }
 
 Tensor SoraLinear::delta_weight() const {

@@ -85,7 +85,19 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     // Frozen factors that came from data (LoRA-SB's A and B) are in the checkpoint too.
     const auto frozen = frozen_adapter_part(*model);
     if (frozen) parts.push_back(frozen.get());
-    read_rank_checkpoint(file, parts);
+    // A tensor-parallel run's adapter shards are gathered (parallel/tp_lora.h).
+    if (checkpoint_tensor_parallel(file) > 1) {
+      load_full_model_weights(file, *model, /*trainable_only=*/true);
+      std::vector<std::pair<std::string, Tensor>> sb;
+      for (auto& [name, l] : peft::lora_layers(*model))
+        if (dynamic_cast<peft::LoraSbLinear*>(l)) {
+          sb.emplace_back(name + ".lora_A.weight", l->lora_A());
+          sb.emplace_back(name + ".lora_B.weight", l->lora_B());
+        }
+      load_full_tensors(file, "peft", sb, model->spec());
+    } else {
+      read_rank_checkpoint(file, parts);
+    }
   } else {
     // A tensor-parallel checkpoint's shards are gathered into the full model.
     load_full_model_weights(file, *model);

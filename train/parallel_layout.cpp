@@ -40,6 +40,29 @@ void ParallelLayout::finish_gradients(models::CausalLM& model) {
   if (!shards_.partial_grad.empty()) parallel::all_reduce_partial_grads(model, shards_.partial_grad, *groups_->tp());
 }
 
+void ParallelLayout::gather_trainable(models::CausalLM& model, models::CausalLM* full) {
+  parallel::Communicator& tp = *groups_->tp();
+  for (const auto& [name, p] : model.named_parameters()) {
+    // Also the frozen adapter factors (LoRA-SB's A and B): part of the exported adapter.
+    if (!p.requires_grad() && name.find(".lora_") == std::string::npos) continue;
+    Tensor whole = p;
+    if (shards_.sharded.count(name)) {
+      Shape s = p.shape();
+      s.insert(s.begin(), tp.size());
+      Tensor all = Tensor::empty(s, p.dtype(), p.device());
+      tp.all_gather(p.contiguous(), all);
+      std::vector<Tensor> parts;
+      for (int r = 0; r < tp.size(); ++r) parts.push_back(all.select(0, r));
+      whole = parallel::gather_shards(name, parts, model.spec());
+    }
+    if (!full) continue;
+    Tensor dst = full->parameter(name);
+    LATHE_CHECK(dst.shape() == whole.shape()) << "gather_trainable: " << name << " gathered as " << whole.shape_str()
+                                              << ", the full model has " << dst.shape_str();
+    dst.copy_(whole.to(dst.device()));
+  }
+}
+
 double ParallelLayout::clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm,
                                       parallel::Communicator* zero_dp) {
   const double norm = parallel::tp_grad_norm(params, shards_, *groups_->tp(), zero_dp);
@@ -63,37 +86,45 @@ int checkpoint_tensor_parallel(const std::string& file) {
   return std::stoi(m[1]);
 }
 
-void load_full_model_weights(const std::string& file, models::CausalLM& model) {
+void load_full_tensors(const std::string& file, const std::string& group,
+                       const std::vector<std::pair<std::string, Tensor>>& targets, const models::ModelSpec& spec) {
   const int tp = checkpoint_tensor_parallel(file);
-  if (tp == 1) {
-    read_rank_checkpoint(file, model, nullptr);
-    return;
-  }
   const std::string dir = std::filesystem::path(file).parent_path().string();
   std::vector<std::unique_ptr<H5Reader>> shards;
   for (int r = 0; r < tp; ++r) {
-    const std::string f = rank_file(dir, r);
+    const std::string f = tp == 1 ? file : rank_file(dir, r);
     if (!std::filesystem::exists(f))
       throw CheckpointError(file + " is rank " + std::to_string(r) + "'s shard of a tensor_parallel " + std::to_string(tp) +
                             " checkpoint, and " + f + " (another shard) is missing: the full model needs all " +
                             std::to_string(tp) + " files of its step directory");
     shards.push_back(std::make_unique<H5Reader>(f));
   }
-  for (const auto& [name, p] : model.named_parameters()) {
+  for (const auto& [name, p] : targets) {
     std::vector<Tensor> parts;
     for (int r = 0; r < tp; ++r) {
       try {
-        parts.push_back(shards[static_cast<size_t>(r)]->read_tensor("model/" + name));
+        parts.push_back(shards[static_cast<size_t>(r)]->read_tensor(group + "/" + name));
       } catch (const lathe::Error& e) {
-        throw CheckpointError(rank_file(dir, r) + ": model/" + name + ": " + e.message());
+        throw CheckpointError((tp == 1 ? file : rank_file(dir, r)) + ": " + group + "/" + name + ": " + e.message());
       }
     }
-    Tensor full = parallel::gather_shards(name, parts, model.spec());
+    Tensor full = parallel::gather_shards(name, parts, spec);
     if (full.shape() != p.shape())
-      throw CheckpointError(dir + ": model/" + name + " gathered from " + std::to_string(tp) + " shards is " +
+      throw CheckpointError(dir + ": " + group + "/" + name + " gathered from " + std::to_string(tp) + " shards is " +
                             full.shape_str() + ", the model expects " + p.shape_str());
     p.copy_(full);
   }
+}
+
+void load_full_model_weights(const std::string& file, models::CausalLM& model, bool trainable_only) {
+  if (checkpoint_tensor_parallel(file) == 1 && !trainable_only) {
+    read_rank_checkpoint(file, model, nullptr);
+    return;
+  }
+  std::vector<std::pair<std::string, Tensor>> targets;
+  for (const auto& np : model.named_parameters())
+    if (!trainable_only || np.second.requires_grad()) targets.push_back(np);
+  load_full_tensors(file, "model", targets, model.spec());
 }
 
 }  // namespace lathe::train

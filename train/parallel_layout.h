@@ -48,6 +48,11 @@ class ParallelLayout {
   // Which parameters shard() split (empty before it, and with tensor_parallel 1).
   const parallel::TensorParallelShards& shards() const { return shards_; }
   void finish_gradients(models::CausalLM& model);
+  // Collective over the TP group: the trainable parameters and the adapter factors (frozen
+  // ones too: LoRA-SB's A and B) of this rank's shard `model`
+  // gathered into `full` (the same model unsharded, with the same adapters injected; may be
+  // null on ranks that do not need the result). What an adapter run's final export uses.
+  void gather_trainable(models::CausalLM& model, models::CausalLM* full);
   // zero_dp: with ZeRO-1, params are this rank's pieces and zero_dp the group they shard over
   // (parallel::tp_grad_norm).
   double clip_grad_norm(const std::vector<std::pair<std::string, Tensor>>& params, double max_norm,
@@ -70,6 +75,12 @@ int checkpoint_tensor_parallel(const std::string& rank_file);
 // (parallel::gather_shards). What export, eval, generate and model.init_from use, so a TP
 // checkpoint can be read by one process or start a run of another layout. CheckpointError
 // naming the file and tensor when a shard is missing or does not fit.
-void load_full_model_weights(const std::string& rank_file, models::CausalLM& model);
+// trainable_only: only the parameters of `model` that require grad (an adapter checkpoint,
+// whose files hold only those; the rest was loaded from model.init_from).
+void load_full_model_weights(const std::string& rank_file, models::CausalLM& model, bool trainable_only = false);
+// The tensors <group>/<name> of a checkpoint (the shards of its TP ranks gathered) copied into
+// `targets` (full-size tensors named like the model's parameters).
+void load_full_tensors(const std::string& rank_file, const std::string& group,
+                       const std::vector<std::pair<std::string, Tensor>>& targets, const models::ModelSpec& spec);
 
 }  // namespace lathe::train

@@ -86,9 +86,41 @@ std::string adapter_dir(const RunConfig& cfg) {
   return (std::filesystem::path(cfg.run_dir()) / "adapter").string();
 }
 
+namespace {
+// LoRA-SB's init of a tensor-parallel layer: G gathered whole, the factors of a whole-size
+// stand-in computed from it (the one-process arithmetic), this rank's slices kept.
+void init_sharded_from_gradient(models::CausalLM& model, const std::string& name, peft::LoraSbLinear& l,
+                                const Tensor& grad_shard, double eta, const peft::LoraSbOptions& o,
+                                const ParallelLayout& layout) {
+  parallel::Communicator& tp = *layout.groups().tp();
+  const models::ModelSpec& spec = model.spec();
+  const std::string w = name + ".weight";
+  Shape s = grad_shard.shape();
+  s.insert(s.begin(), tp.size());
+  Tensor all = Tensor::empty(s, grad_shard.dtype(), grad_shard.device());
+  tp.all_gather(grad_shard.contiguous(), all);
+  std::vector<Tensor> parts;
+  for (int r = 0; r < tp.size(); ++r) parts.push_back(all.select(0, r));
+  const Tensor g = parallel::gather_shards(w, parts, spec);
+  peft::LoraOptions lo;
+  lo.r = l.rank();
+  lo.alpha = l.alpha();
+  lo.use_rslora = l.use_rslora();
+  auto whole = std::make_shared<peft::LoraSbLinear>(std::make_shared<models::Linear>(g.size(1), g.size(0), false), lo,
+                                                    nullptr);
+  whole->init_from_gradient(g, eta, o);
+  autograd::NoGradGuard no_grad;
+  const int t = layout.tensor_parallel(), rank = layout.groups().tp_rank();
+  auto put = [](const Tensor& dst, const Tensor& src) { dst.copy_(src.to(dst.dtype()).to(dst.device())); };
+  put(l.lora_A(), parallel::slice_shard(name + ".lora_A.weight", whole->lora_A(), spec, t, rank, 1));
+  put(l.lora_B(), parallel::slice_shard(name + ".lora_B.weight", whole->lora_B(), spec, t, rank, 1));
+  put(l.lora_R(), whole->lora_R());
+}
+}  // namespace
+
 int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOptions& opts, TrainBatches& batches,
                                      int64_t num_batches, double eta, Device device, bool bf16,
-                                     parallel::Communicator& comm) {
+                                     parallel::Communicator& comm, const ParallelLayout* layout) {
   std::vector<std::pair<std::string, peft::LoraSbLinear*>> layers;
   for (auto& [name, l] : peft::lora_layers(model))
     if (auto* sb = dynamic_cast<peft::LoraSbLinear*>(l)) layers.emplace_back(name, sb);
@@ -121,7 +153,12 @@ int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOp
     l->base_weight().set_requires_grad(false);
   }
   for (auto& [name, p] : model.named_parameters()) p.set_grad(Tensor());
-  for (size_t i = 0; i < layers.size(); ++i) layers[i].second->init_from_gradient(grads[i], eta, opts.sb);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layout && layout->tensor_parallel() > 1)
+      init_sharded_from_gradient(model, layers[i].first, *layers[i].second, grads[i], eta, opts.sb, *layout);
+    else
+      layers[i].second->init_from_gradient(grads[i], eta, opts.sb);
+  }
   model.train(was_training);
   return static_cast<int64_t>(layers.size());
 }

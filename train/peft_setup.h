@@ -11,6 +11,7 @@
 #include "parallel/communicator.h"
 #include "peft/inject.h"
 #include "train/checkpoint.h"
+#include "train/parallel_layout.h"
 
 namespace lathe::train {
 
@@ -31,9 +32,12 @@ std::string adapter_dir(const RunConfig& cfg);
 // token loss as the trainer computes it (bf16 compute under Autocast when `bf16`), summed
 // over the ranks; then init_from_gradient(G, eta) on every such layer. The base weights are
 // frozen again and every gradient dropped afterwards. Returns how many layers it initialised.
+// With a tensor-parallel `layout` (comm then its data-parallel group): each rank's gradient
+// slices are gathered over the TP group into the whole G, the init is computed from it as in
+// one process, and each rank keeps its slices of A and B (parallel/tp_lora.h).
 int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOptions& opts, TrainBatches& batches,
                                      int64_t num_batches, double eta, Device device, bool bf16,
-                                     parallel::Communicator& comm);
+                                     parallel::Communicator& comm, const ParallelLayout* layout = nullptr);
 
 // The checkpoint part of an adapter's frozen but data-dependent tensors (LoRA-SB's A and B,
 // computed from the base and the first batches): peft/<module>.lora_A.weight, ..., so a

@@ -217,8 +217,6 @@ void Trainer::setup() {
   // Keyed by the data-parallel rank: the tensor-parallel ranks of a group draw the same masks.
   dropout.set_state(rank_dropout_seed(dropout.seed(), p.layout->data_rank()), dropout.offset());
   configure_model(*model_);
-  // This rank's tensor-parallel shard, before the device move, the optimizer and the restore.
-  p.layout->shard(*model_);
   if (peft_on) {
     // After the base weights, before the device move and the optimizer (which then holds
     // state for the trainable parameters only).
@@ -228,6 +226,15 @@ void Trainer::setup() {
     } catch (const lathe::Error& e) {
       throw configs::ConfigError("config", {e.message()});
     }
+  }
+  // This rank's tensor-parallel shard, before the device move, the optimizer and the restore;
+  // after the adapters, which shard with their layers from the one-process init
+  // (parallel/tp_lora.h).
+  try {
+    p.layout->shard(*model_);
+  } catch (const lathe::Error& e) {
+    if (!peft_on) throw;
+    throw configs::ConfigError("config", {"peft.target_modules: " + e.message()});  // e.g. an adapter on lm_head
   }
   if (!p.device.is_cpu()) model_->to(p.device);
 
@@ -292,8 +299,11 @@ void Trainer::setup() {
       // run's first micro-batches without moving the run's data position. The step size is the
       // first update's lr (LoRA-SB: the first Adam step at the first warm-up lr).
       TrainBatches first(p.data, p.loader);
+      // Under TP the gradients are summed over the data-parallel group and gathered over TP.
+      const bool tp = p.layout->tensor_parallel() > 1;
       init_adapters_from_gradients(*model_, *peft_options_, first, peft_options_->sb.init_batches,
-                                   p.schedule.lr_at(1), p.device, p.bf16(), *p.comm);
+                                   p.schedule.lr_at(1), p.device, p.bf16(), tp ? *p.layout->data_comm() : *p.comm,
+                                   tp ? p.layout.get() : nullptr);
     }
   }
 
@@ -448,7 +458,8 @@ void Trainer::print_banner(const std::string& from, const std::vector<std::strin
     else s << " r " << peft_options_->lora.r << ", alpha " << peft_options_->lora.alpha;
     s << " on " << peft_->adapters.size() << " linear layers";
     if (!peft_->adapters.empty()) s << " (" << peft_->adapters.front().name << ", ...)";
-    s << "; " << peft::parameter_report(*model_).str() << "\n";
+    s << "; " << peft::parameter_report(*model_).str()
+      << (p.layout->tensor_parallel() > 1 ? " (this rank's shards)" : "") << "\n";
   }
   s << "data: " << p.data.description << " (tokenizer " << p.cfg.data().tokenizer() << " = " << p.tokenizer->id()
     << ")\n";
@@ -705,11 +716,22 @@ TrainResult Trainer::run() {
   }
   result_.finished = step_ == p.total_steps;
   result_.tokens_per_s = train_time_ > 0 ? session_tokens_ / train_time_ : 0.0;
+  // Tensor parallelism: the adapter shards gathered into a full model first (collective over
+  // each TP group; rank 0 keeps the result).
+  std::unique_ptr<models::CausalLM> gathered;
+  if (peft_ && result_.finished && p.layout->tensor_parallel() > 1) {
+    if (p.rank == 0) {
+      gathered = models::build_model(p.spec, p.cfg.train().seed());
+      peft::inject_lora(*gathered, *peft_options_);
+    }
+    p.layout->gather_trainable(*model_, gathered.get());
+  }
   if (peft_ && result_.finished && p.rank == 0) {
     // The trained adapter in the Hugging Face peft layout (loads with PeftModel.from_pretrained).
     const std::string dir = adapter_dir(p.cfg);
-    if (spiel_) peft::save_spiel_adapter(*model_, dir, p.cfg.model().init_from());
-    else peft::save_adapter(*model_, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
+    models::CausalLM& m = gathered ? *gathered : *model_;
+    if (spiel_) peft::save_spiel_adapter(m, dir, p.cfg.model().init_from());
+    else peft::save_adapter(m, dir, peft::save_options(*peft_options_, *peft_, p.cfg.model().init_from()));
     result_.adapter_dir = dir;
     message("adapter: " + dir);
   }

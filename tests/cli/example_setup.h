@@ -52,6 +52,7 @@ class ExampleInputs {
     const std::string out = dir_ + "/hf";
     if (!std::filesystem::exists(out + "/config.json")) {
       const std::string cfg = dir_ + "/base.pbtxt";
+      std::filesystem::create_directories(dir_);  // tokenizer() may not have run (runs/ had its files)
       std::FILE* f = std::fopen(cfg.c_str(), "w");
       std::fputs(("name: \"base\"\nrun_dir: \"" + dir_ + "/base\"\n"
                   "model { arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 128 }\n"

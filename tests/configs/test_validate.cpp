@@ -300,8 +300,10 @@ TEST(ConfigValidate, TensorParallelCombinations) {
                 }),
                 Contains(AllOf(HasSubstr("optimizer.layerwise"), HasSubstr(OptimizerConfig::Type_Name(type)),
                                HasSubstr("tensor_parallel 2"))));
-  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::LORA); }),
-              Contains(AllOf(HasSubstr("parallel.tensor_parallel"), HasSubstr("adapters (peft)"))));
+  // LoRA shards with its layers (parallel/tp_lora.h); SpIEL does not (more in tests/parallel/test_tp_lora.cpp).
+  EXPECT_TRUE(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::LORA); }).empty());
+  EXPECT_THAT(with_tp([](RunConfig& c) { c.mutable_peft()->set_method(PeftConfig::SPIEL); }),
+              Contains(AllOf(HasSubstr("peft.method"), HasSubstr("SPIEL"), HasSubstr("tensor_parallel 2"))));
 }
 
 TEST(ConfigValidate, LaterErrorsNameTheLoadedFile) {
