@@ -29,6 +29,7 @@
 #include "parallel/tensor_parallel.h"
 #include "peft/adapter_io.h"
 #include "peft/inject.h"
+#include "tests/parallel/shared_dir.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint_dir.h"
 #include "train/inference.h"
@@ -44,33 +45,7 @@ using parallel::Communicator;
 std::shared_ptr<Communicator> world() { return parallel::world(); }
 std::shared_ptr<Communicator> single() { return std::make_shared<parallel::SingleProcessCommunicator>(); }
 
-// A directory every rank sees under the same name (rank 0's pid), removed at the end.
-class SharedDir {
- public:
-  explicit SharedDir(Communicator& comm) : comm_(comm) {
-    Tensor pid = Tensor::from_vector<int64_t>({static_cast<int64_t>(::getpid())}, {1});
-    comm.broadcast(pid, 0);
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = (fs::temp_directory_path() / ("lathe_tplora_" + std::string(info->name()) + "_" +
-                                           std::to_string(pid.to_vector<int64_t>()[0])))
-                .string();
-    if (comm.rank() == 0) {
-      fs::remove_all(path_);
-      fs::create_directories(path_);
-    }
-    comm.barrier();
-  }
-  ~SharedDir() {
-    comm_.barrier();
-    std::error_code ec;
-    if (comm_.rank() == 0) fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  Communicator& comm_;
-  std::string path_;
-};
+using test::SharedDir;
 
 TrainOptions opts(std::shared_ptr<Communicator> comm) {
   TrainOptions o;
@@ -90,16 +65,7 @@ struct Case {
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
-models::ModelSpec gpt2_spec() {
-  models::ModelSpec s;
-  s.arch = models::Arch::gpt2;
-  s.vocab_size = 256;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.d_model = 32;
-  s.max_seq_len = 32;
-  return s;
-}
+models::ModelSpec gpt2_spec() { return test_util::tiny_hf_gpt2_spec(); }
 models::ModelSpec llama_spec(int64_t heads, int64_t kv) {
   models::ModelSpec s;
   s.arch = models::Arch::llama;
@@ -216,14 +182,8 @@ void expect_tp_equals_one_process(const Case& c, int zero) {
   const TrainResult a = one.run();
   Trainer tpr(run, opts(comm));
   const TrainResult b = tpr.run();
-  ASSERT_EQ(a.steps.size(), 4u);
-  ASSERT_EQ(b.steps.size(), 4u);
-  for (size_t i = 0; i < a.steps.size(); ++i) {
-    SCOPED_TRACE("step " + std::to_string(i + 1));
-    EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * std::abs(a.steps[i].loss));
-    EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-4 * a.steps[i].grad_norm);
-    EXPECT_GT(a.steps[i].grad_norm, c.clip);  // clipping acted: the norm must be the whole model's
-  }
+  test_util::expect_same_curve(a, b, 4);
+  for (const auto& st : a.steps) EXPECT_GT(st.grad_norm, c.clip);  // clipping acted: the norm must be the whole model's
   EXPECT_GT(a.steps.back().loss, 0);
   // Every parameter (frozen base and adapters) is this rank's slice of the one-process one,
   // and the adapters moved away from their init.

@@ -81,12 +81,7 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
     ref.mutable_train()->set_eval_batches(2 * sp);
     Trainer whole(ref, one);
     const TrainResult b = whole.run();
-    ASSERT_EQ(a.steps.size(), 3u);
-    ASSERT_EQ(b.steps.size(), 3u);
-    for (size_t i = 0; i < 3; ++i) {
-      EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * b.steps[i].loss) << "step " << i + 1;
-      EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-4 * b.steps[i].grad_norm) << "step " << i + 1;
-    }
+    test_util::expect_same_curve(a, b, 3);
     // Evaluation ran on whole sequences with plain attention: the same validation loss.
     ASSERT_FALSE(a.evals.empty());
     EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
@@ -132,12 +127,7 @@ TEST(RingTensorParallel, SameLossesAndWeightsAsOneProcess) {
     ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
     Trainer whole(ref, one);
     const TrainResult b = whole.run();
-    ASSERT_EQ(a.steps.size(), 3u);
-    ASSERT_EQ(b.steps.size(), 3u);
-    for (size_t i = 0; i < 3; ++i) {
-      EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, 1e-5 * b.steps[i].loss) << "step " << i + 1;
-      EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, 1e-4 * b.steps[i].grad_norm) << "step " << i + 1;
-    }
+    test_util::expect_same_curve(a, b, 3);
     ASSERT_FALSE(a.evals.empty());
     EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
     double worst = 0;

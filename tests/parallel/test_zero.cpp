@@ -29,6 +29,7 @@
 #include "parallel/single_process_communicator.h"
 #include "parallel/tensor_parallel.h"
 #include "parallel/zero.h"
+#include "tests/parallel/shared_dir.h"
 #include "tests/train/trainer_test_util.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
@@ -43,33 +44,7 @@ using parallel::Communicator;
 
 std::shared_ptr<Communicator> world() { return parallel::world(); }
 
-// A directory every rank sees under the same name (rank 0's pid), removed at the end.
-class SharedDir {
- public:
-  explicit SharedDir(Communicator& comm) : comm_(comm) {
-    Tensor pid = Tensor::from_vector<int64_t>({static_cast<int64_t>(::getpid())}, {1});
-    comm.broadcast(pid, 0);
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = (fs::temp_directory_path() / ("lathe_zero_" + std::string(info->name()) + "_" +
-                                           std::to_string(pid.to_vector<int64_t>()[0])))
-                .string();
-    if (comm.rank() == 0) {
-      fs::remove_all(path_);
-      fs::create_directories(path_);
-    }
-    comm.barrier();
-  }
-  ~SharedDir() {
-    comm_.barrier();
-    std::error_code ec;
-    if (comm_.rank() == 0) fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  Communicator& comm_;
-  std::string path_;
-};
+using test::SharedDir;
 
 TrainOptions opts(std::shared_ptr<Communicator> comm = world()) {
   TrainOptions o;
@@ -218,16 +193,7 @@ TEST(Zero, LoraAdapters) {
   auto comm = world();
   SharedDir dir(*comm);
   const std::string base = dir / "base";
-  if (comm->rank() == 0) {
-    models::ModelSpec s;
-    s.arch = models::Arch::gpt2;
-    s.vocab_size = 256;
-    s.n_layer = 2;
-    s.n_head = 2;
-    s.d_model = 32;
-    s.max_seq_len = 32;
-    models::save_hf_model(*models::build_model(s, 77), base);
-  }
+  if (comm->rank() == 0) models::save_hf_model(*models::build_model(test_util::tiny_hf_gpt2_spec(), 77), base);
   comm->barrier();
   auto cfg = [&](const std::string& run, int zero) {
     std::string t = test_util::tiny_config_text(run, 4);
@@ -407,38 +373,24 @@ const std::vector<TpCase> kTpProjected = {
      kOptimizers[6].fields},
 };
 
-TEST(TensorParallelGaLoreFira, EqualsOneProcessOnTheSameGlobalBatch) {
+// Also with ZeRO-1 on top (at np 4: dp2 x tp2): the stand-ins are owned whole by the
+// data-parallel ranks, each stepping its matrices' projected state; still the one-process run.
+TEST(TensorParallelGaLoreFira, EqualsOneProcessOnTheSameGlobalBatchWithAndWithoutZero) {
   if (world()->size() % 2 != 0) GTEST_SKIP();
-  for (const TpCase& c : kTpProjected) {
-    SCOPED_TRACE(c.name);
-    expect_tp_equals_reference(c, 0);
-  }
+  for (int zero : {0, 1})
+    for (const TpCase& c : kTpProjected) {
+      SCOPED_TRACE(c.name + std::string(" zero_stage ") + std::to_string(zero));
+      expect_tp_equals_reference(c, zero);
+    }
 }
 
-TEST(TensorParallelGaLoreFira, ResumeIsBitExact) {
+TEST(TensorParallelGaLoreFira, ResumeIsBitExactWithAndWithoutZero) {
   if (world()->size() % 2 != 0) GTEST_SKIP();
-  for (const TpCase& c : kTpProjected) {
-    SCOPED_TRACE(c.name);
-    expect_tp_resume_bit_exact(c, 0);
-  }
-}
-
-// With ZeRO-1 on top (np 4: dp2 x tp2): the stand-ins are owned whole by the data-parallel
-// ranks, each stepping its matrices' projected state; still the one-process run.
-TEST(TensorParallelGaLoreFira, ZeroEqualsOneProcessOnTheSameGlobalBatch) {
-  if (world()->size() % 2 != 0) GTEST_SKIP();
-  for (const TpCase& c : kTpProjected) {
-    SCOPED_TRACE(c.name);
-    expect_tp_equals_reference(c, 1);
-  }
-}
-
-TEST(TensorParallelGaLoreFira, ZeroResumeIsBitExact) {
-  if (world()->size() % 2 != 0) GTEST_SKIP();
-  for (const TpCase& c : kTpProjected) {
-    SCOPED_TRACE(c.name);
-    expect_tp_resume_bit_exact(c, 1);
-  }
+  for (int zero : {0, 1})
+    for (const TpCase& c : kTpProjected) {
+      SCOPED_TRACE(c.name + std::string(" zero_stage ") + std::to_string(zero));
+      expect_tp_resume_bit_exact(c, zero);
+    }
 }
 
 // Optimizer-state bytes (MemCategory::optimizer_state) of GaLore under dp2 x tp2: plain TP

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "models/model.h"
 #include "train/checkpoint_dir.h"
 #include "train/hdf5_io.h"
+#include "train/trainer.h"
 
 namespace lathe::train::test_util {
 
@@ -36,9 +38,8 @@ inline RunConfig tiny_config(const std::string& run_dir, int steps = 12) {
   return configs::parse_text(tiny_config_text(run_dir, steps), "tiny");
 }
 
-// A tiny GPT-2 "pretrained" base in the Hugging Face layout (random weights, seed 77) written
-// to <dir>/base; returns that directory.
-inline std::string write_tiny_hf_base(const std::string& dir) {
+// The tiny GPT-2 of the fine-tuning tests: 2 layers, 2 heads, d 32, vocab 256 (byte tokenizer).
+inline models::ModelSpec tiny_hf_gpt2_spec() {
   models::ModelSpec s;
   s.arch = models::Arch::gpt2;
   s.vocab_size = 256;
@@ -46,6 +47,13 @@ inline std::string write_tiny_hf_base(const std::string& dir) {
   s.n_head = 2;
   s.d_model = 32;
   s.max_seq_len = 32;
+  return s;
+}
+
+// A tiny GPT-2 "pretrained" base in the Hugging Face layout (random weights, seed 77) written
+// to <dir>/base; returns that directory.
+inline std::string write_tiny_hf_base(const std::string& dir) {
+  const models::ModelSpec s = tiny_hf_gpt2_spec();
   auto m = models::build_model(s, 77);
   const std::string base = dir + "/base";
   models::save_hf_model(*m, base);
@@ -73,6 +81,19 @@ inline Tensor fixed_batch_logits(models::CausalLM& m) {
 
 // Every tensor dataset of two checkpoint files must be present in both and equal bit for bit
 // (the step, data position and RNG entries included).
+// The same training curve to f32 tolerance: `steps` steps on both sides, each step's loss within
+// loss_rel and its gradient norm within norm_rel (relative to `a`'s).
+inline void expect_same_curve(const TrainResult& a, const TrainResult& b, size_t steps, double loss_rel = 1e-5,
+                              double norm_rel = 1e-4) {
+  ASSERT_EQ(a.steps.size(), steps);
+  ASSERT_EQ(b.steps.size(), steps);
+  for (size_t i = 0; i < steps; ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    EXPECT_NEAR(a.steps[i].loss, b.steps[i].loss, loss_rel * std::abs(a.steps[i].loss));
+    EXPECT_NEAR(a.steps[i].grad_norm, b.steps[i].grad_norm, norm_rel * a.steps[i].grad_norm);
+  }
+}
+
 inline void expect_same_tensors(const std::string& a_path, const std::string& b_path) {
   H5Reader a(a_path), b(b_path);
   std::vector<std::string> names = a.list_datasets("/");
