@@ -62,6 +62,9 @@ struct Case {
   int tp = 2;
   double clip = 0.05;  // acts in every step (LoRA-XS trains only R: small gradients)
   std::string parallel;  // more fields of the TP run's parallel section
+  // Layer-wise updates with SGD + momentum (linear in the gradient, so a replicated factor's
+  // partial TP sum stepped before its reduction would show); no clipping (layer-wise needs 0).
+  bool layerwise = false;
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -110,6 +113,11 @@ const std::vector<Case> kCases = {
     // The Ladder residual: the row-parallel partial sums (base + adapter) reduced one module later.
     {"LlamaGqaLoraLadder", llama_spec(4, 2), "ladder_residual: true",
      std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.1 bias: ALL ") + kAllLinear + "}"},
+    // Layer-wise updates: the replicated factors (partial sums over TP) wait for their reduction
+    // (train/layerwise.h defers TensorParallelShards::partial_grad), the sliced ones step in their hook.
+    {"Gpt2LoraLayerwise", gpt2_spec(), "dropout: 0.1",
+     std::string("peft { method: LORA r: 4 lora_alpha: 8 lora_dropout: 0.2 bias: ALL ") + kAllLinear + "}", 2, 0, "",
+     true},
 };
 
 // Writes the case's base (rank 0) and returns its directory.
@@ -135,7 +143,14 @@ RunConfig config(const std::string& run_dir, const Case& c, const std::string& b
   t.replace(t.find("threads_per_rank: 1"), 19,
             "threads_per_rank: 1 collective_timeout_s: 30 vocab_pad_multiple: 100 tensor_parallel: " +
                 std::to_string(tp) + " zero_stage: " + std::to_string(zero) + (tp > 1 ? " " + c.parallel : ""));
-  return configs::parse_text(t + c.peft + "\n", "tp lora test");
+  RunConfig cfg = configs::parse_text(t + c.peft + "\n", "tp lora test");
+  if (c.layerwise) {
+    cfg.mutable_optimizer()->set_layerwise(true);
+    cfg.mutable_optimizer()->set_type(OptimizerConfig::SGD);
+    cfg.mutable_optimizer()->set_lr(0.5);
+    cfg.mutable_optimizer()->set_sgd_momentum(0.9);
+  }
+  return cfg;
 }
 
 // Max over elements of |a - b| - (atol + rtol |a|): <= 0 when a and b agree.
