@@ -104,17 +104,23 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
 // sequence-parallel group, and the gradients are averaged over the replicas of each TP shard.
 // The run equals one process on the same batches: losses, norms, evaluation, and every rank's
 // weight shard as the slice of the one-process weights.
-void expect_tp_sp_equals_one_process(const std::string& arch) {
+void expect_tp_sp_equals_one_process(const std::string& arch, int n_head = 0, int n_kv_head = 0) {
   auto world = parallel::world();
   const int r = world->rank();
-  SCOPED_TRACE(arch);
-  std::string tag = arch;
+  SCOPED_TRACE(arch + " n_head " + std::to_string(n_head));
+  // Other head counts (0: sp_config's) on both runs.
+  auto heads = [&](RunConfig c) {
+    if (n_head > 0) c.mutable_model()->set_n_head(n_head);
+    if (n_kv_head > 0) c.mutable_model()->set_n_kv_head(n_kv_head);
+    return c;
+  };
+  std::string tag = arch + std::to_string(n_head);
   tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
   const std::string root = rank_dir("tp" + tag);
   TrainOptions o;
   o.out = nullptr;
   o.comm = world;
-  RunConfig cfg = sp_config(root, arch, 2, 2);
+  RunConfig cfg = heads(sp_config(root, arch, 2, 2));
   cfg.mutable_parallel()->set_tensor_parallel(2);
   cfg.mutable_parallel()->set_vocab_pad_multiple(100);
   Trainer split(cfg, o);
@@ -122,7 +128,7 @@ void expect_tp_sp_equals_one_process(const std::string& arch) {
   TrainOptions one;
   one.out = nullptr;
   one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
-  RunConfig ref = sp_config(root + "_one_" + std::to_string(r), arch, 1, 2);
+  RunConfig ref = heads(sp_config(root + "_one_" + std::to_string(r), arch, 1, 2));
   ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
   Trainer whole(ref, one);
   const TrainResult b = whole.run();
@@ -155,10 +161,12 @@ TEST(RingTensorParallel, SameLossesAndWeightsAsOneProcess) {
 
 // Ulysses with TP: the all-to-all redistributes each TP rank's 2 query heads, 1 per rank. GPT-2's
 // 2 local KV heads split like them; Llama's (GQA, 2 KV heads) 1 local KV head is replicated
-// over the 2 sequence-parallel ranks, its replicas' gradients summed back.
+// over the 2 sequence-parallel ranks, its replicas' gradients summed back. Llama with 8 query
+// and 4 KV heads: 2 local KV heads split over the 2 ranks (GQA groups of 2 query heads).
 TEST(UlyssesTensorParallel, SameLossesAndWeightsAsOneProcess) {
   if (parallel::world()->size() != 4) GTEST_SKIP() << "tp 2 x sp 2 needs 4 ranks";
   for (const std::string arch : {"GPT2", "LLAMA"}) expect_tp_sp_equals_one_process(arch);
+  expect_tp_sp_equals_one_process("LLAMA", 8, 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA", "GPT2:RING", "LLAMA:RING", "GPT2:ZIGZAG", "LLAMA:ZIGZAG"),
