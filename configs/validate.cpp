@@ -289,13 +289,25 @@ void check_parallel_layout(const RunConfig& cfg, Checker& c) {
     if (p.sequence_parallel_mode() == ParallelConfig::RING) {
       // Ring attention runs on each TP rank's heads over a group of its own (any tensor_parallel).
     } else if (p.sequence_parallel_mode() == ParallelConfig::ULYSSES) {
-      if (m.n_head() > 0 && m.n_head() % p.sequence_parallel() != 0)
-        c.fail("parallel.sequence_parallel", "must divide model.n_head (" + show(m.n_head()) +
-                                                 ") for Ulysses (got " + show(p.sequence_parallel()) + ")");
-      if (tp > 1)
-        c.fail("parallel.sequence_parallel_mode", "ULYSSES sequence parallelism cannot be combined with "
-                                                  "tensor_parallel " + show(tp) + " yet; use MEGATRON inside the "
-                                                  "tensor-parallel group, or tensor_parallel 1");
+      // The all-to-all splits each TP rank's own heads over the group (parallel/ulysses.h):
+      // query heads split, KV heads split or are replicated. Heads TP does not split are its
+      // own error (below).
+      const int32_t sp = p.sequence_parallel();
+      const int32_t kv = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
+      if (tp > 0 && m.n_head() > 0 && m.n_head() % tp == 0 && kv % tp == 0) {
+        const int32_t h = m.n_head() / tp, hkv = kv / tp;
+        const std::string per_rank =
+            tp > 1 ? " per tensor-parallel rank (/ tensor_parallel " + show(tp) + ")" : std::string();
+        if (h % sp != 0)
+          c.fail("parallel.sequence_parallel", "Ulysses splits the query heads over sequence_parallel (" + show(sp) +
+                                                   "), but model.n_head = " + show(m.n_head()) + " gives " + show(h) +
+                                                   per_rank + ", not divisible by " + show(sp));
+        else if (hkv % sp != 0 && sp % hkv != 0)
+          c.fail("parallel.sequence_parallel",
+                 "Ulysses splits or replicates the key/value heads over sequence_parallel (" + show(sp) +
+                     "), but model.n_kv_head = " + show(kv) + " gives " + show(hkv) + per_rank +
+                     ", which neither is divisible by " + show(sp) + " nor divides it");
+      }
     } else {
       // Megatron-SP slices the sequence over the TP ranks (equality with tensor_parallel is
       // a layout rule, parallel/process_groups.h).

@@ -25,6 +25,11 @@
 // (CausalLM::set_position_offset). The loss over the whole sequence is the token-weighted sum
 // of the slices' mean losses: train/grad_sync.h's token weights do this across the ranks.
 //
+// With tensor parallelism the attention layers hold n_head / tp heads (parallel/tensor_parallel.h)
+// and the rule above applies to those local heads: each TP rank runs its own all-to-alls over
+// its sequence-parallel group (parallel/process_groups.h), and the local GQA grouping is the
+// global one, so KV replication still gives each rank the KV head of its query heads.
+//
 // Weight gradients are partial per rank (each saw its own tokens) and are summed over the
 // group, as data parallelism does; with the trainer's token weights, the data-parallel
 // average over every rank is that sum.

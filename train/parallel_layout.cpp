@@ -25,7 +25,7 @@ ParallelLayout::ParallelLayout(const RunConfig& cfg, std::shared_ptr<parallel::C
   if (!errors.empty()) throw configs::ConfigError("config", errors);
   groups_ = std::make_unique<parallel::ProcessGroups>(std::move(world), spec);
   vocab_pad_multiple_ = pc.vocab_pad_multiple();
-  // Ring attention inside a TP shard's replicas: the ranks of one tp_rank, in world order (so
+  // Ulysses or ring attention inside a TP shard's replicas: the ranks of one tp_rank, in world order (so
   // a TP group's ranks share an index in it, and read the same batches).
   if (groups_->sp_size() > 1 && groups_->tp_size() > 1)
     shard_replicas_ = groups_->world()->split(groups_->tp_rank(), groups_->world()->rank());

@@ -62,7 +62,7 @@ class ParallelLayout {
   std::unique_ptr<parallel::ProcessGroups> groups_;
   int64_t vocab_pad_multiple_ = 128;
   parallel::TensorParallelShards shards_;
-  std::shared_ptr<parallel::Communicator> shard_replicas_;  // ring attention with TP: dp x sp of one tp_rank
+  std::shared_ptr<parallel::Communicator> shard_replicas_;  // Ulysses / ring attention with TP: dp x sp of one tp_rank
 };
 
 // The tensor-parallel degree a rank file was written with (its "parallel_layout"

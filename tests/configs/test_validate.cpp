@@ -306,6 +306,46 @@ TEST(ConfigValidate, TensorParallelCombinations) {
               Contains(AllOf(HasSubstr("peft.method"), HasSubstr("SPIEL"), HasSubstr("tensor_parallel 2"))));
 }
 
+// Ulysses splits each tensor-parallel rank's heads over the sequence-parallel group: the query
+// heads n_head / tp must divide by sequence_parallel, the KV heads n_kv_head / tp must divide
+// by it or divide it (replicated). The error names the fields and the numbers.
+TEST(ConfigValidate, UlyssesHeadsPerTensorParallelRank) {
+  auto ulysses = [](int tp, int sp, int n_head, int n_kv_head) {
+    RunConfig c = base();
+    c.mutable_model()->set_arch(ModelConfig::LLAMA);
+    c.mutable_model()->set_d_model(96);  // every head count below divides it
+    c.mutable_model()->set_d_ff(256);
+    c.mutable_model()->set_n_head(n_head);
+    c.mutable_model()->set_n_kv_head(n_kv_head);
+    c.mutable_parallel()->set_tensor_parallel(tp);
+    c.mutable_parallel()->set_sequence_parallel(sp);
+    c.mutable_parallel()->set_sequence_parallel_mode(ParallelConfig::ULYSSES);
+    return validate(c);
+  };
+  EXPECT_TRUE(ulysses(2, 2, 4, 4).empty()) << ::testing::PrintToString(ulysses(2, 2, 4, 4));
+  EXPECT_TRUE(ulysses(2, 2, 8, 2).empty());   // 1 local KV head, replicated over 2
+  EXPECT_TRUE(ulysses(2, 4, 16, 4).empty());  // 2 local KV heads, replicated over 4
+  EXPECT_TRUE(ulysses(1, 4, 4, 4).empty());
+  EXPECT_THAT(ulysses(2, 4, 4, 4),
+              ElementsAre(AllOf(HasSubstr("parallel.sequence_parallel: "), HasSubstr("sequence_parallel (4)"),
+                                HasSubstr("model.n_head = 4 gives 2 per tensor-parallel rank (/ tensor_parallel 2)"))));
+  EXPECT_THAT(ulysses(1, 4, 6, 6), ElementsAre(AllOf(HasSubstr("parallel.sequence_parallel: "),
+                                                     HasSubstr("model.n_head = 6 gives 6, not divisible by 4"))))
+      << "one TP rank: no per-rank wording";
+  EXPECT_THAT(ulysses(1, 3, 4, 4), ElementsAre(HasSubstr("model.n_head = 4 gives 4, not divisible by 3")));
+  EXPECT_TRUE(ulysses(1, 3, 6, 6).empty());
+  EXPECT_THAT(ulysses(1, 2, 4, 4), ::testing::IsEmpty());
+  // KV heads: 6 / tp 2 = 3 neither splits over 2 nor divides it.
+  EXPECT_THAT(ulysses(2, 2, 12, 6),
+              ElementsAre(AllOf(HasSubstr("parallel.sequence_parallel: "),
+                                HasSubstr("model.n_kv_head = 6 gives 3 per tensor-parallel rank"),
+                                HasSubstr("neither is divisible by 2 nor divides it"))));
+  EXPECT_THAT(ulysses(1, 4, 12, 6), ElementsAre(HasSubstr("model.n_kv_head = 6 gives 6, which neither")));
+  // Heads that TP does not split are TP's error alone.
+  EXPECT_THAT(ulysses(4, 2, 2, 2), ElementsAre(HasSubstr("parallel.tensor_parallel: model.n_head (2)"),
+                                               HasSubstr("parallel.tensor_parallel: the key/value heads")));
+}
+
 TEST(ConfigValidate, LaterErrorsNameTheLoadedFile) {
   const std::string p = write_temp("later.pbtxt", "name: \"t\"\ntrain { steps: 10 }\n");
   load_config(p);

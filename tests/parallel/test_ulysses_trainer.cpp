@@ -99,54 +99,74 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
   }
 }
 
-// Ring attention with tensor parallelism (np 4: dp1 x tp2 x sp2, contiguous and zig-zag):
-// each TP rank's heads run the ring over its sequence-parallel group, and the gradients are
-// averaged over the replicas of each TP shard. The run equals one process on the same batches:
-// losses, norms, evaluation, and every rank's weight shard as the slice of the one-process weights.
-TEST(RingTensorParallel, SameLossesAndWeightsAsOneProcess) {
+// Sequence parallelism with its own group and tensor parallelism (np 4: dp1 x tp2 x sp2): each
+// TP rank's heads run the sequence-parallel attention core (`arch` as sp_config's) over its
+// sequence-parallel group, and the gradients are averaged over the replicas of each TP shard.
+// The run equals one process on the same batches: losses, norms, evaluation, and every rank's
+// weight shard as the slice of the one-process weights.
+void expect_tp_sp_equals_one_process(const std::string& arch, int n_head = 0, int n_kv_head = 0) {
   auto world = parallel::world();
-  if (world->size() != 4) GTEST_SKIP() << "tp 2 x sp 2 needs 4 ranks";
   const int r = world->rank();
-  for (const std::string arch : {"GPT2:RING", "LLAMA:ZIGZAG"}) {
-    SCOPED_TRACE(arch);
-    std::string tag = arch;
-    tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
-    const std::string root = rank_dir("tp" + tag);
-    TrainOptions o;
-    o.out = nullptr;
-    o.comm = world;
-    RunConfig cfg = sp_config(root, arch, 2, 2);
-    cfg.mutable_parallel()->set_tensor_parallel(2);
-    cfg.mutable_parallel()->set_vocab_pad_multiple(100);
-    Trainer split(cfg, o);
-    const TrainResult a = split.run();
-    TrainOptions one;
-    one.out = nullptr;
-    one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
-    RunConfig ref = sp_config(root + "_one_" + std::to_string(r), arch, 1, 2);
-    ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
-    Trainer whole(ref, one);
-    const TrainResult b = whole.run();
-    test_util::expect_same_curve(a, b, 3);
-    ASSERT_FALSE(a.evals.empty());
-    EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
-    double worst = 0;
-    int compared = 0;
-    for (const auto& [name, p] : split.model().named_parameters()) {
-      const Tensor want = parallel::slice_shard(name, whole.model().parameter(name), whole.model().spec(), 2, r % 2, 100);
-      ASSERT_EQ(want.shape(), p.shape()) << name;
-      const auto x = p.to(DType::f64).contiguous().to_vector<double>();
-      const auto y = want.to(DType::f64).contiguous().to_vector<double>();
-      for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
-      ++compared;
-    }
-    EXPECT_GT(compared, 10);
-    EXPECT_LT(worst, 2e-5);
-    world->barrier();
-    std::error_code ec;
-    fs::remove_all(root + "_one_" + std::to_string(r), ec);
-    if (r == 0) fs::remove_all(root, ec);
+  SCOPED_TRACE(arch + " n_head " + std::to_string(n_head));
+  // Other head counts (0: sp_config's) on both runs.
+  auto heads = [&](RunConfig c) {
+    if (n_head > 0) c.mutable_model()->set_n_head(n_head);
+    if (n_kv_head > 0) c.mutable_model()->set_n_kv_head(n_kv_head);
+    return c;
+  };
+  std::string tag = arch + std::to_string(n_head);
+  tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
+  const std::string root = rank_dir("tp" + tag);
+  TrainOptions o;
+  o.out = nullptr;
+  o.comm = world;
+  RunConfig cfg = heads(sp_config(root, arch, 2, 2));
+  cfg.mutable_parallel()->set_tensor_parallel(2);
+  cfg.mutable_parallel()->set_vocab_pad_multiple(100);
+  Trainer split(cfg, o);
+  const TrainResult a = split.run();
+  TrainOptions one;
+  one.out = nullptr;
+  one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
+  RunConfig ref = heads(sp_config(root + "_one_" + std::to_string(r), arch, 1, 2));
+  ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
+  Trainer whole(ref, one);
+  const TrainResult b = whole.run();
+  test_util::expect_same_curve(a, b, 3);
+  ASSERT_FALSE(a.evals.empty());
+  EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
+  double worst = 0;
+  int compared = 0;
+  for (const auto& [name, p] : split.model().named_parameters()) {
+    const Tensor want = parallel::slice_shard(name, whole.model().parameter(name), whole.model().spec(), 2, r % 2, 100);
+    ASSERT_EQ(want.shape(), p.shape()) << name;
+    const auto x = p.to(DType::f64).contiguous().to_vector<double>();
+    const auto y = want.to(DType::f64).contiguous().to_vector<double>();
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+    ++compared;
   }
+  EXPECT_GT(compared, 10);
+  EXPECT_LT(worst, 2e-5);
+  world->barrier();
+  std::error_code ec;
+  fs::remove_all(root + "_one_" + std::to_string(r), ec);
+  if (r == 0) fs::remove_all(root, ec);
+}
+
+// Ring attention with TP, contiguous and zig-zag.
+TEST(RingTensorParallel, SameLossesAndWeightsAsOneProcess) {
+  if (parallel::world()->size() != 4) GTEST_SKIP() << "tp 2 x sp 2 needs 4 ranks";
+  for (const std::string arch : {"GPT2:RING", "LLAMA:ZIGZAG"}) expect_tp_sp_equals_one_process(arch);
+}
+
+// Ulysses with TP: the all-to-all redistributes each TP rank's 2 query heads, 1 per rank. GPT-2's
+// 2 local KV heads split like them; Llama's (GQA, 2 KV heads) 1 local KV head is replicated
+// over the 2 sequence-parallel ranks, its replicas' gradients summed back. Llama with 8 query
+// and 4 KV heads: 2 local KV heads split over the 2 ranks (GQA groups of 2 query heads).
+TEST(UlyssesTensorParallel, SameLossesAndWeightsAsOneProcess) {
+  if (parallel::world()->size() != 4) GTEST_SKIP() << "tp 2 x sp 2 needs 4 ranks";
+  for (const std::string arch : {"GPT2", "LLAMA"}) expect_tp_sp_equals_one_process(arch);
+  expect_tp_sp_equals_one_process("LLAMA", 8, 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAMA", "GPT2:RING", "LLAMA:RING", "GPT2:ZIGZAG", "LLAMA:ZIGZAG"),
@@ -176,10 +196,13 @@ TEST(UlyssesTrainerConfig, Errors) {
   megatron.mutable_parallel()->set_sequence_parallel_mode(ParallelConfig::MEGATRON);
   megatron.mutable_train()->set_seq_len(16);
   expect_config_error(megatron, "parallel.sequence_parallel");
-  // Ulysses does not combine with tensor parallelism yet.
+  // Ulysses with tensor parallelism splits each TP rank's heads: 2 heads / tp 2 leave 1, which
+  // does not split over sp 2.
   RunConfig with_tp = sp_config(root, "GPT2", 2, 2);
   with_tp.mutable_parallel()->set_tensor_parallel(2);
-  expect_config_error(with_tp, "parallel.sequence_parallel_mode");
+  with_tp.mutable_model()->set_n_head(2);
+  expect_config_error(with_tp, "parallel.sequence_parallel: Ulysses splits the query heads over sequence_parallel (2), "
+                               "but model.n_head = 2 gives 1 per tensor-parallel rank");
   RunConfig heads = sp_config(root, "GPT2", 2, 2);
   heads.mutable_model()->set_n_head(1);
   expect_config_error(heads, "parallel.sequence_parallel");
