@@ -346,6 +346,16 @@ Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards,
   return full;
 }
 
+Tensor all_gather_shards(const std::string& name, const Tensor& shard, Communicator& tp, const models::ModelSpec& spec) {
+  const Tensor in = shard.contiguous();
+  const int64_t n = in.numel();
+  Tensor all = Tensor::empty({n * tp.size()}, in.dtype(), in.device());
+  tp.all_gather(in.view({-1}), all);
+  std::vector<Tensor> parts;
+  for (int r = 0; r < tp.size(); ++r) parts.push_back(all.narrow(0, r * n, n).view(in.shape()));
+  return gather_shards(name, parts, spec);
+}
+
 TensorParallelShards shard_for_tensor_parallel(models::CausalLM& model, const CommPtr& comm,
                                                int64_t vocab_pad_multiple, bool sp) {
   const models::ModelSpec& s = model.spec();

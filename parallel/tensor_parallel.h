@@ -184,6 +184,9 @@ int64_t real_shard_numel(const std::string& name, const Tensor& shard, const mod
 // The full tensor of `name` from every rank's shard (in TP rank order), the vocabulary
 // padding dropped: what export and evaluation of a TP checkpoint need.
 Tensor gather_shards(const std::string& name, const std::vector<Tensor>& shards, const models::ModelSpec& spec);
+// The full tensor of `name` from this rank's shard, all-gathered over the TP group `tp`
+// (collective: every rank of `tp` calls it for the same names in the same order).
+Tensor all_gather_shards(const std::string& name, const Tensor& shard, Communicator& tp, const models::ModelSpec& spec);
 // This rank's shard of a full tensor (the vocabulary padded first): the inverse.
 Tensor slice_shard(const std::string& name, const Tensor& full, const models::ModelSpec& spec, int tp, int rank,
                    int64_t vocab_pad_multiple);

@@ -118,11 +118,8 @@ Tensor LoraLinear::fused_forward(const Tensor& x) const {
       if (t->defined() && t->dtype() != x.dtype()) return Tensor();
   using models::autocast;
   const Tensor xc = autocast(x);
-  // The adapter reads x itself unless dropout draws a mask (adapter_input's rule: none in eval).
-  // Under TP a row-parallel slice applies its columns of the one-process mask (region_).
-  Tensor xa;
-  if (dropout_ > 0 && is_training())
-    xa = region_ ? region_->dropout(xc, dropout_, *dropout_gen_, true) : ag::dropout(xc, dropout_, *dropout_gen_, true);
+  // The adapter reads x itself unless dropout draws a mask (none in eval): then adapter_input's.
+  const Tensor xa = dropout_ > 0 && is_training() ? adapter_input(x, xc.dtype()) : Tensor();
   return lora_linear(xc, autocast(w), autocast(bias), xa, autocast(a), autocast(b), autocast(rm), scale_);
 }
 

@@ -88,13 +88,7 @@ std::unique_ptr<models::CausalLM> model_from(RunConfig& cfg, const data::Tokeniz
     // A tensor-parallel run's adapter shards are gathered (parallel/tp_lora.h).
     if (checkpoint_tensor_parallel(file) > 1) {
       load_full_model_weights(file, *model, /*trainable_only=*/true);
-      std::vector<std::pair<std::string, Tensor>> sb;
-      for (auto& [name, l] : peft::lora_layers(*model))
-        if (dynamic_cast<peft::LoraSbLinear*>(l)) {
-          sb.emplace_back(name + ".lora_A.weight", l->lora_A());
-          sb.emplace_back(name + ".lora_B.weight", l->lora_B());
-        }
-      load_full_tensors(file, "peft", sb, model->spec());
+      load_full_tensors(file, "peft", frozen_adapter_factors(*model), model->spec());
     } else {
       read_rank_checkpoint(file, parts);
     }

@@ -45,16 +45,7 @@ void ParallelLayout::gather_trainable(models::CausalLM& model, models::CausalLM*
   for (const auto& [name, p] : model.named_parameters()) {
     // Also the frozen adapter factors (LoRA-SB's A and B): part of the exported adapter.
     if (!p.requires_grad() && name.find(".lora_") == std::string::npos) continue;
-    Tensor whole = p;
-    if (shards_.sharded.count(name)) {
-      Shape s = p.shape();
-      s.insert(s.begin(), tp.size());
-      Tensor all = Tensor::empty(s, p.dtype(), p.device());
-      tp.all_gather(p.contiguous(), all);
-      std::vector<Tensor> parts;
-      for (int r = 0; r < tp.size(); ++r) parts.push_back(all.select(0, r));
-      whole = parallel::gather_shards(name, parts, model.spec());
-    }
+    const Tensor whole = shards_.sharded.count(name) ? parallel::all_gather_shards(name, p, tp, model.spec()) : p;
     if (!full) continue;
     Tensor dst = full->parameter(name);
     LATHE_CHECK(dst.shape() == whole.shape()) << "gather_trainable: " << name << " gathered as " << whole.shape_str()

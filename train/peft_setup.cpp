@@ -94,14 +94,7 @@ void init_sharded_from_gradient(models::CausalLM& model, const std::string& name
                                 const ParallelLayout& layout) {
   parallel::Communicator& tp = *layout.groups().tp();
   const models::ModelSpec& spec = model.spec();
-  const std::string w = name + ".weight";
-  Shape s = grad_shard.shape();
-  s.insert(s.begin(), tp.size());
-  Tensor all = Tensor::empty(s, grad_shard.dtype(), grad_shard.device());
-  tp.all_gather(grad_shard.contiguous(), all);
-  std::vector<Tensor> parts;
-  for (int r = 0; r < tp.size(); ++r) parts.push_back(all.select(0, r));
-  const Tensor g = parallel::gather_shards(w, parts, spec);
+  const Tensor g = parallel::all_gather_shards(name + ".weight", grad_shard, tp, spec);
   peft::LoraOptions lo;
   lo.r = l.rank();
   lo.alpha = l.alpha();
@@ -163,13 +156,18 @@ int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOp
   return static_cast<int64_t>(layers.size());
 }
 
-std::shared_ptr<CheckpointPart> frozen_adapter_part(models::CausalLM& model) {
+std::vector<std::pair<std::string, Tensor>> frozen_adapter_factors(models::CausalLM& model) {
   std::vector<std::pair<std::string, Tensor>> frozen;
   for (auto& [name, l] : peft::lora_layers(model)) {
     if (!dynamic_cast<peft::LoraSbLinear*>(l)) continue;
     frozen.emplace_back(name + ".lora_A.weight", l->lora_A());
     frozen.emplace_back(name + ".lora_B.weight", l->lora_B());
   }
+  return frozen;
+}
+
+std::shared_ptr<CheckpointPart> frozen_adapter_part(models::CausalLM& model) {
+  const std::vector<std::pair<std::string, Tensor>> frozen = frozen_adapter_factors(model);
   // SpIEL's indices (where the values sit; changed by every reselection).
   std::vector<std::pair<std::string, peft::SparseDeltaLinear*>> sparse = peft::spiel_layers(model);
   if (frozen.empty() && sparse.empty()) return nullptr;

@@ -39,6 +39,8 @@ int64_t init_adapters_from_gradients(models::CausalLM& model, const peft::PeftOp
                                      int64_t num_batches, double eta, Device device, bool bf16,
                                      parallel::Communicator& comm, const ParallelLayout* layout = nullptr);
 
+// LoRA-SB's frozen A and B of every layer, by parameter name (stored under "peft/").
+std::vector<std::pair<std::string, Tensor>> frozen_adapter_factors(models::CausalLM& model);
 // The checkpoint part of an adapter's frozen but data-dependent tensors (LoRA-SB's A and B,
 // computed from the base and the first batches): peft/<module>.lora_A.weight, ..., so a
 // resumed run has them without recomputing. Null when the model has none.

@@ -26,13 +26,7 @@ WholeTensorUpdates::WholeTensorUpdates(const std::vector<std::pair<std::string, 
 }
 
 Tensor WholeTensorUpdates::gather_full(const std::string& name, const Tensor& shard) const {
-  const Tensor in = shard.contiguous();
-  const int64_t n = in.numel();
-  Tensor all = Tensor::empty({n * tp_->size()}, in.dtype(), in.device());
-  tp_->all_gather(in.view({-1}), all);
-  std::vector<Tensor> parts;
-  for (int r = 0; r < tp_->size(); ++r) parts.push_back(all.narrow(0, r * n, n).view(in.shape()));
-  return parallel::gather_shards(name, parts, spec_).contiguous();
+  return parallel::all_gather_shards(name, shard, *tp_, spec_).contiguous();
 }
 
 void WholeTensorUpdates::gather() {

@@ -31,6 +31,14 @@ std::string rank_dir(const std::string& tag) {
   return (fs::temp_directory_path() / ("lathe_sp_" + tag + "_" + std::to_string(pid.to_vector<int64_t>()[0]))).string();
 }
 
+// Trainer options without console output, over `comm`.
+TrainOptions quiet(std::shared_ptr<parallel::Communicator> comm) {
+  TrainOptions o;
+  o.out = nullptr;
+  o.comm = std::move(comm);
+  return o;
+}
+
 // A 4-head GPT-2 or Llama (GQA 2 KV heads), no dropout, seq_len 15 (no degree divides it).
 // `arch` may end in ":RING" for ring attention instead of Ulysses, ":ZIGZAG" for its zig-zag chunks.
 RunConfig sp_config(const std::string& run_dir, std::string arch, int sp, int micro_batch) {
@@ -66,20 +74,14 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
     std::string tag = GetParam();
     tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
     const std::string root = rank_dir(tag + std::to_string(sp));
-    TrainOptions o;
-    o.out = nullptr;
-    o.comm = world;
-    Trainer split(sp_config(root, GetParam(), sp, 2), o);
+    Trainer split(sp_config(root, GetParam(), sp, 2), quiet(world));
     const TrainResult a = split.run();
     // The reference: one process with the whole global batch (dp groups x 2 rows).
-    TrainOptions one;
-    one.out = nullptr;
-    one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
     // Evaluation shards over every rank (2 rows each, 2 batches): the same rows in 2 * sp
     // batches of 2 * dp.
     RunConfig ref = sp_config(root + "_one_" + std::to_string(r), GetParam(), 1, 2 * dp);
     ref.mutable_train()->set_eval_batches(2 * sp);
-    Trainer whole(ref, one);
+    Trainer whole(ref, quiet(std::make_shared<parallel::SingleProcessCommunicator>()));
     const TrainResult b = whole.run();
     test_util::expect_same_curve(a, b, 3);
     // Evaluation ran on whole sequences with plain attention: the same validation loss.
@@ -117,20 +119,14 @@ void expect_tp_sp_equals_one_process(const std::string& arch, int n_head = 0, in
   std::string tag = arch + std::to_string(n_head);
   tag.erase(std::remove(tag.begin(), tag.end(), ':'), tag.end());
   const std::string root = rank_dir("tp" + tag);
-  TrainOptions o;
-  o.out = nullptr;
-  o.comm = world;
   RunConfig cfg = heads(sp_config(root, arch, 2, 2));
   cfg.mutable_parallel()->set_tensor_parallel(2);
   cfg.mutable_parallel()->set_vocab_pad_multiple(100);
-  Trainer split(cfg, o);
+  Trainer split(cfg, quiet(world));
   const TrainResult a = split.run();
-  TrainOptions one;
-  one.out = nullptr;
-  one.comm = std::make_shared<parallel::SingleProcessCommunicator>();
   RunConfig ref = heads(sp_config(root + "_one_" + std::to_string(r), arch, 1, 2));
   ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
-  Trainer whole(ref, one);
+  Trainer whole(ref, quiet(std::make_shared<parallel::SingleProcessCommunicator>()));
   const TrainResult b = whole.run();
   test_util::expect_same_curve(a, b, 3);
   ASSERT_FALSE(a.evals.empty());
@@ -179,9 +175,7 @@ INSTANTIATE_TEST_SUITE_P(Models, UlyssesTrainer, ::testing::Values("GPT2", "LLAM
 TEST(UlyssesTrainerConfig, Errors) {
   auto world = parallel::world();
   const std::string root = rank_dir("errors");
-  TrainOptions o;
-  o.out = nullptr;
-  o.comm = world;
+  const TrainOptions o = quiet(world);
   auto expect_config_error = [&](RunConfig cfg, const std::string& field) {
     try {
       train(cfg, o);

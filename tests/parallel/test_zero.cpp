@@ -53,6 +53,23 @@ TrainOptions opts(std::shared_ptr<Communicator> comm = world()) {
   return o;
 }
 
+// Runs `cfg` and returns how much optimizer state it left allocated (MemCategory::
+// optimizer_state); with `max_single`, also the largest one parameter's state.
+int64_t optimizer_state_after(const RunConfig& cfg, int64_t* max_single = nullptr) {
+  const int64_t before = memory_stats().current_of(MemCategory::optimizer_state);
+  Trainer t(cfg, opts());
+  t.run();
+  if (max_single)
+    for (const auto& g : t.optimizer().groups())
+      for (const auto& np : g.params) {
+        int64_t b = 0;
+        for (const auto& kv : t.optimizer().param_state(np.first)) b += static_cast<int64_t>(kv.second.nbytes());
+        *max_single = std::max(*max_single, b);
+      }
+  return memory_stats().current_of(MemCategory::optimizer_state) - before;
+}
+
+
 // The tiny trainer-test run (2-layer GPT-2, dropout on) with the given optimizer fields.
 RunConfig config(const std::string& run_dir, const std::string& opt_fields, int zero, int grad_accum = 1,
                  double clip = 0, int steps = 4, const std::string& extra = "") {
@@ -404,17 +421,8 @@ TEST(TensorParallelGaLoreFira, ZeroOptimizerStateBytesFallWithDataParallel) {
   const TpCase& c = kTpProjected[0];
   int64_t max_single = 0;
   auto measure = [&](int zero) {
-    const int64_t before = memory_stats().current_of(MemCategory::optimizer_state);
-    Trainer t(tp_config(dir / ("state" + std::to_string(zero)), c, zero, 2, 4, 2), opts());
-    t.run();
-    if (zero == 0)
-      for (const auto& g : t.optimizer().groups())
-        for (const auto& np : g.params) {
-          int64_t b = 0;
-          for (const auto& kv : t.optimizer().param_state(np.first)) b += static_cast<int64_t>(kv.second.nbytes());
-          max_single = std::max(max_single, b);
-        }
-    return memory_stats().current_of(MemCategory::optimizer_state) - before;
+    return optimizer_state_after(tp_config(dir / ("state" + std::to_string(zero)), c, zero, 2, 4, 2),
+                                 zero == 0 ? &max_single : nullptr);
   };
   const int64_t plain = measure(0), zero = measure(1);
   ASSERT_GT(plain, 0);
@@ -610,17 +618,8 @@ TEST(Zero, OptimizerStateBytesPerRank) {
     SCOPED_TRACE(oc.name);
     int64_t max_single = 0;  // the largest one parameter's state (plain DP)
     auto measure = [&](int zero) {
-      const int64_t before = memory_stats().current_of(MemCategory::optimizer_state);
-      Trainer t(config(dir / (oc.name + std::to_string(zero)), oc.fields, zero, 1, 0, 2), opts());
-      t.run();
-      if (zero == 0)
-        for (const auto& g : t.optimizer().groups())
-          for (const auto& np : g.params) {
-            int64_t b = 0;
-            for (const auto& kv : t.optimizer().param_state(np.first)) b += static_cast<int64_t>(kv.second.nbytes());
-            max_single = std::max(max_single, b);
-          }
-      return memory_stats().current_of(MemCategory::optimizer_state) - before;
+      return optimizer_state_after(config(dir / (oc.name + std::to_string(zero)), oc.fields, zero, 1, 0, 2),
+                                   zero == 0 ? &max_single : nullptr);
     };
     const int64_t plain = measure(0), zero = measure(1);
     ASSERT_GT(plain, 0);

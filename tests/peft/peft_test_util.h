@@ -5,10 +5,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
 #include "autograd/grad_mode.h"
+#include "bench/profiling_backend.h"
+#include "kernels/backend.h"
 #include "core/tensor.h"
 #include "models/model.h"
 
@@ -80,6 +86,23 @@ inline void randomize(const Tensor& t, uint64_t seed, double scale) {
   std::vector<float> v = r.to_vector<float>();
   for (auto& x : v) x = static_cast<float>(x * scale);
   t.copy_(Tensor::from_vector<float>(v, t.shape()));
+}
+
+// Runs f with every CPU kernel call counted; returns the counts by kernel name (absent: 0).
+inline std::map<std::string, int64_t> count_kernels(const std::function<void()>& f) {
+  kernels::Backend& cpu = kernels::backend(Device::cpu());
+  bench::ProfilingBackend prof(cpu, Device::cpu());
+  kernels::register_backend(DeviceType::cpu, &prof);
+  try {
+    f();
+  } catch (...) {
+    kernels::register_backend(DeviceType::cpu, &cpu);
+    throw;
+  }
+  kernels::register_backend(DeviceType::cpu, &cpu);
+  std::map<std::string, int64_t> n;
+  for (const auto& [k, st] : prof.stats()) n[k] = st.calls;
+  return n;
 }
 
 }  // namespace lathe::test

@@ -21,22 +21,7 @@ using peft::LoraOptions;
 using peft::PeftOptions;
 namespace ag = lathe::autograd;
 
-// Runs f with every CPU kernel call counted; returns the counts by kernel name.
-std::map<std::string, int64_t> count_kernels(const std::function<void()>& f) {
-  kernels::Backend& cpu = kernels::backend(Device::cpu());
-  bench::ProfilingBackend prof(cpu, Device::cpu());
-  kernels::register_backend(DeviceType::cpu, &prof);
-  try {
-    f();
-  } catch (...) {
-    kernels::register_backend(DeviceType::cpu, &cpu);
-    throw;
-  }
-  kernels::register_backend(DeviceType::cpu, &cpu);
-  std::map<std::string, int64_t> n;
-  for (const auto& [k, s] : prof.stats()) n[k] = s.calls;
-  return n;
-}
+using test::count_kernels;
 
 struct Variant {
   std::string name;
