@@ -270,6 +270,23 @@ const std::vector<TpCase> kTpCases = {
      kOptimizers[4].fields},
 };
 
+// Every parameter of `got` equals this TP rank's slice of `one`'s (tp 1: the whole tensor) to
+// |a - b| <= 1e-5 + 1e-4 |a|, over more than 10 tensors.
+void expect_params_near(const models::CausalLM& got, const models::CausalLM& one, int tp, int tp_rank) {
+  int compared = 0;
+  for (const auto& [n, p] : got.named_parameters()) {
+    const Tensor want =
+        tp > 1 ? parallel::slice_shard(n, one.parameter(n), one.spec(), tp, tp_rank, 100) : one.parameter(n);
+    ASSERT_EQ(want.shape(), p.shape()) << n;
+    const auto x = want.to(DType::f64).to_vector<double>(), y = p.contiguous().to(DType::f64).to_vector<double>();
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]) - (1e-5 + 1e-4 * std::abs(x[i])));
+    EXPECT_LE(worst, 0.0) << n;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+}
+
 RunConfig tp_config(const std::string& run_dir, const TpCase& c, int zero, int tp, int micro_batch, int steps = 4) {
   std::string text = test_util::tiny_config_text(run_dir, steps);
   const std::string from = "arch: GPT2 n_layer: 2 n_head: 2 d_model: 32 max_seq_len: 32 dropout: 0.1";
@@ -334,19 +351,7 @@ void expect_tp_equals_reference(const TpCase& c, int zero) {
     EXPECT_EQ(sum.to_vector<int64_t>()[0], zero == 1 ? shard : shard * dp);
   // Every shard equals the slice of the one-process weights (atol: AdamW normalises
   // near-zero gradients, whose f32 summation order differs).
-  int compared = 0;
-  for (const auto& [n, p] : zt.model().named_parameters()) {
-    Tensor want = c.vs_one_process
-                      ? parallel::slice_shard(n, one.model().parameter(n), one.model().spec(), tp, tp_rank, 100)
-                      : one.model().parameter(n);
-    ASSERT_EQ(want.shape(), p.shape()) << n;
-    const auto x = want.to(DType::f64).to_vector<double>(), y = p.contiguous().to(DType::f64).to_vector<double>();
-    double worst = 0;
-    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]) - (1e-5 + 1e-4 * std::abs(x[i])));
-    EXPECT_LE(worst, 0.0) << n;
-    ++compared;
-  }
-  EXPECT_GT(compared, 10);
+  expect_params_near(zt.model(), one.model(), c.vs_one_process ? tp : 1, tp_rank);
 }
 
 TEST_P(ZeroTensorParallel, EqualsOneProcessOnTheSameGlobalBatch) {
@@ -533,17 +538,7 @@ TEST_P(TensorParallelLayerwise, EqualsTheOrdinaryStepAndOneProcess) {
   bool bitwise = false;
   const double diff = max_param_diff(lw.model(), ordinary.model(), &bitwise);
   EXPECT_TRUE(bitwise) << "max |layer-wise - ordinary| = " << diff;
-  int compared = 0;
-  for (const auto& [n, p] : lw.model().named_parameters()) {
-    const Tensor want = parallel::slice_shard(n, one.model().parameter(n), one.model().spec(), tp, tp_rank, 100);
-    ASSERT_EQ(want.shape(), p.shape()) << n;
-    const auto x = want.to(DType::f64).to_vector<double>(), y = p.contiguous().to(DType::f64).to_vector<double>();
-    double worst = 0;
-    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]) - (1e-5 + 1e-4 * std::abs(x[i])));
-    EXPECT_LE(worst, 0.0) << n;
-    ++compared;
-  }
-  EXPECT_GT(compared, 10);
+  expect_params_near(lw.model(), one.model(), tp, tp_rank);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TensorParallelLayerwise, ::testing::ValuesIn(kLayerwiseTp),
