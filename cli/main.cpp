@@ -39,10 +39,10 @@ void print_usage(std::FILE* f) {
 
 namespace {
 int run_main(int argc, char** argv) {
-  // Idle OpenMP and OpenBLAS workers sleep instead of spinning, so the other pool gets the
-  // cores (bench/README.md sections 4 and 6). Both runtimes read the variables when they are
-  // loaded, before main: hence one re-exec with them set. Explicit values are kept; if the
-  // exec fails lathe simply runs on.
+  // With the pthreads OpenBLAS, idle OpenMP and OpenBLAS workers sleep instead of spinning, so
+  // the other pool gets the cores (parallel/threads.h; bench/README.md sections 4, 6 and 20).
+  // Both runtimes read the variables when they are loaded, before main: hence one re-exec
+  // with them set. Explicit values are kept; if the exec fails lathe simply runs on.
   if (lathe::parallel::set_runtime_env_defaults()) execv("/proc/self/exe", argv);
   std::string prefix = "lathe: ";
   try {

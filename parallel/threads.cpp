@@ -12,6 +12,7 @@
 #include "core/error.h"
 
 extern "C" void openblas_set_num_threads(int);
+extern "C" int openblas_get_parallel(void);  // 0: serial build, 1: pthreads, 2: OpenMP
 
 namespace lathe::parallel {
 
@@ -62,7 +63,10 @@ int threads_per_rank(int requested) {
   return std::max(1, std::min(cores, hw / local_rank_count()));
 }
 
-bool set_runtime_env_defaults() {
+bool set_runtime_env_defaults() { return set_runtime_env_defaults(openblas_get_parallel() == 2); }
+
+bool set_runtime_env_defaults(bool blas_uses_openmp) {
+  if (blas_uses_openmp) return false;  // one libgomp pool: its own default wait
   bool changed = false;
   for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "passive"},
                                     std::pair<const char*, const char*>{"OPENBLAS_THREAD_TIMEOUT", "4"}}) {

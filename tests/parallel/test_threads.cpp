@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "parallel/threads.h"
 
+extern "C" int openblas_get_parallel(void);
 extern "C" int openblas_get_num_threads();
 
 namespace {
@@ -74,13 +75,26 @@ TEST(ParallelThreads, ApplySetsOpenMPAndOpenBLAS) {
 }
 
 TEST(ParallelThreads, RuntimeEnvDefaultsKeepExplicitValues) {
+  // The pthreads OpenBLAS: both pools sleep when idle.
   ScopedEnv wait("OMP_WAIT_POLICY", "active"), timeout("OPENBLAS_THREAD_TIMEOUT", "");
   unsetenv("OPENBLAS_THREAD_TIMEOUT");
-  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults());  // the timeout was missing
+  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults(false));  // the timeout was missing
   EXPECT_EQ(std::string(std::getenv("OMP_WAIT_POLICY")), "active");
   EXPECT_EQ(std::string(std::getenv("OPENBLAS_THREAD_TIMEOUT")), "4");
-  EXPECT_FALSE(lathe::parallel::set_runtime_env_defaults());  // nothing left to set: no re-exec loop
+  EXPECT_FALSE(lathe::parallel::set_runtime_env_defaults(false));  // nothing left to set: no re-exec loop
   unsetenv("OMP_WAIT_POLICY");
-  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults());
+  EXPECT_TRUE(lathe::parallel::set_runtime_env_defaults(false));
   EXPECT_EQ(std::string(std::getenv("OMP_WAIT_POLICY")), "passive");
+}
+
+TEST(ParallelThreads, RuntimeEnvDefaultsLeaveOneOpenMPPoolAlone) {
+  // The OpenMP OpenBLAS: libgomp's own bounded spin-then-sleep, nothing set, no re-exec.
+  ScopedEnv wait("OMP_WAIT_POLICY", ""), timeout("OPENBLAS_THREAD_TIMEOUT", "");
+  unsetenv("OMP_WAIT_POLICY");
+  unsetenv("OPENBLAS_THREAD_TIMEOUT");
+  EXPECT_FALSE(lathe::parallel::set_runtime_env_defaults(true));
+  EXPECT_EQ(std::getenv("OMP_WAIT_POLICY"), nullptr);
+  EXPECT_EQ(std::getenv("OPENBLAS_THREAD_TIMEOUT"), nullptr);
+  // The no-argument form asks the loaded library.
+  EXPECT_EQ(lathe::parallel::set_runtime_env_defaults(), !(openblas_get_parallel() == 2));
 }
