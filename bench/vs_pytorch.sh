@@ -30,7 +30,8 @@
 # torch if that index cannot be reached. Never by the tests or CI.
 #
 # Environment: ROUNDS (3), THREADS ("1 2"), STEPS (8), WARMUP (2), SECTIONS
-# ("prepare train generate"), COMPILE (0), PROFILE (0), OUT ($BUILD/vs_pytorch), TORCH_ENV
+# ("prepare train generate"), MODELS ("gpt2_small llama_small gpt2_50k"), COMPILE (0),
+# COMPILE_MODELS (the models torch.compile runs for; default MODELS), PROFILE (0), OUT ($BUILD/vs_pytorch), TORCH_ENV
 # (extra VAR=VALUE words for the PyTorch processes, e.g. "OMP_WAIT_POLICY=passive"; lathe's
 # CLI sets that policy itself unless the variable is set).
 set -euo pipefail
@@ -43,6 +44,8 @@ STEPS=${STEPS:-8}
 WARMUP=${WARMUP:-2}
 SECTIONS=${SECTIONS:-"prepare train generate"}
 COMPILE=${COMPILE:-0}
+MODELS=${MODELS:-"gpt2_small llama_small gpt2_50k"}
+COMPILE_MODELS=${COMPILE_MODELS:-$MODELS}
 PROFILE=${PROFILE:-0}
 OUT=${OUT:-$BUILD/vs_pytorch}
 VENV=${VENV:-$BUILD/bench-venv}
@@ -200,9 +203,9 @@ jobs=()
 for t in $THREADS; do
   [[ " $SECTIONS " == *" prepare "* ]] && jobs+=("prep_lathe $t" "prep_hf $t")
   if [[ " $SECTIONS " == *" train "* ]]; then
-    for m in gpt2_small llama_small gpt2_50k; do
+    for m in $MODELS; do
       jobs+=("train_lathe $m $t" "train_torch $m $t")
-      [[ $COMPILE == 1 ]] && jobs+=("train_torch_compile $m $t")
+      [[ $COMPILE == 1 && " $COMPILE_MODELS " == *" $m "* ]] && jobs+=("train_torch_compile $m $t")
     done
   fi
   [[ " $SECTIONS " == *" generate "* ]] && jobs+=("gen_lathe $t" "gen_torch $t")
