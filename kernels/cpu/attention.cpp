@@ -24,8 +24,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/partials.h"
 #include "kernels/cpu/vmath.h"
@@ -134,6 +136,88 @@ struct Dims {
   int64_t q_blocks() const { return (T + kBq - 1) / kBq; }
 };
 
+// The softmax part of one forward tile (the FlashAttention-2 online update), row by row:
+// sc holds the nq x nk scaled scores of key block s0 (row stride kBk) and becomes the
+// unnormalized probabilities; m / l are the rows' running max and sum, and each output
+// row (stride ost) is rescaled when its max grows.
+template <typename A>
+__attribute__((always_inline)) inline void forward_rows(const Dims& d, A* sc, int64_t nq, int64_t nk, int64_t t0,
+                                                        int64_t s0, A* m, A* l, A* ob, int64_t ost) {
+  const int64_t D = d.D;
+  for (int64_t i = 0; i < nq; ++i) {
+    A* p = sc + i * kBk;
+    // This row's visible keys of the block: [lo, lim).
+    const int64_t lim = std::clamp<int64_t>(d.keys(t0 + i) - s0, 0, nk);
+    const int64_t lo = std::clamp<int64_t>(d.first(t0 + i) - s0, 0, lim);
+    if (lim == lo) {  // every key of this block is masked for this row
+      std::fill(p, p + nk, A(0));
+      continue;
+    }
+    const A mx = std::max(m[i], partials::max<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; }));
+    const A corr = vmath::exp_of<A>(m[i] - mx);  // 0 on the row's first visible block
+#pragma omp simd
+    for (int64_t j = lo; j < lim; ++j) p[j] = vmath::exp_of<A>(p[j] - mx);
+    std::fill(p, p + lo, A(0));
+    std::fill(p + lim, p + nk, A(0));
+    l[i] = l[i] * corr + partials::sum<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; });
+    if (corr != A(1)) {
+      A* orow = ob + i * ost;
+      for (int64_t c = 0; c < D; ++c) orow[c] *= corr;
+    }
+    m[i] = mx;
+  }
+}
+
+// The elementwise part of one backward tile: p holds scale Q K^T and becomes P =
+// exp(p - lse); dp holds dO V^T and becomes dS = P (dP - D_i); masked entries are 0.
+template <typename A>
+__attribute__((always_inline)) inline void backward_rows(const Dims& d, A* p, A* dp, int64_t nq, int64_t nk,
+                                                         int64_t t0, int64_t s0, const A* lb, const A* di) {
+  for (int64_t i = 0; i < nq; ++i) {
+    A* pr = p + i * kBk;
+    A* dr = dp + i * kBk;
+    const int64_t hi = d.keys(t0 + i), first = d.first(t0 + i);
+    const int64_t lim = std::clamp<int64_t>(hi - s0, 0, nk);
+    const int64_t lo = std::clamp<int64_t>(first - s0, 0, lim);
+    const A li = lb[i], dii = di[i];
+#pragma omp simd
+    for (int64_t j = lo; j < lim; ++j) {
+      pr[j] = vmath::exp_of<A>(pr[j] - li);
+      dr[j] = pr[j] * (dr[j] - dii);
+    }
+    std::fill(pr, pr + lo, A(0));
+    std::fill(dr, dr + lo, A(0));
+    std::fill(pr + lim, pr + nk, A(0));
+    std::fill(dr + lim, dr + nk, A(0));
+    // A row with one visible key has P = 1 and O = v, so dS = dO.v - dO.O is exactly
+    // 0; the two dots are summed in different orders here, so say so explicitly.
+    if (hi - first == 1 && first >= s0 && first < s0 + nk) dr[first - s0] = A(0);
+  }
+}
+
+// The f32 rows at the CPU's best vector width (kernels/cpu/isa.h; same bits at every level).
+LATHE_ISA_ROW(forward_rows_f32,
+              (const Dims& d, float* sc, int64_t nq, int64_t nk, int64_t t0, int64_t s0, float* m, float* l,
+               float* ob, int64_t ost),
+              (d, sc, nq, nk, t0, s0, m, l, ob, ost), forward_rows<float>)
+LATHE_ISA_ROW(backward_rows_f32,
+              (const Dims& d, float* p, float* dp, int64_t nq, int64_t nk, int64_t t0, int64_t s0, const float* lb,
+               const float* di),
+              (d, p, dp, nq, nk, t0, s0, lb, di), backward_rows<float>)
+
+template <typename A>
+void forward_rows_best(const Dims& d, A* sc, int64_t nq, int64_t nk, int64_t t0, int64_t s0, A* m, A* l, A* ob,
+                       int64_t ost) {
+  if constexpr (std::is_same_v<A, float>) return forward_rows_f32(d, sc, nq, nk, t0, s0, m, l, ob, ost);
+  forward_rows<A>(d, sc, nq, nk, t0, s0, m, l, ob, ost);
+}
+template <typename A>
+void backward_rows_best(const Dims& d, A* p, A* dp, int64_t nq, int64_t nk, int64_t t0, int64_t s0, const A* lb,
+                        const A* di) {
+  if constexpr (std::is_same_v<A, float>) return backward_rows_f32(d, p, dp, nq, nk, t0, s0, lb, di);
+  backward_rows<A>(d, p, dp, nq, nk, t0, s0, lb, di);
+}
+
 // FlashAttention-2 forward (Dao, 2023, Alg. 1) on the CPU: for each (b, h, query block) the
 // score tile of each key block is one GEMM (Q_i K_j^T), the running max / sum are updated
 // row by row (online softmax), and O_i += P_ij V_j is a second GEMM. Key blocks past the
@@ -169,28 +253,7 @@ void attention_forward(const Dims& d, const A* q, Lay ql, const A* k, Lay kl, co
       for (int64_t s0 = kmin; s0 < kmax; s0 += kBk) {
         const int64_t nk = std::min(kBk, kmax - s0);
         gemm(false, true, nq, nk, D, scale, qb, ql.st, kb + s0 * kl.st, kl.st, A(0), sc.data(), kBk);
-        for (int64_t i = 0; i < nq; ++i) {
-          A* p = sc.data() + i * kBk;
-          // This row's visible keys of the block: [lo, lim).
-          const int64_t lim = std::clamp<int64_t>(d.keys(t0 + i) - s0, 0, nk);
-          const int64_t lo = std::clamp<int64_t>(d.first(t0 + i) - s0, 0, lim);
-          if (lim == lo) {  // every key of this block is masked for this row
-            std::fill(p, p + nk, A(0));
-            continue;
-          }
-          const A mx = std::max(m[i], partials::max<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; }));
-          const A corr = vmath::exp_of<A>(m[i] - mx);  // 0 on the row's first visible block
-#pragma omp simd
-          for (int64_t j = lo; j < lim; ++j) p[j] = vmath::exp_of<A>(p[j] - mx);
-          std::fill(p, p + lo, A(0));
-          std::fill(p + lim, p + nk, A(0));
-          l[i] = l[i] * corr + partials::sum<A>(lim - lo, [p, lo](int64_t j) { return p[lo + j]; });
-          if (corr != A(1)) {
-            A* orow = ob + i * ol.st;
-            for (int64_t c = 0; c < D; ++c) orow[c] *= corr;
-          }
-          m[i] = mx;
-        }
+        forward_rows_best<A>(d, sc.data(), nq, nk, t0, s0, m.data(), l.data(), ob, ol.st);
         gemm(false, false, nq, D, nk, A(1), sc.data(), kBk, vb + s0 * vl.st, vl.st, A(1), ob, ol.st);
       }
       for (int64_t i = 0; i < nq; ++i) {
@@ -255,26 +318,7 @@ void attention_backward_heads(const Dims& d, const BwdArgs<A>& x, A scale) {
           const int64_t nk = std::min(kBk, kmax - s0);
           gemm(false, true, nq, nk, D, scale, qb, ql.st, kb + s0 * kl.st, kl.st, A(0), p.data(), kBk);
           gemm(false, true, nq, nk, D, A(1), gb, gl.st, vb + s0 * vl.st, vl.st, A(0), dp.data(), kBk);
-          for (int64_t i = 0; i < nq; ++i) {
-            A* pr = p.data() + i * kBk;
-            A* dr = dp.data() + i * kBk;
-            const int64_t hi = d.keys(t0 + i), first = d.first(t0 + i);
-            const int64_t lim = std::clamp<int64_t>(hi - s0, 0, nk);
-            const int64_t lo = std::clamp<int64_t>(first - s0, 0, lim);
-            const A li = lb[i], dii = di[i];
-#pragma omp simd
-            for (int64_t j = lo; j < lim; ++j) {
-              pr[j] = vmath::exp_of<A>(pr[j] - li);
-              dr[j] = pr[j] * (dr[j] - dii);
-            }
-            std::fill(pr, pr + lo, A(0));
-            std::fill(dr, dr + lo, A(0));
-            std::fill(pr + lim, pr + nk, A(0));
-            std::fill(dr + lim, dr + nk, A(0));
-            // A row with one visible key has P = 1 and O = v, so dS = dO.v - dO.O is exactly
-            // 0; the two dots are summed in different orders here, so say so explicitly.
-            if (hi - first == 1 && first >= s0 && first < s0 + nk) dr[first - s0] = A(0);
-          }
+          backward_rows_best<A>(d, p.data(), dp.data(), nq, nk, t0, s0, lb, di.data());
           gemm(true, false, nk, D, nq, A(1), p.data(), kBk, gb, gl.st, A(1), dvb + s0 * dvl.st, dvl.st);
           gemm(false, false, nq, D, nk, scale, dp.data(), kBk, kb + s0 * kl.st, kl.st, A(1), dqb, dql.st);
           gemm(true, false, nk, D, nq, scale, dp.data(), kBk, qb, ql.st, A(1), dkb + s0 * dkl.st, dkl.st);

@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/partials.h"
 #include "kernels/cpu/vmath.h"
@@ -46,6 +48,45 @@ std::vector<int64_t> read_targets(const char* op, const Tensor& targets, int64_t
   return out;
 }
 
+// Row max m of x and s = sum of exp(x - m), the exps going through the buffer e (a plain
+// loop vectorizes; then they are summed), each reduction in kParts partials combined in a
+// fixed order (kernels/cpu/partials.h).
+template <typename T>
+__attribute__((always_inline)) inline void row_max_sumexp(const T* x, acc_t<T>* e, int64_t V, acc_t<T>* m_out,
+                                                          acc_t<T>* s_out) {
+  using A = acc_t<T>;
+  const A m = partials::max<A>(V, [x](int64_t j) { return load(x[j]); });
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) e[j] = vmath::exp_of<A>(load(x[j]) - m);
+  *m_out = m;
+  *s_out = partials::sum<A>(V, [e](int64_t j) { return e[j]; });
+}
+
+// o = c * (softmax(x) - uni) over a row whose log-sum-exp is l.
+template <typename T>
+__attribute__((always_inline)) inline void grad_row(const T* x, T* o, int64_t V, acc_t<T> c, acc_t<T> l,
+                                                    acc_t<T> uni) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) o[j] = store<T>(c * (vmath::exp_of<acc_t<T>>(load(x[j]) - l) - uni));
+}
+
+// The f32 rows at the CPU's best vector width (kernels/cpu/isa.h; same bits at every level).
+LATHE_ISA_ROW(row_max_sumexp_f32, (const float* x, float* e, int64_t V, float* m, float* s), (x, e, V, m, s),
+              row_max_sumexp<float>)
+LATHE_ISA_ROW(grad_row_f32, (const float* x, float* o, int64_t V, float c, float l, float uni),
+              (x, o, V, c, l, uni), grad_row<float>)
+
+template <typename T>
+void row_max_sumexp_best(const T* x, acc_t<T>* e, int64_t V, acc_t<T>* m, acc_t<T>* s) {
+  if constexpr (std::is_same_v<T, float>) return row_max_sumexp_f32(x, e, V, m, s);
+  row_max_sumexp<T>(x, e, V, m, s);
+}
+template <typename T>
+void grad_row_best(const T* x, T* o, int64_t V, acc_t<T> c, acc_t<T> l, acc_t<T> uni) {
+  if constexpr (std::is_same_v<T, float>) return grad_row_f32(x, o, V, c, l, uni);
+  grad_row<T>(x, o, V, c, l, uni);
+}
+
 template <typename T>
 void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, int64_t ignore_index, double eps,
                           const CrossEntropyOut& out) {
@@ -64,11 +105,8 @@ void cross_entropy_kernel(const Tensor& logits, const std::vector<int64_t>& tg, 
       const T* x = xp + i * V;
       // Row max, sum of exp(x - m) and sum of (x - m) (for the smoothing term), each in
       // kParts partials combined in a fixed order (kernels/cpu/partials.h).
-      const A m = partials::max<A>(V, [x](int64_t j) { return load(x[j]); });
-      A* ep = e.data();
-#pragma omp simd
-      for (int64_t j = 0; j < V; ++j) ep[j] = vmath::exp_of<A>(load(x[j]) - m);
-      const A s = partials::sum<A>(V, [ep](int64_t j) { return ep[j]; });
+      A m, s;
+      row_max_sumexp_best<T>(x, e.data(), V, &m, &s);
       // Without smoothing the term is multiplied by 0: skip the pass (and a -inf logit then
       // cannot turn 0 * inf into a NaN loss).
       const double sd =
@@ -117,8 +155,7 @@ void cross_entropy_backward_kernel(const Tensor& logits, const std::vector<int64
       continue;
     }
     const A l = lp[i];
-#pragma omp simd
-    for (int64_t j = 0; j < V; ++j) o[j] = store<T>(c * (vmath::exp_of<A>(load(x[j]) - l) - uni));
+    grad_row_best<T>(x, o, V, c, l, uni);
     o[tg[i]] = store<T>(c * (vmath::exp_of<A>(load(x[tg[i]]) - l) - uni - hit));
   }
 }

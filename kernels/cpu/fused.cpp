@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/optim.h"
 #include "kernels/cpu/vmath.h"
 
@@ -52,49 +53,22 @@ __attribute__((always_inline)) inline void gelu_backward_row(const T* p, const T
   }
 }
 
-// Both loops are bound by GELU's arithmetic (an exp and a division per element), and lathe's
-// own code is built for baseline x86-64 (SSE2). The f32 rows are compiled a second time for
-// AVX2 (8 lanes instead of 4) and chosen at run time. AVX2 without FMA: every operation is
-// the same IEEE operation as in the SSE2 code, rounded the same way (no contraction, no
-// reassociation), so the bits do not depend on which copy runs (LinearFused tests compare
-// them with the unfused SSE2 ops).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target("avx2"))) void bias_gelu_row_avx2(const float* p, const float* bias, float* z, float* o,
-                                                        int64_t n) {
-  bias_gelu_row<float>(p, bias, z, o, n);
-}
-__attribute__((target("avx2"))) void gelu_backward_row_avx2(const float* p, const float* d, float* o, double* a,
-                                                            int64_t n) {
-  gelu_backward_row<float>(p, d, o, a, n);
-}
-bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
-#else
-bool have_avx2() { return false; }
-void bias_gelu_row_avx2(const float* p, const float* bias, float* z, float* o, int64_t n) {
-  bias_gelu_row<float>(p, bias, z, o, n);
-}
-void gelu_backward_row_avx2(const float* p, const float* d, float* o, double* a, int64_t n) {
-  gelu_backward_row<float>(p, d, o, a, n);
-}
-#endif
+// Both loops are bound by GELU's arithmetic (an exp and a division per element): their f32
+// rows run at the CPU's best vector width (kernels/cpu/isa.h), with the same bits as the
+// baseline SSE2 code (LinearFused tests compare every level with the unfused ops).
+LATHE_ISA_ROW(bias_gelu_row_f32, (const float* p, const float* bias, float* z, float* o, int64_t n),
+              (p, bias, z, o, n), bias_gelu_row<float>)
+LATHE_ISA_ROW(gelu_backward_row_f32, (const float* p, const float* d, float* o, double* a, int64_t n),
+              (p, d, o, a, n), gelu_backward_row<float>)
 
 template <typename T>
-void bias_gelu_row_best(const T* p, const T* bias, T* z, T* o, int64_t n, bool avx2) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (avx2) return bias_gelu_row_avx2(p, bias, z, o, n);
-  }
-  (void)avx2;
+void bias_gelu_row_best(const T* p, const T* bias, T* z, T* o, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) return bias_gelu_row_f32(p, bias, z, o, n);
   bias_gelu_row<T>(p, bias, z, o, n);
 }
 template <typename T>
-void gelu_backward_row_best(const T* p, const T* d, T* o, double* a, int64_t n, bool avx2) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (avx2) return gelu_backward_row_avx2(p, d, o, a, n);
-  }
-  (void)avx2;
+void gelu_backward_row_best(const T* p, const T* d, T* o, double* a, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) return gelu_backward_row_f32(p, d, o, a, n);
   gelu_backward_row<T>(p, d, o, a, n);
 }
 
@@ -103,10 +77,9 @@ void gelu_backward_row_best(const T* p, const T* d, T* o, double* a, int64_t n, 
 // element's result is independent of the split.
 template <typename T>
 void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t rows, int64_t n) {
-  const bool avx2 = have_avx2();
 #pragma omp parallel for schedule(static) if (rows * n > detail::kParallelGrain)
   for (int64_t r = 0; r < rows; ++r)
-    bias_gelu_row_best<T>(prod + r * n, bias, pre ? pre + r * n : nullptr, out + r * n, n, avx2);
+    bias_gelu_row_best<T>(prod + r * n, bias, pre ? pre + r * n : nullptr, out + r * n, n);
 }
 
 // g = dy * gelu_tanh'(pre) and, when db is given, db[c] = sum over rows of g[r, c]: one pass
@@ -117,7 +90,6 @@ void bias_gelu_epilogue(const T* prod, const T* bias, T* pre, T* out, int64_t ro
 // count either.
 template <typename T>
 void gelu_backward_bias_grad(const T* pre, const T* dy, T* g, T* db, int64_t rows, int64_t n) {
-  const bool avx2 = have_avx2();
 #pragma omp parallel if (rows * n > detail::kParallelGrain && n >= 32)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -127,7 +99,7 @@ void gelu_backward_bias_grad(const T* pre, const T* dy, T* g, T* db, int64_t row
       std::vector<double> acc(db ? static_cast<size_t>(nc) : 0, 0.0);
       double* a = db ? acc.data() : nullptr;
       for (int64_t r = 0; r < rows; ++r)
-        gelu_backward_row_best<T>(pre + r * n + c0, dy + r * n + c0, g + r * n + c0, a, nc, avx2);
+        gelu_backward_row_best<T>(pre + r * n + c0, dy + r * n + c0, g + r * n + c0, a, nc);
       if (db)
         for (int64_t c = 0; c < nc; ++c) db[c0 + c] = static_cast<T>(acc[c]);
     }
