@@ -3,8 +3,10 @@
 // which coalesces dims and hands each kernel rows with byte strides; rows whose operands
 // are all unit-stride take a plain indexed loop the compiler can vectorize.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/vmath.h"
 
 namespace lathe::kernels::cpu {
@@ -23,13 +25,15 @@ inline bool is_nan(C v) {
 }
 
 // out[i] = f(x[i]); f maps comp_t<T> -> comp_t<T>.
+// `row`, when given, computes a unit-stride row (o = f(a) elementwise, the same bits).
 template <typename T, typename F>
-void map1(const Tensor& x, const Tensor& out, F f) {
+void map1(const Tensor& x, const Tensor& out, F f, void (*row)(const T*, T*, int64_t) = nullptr) {
   for_each_row<2>({&out, &x}, [&](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {
     constexpr int64_t E = sizeof(T);
     if (s[0] == E && s[1] == E) {
       T* o = reinterpret_cast<T*>(p[0]);
       const T* a = reinterpret_cast<const T*>(p[1]);
+      if (row) return row(a, o, n);
       for (int64_t i = 0; i < n; ++i) o[i] = st<T>(f(ld(a[i])));
     } else {
       for (int64_t i = 0; i < n; ++i)
@@ -39,14 +43,17 @@ void map1(const Tensor& x, const Tensor& out, F f) {
 }
 
 // out[i] = f(a[i], b[i]); f takes two comp_t<T> and returns the stored O value.
+// `row`, when given, computes a row whose operands are all unit-stride (the same bits).
 template <typename O, typename T, typename F>
-void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f,
+          void (*row)(const T*, const T*, O*, int64_t) = nullptr) {
   for_each_row<3>({&out, &a, &b}, [&](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
     constexpr int64_t E = sizeof(T);
     O* o = reinterpret_cast<O*>(p[0]);
     if (s[0] == int64_t(sizeof(O)) && s[1] == E && s[2] == E) {
       const T* x = reinterpret_cast<const T*>(p[1]);
       const T* y = reinterpret_cast<const T*>(p[2]);
+      if (row) return row(x, y, o, n);
       for (int64_t i = 0; i < n; ++i) o[i] = f(ld(x[i]), ld(y[i]));
     } else if (s[0] == int64_t(sizeof(O)) && s[1] == E && s[2] == 0) {  // row op scalar
       const T* x = reinterpret_cast<const T*>(p[1]);
@@ -67,6 +74,79 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
 
 // ---- unary ------------------------------------------------------------------------------------
 
+// The transcendental unary ops of the models (SiLU, sigmoid, exp, GELU), each formula
+// written once: the generic loops and the f32 rows below both call these, so every dtype,
+// layout and instruction-set level computes the same expression.
+template <typename C>
+inline C sigmoid_of(C v) {
+  return C(1) / (C(1) + vmath::exp_of<C>(-v));
+}
+template <typename C>
+inline C silu_of(C v) {
+  return v / (C(1) + vmath::exp_of<C>(-v));
+}
+template <typename C>
+inline C sigmoid_backward_of(C x, C g) {
+  const C s = sigmoid_of<C>(x);
+  return g * s * (C(1) - s);
+}
+template <typename C>
+inline C silu_backward_of(C x, C g) {
+  const C s = sigmoid_of<C>(x);
+  return g * s * (C(1) + x * (C(1) - s));
+}
+
+// Their f32 unit-stride rows at the CPU's best vector width (kernels/cpu/isa.h; the same
+// bits at every level).
+#define LATHE_UNARY_ROW(name, expr)                                                                  \
+  __attribute__((always_inline)) inline void name##_body(const float* a, float* o, int64_t n) {    \
+    for (int64_t i = 0; i < n; ++i) o[i] = expr(a[i]);                                             \
+  }                                                                                                  \
+  LATHE_ISA_ROW(name, (const float* a, float* o, int64_t n), (a, o, n), name##_body)
+#define LATHE_UNARY_BACKWARD_ROW(name, expr)                                                                   \
+  __attribute__((always_inline)) inline void name##_body(const float* x, const float* g, float* o, int64_t n) { \
+    for (int64_t i = 0; i < n; ++i) o[i] = expr(x[i], g[i]);                                                 \
+  }                                                                                                            \
+  LATHE_ISA_ROW(name, (const float* x, const float* g, float* o, int64_t n), (x, g, o, n), name##_body)
+LATHE_UNARY_ROW(exp_row, vmath::exp_of<float>)
+LATHE_UNARY_ROW(sigmoid_row, sigmoid_of<float>)
+LATHE_UNARY_ROW(silu_row, silu_of<float>)
+LATHE_UNARY_ROW(gelu_tanh_row, vmath::gelu_tanh<float>)
+LATHE_UNARY_BACKWARD_ROW(sigmoid_backward_row, sigmoid_backward_of<float>)
+LATHE_UNARY_BACKWARD_ROW(silu_backward_row, silu_backward_of<float>)
+LATHE_UNARY_BACKWARD_ROW(gelu_tanh_backward_row, vmath::gelu_tanh_backward<float>)
+#undef LATHE_UNARY_ROW
+#undef LATHE_UNARY_BACKWARD_ROW
+
+// The f32 row of op, or nullptr (the generic loop) for other ops and dtypes.
+template <typename T>
+void (*unary_row(UnaryOp op))(const T*, T*, int64_t) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (op) {
+      case UnaryOp::exp: return exp_row;
+      case UnaryOp::sigmoid: return sigmoid_row;
+      case UnaryOp::silu: return silu_row;
+      case UnaryOp::gelu_tanh: return gelu_tanh_row;
+      default: return nullptr;
+    }
+  }
+  (void)op;
+  return nullptr;
+}
+template <typename T>
+void (*unary_backward_row(UnaryOp op))(const T*, const T*, T*, int64_t) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (op) {
+      case UnaryOp::sigmoid: return sigmoid_backward_row;
+      case UnaryOp::silu: return silu_backward_row;
+      case UnaryOp::gelu_tanh: return gelu_tanh_backward_row;
+      default: return nullptr;
+    }
+  }
+  (void)op;
+  return nullptr;
+}
+
 template <typename T>
 void unary_t(UnaryOp op, const Tensor& x, const Tensor& out) {
   using C = comp_t<T>;
@@ -74,17 +154,17 @@ void unary_t(UnaryOp op, const Tensor& x, const Tensor& out) {
   const C inv_sqrt2 = C(0.7071067811865476);
   switch (op) {
     case UnaryOp::neg: return map1<T>(x, out, [](C v) { return -v; });
-    case UnaryOp::exp: return map1<T>(x, out, [](C v) { return vmath::exp_of<C>(v); });
+    case UnaryOp::exp: return map1<T>(x, out, [](C v) { return vmath::exp_of<C>(v); }, unary_row<T>(op));
     case UnaryOp::log: return map1<T>(x, out, [](C v) { return std::log(v); });
     case UnaryOp::sqrt: return map1<T>(x, out, [](C v) { return std::sqrt(v); });
     case UnaryOp::rsqrt: return map1<T>(x, out, [=](C v) { return one / std::sqrt(v); });
     case UnaryOp::tanh: return map1<T>(x, out, [](C v) { return std::tanh(v); });
-    case UnaryOp::sigmoid: return map1<T>(x, out, [=](C v) { return one / (one + vmath::exp_of<C>(-v)); });
+    case UnaryOp::sigmoid: return map1<T>(x, out, [](C v) { return sigmoid_of<C>(v); }, unary_row<T>(op));
     case UnaryOp::relu: return map1<T>(x, out, [](C v) { return v > C(0) ? v : C(0); });
     case UnaryOp::gelu_tanh:  // Hendrycks & Gimpel (2016), tanh approximation (vmath.h)
-      return map1<T>(x, out, [](C v) { return vmath::gelu_tanh<C>(v); });
+      return map1<T>(x, out, [](C v) { return vmath::gelu_tanh<C>(v); }, unary_row<T>(op));
     case UnaryOp::gelu_erf: return map1<T>(x, out, [=](C v) { return half * v * (one + std::erf(v * inv_sqrt2)); });
-    case UnaryOp::silu: return map1<T>(x, out, [=](C v) { return v / (one + vmath::exp_of<C>(-v)); });
+    case UnaryOp::silu: return map1<T>(x, out, [](C v) { return silu_of<C>(v); }, unary_row<T>(op));
     case UnaryOp::abs: return map1<T>(x, out, [](C v) { return std::abs(v); });
     case UnaryOp::sign:
       return map1<T>(x, out, [](C v) { return is_nan(v) ? v : C((v > C(0)) - (v < C(0))); });
@@ -101,6 +181,10 @@ void unary_backward_t(UnaryOp op, const Tensor& in, bool from_y, const Tensor& g
   using C = comp_t<T>;
   const C half = C(0.5), one = C(1), two = C(2), zero = C(0);
   auto go = [&](auto f) { map2<T, T>(in, gy, out, [f](C v, C g) { return st<T>(f(v, g)); }); };
+  // With the op's f32 row for unit-stride rows (the same formula, kernels/cpu/isa.h).
+  auto go_row = [&](auto f) {
+    map2<T, T>(in, gy, out, [f](C v, C g) { return st<T>(f(v, g)); }, unary_backward_row<T>(op));
+  };
   if (from_y) {
     switch (op) {
       case UnaryOp::exp: return go([](C y, C g) { return g * y; });
@@ -130,23 +214,15 @@ void unary_backward_t(UnaryOp op, const Tensor& in, bool from_y, const Tensor& g
         C t = std::tanh(x);
         return g * (one - t * t);
       });
-    case UnaryOp::sigmoid:
-      return go([=](C x, C g) {
-        C s = one / (one + vmath::exp_of<C>(-x));
-        return g * s * (one - s);
-      });
+    case UnaryOp::sigmoid: return go_row([](C x, C g) { return sigmoid_backward_of<C>(x, g); });
     case UnaryOp::relu: return go([=](C x, C g) { return x > zero ? g : zero; });
-    case UnaryOp::gelu_tanh: return go([](C x, C g) { return vmath::gelu_tanh_backward<C>(x, g); });
+    case UnaryOp::gelu_tanh: return go_row([](C x, C g) { return vmath::gelu_tanh_backward<C>(x, g); });
     case UnaryOp::gelu_erf:
       // Phi(x) + x phi(x)
       return go([=](C x, C g) {
         return g * (half * (one + std::erf(x * inv_sqrt2)) + x * inv_sqrt2pi * std::exp(-half * x * x));
       });
-    case UnaryOp::silu:
-      return go([=](C x, C g) {
-        C s = one / (one + vmath::exp_of<C>(-x));
-        return g * s * (one + x * (one - s));
-      });
+    case UnaryOp::silu: return go_row([](C x, C g) { return silu_backward_of<C>(x, g); });
     case UnaryOp::abs: return go([=](C x, C g) { return x > zero ? g : (x < zero ? -g : zero); });
     case UnaryOp::sign: return go([=](C, C) { return zero; });
     case UnaryOp::square: return go([=](C x, C g) { return two * x * g; });
