@@ -312,19 +312,13 @@ void expect_resume_bit_exact(const Case& c) {
   auto comm = world();
   SharedDir dir(*comm);
   const std::string base = write_base(c, dir, *comm);
-  train(config(dir / "straight", c, base, 2, 4), opts(comm));
-  TrainOptions stop = opts(comm);
-  stop.stop_after = 2;
-  ASSERT_EQ(train(config(dir / "stopped", c, base, 2, 4), stop).end_step, 2);
-  TrainOptions resume = opts(comm);
-  resume.resume = "latest";
-  const TrainResult b = train(config(dir / "stopped", c, base, 2, 4), resume);
-  ASSERT_EQ(b.start_step, 2);
   const int r = comm->rank();
-  test_util::expect_same_tensors(rank_file(step_dir(dir / "straight/checkpoints", 4), r),
-                                 rank_file(step_dir(dir / "stopped/checkpoints", 4), r));
+  test_util::expect_resume_bit_exact([&](const std::string& d) { return config(d, c, base, 2, 4); },
+                                     dir / "straight", dir / "stopped", opts(comm), 2, 4, r);
   // The same checkpoint under another tensor-parallel degree is refused, naming both layouts.
   comm->barrier();
+  TrainOptions resume = opts(comm);
+  resume.resume = "latest";
   const std::string tp2 = "dp" + std::to_string(comm->size() / 2) + " x tp2", tp1 = "dp" + std::to_string(comm->size()) + " x tp1";
   try {
     train(config(dir / "stopped", c, base, 1, 4, 6), resume);

@@ -62,6 +62,28 @@ RunConfig sp_config(const std::string& run_dir, std::string arch, int sp, int mi
   return configs::parse_text(t, "ulysses trainer");
 }
 
+// The split run equals the one-process run: losses and norms of the first 3 steps, the last
+// validation loss, and every parameter of `split` against want(name, the one-process
+// parameter): the parameter itself, or the shard this rank holds.
+template <typename Want>
+void expect_same_run(Trainer& split, const TrainResult& a, Trainer& whole, const TrainResult& b, Want want) {
+  test_util::expect_same_curve(a, b, 3);
+  ASSERT_FALSE(a.evals.empty());
+  EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
+  double worst = 0;
+  int compared = 0;
+  for (const auto& [name, p] : split.model().named_parameters()) {
+    const Tensor w = want(name, whole.model().parameter(name));
+    ASSERT_EQ(w.shape(), p.shape()) << name;
+    const auto x = p.to(DType::f64).contiguous().template to_vector<double>();
+    const auto y = w.to(DType::f64).contiguous().template to_vector<double>();
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+  EXPECT_LT(worst, 2e-5);
+}
+
 class UlyssesTrainer : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
@@ -83,17 +105,8 @@ TEST_P(UlyssesTrainer, SameLossesAndWeightsAsOneProcess) {
     ref.mutable_train()->set_eval_batches(2 * sp);
     Trainer whole(ref, quiet(std::make_shared<parallel::SingleProcessCommunicator>()));
     const TrainResult b = whole.run();
-    test_util::expect_same_curve(a, b, 3);
     // Evaluation ran on whole sequences with plain attention: the same validation loss.
-    ASSERT_FALSE(a.evals.empty());
-    EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
-    double worst = 0;
-    for (const auto& [name, p] : split.model().named_parameters()) {
-      const auto x = p.to(DType::f64).contiguous().to_vector<double>();
-      const auto y = whole.model().parameter(name).to(DType::f64).contiguous().to_vector<double>();
-      for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
-    }
-    EXPECT_LT(worst, 2e-5);
+    expect_same_run(split, a, whole, b, [](const std::string&, const Tensor& w) { return w; });
     world->barrier();
     std::error_code ec;
     fs::remove_all(root + "_one_" + std::to_string(r), ec);
@@ -128,21 +141,9 @@ void expect_tp_sp_equals_one_process(const std::string& arch, int n_head = 0, in
   ref.mutable_train()->set_eval_batches(4);  // 2 batches on each of the 2 replicas of a shard
   Trainer whole(ref, quiet(std::make_shared<parallel::SingleProcessCommunicator>()));
   const TrainResult b = whole.run();
-  test_util::expect_same_curve(a, b, 3);
-  ASSERT_FALSE(a.evals.empty());
-  EXPECT_NEAR(a.evals.back().result.loss, b.evals.back().result.loss, 1e-5 * b.evals.back().result.loss);
-  double worst = 0;
-  int compared = 0;
-  for (const auto& [name, p] : split.model().named_parameters()) {
-    const Tensor want = parallel::slice_shard(name, whole.model().parameter(name), whole.model().spec(), 2, r % 2, 100);
-    ASSERT_EQ(want.shape(), p.shape()) << name;
-    const auto x = p.to(DType::f64).contiguous().to_vector<double>();
-    const auto y = want.to(DType::f64).contiguous().to_vector<double>();
-    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
-    ++compared;
-  }
-  EXPECT_GT(compared, 10);
-  EXPECT_LT(worst, 2e-5);
+  expect_same_run(split, a, whole, b, [&](const std::string& name, const Tensor& w) {
+    return parallel::slice_shard(name, w, whole.model().spec(), 2, r % 2, 100);
+  });
   world->barrier();
   std::error_code ec;
   fs::remove_all(root + "_one_" + std::to_string(r), ec);

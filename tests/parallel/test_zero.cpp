@@ -374,17 +374,8 @@ TEST(TensorParallelSgdSai, EqualsOneProcessOnTheSameGlobalBatch) {
 void expect_tp_resume_bit_exact(const TpCase& c, int zero) {
   auto comm = world();
   SharedDir dir(*comm);
-  train(tp_config(dir / "straight", c, zero, 2, 4), opts());
-  TrainOptions stop = opts();
-  stop.stop_after = 2;
-  ASSERT_EQ(train(tp_config(dir / "stopped", c, zero, 2, 4), stop).end_step, 2);
-  TrainOptions resume = opts();
-  resume.resume = "latest";
-  const TrainResult b = train(tp_config(dir / "stopped", c, zero, 2, 4), resume);
-  ASSERT_EQ(b.start_step, 2);
-  const int r = comm->rank();
-  test_util::expect_same_tensors(rank_file(step_dir(dir / "straight/checkpoints", 4), r),
-                                 rank_file(step_dir(dir / "stopped/checkpoints", 4), r));
+  test_util::expect_resume_bit_exact([&](const std::string& d) { return tp_config(d, c, zero, 2, 4); },
+                                     dir / "straight", dir / "stopped", opts(), 2, 4, comm->rank());
 }
 
 // GaLore and Fira under TP = 2 (no ZeRO): whole-matrix stand-ins (train/tp_whole_tensors.h)

@@ -110,4 +110,21 @@ inline void expect_same_tensors(const std::string& a_path, const std::string& b_
   EXPECT_GT(compared, 10);
 }
 
+// Trains make(straight) to step `last`, and make(stopped) stopped after `stop_after` steps and
+// resumed: this rank's file of the final checkpoint must be the same, bit for bit (weights or
+// their shard, optimizer state, data position, RNG).
+template <typename Make>
+void expect_resume_bit_exact(Make make, const std::string& straight, const std::string& stopped,
+                             const TrainOptions& opts, int stop_after, int last, int rank) {
+  train(make(straight), opts);
+  TrainOptions stop = opts;
+  stop.stop_after = stop_after;
+  ASSERT_EQ(train(make(stopped), stop).end_step, stop_after);
+  TrainOptions resume = opts;
+  resume.resume = "latest";
+  ASSERT_EQ(train(make(stopped), resume).start_step, stop_after);
+  expect_same_tensors(rank_file(step_dir(straight + "/checkpoints", last), rank),
+                      rank_file(step_dir(stopped + "/checkpoints", last), rank));
+}
+
 }  // namespace lathe::train::test_util
