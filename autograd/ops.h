@@ -37,6 +37,9 @@ Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor gelu(const Tensor& x, bool tanh_approx = true);
 Tensor silu(const Tensor& x);
+// silu(gate) * up as one op (SwiGLU's gate; kernels::swiglu): gate and up of one shape.
+// Backward keeps gate and up only, not silu's output.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor abs(const Tensor& x);
 Tensor square(const Tensor& x);
 Tensor reciprocal(const Tensor& x);

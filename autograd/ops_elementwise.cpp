@@ -87,6 +87,15 @@ Tensor gelu(const Tensor& x, bool tanh_approx) {
   return autograd::unary(tanh_approx ? UnaryOp::gelu_tanh : UnaryOp::gelu_erf, x);
 }
 Tensor silu(const Tensor& x) { return autograd::unary(UnaryOp::silu, x); }
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  Tensor y = kernels::swiglu(gate, up);
+  Tensor gs = saved(gate), us = saved(up);
+  return record("swiglu", y, {gate, up}, [gs, us](const Grads& g, const Needs& need) -> Grads {
+    kernels::SwigluGrads r = kernels::swiglu_backward(g[0], gs, us);
+    return {need[0] ? r.dgate : Tensor(), need[1] ? r.dup : Tensor()};
+  });
+}
 Tensor abs(const Tensor& x) { return autograd::unary(UnaryOp::abs, x); }
 Tensor square(const Tensor& x) { return autograd::unary(UnaryOp::square, x); }
 Tensor reciprocal(const Tensor& x) { return autograd::unary(UnaryOp::reciprocal, x); }

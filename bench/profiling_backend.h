@@ -72,6 +72,15 @@ class ProfilingBackend final : public Backend {
     Timer t(*this, "where");
     inner_.where(cond, a, b, out);
   }
+  void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override {
+    Timer t(*this, "swiglu");
+    inner_.swiglu(gate, up, out);
+  }
+  void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate,
+                       const Tensor& dup) override {
+    Timer t(*this, "swiglu_backward");
+    inner_.swiglu_backward(gy, gate, up, dgate, dup);
+  }
   void add_(const Tensor& y, const Tensor& x, double alpha) override {
     Timer t(*this, "add_");
     inner_.add_(y, x, alpha);

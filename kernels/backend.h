@@ -33,6 +33,10 @@ class Backend : public DeviceOps {
   // a and b are already expanded to out's shape (stride-0 dims where broadcast).
   virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out = silu(gate) * up; dgate, dup = swiglu's gradients (all of gy's shape, outputs contiguous).
+  virtual void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  virtual void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate,
+                               const Tensor& dup) = 0;
   virtual void add_(const Tensor& y, const Tensor& x, double alpha) = 0;
   virtual void scale_(const Tensor& y, double s) = 0;
 

@@ -40,6 +40,17 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
 // cond (u8 or any dtype, non-zero = true) ? a : b, all broadcast together.
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 
+// SwiGLU's gate (Shazeer, "GLU Variants Improve Transformer", 2020): silu(gate) * up in one
+// pass, and its backward in one pass: dgate = gy * up * silu'(gate), dup = gy * silu(gate).
+// gate, up (and gy) share shape, dtype and device; any layout. The numbers are those of
+// unary(silu) followed by binary(mul) (bit for bit in f32 and f64 on the CPU; bf16/f16 skip
+// the rounding of silu's output), and backward needs only gate and up, not silu's output.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+struct SwigluGrads {
+  Tensor dgate, dup;
+};
+SwigluGrads swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up);
+
 // In place: y += alpha * x (x broadcast to y's shape). Used for gradient accumulation.
 void add_(const Tensor& y, const Tensor& x, double alpha = 1.0);
 // In place: y *= s.

@@ -160,6 +160,36 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   return out;
 }
 
+namespace {
+void check_swiglu_operand(const char* op, const char* name, const Tensor& t, const Tensor& gate) {
+  check_defined(op, name, t);
+  check_pair(op, "gate", gate, name, t);
+  LATHE_CHECK(t.shape() == gate.shape())
+      << op << ": shape mismatch: gate is " << gate.shape_str() << ", " << name << " is " << t.shape_str()
+      << " (the gate and up projections must have the same width)";
+}
+}  // namespace
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  check_defined("swiglu", "gate", gate);
+  check_floating("swiglu", gate);
+  check_swiglu_operand("swiglu", "up", up, gate);
+  Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  if (out.numel() > 0) backend(gate.device()).swiglu(gate, up, out);
+  return out;
+}
+
+SwigluGrads swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up) {
+  check_defined("swiglu_backward", "gate", gate);
+  check_floating("swiglu_backward", gate);
+  check_swiglu_operand("swiglu_backward", "up", up, gate);
+  check_swiglu_operand("swiglu_backward", "gy", gy, gate);
+  SwigluGrads g{Tensor::empty(gate.shape(), gate.dtype(), gate.device()),
+                Tensor::empty(gate.shape(), gate.dtype(), gate.device())};
+  if (gate.numel() > 0) backend(gate.device()).swiglu_backward(gy, gate, up, g.dgate, g.dup);
+  return g;
+}
+
 void add_(const Tensor& y, const Tensor& x, double alpha) {
   check_defined("add_", "y", y);
   check_defined("add_", "x", x);

@@ -52,7 +52,7 @@ SwiGLU::SwiGLU(int64_t d_model, int64_t d_ff, bool bias) {
 }
 
 Tensor SwiGLU::forward(const Tensor& x) const {
-  return down_proj->forward(ag::mul(ag::silu(gate_proj->forward(x)), up_proj->forward(x)));
+  return down_proj->forward(ag::swiglu(gate_proj->forward(x), up_proj->forward(x)));
 }
 
 }  // namespace lathe::models

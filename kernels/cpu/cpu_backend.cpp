@@ -39,6 +39,11 @@ class CpuBackend final : public Backend {
   void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override {
     cpu::where(cond, a, b, out);
   }
+  void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override { cpu::swiglu(gate, up, out); }
+  void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate,
+                       const Tensor& dup) override {
+    cpu::swiglu_backward(gy, gate, up, dgate, dup);
+  }
   void add_(const Tensor& y, const Tensor& x, double alpha) override { cpu::add_(y, x, alpha); }
   void scale_(const Tensor& y, double s) override { cpu::scale_(y, s); }
   void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction,

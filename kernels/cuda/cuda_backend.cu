@@ -28,6 +28,8 @@ class CudaBackend final : public Backend {
   void clamp(const Tensor& x, double lo, double hi, const Tensor& out) override { cuda::clamp(x, lo, hi, out); }
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::binary(op, a, b, out); }
   void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::where(cond, a, b, out); }
+  void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override { cuda::swiglu(gate, up, out); }
+  void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate, const Tensor& dup) override { cuda::swiglu_backward(gy, gate, up, dgate, dup); }
   void add_(const Tensor& y, const Tensor& x, double alpha) override { cuda::add_(y, x, alpha); }
   void scale_(const Tensor& y, double s) override { cuda::scale_(y, s); }
   void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& axes, int64_t correction, const Tensor& out) override { cuda::reduce(op, x, axes, correction, out); }

@@ -25,6 +25,8 @@ void affine(const Tensor& x, double scale, double shift, const Tensor& out);
 void clamp(const Tensor& x, double lo, double hi, const Tensor& out);
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
 void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
+void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate, const Tensor& dup);
 void add_(const Tensor& y, const Tensor& x, double alpha);
 void scale_(const Tensor& y, double s);
 

@@ -152,6 +152,30 @@ struct UnaryBwdF {
   __device__ __forceinline__ T operator()(T v, T g) const { return stc<T>(unary_grad(op, from_y, ldc(v), ldc(g))); }
 };
 
+// SwiGLU (kernels/ops.h): silu(g) * u, and its gradients as the silu and mul backwards
+// compute them (two kernels, one per output, each a single pass).
+template <typename T>
+struct SwigluF {
+  __device__ __forceinline__ T operator()(T g, T u) const {
+    return stc<T>(unary_apply(UnaryOp::silu, ldc(g)) * ldc(u));
+  }
+};
+
+template <typename T>
+struct SwigluGateGradF {  // dgate = silu'(g) * (gy * u)
+  __device__ __forceinline__ T operator()(T gy, T g, T u) const {
+    using C = comp_t<T>;
+    return stc<T>(unary_grad(UnaryOp::silu, false, ldc(g), C(ldc(gy) * ldc(u))));
+  }
+};
+
+template <typename T>
+struct SwigluUpGradF {  // dup = gy * silu(g)
+  __device__ __forceinline__ T operator()(T gy, T g) const {
+    return stc<T>(ldc(gy) * unary_apply(UnaryOp::silu, ldc(g)));
+  }
+};
+
 enum class ScalarKind : uint8_t { pow_square, pow_identity, pow_sqrt, pow_general, affine, clamp };
 
 template <typename T>
@@ -542,6 +566,17 @@ void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& o
       case 8: run_map3<uint64_t, Cond, uint64_t, uint64_t>("where", WhereF<Cond, uint64_t>{}, out, cond, a, b); break;
       default: LATHE_FAIL() << "where: no cuda kernel for dtype " << dtype_name(a.dtype());
     }
+  });
+}
+
+void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  LATHE_CUDA_DISPATCH_FLOAT("swiglu", gate.dtype(), T, run_map2<T, T, T>("swiglu", SwigluF<T>{}, out, gate, up));
+}
+
+void swiglu_backward(const Tensor& gy, const Tensor& gate, const Tensor& up, const Tensor& dgate, const Tensor& dup) {
+  LATHE_CUDA_DISPATCH_FLOAT("swiglu_backward", gate.dtype(), T, {
+    run_map3<T, T, T, T>("swiglu_backward", SwigluGateGradF<T>{}, dgate, gy, gate, up);
+    run_map2<T, T, T>("swiglu_backward", SwigluUpGradF<T>{}, dup, gy, gate);
   });
 }
 

@@ -62,6 +62,9 @@ TEST_P(OpsGrad, BinaryNonContiguous) {
   Tensor a = strided64(3, 4, 8), b = strided64(3, 4, 9);
   EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::mul(x[0], x[1]); }, {a, b});
   EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::div(x[0], ag::add(ag::square(x[1]), 1.0)); }, {a, b});
+  EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::swiglu(x[0], x[1]); }, {a, b});
+  EXPECT_GRADCHECK_DEV([](const Ins& x) { return ag::swiglu(x[0], x[1]); }, {randn64({2, 3}, 11), randn64({2, 3}, 12)},
+                       full());
 }
 
 TEST_P(OpsGrad, Scalars) {

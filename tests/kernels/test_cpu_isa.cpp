@@ -111,6 +111,19 @@ TEST(CpuIsa, UnaryOpsSameBitsAtEveryLevel) {
   }
 }
 
+TEST(CpuIsa, SwigluSameBitsAtEveryLevel) {
+  Tensor g = randn({9, 203}, 33, 20.0), u = randn({9, 203}, 34), gy = randn({9, 203}, 35);
+  auto r = at_each_level([&] {
+    SwigluGrads b = swiglu_backward(gy, g, u);
+    SwigluGrads bs = swiglu_backward(gy.transpose(0, 1), g.transpose(0, 1), u.transpose(0, 1));
+    return std::vector<Tensor>{swiglu(g, u), swiglu(g.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1),
+                               b.dgate, bs.dgate.transpose(0, 1), b.dup, bs.dup.transpose(0, 1)};
+  });
+  expect_levels_agree(r, {"forward", "forward strided", "dgate", "dgate strided", "dup", "dup strided"}, "swiglu");
+  for (const auto& at_level : r)
+    for (int k : {0, 2, 4}) EXPECT_TRUE(same_bits(at_level[k], at_level[k + 1], "swiglu rows vs strided loop"));
+}
+
 TEST(CpuIsa, AttentionSameBitsAtEveryLevel) {
   struct Case {
     int64_t H, Hkv, T, S, D, window;

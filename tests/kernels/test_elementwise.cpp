@@ -67,6 +67,7 @@ LATHE_DEVICE_TEST_SUITE(ScalarMaps);
 LATHE_DEVICE_TEST_SUITE(Binary);
 LATHE_DEVICE_TEST_SUITE(Where);
 LATHE_DEVICE_TEST_SUITE(InPlace);
+LATHE_DEVICE_TEST_SUITE(Swiglu);
 
 namespace {
 // bf16 bit patterns equal (the CPU: the kernel rounds the same f32 value) or, on another
@@ -304,4 +305,84 @@ TEST_P(Unary, LargeContiguousRunsInParallelChunks) {
   auto v = y.to_vector<double>();
   for (int64_t i = 0; i < 200000; i += 997) ASSERT_EQ(v[i], 2.0 * i + 1.0);
   EXPECT_EQ(v.back(), 2.0 * 199999 + 1.0);
+}
+
+// ---- swiglu -------------------------------------------------------------------------------
+
+namespace {
+double silu_ref(double x) { return x / (1.0 + std::exp(-x)); }
+double silu_grad_ref(double x) {
+  const double s = 1.0 / (1.0 + std::exp(-x));
+  return s * (1.0 + x * (1.0 - s));
+}
+}  // namespace
+
+TEST_P(Swiglu, MatchesClosedFormsOnStridedViews) {
+  for (DType dt : {DType::f64, DType::f32}) {
+    Tensor g = strided_input(dt, 41), u = strided_input(dt, 42), gy = strided_input(dt, 43);
+    Tensor y = back(swiglu(on(g), on(u)));
+    expect_close(y, g.shape(), [&](const auto& i) { return silu_ref(g.at(i)) * u.at(i); }, tol(dt, tol_for(dt) * 2),
+                 std::string("swiglu ") + dtype_name(dt));
+    SwigluGrads r = swiglu_backward(on(gy), on(g), on(u));
+    expect_close(back(r.dgate), g.shape(), [&](const auto& i) { return gy.at(i) * u.at(i) * silu_grad_ref(g.at(i)); },
+                 tol(dt, tol_for(dt) * 4), std::string("swiglu dgate ") + dtype_name(dt));
+    expect_close(back(r.dup), g.shape(), [&](const auto& i) { return gy.at(i) * silu_ref(g.at(i)); },
+                 tol(dt, tol_for(dt) * 2), std::string("swiglu dup ") + dtype_name(dt));
+  }
+}
+
+// The fused op replaces silu followed by mul in the Llama MLP: on the CPU it gives the same
+// bits as that composition (and its backward), in the parallel row path (large, contiguous)
+// and the strided loop alike; on another device, the same values to rounding.
+TEST_P(Swiglu, SameNumbersAsSiluThenMul) {
+  Generator gen(44);
+  for (const Shape& shape : {Shape{64, 1000}, Shape{3, 37}}) {
+    Tensor g = Tensor::randn(shape, gen, DType::f64), u = Tensor::randn(shape, gen, DType::f64);
+    Tensor gy = Tensor::randn(shape, gen, DType::f64);
+    scale_(g, 6.0);  // through the flat and the steep parts of silu
+    for (DType dt : {DType::f32, DType::f64}) {
+      for (bool strided : {false, true}) {
+        auto view = [&](const Tensor& t) {
+          Tensor d = on(t.to(dt));
+          return strided ? d.transpose(0, 1).contiguous().transpose(0, 1) : d;
+        };
+        Tensor gd = view(g), ud = view(u), gyd = view(gy);
+        Tensor s = unary(UnaryOp::silu, gd);
+        Tensor want_y = back(binary(BinaryOp::mul, s, ud));
+        Tensor want_dup = back(binary(BinaryOp::mul, gyd, s));
+        Tensor want_dgate = back(unary_backward(UnaryOp::silu, gd, Tensor(), binary(BinaryOp::mul, gyd, ud)));
+        Tensor y = back(swiglu(gd, ud));
+        SwigluGrads r = swiglu_backward(gyd, gd, ud);
+        const std::string what = std::string(dtype_name(dt)) + " " + shape_str(shape) + (strided ? " strided" : "");
+        const double t = on_cpu() ? 0.0 : tol(dt, tol_for(dt) * 4);
+        expect_close(y, shape, [&](const auto& i) { return want_y.at(i); }, t, "swiglu vs silu*up " + what);
+        expect_close(back(r.dup), shape, [&](const auto& i) { return want_dup.at(i); }, t, "dup " + what);
+        expect_close(back(r.dgate), shape, [&](const auto& i) { return want_dgate.at(i); }, t, "dgate " + what);
+      }
+    }
+  }
+}
+
+TEST_P(Swiglu, Bf16RoundsTheF32Result) {
+  Tensor g = strided_input(DType::bf16, 45), u = strided_input(DType::bf16, 46);
+  Tensor y = back(swiglu(on(g), on(u)));
+  ASSERT_EQ(y.dtype(), DType::bf16);
+  int64_t k = 0;
+  for_each_index(g.shape(), [&](const auto& i) {
+    const float gv = static_cast<float>(g.at(i)), uv = static_cast<float>(u.at(i));
+    const float f = gv / (1.0f + std::exp(-gv)) * uv;  // one rounding, at the end
+    expect_bf16_bits(y.data<bf16_t>()[k].bits, float_to_bf16(f).bits, on_cpu(), "swiglu bf16 at " + std::to_string(k));
+    ++k;
+  });
+}
+
+TEST(SwigluCpu, Errors) {
+  std::string e = error_of([] { swiglu(Tensor::zeros({2, 3}), Tensor::zeros({2, 4})); });
+  EXPECT_TRUE(has(e, "swiglu") && has(e, "[2, 3]") && has(e, "[2, 4]") && has(e, "same width")) << e;
+  e = error_of([] { swiglu(Tensor::zeros({2, 3}), Tensor::zeros({2, 3}, DType::f64)); });
+  EXPECT_TRUE(has(e, "swiglu") && has(e, "dtype")) << e;
+  e = error_of([] { swiglu(Tensor::zeros({2, 3}, DType::i32), Tensor::zeros({2, 3}, DType::i32)); });
+  EXPECT_TRUE(has(e, "swiglu") && has(e, "floating")) << e;
+  e = error_of([] { swiglu_backward(Tensor::zeros({3, 2}), Tensor::zeros({2, 3}), Tensor::zeros({2, 3})); });
+  EXPECT_TRUE(has(e, "swiglu_backward") && has(e, "gy") && has(e, "[3, 2]")) << e;
 }
